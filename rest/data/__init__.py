@@ -1,0 +1,36 @@
+"""Dataset registry: every dataset loads into the same ``BiasedData`` form."""
+from __future__ import annotations
+
+from functools import partial
+
+from .base import BiasedData, DataError, DatasetSpec, Split
+from .digits import load_colored_digits
+from .folder import load_folder
+
+_CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_UNIT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # digits: plain [0, 1] pixels, as LfF does
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("colored_digits", load_colored_digits, 10, 28, "cnn", *_UNIT, "none", needs_root=False),
+        DatasetSpec("cmnist", partial(load_folder, "cmnist", size=28), 10, 28, "cnn", *_UNIT, "none", needs_root=True),
+        DatasetSpec("cifar10c", partial(load_folder, "cifar10c", size=32), 10, 32, "resnet18", _CIFAR_MEAN, _CIFAR_STD, "crop_flip", needs_root=True),
+        DatasetSpec("bffhq", partial(load_folder, "bffhq", size=128), 2, 128, "resnet18", _IMAGENET_MEAN, _IMAGENET_STD, "crop_flip", needs_root=True),
+    )
+}
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def load_dataset(name: str, conflict_pct: float, root: str | None = None) -> BiasedData:
+    """Load a registered dataset at one conflict ratio (cached after the first load)."""
+    return get_dataset_spec(name).loader(conflict_pct=float(conflict_pct), root=root)
+
+
+__all__ = ["BiasedData", "DataError", "DatasetSpec", "Split", "DATASETS", "get_dataset_spec", "load_dataset"]

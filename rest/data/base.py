@@ -1,0 +1,120 @@
+"""In-memory representation shared by every dataset, and its on-disk cache.
+
+Every dataset becomes three ``Split``s of uint8 N x C x H x W images with integer
+target ``y`` and bias label ``b``. Training slices batches straight from these
+tensors, so no image is decoded inside the training loop. Splits are cached as
+``.npy`` files and memory-mapped on later loads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+
+class DataError(UserError, ValueError):
+    """A dataset cannot be loaded; the message names the problem and the fix."""
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N x C x H x W
+    y: torch.Tensor  # int64, N
+    b: torch.Tensor | None  # int64, N; None where bias labels are withheld (JTT)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def conflicting(self) -> torch.Tensor:
+        if self.b is None:
+            raise DataError("bias labels were withheld from this split")
+        return self.y != self.b
+
+    def without_bias(self) -> "Split":
+        """The same samples with no bias labels: what a bias-blind method may see."""
+        return Split(self.images, self.y, None)
+
+    def to(self, device: torch.device | str) -> "Split":
+        b = None if self.b is None else self.b.to(device)
+        return Split(self.images.to(device), self.y.to(device), b)
+
+
+@dataclass
+class BiasedData:
+    name: str
+    conflict_pct: float
+    train: Split
+    valid: Split
+    test: Split
+
+    def to(self, device: torch.device | str) -> "BiasedData":
+        return BiasedData(self.name, self.conflict_pct, self.train.to(device), self.valid.to(device), self.test.to(device))
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the rest of the library needs to know about a registered dataset."""
+
+    name: str
+    loader: Callable[..., BiasedData]
+    num_classes: int
+    image_size: int
+    default_model: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    augment: str  # "none" or "crop_flip"
+    needs_root: bool
+
+
+SPLITS = ("train", "valid", "test")
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets are cached: $REST_TUNE_CACHE or ~/.cache/rest-tune."""
+    return Path(os.environ.get("REST_TUNE_CACHE", Path.home() / ".cache" / "rest-tune"))
+
+
+def save_cache(path: Path, splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], meta: dict) -> None:
+    """Write splits atomically: a temporary sibling directory renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+    try:
+        for split, (images, y, b) in splits.items():
+            np.save(tmp / f"{split}_images.npy", images)
+            np.save(tmp / f"{split}_y.npy", y.astype(np.int64))
+            np.save(tmp / f"{split}_b.npy", b.astype(np.int64))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process cached the same data first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_cache(path: Path, name: str, conflict_pct: float) -> BiasedData | None:
+    """Memory-map a cached dataset (copy-on-write, so tensors are writable); None if absent."""
+    if not (path / "meta.json").exists():
+        return None
+
+    def split(s: str) -> Split:
+        arrays = [np.load(path / f"{s}_{k}.npy", mmap_mode="c") for k in ("images", "y", "b")]
+        return Split(*(torch.from_numpy(a) for a in arrays))
+
+    return BiasedData(name, conflict_pct, *(split(s) for s in SPLITS))
+
+
+def pct_dirname(pct: float) -> str:
+    """0.5 -> '0.5pct', 1.0 -> '1pct' (the LfF/DisEnt folder names)."""
+    return f"{float(pct):g}pct"

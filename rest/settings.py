@@ -1,0 +1,127 @@
+"""Typed training settings: the one source of truth for hyperparameters.
+
+Nothing here imports torch, so the command line can build and validate settings
+before paying for heavy imports. Search spaces (YAML) and command-line flags only
+override these defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UserError
+
+# Names of the registries, repeated here (not imported) so validation stays cheap.
+# tests/test_registries.py checks they match the real registries.
+DATASET_NAMES = ("colored_digits", "cmnist", "cifar10c", "bffhq")
+MODEL_NAMES = ("cnn", "resnet18")
+SPARSE_METHODS = ("rigl", "set", "static")
+DISTRIBUTIONS = ("erk", "er", "uniform")
+REWEIGHT_NAMES = ("none", "oracle", "jtt")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("plateau", "cosine", "none")
+CONFLICT_PCTS = (0.5, 1.0, 2.0, 5.0)
+
+
+class SettingsError(UserError, ValueError):
+    """A setting has an impossible value; the message names it and the fix."""
+
+
+@dataclass
+class TrainSettings:
+    """Everything that defines one training run (one Ray Tune trial)."""
+
+    dataset: str = "colored_digits"
+    conflict_pct: float = 1.0
+    data_root: str | None = None
+    model: str | None = None  # None: the dataset's default model
+    width: int = 64  # ResNet base width
+    density: float = 1.0
+    sparse: str = "rigl"
+    distribution: str = "erk"
+    update_frequency: int = 100
+    drop_rate: float = 0.5
+    t_end: float = 0.75
+    reweight: str = "oracle"
+    lambda_upweight: float = 30.0
+    jtt_epochs: int = 1
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "plateau"
+    batch_size: int = 256
+    epochs: int = 10
+    seed: int = 42
+    device: str = "auto"
+    eval_batch_size: int = 1024
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "TrainSettings":
+        """Raise SettingsError naming the first impossible value."""
+        _choice("dataset", self.dataset, DATASET_NAMES)
+        if self.model is not None:
+            _choice("model", self.model, MODEL_NAMES)
+        _choice("sparse", self.sparse, SPARSE_METHODS)
+        _choice("distribution", self.distribution, DISTRIBUTIONS)
+        _choice("reweight", self.reweight, REWEIGHT_NAMES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        if not 0.0 < float(self.density) <= 1.0:
+            raise SettingsError(f"density {self.density} is outside (0, 1]; use e.g. 0.05 for 5% of weights")
+        if float(self.lambda_upweight) < 1.0:
+            raise SettingsError(f"lambda_upweight {self.lambda_upweight} is below 1; use a value >= 1 (1 means no upweighting)")
+        for name in ("epochs", "batch_size", "update_frequency", "eval_batch_size", "width"):
+            if int(getattr(self, name)) < 1:
+                raise SettingsError(f"{name} {getattr(self, name)} is below 1; give a positive integer")
+        if self.reweight == "jtt" and int(self.jtt_epochs) < 1:
+            raise SettingsError(f"jtt_epochs {self.jtt_epochs} is below 1; JTT needs at least one ERM epoch")
+        if not 0.0 <= float(self.drop_rate) < 1.0:
+            raise SettingsError(f"drop_rate {self.drop_rate} is outside [0, 1)")
+        if not 0.0 < float(self.t_end) <= 1.0:
+            raise SettingsError(f"t_end {self.t_end} is outside (0, 1]")
+        if float(self.lr) <= 0:
+            raise SettingsError(f"lr {self.lr} must be positive")
+        if float(self.conflict_pct) <= 0 or float(self.conflict_pct) >= 100:
+            raise SettingsError(f"conflict_pct {self.conflict_pct} is outside (0, 100); use one of 0.5, 1, 2, 5")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise SettingsError(f"device '{self.device}' is unknown; choose from auto, cpu, cuda, cuda:N")
+        return self
+
+    def replace(self, **changes: Any) -> "TrainSettings":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainSettings":
+        """Build settings from a flat mapping; unknown keys are an error naming them."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise SettingsError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        coerced = {k: _coerce(known[k], v) for k, v in values.items()}
+        return cls(**coerced)
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise SettingsError(f"unknown {name} '{value}'; choose from {', '.join(options)}")
+
+
+_SCALARS = {"int": int, "float": float, "str": str}
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Ray Tune samples numpy scalars and YAML gives ints for floats; make them plain."""
+    kind = str(f.type).split(" |")[0]
+    if value is None or kind not in _SCALARS:
+        return value
+    if kind == "int" and isinstance(value, float) and not value.is_integer():
+        raise SettingsError(f"setting {f.name} must be an integer, got {value}")
+    try:
+        return _SCALARS[kind](value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"setting {f.name} must be {kind}, got {value!r}") from None

@@ -1,0 +1,313 @@
+"""Train one REST configuration: reweighted sampling + dynamic sparse training.
+
+``Trainer`` owns every piece of training state and saves it as one checkpoint
+dict (model, masks, optimizer, LR schedule, sampler, RNG states, epoch, best so
+far), so training N epochs straight and training in pieces across processes give
+bitwise-identical metrics on CPU. ``train`` is the generator most callers want:
+one metrics record per epoch.
+
+Model selection follows REST: the epoch with the best validation worst-group
+accuracy is remembered, and its test numbers are reported as ``best_*``; test
+numbers never influence selection.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import BiasedData, DatasetSpec, Split, get_dataset_spec, load_dataset
+from .models import build_model
+from .reweight import EpochSampler, make_sampler
+from .settings import SettingsError, TrainSettings
+from .sparse import SparseMask, output_positions
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+# Metric names are a contract with the study and export code.
+METRICS = (
+    "epoch", "train_loss",
+    "val_worst_group_acc", "val_avg_acc", "val_conflict_acc", "val_align_acc",
+    "test_unbiased_acc", "test_worst_group_acc", "test_conflict_acc", "test_align_acc",
+    "best_epoch", "best_val_worst_group_acc", "best_test_worst_group_acc", "best_test_unbiased_acc",
+    "best_test_conflict_acc", "density", "nonzero_params", "inference_flops",
+)  # fmt: skip
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SettingsError(f"device '{name}' was asked for but this machine has no CUDA GPU; use --device cpu (or auto)")
+    return torch.device(name)
+
+
+# ------------------------------------------------------------ batches (pure)
+
+def to_input(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    """uint8 N x C x H x W -> normalised float."""
+    x = images.float().div_(255.0)
+    if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
+        mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
+        x = x.sub_(mean).div_(std)
+    return x
+
+
+def crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Per-sample random crop (zero padding `pad`) and horizontal flip, on uint8 tensors."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(images.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(images.device)
+    flip = torch.rand(n, generator=gen).to(images.device) < 0.5
+    rows = (dy[:, None] + torch.arange(h, device=images.device)[None, :])  # n x h
+    cols = torch.arange(w, device=images.device)[None, :].expand(n, w)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]  # n x w
+    idx_n = torch.arange(n, device=images.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # n x h x w x c
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None] = {"none": None, "crop_flip": crop_flip}
+
+
+# ---------------------------------------------------------------- evaluation
+
+def group_accuracies(correct: torch.Tensor, conflicting: torch.Tensor) -> dict[str, float]:
+    """Average, aligned, conflicting and worst-group accuracy (fractions; nan for an empty group)."""
+    def mean(sel: torch.Tensor) -> float:
+        return float(correct[sel].float().mean()) if bool(sel.any()) else math.nan
+
+    aligned, conflict = mean(~conflicting), mean(conflicting)
+    groups = [a for a in (aligned, conflict) if not math.isnan(a)]
+    return {"avg": float(correct.float().mean()), "align": aligned, "conflict": conflict, "worst": min(groups)}
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, split: Split, spec: DatasetSpec, batch_size: int) -> tuple[torch.Tensor, float]:
+    """Predicted classes and mean cross-entropy on a split."""
+    model.eval()
+    preds, loss = [], 0.0
+    device = next(model.parameters()).device
+    for start in range(0, len(split), batch_size):
+        x = to_input(split.images[start:start + batch_size].to(device, non_blocking=True), spec)
+        y = split.y[start:start + batch_size].to(device)
+        with _autocast(device):
+            logits = model(x)
+        loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+        preds.append(logits.argmax(1))
+    model.train()
+    return torch.cat(preds), loss / max(1, len(split))
+
+
+def evaluate(model: nn.Module, split: Split, spec: DatasetSpec, batch_size: int) -> dict[str, float]:
+    preds, loss = predict(model, split, spec, batch_size)
+    acc = group_accuracies(preds.cpu() == split.y.cpu(), split.conflicting.cpu())
+    acc["loss"] = loss
+    return acc
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA; plain fp32 on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+# ------------------------------------------------------------------ training
+
+OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], TrainSettings], torch.optim.Optimizer]] = {
+    "sgd": lambda params, s: torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay),
+    "adam": lambda params, s: torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay),
+}
+
+SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, TrainSettings], object | None]] = {
+    # REST: ReduceLROnPlateau on validation loss (PyTorch defaults: x0.1 after 10 flat epochs)
+    "plateau": lambda opt, s: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min"),
+    "cosine": lambda opt, s: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.epochs),
+    "none": lambda opt, s: None,
+}
+
+
+def fit_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    split: Split,
+    order: torch.Tensor,
+    spec: DatasetSpec,
+    batch_size: int,
+    sparse: SparseMask | None = None,
+    aug_gen: torch.Generator | None = None,
+    progress: Progress | None = None,
+) -> float:
+    """One pass over `order` (indices into split); returns the mean training loss."""
+    device = next(model.parameters()).device
+    augment = AUGMENTATIONS[spec.augment]
+    model.train()
+    total = torch.zeros((), device=device)
+    n_batches = math.ceil(len(order) / batch_size)
+    for i in range(n_batches):
+        idx = order[i * batch_size:(i + 1) * batch_size].to(split.y.device)
+        images = split.images[idx]
+        if augment is not None:
+            images = augment(images, aug_gen)
+        x = to_input(images.to(device, non_blocking=True), spec)
+        y = split.y[idx].to(device, non_blocking=True)
+        with _autocast(device):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        if sparse is not None:
+            sparse.step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        total += loss.detach() * len(idx)
+        if progress is not None:
+            progress(i + 1, n_batches)
+    return float(total) / len(order)
+
+
+class Trainer:
+    """All state of one training run; ``run_epoch`` advances it by one epoch."""
+
+    def __init__(self, settings: TrainSettings, data: BiasedData | None = None, progress: Progress | None = None):
+        self.settings = s = settings.validate()
+        self.spec = get_dataset_spec(s.dataset)
+        self.device = resolve_device(s.device)
+        data = data if data is not None else load_dataset(s.dataset, s.conflict_pct, s.data_root)
+        self.data = data.to(self.device) if self.device.type == "cuda" else data
+        self.progress = progress
+
+        torch.manual_seed(s.seed)
+        self.model = self._new_model()
+        self.optimizer = OPTIMIZERS[s.optimizer](list(self.model.parameters()), s)
+        self.scheduler = SCHEDULES[s.schedule](self.optimizer, s)
+        steps_per_epoch = math.ceil(len(self.data.train) / s.batch_size)
+        self.sparse = SparseMask(
+            self.model, s.density, s.sparse, s.distribution, s.update_frequency, s.drop_rate,
+            t_end_step=int(s.t_end * s.epochs * steps_per_epoch), seed=s.seed,
+        )  # fmt: skip
+        self.positions = output_positions(self.model, to_input(self.data.train.images[:1].to(self.device), self.spec))
+        self.dense_flops = sum(2 * self.positions[n] * p.numel() for n, p in self.sparse.params.items())
+        self.aug_gen = torch.Generator().manual_seed(s.seed + 1)
+        self.sampler: EpochSampler | None = None  # built on first epoch (JTT trains a model for it)
+        self.epoch = 0
+        self.best: dict[str, float] = {"best_epoch": 0, "best_val_worst_group_acc": -math.inf}
+
+    def _new_model(self) -> nn.Module:
+        s = self.settings
+        model = build_model(s.model or self.spec.default_model, self.spec.num_classes, self.spec.image_size, s.width)
+        model = model.to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _identify_errors(self, train: Split) -> torch.Tensor:
+        """JTT stage 1: a dense ERM model trained jtt_epochs; its training errors."""
+        s = self.settings
+        model = self._new_model()
+        optimizer = OPTIMIZERS[s.optimizer](list(model.parameters()), s)
+        gen = torch.Generator().manual_seed(s.seed + 2)
+        for _ in range(s.jtt_epochs):
+            fit_epoch(model, optimizer, train, torch.randperm(len(train), generator=gen), self.spec, s.batch_size, aug_gen=gen)
+        preds, _ = predict(model, train, self.spec, s.eval_batch_size)
+        return preds.cpu() != train.y.cpu()
+
+    def run_epoch(self) -> dict[str, float]:
+        s = self.settings
+        start = time.perf_counter()
+        if self.sampler is None:
+            self.sampler = make_sampler(s.reweight, self.data.train, s.lambda_upweight, s.seed, self._identify_errors)
+        order = self.sampler.epoch_indices()
+        train_loss = fit_epoch(
+            self.model, self.optimizer, self.data.train, order, self.spec, s.batch_size,
+            self.sparse if self.sparse.enabled else None, self.aug_gen, self.progress,
+        )  # fmt: skip
+        val = evaluate(self.model, self.data.valid, self.spec, s.eval_batch_size)
+        test = evaluate(self.model, self.data.test, self.spec, s.eval_batch_size)
+        self.epoch += 1
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val["loss"])
+        elif self.scheduler is not None:
+            self.scheduler.step()
+        if val["worst"] > self.best["best_val_worst_group_acc"]:
+            self.best = {
+                "best_epoch": self.epoch,
+                "best_val_worst_group_acc": val["worst"],
+                "best_val_avg_acc": val["avg"],
+                "best_test_worst_group_acc": test["worst"],
+                "best_test_unbiased_acc": test["avg"],
+                "best_test_conflict_acc": test["conflict"],
+                "best_test_align_acc": test["align"],
+            }
+        return {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "val_worst_group_acc": val["worst"],
+            "val_avg_acc": val["avg"],
+            "val_conflict_acc": val["conflict"],
+            "val_align_acc": val["align"],
+            "val_loss": val["loss"],
+            "test_unbiased_acc": test["avg"],
+            "test_worst_group_acc": test["worst"],
+            "test_conflict_acc": test["conflict"],
+            "test_align_acc": test["align"],
+            **self.best,
+            "density": self.sparse.realised_density(),
+            "nonzero_params": self.sparse.nonzero_params(self.model),
+            "dense_params": sum(p.numel() for p in self.model.parameters()),
+            "inference_flops": self.sparse.inference_flops(self.positions),
+            "dense_inference_flops": self.dense_flops,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - start,
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "settings": self.settings.to_dict(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "sparse": self.sparse.state_dict(),
+            "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+            "aug_generator": self.aug_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "best": dict(self.best),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.sparse.load_state_dict(state["sparse"])
+        if state["sampler"] is not None:
+            self.sampler = EpochSampler(len(self.data.train), None, self.settings.seed)
+            self.sampler.load_state_dict(state["sampler"])
+        self.aug_gen.set_state(state["aug_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.best = dict(state["best"])
+
+
+def train(settings: TrainSettings, data: BiasedData | None = None, state: dict | None = None,
+          progress: Progress | None = None) -> Iterator[dict[str, float]]:
+    """Yield one metrics record per epoch, resuming from a checkpoint `state` if given.
+
+    Callers that save checkpoints between epochs use ``Trainer`` directly.
+    """
+    trainer = Trainer(settings, data, progress)
+    if state is not None:
+        trainer.load_state_dict(state)
+    while trainer.epoch < settings.epochs:
+        yield trainer.run_epoch()
