@@ -53,6 +53,8 @@ def erk_densities(shapes: dict[str, Shape], density: float, distribution: str = 
         raise ValueError(f"unknown distribution '{distribution}'; choose from {', '.join(ALLOCATIONS)}")
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density {density} is outside (0, 1]")
+    if density == 1.0:
+        return {n: 1.0 for n in shapes}
     sizes = {name: math.prod(shape) for name, shape in shapes.items()}
     scores = {name: ALLOCATIONS[distribution](tuple(shape)) for name, shape in shapes.items()}
     budget = density * sum(sizes.values())
@@ -214,9 +216,10 @@ class SparseMask:
         if not self.enabled:
             return
         self.steps += 1
+        self.apply(optimizer)  # first with the old masks: inactive weights and state -> 0
         if self.update_due():
-            self.update_topology()
-        self.apply(optimizer)
+            self.update_topology()  # regrown entries come from the zeroed ones: weight and state 0
+            self.apply(optimizer)
 
     @torch.no_grad()
     def update_topology(self) -> None:

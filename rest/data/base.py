@@ -103,6 +103,15 @@ def save_cache(path: Path, splits: dict[str, tuple[np.ndarray, np.ndarray, np.nd
         raise
 
 
+def from_arrays(name: str, conflict_pct: float, splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> BiasedData:
+    """BiasedData from in-memory arrays (what the builders return, before caching)."""
+    def split(s: str) -> Split:
+        images, y, b = splits[s]
+        return Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(y.astype(np.int64)), torch.from_numpy(b.astype(np.int64)))
+
+    return BiasedData(name, conflict_pct, *(split(s) for s in SPLITS))
+
+
 def load_cache(path: Path, name: str, conflict_pct: float) -> BiasedData | None:
     """Memory-map a cached dataset (copy-on-write, so tensors are writable); None if absent."""
     if not (path / "meta.json").exists():

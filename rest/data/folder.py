@@ -92,13 +92,14 @@ def _fingerprint(files: dict[str, list[Path]], size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_folder(name: str, conflict_pct: float, root: str | None, size: int) -> BiasedData:
+def load_folder(name: str, conflict_pct: float, root: str | None, size: int, num_classes: int) -> BiasedData:
     if not root:
         raise DataError(f"dataset {name} is read from disk; pass --data-root DIR (or use the embedded colored_digits)")
     files = split_files(Path(root).expanduser().resolve(), conflict_pct)
     for paths in files.values():  # name a malformed file before any slow decoding
         for p in paths:
-            parse_labels(p)
+            if max(parse_labels(p)) >= num_classes:
+                raise DataError(f"file {p} has a label outside 0..{num_classes - 1} for {name}; is --dataset right?")
     path = cache_dir() / f"{name}-{pct_dirname(conflict_pct)}-{_fingerprint(files, size)}"
     data = load_cache(path, name, conflict_pct)
     if data is None:

@@ -1,0 +1,54 @@
+"""Shared fixtures: an isolated dataset cache and tiny in-memory datasets."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Every test run caches generated data in its own place, never in the user's cache.
+os.environ.setdefault("REST_TUNE_CACHE", tempfile.mkdtemp(prefix="rest-tune-test-cache-"))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"train": 40, "valid": 20, "test": 10}
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """colored_digits with 40 training images per class, 1 % conflicting."""
+    from rest.data.base import from_arrays
+    from rest.data.digits import build_colored_digits
+
+    return from_arrays("colored_digits", 5.0, build_colored_digits(5.0, seed=0, per_class=TINY))
+
+
+@pytest.fixture
+def tiny_settings():
+    from rest.settings import TrainSettings
+
+    return TrainSettings(epochs=2, batch_size=64, eval_batch_size=256, update_frequency=2, density=0.1, seed=1)
+
+
+def write_png_tree(root: Path, layout: dict[str, int], pct: str = "1pct", size: int = 8, seed: int = 0, classes: int = 10) -> None:
+    """A tiny LfF-layout tree of random PNGs: layout maps split -> images per class."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    dirs = {
+        "align": root / pct / "align",
+        "conflict": root / pct / "conflict",
+        "valid": root / pct / "valid",
+        "test": root / "test",
+    }
+    k = 0
+    for split, per_class in layout.items():
+        for y in range(classes):
+            for _ in range(per_class):
+                b = y if split in ("align", "valid") else (y + 1 + k % (classes - 1)) % classes
+                folder = dirs[split] if split == "valid" else dirs[split] / str(y)
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{k}_{y}_{b}.png")
+                k += 1

@@ -1,0 +1,82 @@
+"""The command line as a user runs it: real subprocesses, exit codes, files."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, write_png_tree
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, str(ROOT / "tune_search.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_help_is_fast_and_imports_no_torch():
+    start = time.perf_counter()
+    out = run_cli("train", "--help")
+    assert out.returncode == 0 and "--lambda-upweight" in out.stdout
+    assert time.perf_counter() - start < 5  # generous: shared CI machines; the benchmark measures it
+    probe = subprocess.run([sys.executable, "-c", "import sys, rest.cli; print('torch' in sys.modules, 'ray' in sys.modules)"],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert probe.stdout.strip() == "False False"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "mnist"], "unknown dataset 'mnist'; choose from colored_digits, cmnist, cifar10c, bffhq"),
+        (["--model", "vgg"], "unknown model 'vgg'; choose from cnn, resnet18"),
+        (["--sparse", "snip"], "unknown sparse 'snip'; choose from rigl, set, static"),
+        (["--reweight", "dro"], "unknown reweight 'dro'; choose from none, oracle, jtt"),
+        (["--density", "0"], "density 0.0 is outside (0, 1]"),
+        (["--density", "1.5"], "density 1.5 is outside (0, 1]"),
+        (["--lambda-upweight", "0.5"], "lambda_upweight 0.5 is below 1"),
+        (["--epochs", "0"], "epochs 0 is below 1"),
+        (["--density", "abc"], "invalid float value: 'abc'"),
+        (["--dataset", "cmnist"], "pass --data-root"),
+        (["--dataset", "cmnist", "--data-root", "/nonexistent/x"], "does not exist"),
+        (["--device", "cuda"], "has no CUDA GPU"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    if args == ["--device", "cuda"]:
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    out = run_cli("train", *args, "--out", str(tmp_path / "o"))
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_trees_through_the_cli(tmp_path):
+    root = tmp_path / "data"
+    write_png_tree(root, {"align": 1, "conflict": 1, "valid": 1, "test": 1})
+    out = run_cli("train", "--dataset", "cmnist", "--data-root", str(root), "--conflict-pct", "2")
+    assert out.returncode == 2 and "2% is missing" in out.stderr and "present: 1pct" in out.stderr
+    (root / "1pct" / "align" / "0" / "x_y.png").write_bytes(b"")
+    out = run_cli("train", "--dataset", "cmnist", "--data-root", str(root), "--conflict-pct", "1")
+    assert out.returncode == 2 and "x_y.png does not match <id>_<y>_<b>.png" in out.stderr
+    (tmp_path / "empty").mkdir()
+    out = run_cli("train", "--dataset", "cmnist", "--data-root", str(tmp_path / "empty"))
+    assert out.returncode == 2 and "is empty" in out.stderr
+
+
+def test_train_writes_metrics_and_never_overwrites(tmp_path):
+    root = tmp_path / "data"
+    write_png_tree(root, {"align": 4, "conflict": 1, "valid": 2, "test": 2}, size=28)
+    out_dir = tmp_path / "run"
+    args = ["train", "--dataset", "cmnist", "--data-root", str(root), "--conflict-pct", "1", "--density", "0.1",
+            "--epochs", "2", "--batch-size", "16", "--out", str(out_dir)]
+    out = run_cli(*args)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert "selected epoch" in out.stdout and (out_dir / "checkpoint.pt").exists()
+    before = (out_dir / "metrics.jsonl").read_bytes()
+    again = run_cli(*args)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert (out_dir / "metrics.jsonl").read_bytes() == before

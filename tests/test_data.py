@@ -1,0 +1,126 @@
+"""Datasets: the embedded generator, the LfF folder loader, the cache."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, write_png_tree
+from rest.data import DATASETS, DataError, load_dataset
+from rest.data import folder
+from rest.data.digits import build_colored_digits
+from rest.data.protocol import assign_bias, conflict_quota
+
+
+def test_generation_is_deterministic_from_the_seed():
+    a = build_colored_digits(1.0, seed=3, per_class=TINY)
+    b = build_colored_digits(1.0, seed=3, per_class=TINY)
+    c = build_colored_digits(1.0, seed=4, per_class=TINY)
+    for split in a:
+        for x, y in zip(a[split], b[split]):
+            assert np.array_equal(x, y)
+    assert not np.array_equal(a["train"][0], c["train"][0])
+
+
+@pytest.mark.parametrize("pct", [0.5, 1.0, 2.0, 5.0])
+def test_exact_conflict_quotas_per_class(pct):
+    y = np.repeat(np.arange(10), 1000)
+    b = assign_bias(y, pct, np.random.default_rng(0))
+    for c in range(10):
+        assert int(((y == c) & (b != c)).sum()) == conflict_quota(1000, pct) == round(10 * pct)
+    assert (b[b != y] >= 0).all() and (b < 10).all()
+
+
+def test_splits_train_and_valid_biased_test_unbiased():
+    arrays = build_colored_digits(5.0, seed=0, per_class={"train": 200, "valid": 100, "test": 100})
+    _, y, b = arrays["train"]
+    assert (y != b).mean() == pytest.approx(0.05)
+    _, y, b = arrays["valid"]
+    assert (y != b).mean() == pytest.approx(0.05)
+    _, y, b = arrays["test"]
+    assert 0.8 < (y != b).mean() < 0.97  # bias independent of y: ~90 % conflicting
+    images = arrays["train"][0]
+    assert images.dtype == np.uint8 and images.shape[1:] == (3, 28, 28)
+
+
+def test_colour_carries_the_bias_label():
+    images, y, b = build_colored_digits(5.0, seed=0, per_class=TINY)["train"]
+    from rest.data.protocol import COLOURS
+
+    # the mean colour of the brightest pixels is nearest to the bias colour
+    flat = images.reshape(len(images), 3, -1).astype(float)
+    bright = flat.sum(1).argmax(1)
+    colour = flat[np.arange(len(images)), :, bright]
+    nearest = np.linalg.norm(colour[:, None, :] / colour.max(1, keepdims=True)[:, None]
+                             - COLOURS[None] / COLOURS.max(1, keepdims=True)[None], axis=2).argmin(1)
+    assert (nearest == b).mean() > 0.95
+
+
+def test_embedded_dataset_is_cached_and_memory_mapped(monkeypatch, tmp_path):
+    monkeypatch.setenv("REST_TUNE_CACHE", str(tmp_path))
+    from rest.data import digits
+
+    monkeypatch.setattr(digits, "PER_CLASS", TINY)
+    first = load_dataset("colored_digits", 2.0)
+    assert list(tmp_path.iterdir())
+    monkeypatch.setattr(digits, "build_colored_digits", lambda *a, **k: pytest.fail("regenerated"))
+    second = load_dataset("colored_digits", 2.0)
+    assert torch.equal(first.train.images, second.train.images)
+
+
+def test_folder_loader_reads_labels_from_names_and_reuses_its_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("REST_TUNE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cmnist"
+    write_png_tree(root, {"align": 3, "conflict": 1, "valid": 2, "test": 2}, size=28)
+    data = load_dataset("cmnist", 1.0, str(root))
+    assert len(data.train) == 40 and len(data.valid) == 20 and len(data.test) == 20
+    assert int(data.train.conflicting.sum()) == 10
+    assert data.train.images.shape[1:] == (3, 28, 28) and data.train.images.dtype == torch.uint8
+    monkeypatch.setattr(folder, "_decode", lambda *a: pytest.fail("decoded again"))
+    again = load_dataset("cmnist", 1.0, str(root))
+    assert torch.equal(again.test.images, data.test.images)
+
+
+def test_folder_loader_resizes_to_the_registered_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("REST_TUNE_CACHE", str(tmp_path / "cache"))
+    write_png_tree(tmp_path / "c", {"align": 1, "conflict": 1, "valid": 1, "test": 1}, size=20)
+    assert load_dataset("cifar10c", 1.0, str(tmp_path / "c")).train.images.shape[2:] == (32, 32)
+
+
+def test_bad_trees_name_the_problem(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("cmnist", 1.0, str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="is empty"):
+        load_dataset("cmnist", 1.0, str(tmp_path / "empty"))
+    root = tmp_path / "t"
+    write_png_tree(root, {"align": 1, "conflict": 1, "valid": 1, "test": 1})
+    with pytest.raises(DataError, match=r"5% is missing.*present: 1pct"):
+        load_dataset("cmnist", 5.0, str(root))
+    bad = root / "1pct" / "align" / "0" / "oops.png"
+    bad.write_bytes(b"")
+    with pytest.raises(DataError, match="oops.png does not match"):
+        load_dataset("cmnist", 1.0, str(root))
+    bad.unlink()
+    broken = root / "test" / "3" / "999_3_3.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot read image .*999_3_3.png"):
+        load_dataset("cmnist", 1.0, str(root))
+    with pytest.raises(DataError, match="pass --data-root"):
+        load_dataset("cmnist", 1.0, None)
+
+
+def test_registry_lists_its_entries_in_errors():
+    with pytest.raises(DataError, match="choose from colored_digits, cmnist, cifar10c, bffhq"):
+        load_dataset("nope", 1.0)
+
+
+def test_settings_name_tuples_match_the_registries():
+    from rest import reweight, settings, sparse, train
+    from rest.models import MODELS
+
+    assert settings.DATASET_NAMES == tuple(DATASETS)
+    assert settings.MODEL_NAMES == tuple(MODELS)
+    assert settings.SPARSE_METHODS == tuple(sparse.METHODS)
+    assert settings.DISTRIBUTIONS == tuple(sparse.ALLOCATIONS)
+    assert settings.REWEIGHT_NAMES == tuple(reweight.STRATEGIES)
+    assert settings.OPTIMIZERS == tuple(train.OPTIMIZERS)
+    assert settings.SCHEDULES == tuple(train.SCHEDULES)

@@ -1,0 +1,54 @@
+"""Reweighted sampling: lambda really changes the draws; JTT never reads bias labels."""
+import pytest
+import torch
+
+from rest.data import DataError, Split
+from rest.reweight import EpochSampler, expected_weighted_fraction, make_sampler
+
+
+def _split(n=2000, n_conflict=40):
+    y = torch.arange(n) % 10
+    b = y.clone()
+    b[:n_conflict] = (y[:n_conflict] + 1) % 10
+    return Split(torch.zeros(n, 3, 2, 2, dtype=torch.uint8), y, b)
+
+
+@pytest.mark.parametrize("lam", [1.0, 10.0, 50.0])
+def test_sampled_conflicting_fraction_matches_lambda(lam):
+    train = _split()
+    sampler = make_sampler("oracle", train, lam, seed=0, identify=None)
+    expected = lam * 40 / (lam * 40 + 1960)
+    assert expected_weighted_fraction(sampler.weights, train.conflicting) == pytest.approx(expected)
+    draws = torch.cat([sampler.epoch_indices() for _ in range(20)])
+    assert len(draws) == 20 * len(train)
+    observed = train.conflicting[draws].float().mean().item()
+    assert observed == pytest.approx(expected, abs=4 * (expected * (1 - expected) / len(draws)) ** 0.5)
+
+
+def test_none_is_a_permutation():
+    order = make_sampler("none", _split(), 30.0, seed=0, identify=None).epoch_indices()
+    assert torch.equal(order.sort().values, torch.arange(2000))
+
+
+def test_jtt_upweights_the_error_set_without_bias_labels():
+    train = _split()
+    seen = []
+
+    def identify(split):
+        seen.append(split)
+        with pytest.raises(DataError):
+            split.conflicting
+        return split.y == 3  # pretend the ERM model got class 3 wrong
+
+    sampler = make_sampler("jtt", train, 20.0, seed=0, identify=identify)
+    assert seen[0].b is None
+    assert sampler.weights[train.y == 3].eq(20).all() and sampler.weights[train.y != 3].eq(1).all()
+
+
+def test_sampler_state_round_trip():
+    a = make_sampler("oracle", _split(), 30.0, seed=4, identify=None)
+    a.epoch_indices()
+    state = a.state_dict()
+    b = EpochSampler(2000, None, seed=0)
+    b.load_state_dict(state)
+    assert torch.equal(a.epoch_indices(), b.epoch_indices())

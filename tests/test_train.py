@@ -1,0 +1,124 @@
+"""Training: every registry entry runs, metrics contract, determinism, exact resume."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, write_png_tree
+from rest.data import BiasedData
+from rest.models import MODELS
+from rest.reweight import STRATEGIES
+from rest.sparse import METHODS
+from rest.train import METRICS, Trainer, crop_flip, group_accuracies, train
+
+
+def _records(settings, data):
+    return list(train(settings, data))
+
+
+def test_metrics_contract(tiny_data, tiny_settings):
+    records = _records(tiny_settings.replace(epochs=1), tiny_data)
+    assert set(METRICS) <= set(records[0])
+    r = records[0]
+    assert r["density"] == pytest.approx(0.1, abs=1e-3)
+    assert r["nonzero_params"] < r["dense_params"] and r["inference_flops"] < r["dense_inference_flops"]
+
+
+def test_same_seed_same_metrics(tiny_data, tiny_settings):
+    a, b = _records(tiny_settings, tiny_data), _records(tiny_settings, tiny_data)
+    assert a[-1]["train_loss"] == b[-1]["train_loss"]
+    assert [r["val_avg_acc"] for r in a] == [r["val_avg_acc"] for r in b]
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_model_and_sparse_method_trains(tiny_data, tiny_settings, model, method):
+    s = tiny_settings.replace(model=model, sparse=method, width=8, epochs=1)
+    (r,) = _records(s, tiny_data)
+    assert math.isfinite(r["train_loss"]) and r["density"] == pytest.approx(0.1, abs=1e-3)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_reweighting_trains(tiny_data, tiny_settings, strategy):
+    (r,) = _records(tiny_settings.replace(reweight=strategy, epochs=1), tiny_data)
+    assert math.isfinite(r["train_loss"])
+
+
+def test_jtt_trains_with_bias_labels_withheld_and_oracle_cannot(tiny_data, tiny_settings):
+    blind = BiasedData(tiny_data.name, 5.0, tiny_data.train.without_bias(), tiny_data.valid, tiny_data.test)
+    (r,) = _records(tiny_settings.replace(reweight="jtt", epochs=1), blind)
+    assert math.isfinite(r["train_loss"])
+    with pytest.raises(ValueError, match="withheld"):
+        _records(tiny_settings.replace(reweight="oracle", epochs=1), blind)
+
+
+@pytest.mark.parametrize("dataset", ["cmnist", "cifar10c", "bffhq"])
+def test_every_folder_dataset_trains(tmp_path, tiny_settings, dataset):
+    root = tmp_path / dataset
+    classes = 2 if dataset == "bffhq" else 10
+    write_png_tree(root, {"align": 2, "conflict": 1, "valid": 1, "test": 1}, pct="0.5pct", classes=classes)
+    s = tiny_settings.replace(dataset=dataset, data_root=str(root), conflict_pct=0.5, width=4, epochs=1)
+    (r,) = _records(s, None)
+    assert math.isfinite(r["train_loss"])
+
+
+def test_best_metrics_come_from_the_best_validation_epoch(tiny_data, tiny_settings):
+    records = _records(tiny_settings.replace(epochs=3), tiny_data)
+    best = max(records, key=lambda r: r["val_worst_group_acc"])  # first maximum wins
+    last = records[-1]
+    assert last["best_epoch"] == best["epoch"]
+    assert last["best_test_worst_group_acc"] == best["test_worst_group_acc"]
+    assert last["best_test_unbiased_acc"] == best["test_unbiased_acc"]
+
+
+def test_group_accuracies():
+    correct = torch.tensor([1, 1, 0, 1, 0, 0], dtype=torch.bool)
+    conflicting = torch.tensor([0, 0, 0, 1, 1, 1], dtype=torch.bool)
+    acc = group_accuracies(correct, conflicting)
+    assert acc["align"] == pytest.approx(2 / 3) and acc["conflict"] == pytest.approx(1 / 3)
+    assert acc["worst"] == pytest.approx(1 / 3) and acc["avg"] == pytest.approx(0.5)
+
+
+def test_crop_flip_keeps_shape_dtype_and_pixels():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 255, (16, 3, 8, 8), dtype=torch.uint8)
+    out = crop_flip(x, gen, pad=0)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    for a, b in zip(x, out):  # pad 0: each image is itself or its mirror
+        assert torch.equal(a, b) or torch.equal(a.flip(-1), b)
+
+
+RESUME_SCRIPT = """
+import json, sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import TINY
+from rest.data.base import from_arrays
+from rest.data.digits import build_colored_digits
+from rest.settings import TrainSettings
+from rest.train import Trainer
+data = from_arrays("colored_digits", 5.0, build_colored_digits(5.0, seed=0, per_class=TINY))
+settings = TrainSettings.from_dict(json.loads(sys.argv[1]))
+trainer = Trainer(settings, data)
+trainer.load_state_dict(torch.load(sys.argv[2], weights_only=False))
+while trainer.epoch < settings.epochs:
+    print(json.dumps(trainer.run_epoch()))
+"""
+
+
+@pytest.mark.parametrize("reweight", ["oracle", "jtt"])
+def test_resume_in_a_new_process_is_bitwise_identical(tiny_data, tiny_settings, tmp_path, reweight):
+    s = tiny_settings.replace(epochs=4, sparse="set", reweight=reweight, schedule="cosine", weight_decay=1e-4)
+    straight = _records(s, tiny_data)
+    trainer = Trainer(s, tiny_data)
+    first = [trainer.run_epoch() for _ in range(2)]
+    torch.save(trainer.state_dict(), tmp_path / "ckpt.pt")
+    script = RESUME_SCRIPT.format(tests=str(ROOT / "tests"))
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(s.to_dict()), str(tmp_path / "ckpt.pt")],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    resumed = first + [json.loads(line) for line in out.stdout.splitlines()]
+    drop = {"epoch_seconds"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in straight]
