@@ -74,7 +74,30 @@ def build_parser() -> Parser:
     p = sub.add_parser("train", help="train one configuration and print one line per epoch")
     _add_train_flags(p)
     p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("run", help="run a study (search, then confirm) on Ray Tune")
+    p.add_argument("space", type=Path, help="study definition, e.g. search_spaces/default.yaml")
+    p.add_argument("--name", default=None, help="study name (default: the file's name)")
+    _add_cluster_flags(p)
+    p.add_argument("--data-root", default=None, help="dataset root for folder datasets (overrides the study file)")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted study where it stopped")
+    p.add_argument("name", help="study name (a directory under --storage)")
+    _add_cluster_flags(p)
+    p.set_defaults(handler=cmd_resume)
     return parser
+
+
+def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=None, help="directory holding studies (default $REST_TUNE_STORAGE or ./studies); "
+                   "shared by all nodes on a multi-node cluster")
+    p.add_argument("--address", default=None, help="Ray cluster to join: auto or HOST:PORT (default $RAY_ADDRESS, "
+                   "else a local Ray sized to this machine)")
+    p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default: the study file's)")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractions allowed (default: the study file's)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once (default: as resources allow)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker dies, from its last checkpoint (default 2)")
 
 
 # ------------------------------------------------------------------ train
@@ -145,6 +168,81 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"test worst-group {_pct(record['best_test_worst_group_acc'])}%, unbiased {_pct(record['best_test_unbiased_acc'])}%, "
           f"conflicting {_pct(record['best_test_conflict_acc'])}%")  # fmt: skip
     return 0
+
+
+# ------------------------------------------------------------- run, resume
+
+def _options(args: argparse.Namespace, name: str, storage: str, **extra) -> "RunOptions":
+    import os
+
+    from .study import RunOptions
+
+    for flag in ("cpus_per_trial", "max_concurrent"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise UserError(f"--{flag.replace('_', '-')} {value:g} must be positive")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise UserError(f"--gpus-per-trial {args.gpus_per_trial:g} must be >= 0")
+    if args.max_failures < 0:
+        raise UserError(f"--max-failures {args.max_failures} must be >= 0")
+    return RunOptions(storage=storage, name=name, address=args.address or os.environ.get("RAY_ADDRESS"),
+                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                      max_concurrent=args.max_concurrent, max_failures=args.max_failures, **extra)
+
+
+def _finish(path: Path, spec, manifest: dict, storage: str) -> int:
+    from .study import summarize
+
+    interrupted = [p for p, info in manifest["phases"].items() if info["status"] == "interrupted"]
+    if interrupted:
+        print(f"study {manifest['name']} stopped during its {interrupted[0]} phase; continue it with:\n"
+              f"  {PROG} resume {manifest['name']} --storage {storage}")
+        return 130
+    print(f"\nstudy {manifest['name']} finished: {path}")
+    print("best config per cell (selected on validation worst-group accuracy; test worst-group shown):")
+    for row in summarize(path, spec):
+        cell = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in row["cell"])
+        print(f"  [{cell}] {row['role']:>12}: density {row['density']:g}, {row['reweight']} x{row['lambda_upweight']:g} "
+              f"-> {_pct(row['test_worst_group_acc'])}% ({row['seeds']} seed{'s' if row['seeds'] > 1 else ''})")
+    errors = sum(info.get("errors", 0) for info in manifest["phases"].values())
+    if errors:
+        print(f"warning: {errors} trial(s) failed after retries; 'resume' retries them")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .space import load_space
+    from .study import create_study, resolve_storage
+
+    spec, text = load_space(args.space)
+    if args.data_root:
+        spec.train.data_root = args.data_root
+    storage = resolve_storage(args.storage)
+    opts = _options(args, args.name or spec.name, storage, data_root=args.data_root)
+    command = " ".join([PROG, "run", str(args.space)] + (["--name", opts.name] if args.name else []))
+    from .study import connect, prepare_data, run_study, study_dir
+
+    if study_dir(storage, opts.name).exists():  # refuse before paying for Ray start-up
+        create_study(spec, text, opts, command)
+    connect(opts.address, opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial)
+    prepare_data(spec, args.data_root)  # bad data fails here, before the study directory exists
+    path = create_study(spec, text, opts, command)
+    print(f"study {opts.name}: {spec.grid_size()} configurations in the search grid; writing {path}", flush=True)
+    return _finish(path, spec, run_study(path, spec, opts), storage)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .study import open_study, resolve_storage, run_study
+
+    storage = resolve_storage(args.storage)
+    path, spec, manifest = open_study(storage, args.name)
+    saved = manifest["options"]
+    opts = _options(args, args.name, storage, data_root=saved.get("data_root"))
+    for key in ("cpus_per_trial", "gpus_per_trial", "max_concurrent"):
+        if getattr(opts, key) is None:
+            setattr(opts, key, saved.get(key))
+    print(f"resuming study {args.name} from {path}", flush=True)
+    return _finish(path, spec, run_study(path, spec, opts), storage)
 
 
 # ------------------------------------------------------------------- main

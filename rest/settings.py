@@ -55,7 +55,8 @@ class TrainSettings:
     epochs: int = 10
     seed: int = 42
     device: str = "auto"
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 256
+    subsample: int = 0  # use only the first N samples of each split (0: all); for smoke runs
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "TrainSettings":
@@ -75,6 +76,8 @@ class TrainSettings:
         for name in ("epochs", "batch_size", "update_frequency", "eval_batch_size", "width"):
             if int(getattr(self, name)) < 1:
                 raise SettingsError(f"{name} {getattr(self, name)} is below 1; give a positive integer")
+        if int(self.subsample) < 0:
+            raise SettingsError(f"subsample {self.subsample} is negative; use 0 for all samples")
         if self.reweight == "jtt" and int(self.jtt_epochs) < 1:
             raise SettingsError(f"jtt_epochs {self.jtt_epochs} is below 1; JTT needs at least one ERM epoch")
         if not 0.0 <= float(self.drop_rate) < 1.0:

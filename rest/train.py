@@ -181,6 +181,7 @@ class Trainer:
         self.spec = get_dataset_spec(s.dataset)
         self.device = resolve_device(s.device)
         data = data if data is not None else load_dataset(s.dataset, s.conflict_pct, s.data_root)
+        data = data.head(s.subsample) if s.subsample else data
         self.data = data.to(self.device) if self.device.type == "cuda" else data
         self.progress = progress
 

@@ -52,3 +52,22 @@ def write_png_tree(root: Path, layout: dict[str, int], pct: str = "1pct", size: 
                 folder.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{k}_{y}_{b}.png")
                 k += 1
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real 2-node Ray cluster on this machine (head + one worker node, 1 CPU each).
+
+    Shared by every study test: subprocess drivers join it with --address, and this
+    process joins it for in-process Tuner runs.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()

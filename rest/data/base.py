@@ -44,6 +44,9 @@ class Split:
         """The same samples with no bias labels: what a bias-blind method may see."""
         return Split(self.images, self.y, None)
 
+    def head(self, n: int) -> "Split":
+        return Split(self.images[:n], self.y[:n], None if self.b is None else self.b[:n])
+
     def to(self, device: torch.device | str) -> "Split":
         b = None if self.b is None else self.b.to(device)
         return Split(self.images.to(device), self.y.to(device), b)
@@ -56,6 +59,10 @@ class BiasedData:
     train: Split
     valid: Split
     test: Split
+
+    def head(self, n: int) -> "BiasedData":
+        """The first n samples of every split (splits are stored shuffled)."""
+        return BiasedData(self.name, self.conflict_pct, self.train.head(n), self.valid.head(n), self.test.head(n))
 
     def to(self, device: torch.device | str) -> "BiasedData":
         return BiasedData(self.name, self.conflict_pct, self.train.to(device), self.valid.to(device), self.test.to(device))
@@ -110,6 +117,26 @@ def from_arrays(name: str, conflict_pct: float, splits: dict[str, tuple[np.ndarr
         return Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(y.astype(np.int64)), torch.from_numpy(b.astype(np.int64)))
 
     return BiasedData(name, conflict_pct, *(split(s) for s in SPLITS))
+
+
+def cached(path: Path, name: str, conflict_pct: float, build: Callable[[], tuple[dict, dict]]) -> BiasedData:
+    """Load from the cache at `path`, building it first if absent.
+
+    A file lock makes concurrent trials on one node build a dataset once: the others
+    wait, then memory-map the finished cache.
+    """
+    data = load_cache(path, name, conflict_pct)
+    if data is not None:
+        return data
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        data = load_cache(path, name, conflict_pct)
+        if data is None:
+            save_cache(path, *build())
+            data = load_cache(path, name, conflict_pct)
+    return data
 
 
 def load_cache(path: Path, name: str, conflict_pct: float) -> BiasedData | None:

@@ -15,7 +15,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .base import BiasedData, cache_dir, load_cache, save_cache
+from .base import BiasedData, cache_dir, cached
 from .protocol import assign_bias, colourise
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,9 @@ def load_colored_digits(conflict_pct: float, root: str | None = None, seed: int 
     del root  # embedded: nothing to read
     sizes = "-".join(str(PER_CLASS[s]) for s in ("train", "valid", "test"))
     path = cache_dir() / f"colored_digits-v{VERSION}-s{seed}-n{sizes}-{conflict_pct:g}pct"
-    data = load_cache(path, "colored_digits", conflict_pct)
-    if data is None:
+
+    def build():
         log.info("generating colored_digits at %g%% conflicting (seed %d), cached in %s", conflict_pct, seed, path)
-        save_cache(path, build_colored_digits(conflict_pct, seed), {"dataset": "colored_digits", "conflict_pct": conflict_pct, "seed": seed})
-        data = load_cache(path, "colored_digits", conflict_pct)
-    return data
+        return build_colored_digits(conflict_pct, seed), {"dataset": "colored_digits", "conflict_pct": conflict_pct, "seed": seed}
+
+    return cached(path, "colored_digits", conflict_pct, build)

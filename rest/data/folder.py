@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .base import BiasedData, DataError, cache_dir, load_cache, pct_dirname, save_cache
+from .base import BiasedData, DataError, cache_dir, cached, pct_dirname
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,10 @@ def load_folder(name: str, conflict_pct: float, root: str | None, size: int, num
             if max(parse_labels(p)) >= num_classes:
                 raise DataError(f"file {p} has a label outside 0..{num_classes - 1} for {name}; is --dataset right?")
     path = cache_dir() / f"{name}-{pct_dirname(conflict_pct)}-{_fingerprint(files, size)}"
-    data = load_cache(path, name, conflict_pct)
-    if data is None:
+
+    def build():
         log.info("decoding %s (%s images) into cache %s", name, sum(map(len, files.values())), path)
         arrays = {split: decode_split(paths, size) for split, paths in files.items()}
-        save_cache(path, arrays, {"dataset": name, "conflict_pct": conflict_pct, "root": str(root)})
-        data = load_cache(path, name, conflict_pct)
-    return data
+        return arrays, {"dataset": name, "conflict_pct": conflict_pct, "root": str(root)}
+
+    return cached(path, name, conflict_pct, build)

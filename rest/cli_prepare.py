@@ -1,0 +1,165 @@
+"""The ``prepare-data`` command: build Colored MNIST or Corrupted CIFAR-10 in the LfF
+layout from torchvision's raw files, or check any LfF tree.
+
+``add_parser(subparsers)`` adds the command to the main command line; ``main(argv)``
+runs it on its own. Only argparse-level modules are imported here: numpy, Pillow and
+torch load inside the handlers, so ``--help`` answers at once. Progress goes to
+stderr; stdout carries the result (a summary line, or check's table).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .cli import PROG, Parser
+from .errors import UserError
+
+log = logging.getLogger("rest.prepare")
+
+DEFAULT_RATIOS = "0.5,1,2,5"
+CHECK_DATASETS = ("cmnist", "cifar10c", "bffhq")
+
+
+# ----------------------------------------------------------------- parser
+
+def _add_build_flags(p: argparse.ArgumentParser, source: str) -> None:
+    p.add_argument("--raw", type=Path, required=True, metavar="DIR", help=f"directory holding {source} as torchvision downloads it")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output root (built in a hidden sibling, renamed when complete)")
+    p.add_argument("--ratios", default=DEFAULT_RATIOS, metavar="LIST", help=f"conflicting percentages, one <pct>pct folder each (default {DEFAULT_RATIOS})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split, bias labels and rendering (default 0)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out, once the new tree is complete")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="processes encoding images (default: all cores)")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `prepare-data {cmnist,cifar10c,check}` to a subparsers object; returns its parser."""
+    p = subparsers.add_parser(
+        "prepare-data", help="build cmnist / cifar10c in the LfF layout, or check an LfF tree",
+        description="Build Colored MNIST or Corrupted CIFAR-10 in the LfF/DisEnt folder layout from torchvision's "
+                    "raw files, or check an existing tree (see docs/datasets.md).",
+    )  # fmt: skip
+    sub = p.add_subparsers(dest="prepare_command", metavar="{cmnist,cifar10c,check}", parser_class=Parser)
+    sub.required = True
+
+    cm = sub.add_parser("cmnist", help="Colored MNIST from MNIST (torchvision.datasets.MNIST files)",
+                        description="Colored MNIST: digit = y, colour = b (the embedded colored_digits colouring), "
+                                    "exact per-class conflict quotas, a biased validation split, an unbiased test split.")  # fmt: skip
+    _add_build_flags(cm, "MNIST/raw/")
+    cm.set_defaults(handler=cmd_build, dataset="cmnist", severity=4)
+
+    cc = sub.add_parser("cifar10c", help="Corrupted CIFAR-10 (type 0) from CIFAR-10 (torchvision.datasets.CIFAR10 files)",
+                        description="Corrupted CIFAR-10, type 0: y = CIFAR class, b = one of ten corruptions "
+                                    "(snow, frost, fog, brightness, contrast, spatter, elastic, jpeg, pixelate, saturate).")  # fmt: skip
+    _add_build_flags(cc, "cifar-10-batches-py/")
+    cc.add_argument("--severity", type=int, default=4, choices=range(1, 6), metavar="1..5", help="corruption severity (default 4, as LfF)")
+    cc.set_defaults(handler=cmd_build, dataset="cifar10c")
+
+    ck = sub.add_parser("check", help="validate an LfF-layout tree (cmnist, cifar10c, bffhq)",
+                        description="Counts per split, group and class, conflict ratio per <pct>pct folder, malformed "
+                                    "names, unreadable images, duplicates across splits. Exit 2 if anything is wrong.")  # fmt: skip
+    ck.add_argument("dir", type=Path, metavar="DIR", help="root of the tree")
+    ck.add_argument("--dataset", choices=CHECK_DATASETS, default=None, help="also check labels against this dataset's classes")
+    ck.add_argument("--workers", type=int, default=None, metavar="N", help="processes decoding images (default: all cores)")
+    ck.set_defaults(handler=cmd_check)
+    return p
+
+
+# --------------------------------------------------------------- progress
+
+class Progress:
+    """Progress on stderr: a redrawn bar on a terminal; otherwise (logs, CI) a log line
+    every 10 %, and nothing for jobs too small to need it."""
+
+    QUIET_BELOW = 10_000  # items
+
+    def __init__(self, what: str, stream=None):
+        self.what, self.stream = what, stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.next_tenth = 1
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.tty:
+            filled = int(30 * done / max(total, 1))
+            self.stream.write(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {self.what}")
+            if done >= total:
+                self.stream.write("\r" + " " * (50 + len(self.what) + 2 * len(str(total))) + "\r")
+            self.stream.flush()
+        elif total >= self.QUIET_BELOW and done * 10 >= self.next_tenth * total:
+            self.next_tenth = done * 10 // max(total, 1) + 1
+            log.info("%d/%d %s (%d%%)", done, total, self.what, 100 * done // max(total, 1))
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, timeouts, schedulers) cleans up like Ctrl-C instead of dying mid-write."""
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# --------------------------------------------------------------- handlers
+
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers} is below 1")
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    _check_workers(args.workers)
+    from .prepare import build, parse_ratios
+
+    ratios = parse_ratios(args.ratios)
+    with _sigterm_as_interrupt():
+        summary = build(args.dataset, args.raw, args.out, ratios=ratios, seed=args.seed, severity=args.severity,
+                        force=args.force, workers=args.workers, progress=Progress("files"))  # fmt: skip
+    print(f"built {summary.dataset} at {', '.join(f'{r:g}' for r in summary.ratios)}% conflicting in {summary.out}: "
+          f"{summary.files} files ({summary.rendered} images rendered) in {summary.seconds:.1f} s; "
+          f"check it with: {PROG} prepare-data check {summary.out} --dataset {summary.dataset}")  # fmt: skip
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    _check_workers(args.workers)
+    from .prepare import check_tree, format_report
+
+    report = check_tree(args.dir, args.dataset, workers=args.workers, progress=Progress("images"))
+    print(format_report(report), flush=True)
+    if report.problems:
+        raise UserError(report.summary())
+    print(report.summary())
+    return 0
+
+
+# ------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `prepare-data ...` on its own (argv as after the program name)."""
+    parser = Parser(prog=PROG, description="Build or check LfF-layout datasets.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    add_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130

@@ -1,0 +1,248 @@
+"""Study definitions: the YAML schema of ``search_spaces/*.yaml``, validated.
+
+A study file holds fixed training settings, the searched settings (each a Ray
+Tune distribution), the ASHA scheduler, how cells are formed, the confirm phase
+and per-trial resources. ``load_space`` turns it into a ``StudySpec`` or raises a
+``SpaceError`` naming the key and its YAML line. See docs/search_spaces.md.
+
+Only PyYAML and the standard library are imported here: validating a study must
+not wait for torch or ray.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+from .settings import SettingsError, TrainSettings
+
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainSettings)} - {"extra"}
+
+
+class SpaceError(UserError):
+    """A study file is invalid; the message names the key (and line)."""
+
+
+# Distribution name -> number of arguments (None: a non-empty list of values).
+DISTRIBUTIONS: dict[str, int | None] = {
+    "grid": None, "choice": None, "uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2, "qrandint": 3,
+}  # fmt: skip
+
+
+@dataclass
+class Scheduler:
+    type: str = "asha"  # asha | none
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+    max_epochs: int | None = None  # default: the training epochs
+
+
+@dataclass
+class Confirm:
+    top_k: int = 1
+    seeds: list[int] = field(default_factory=lambda: [41, 42, 43])
+    baseline: bool = True  # also run the dense ERM baseline of each cell with the confirm seeds
+    epochs: int | None = None  # default: the training epochs
+
+
+@dataclass
+class Resources:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+
+@dataclass
+class StudySpec:
+    name: str
+    train: TrainSettings  # fixed settings (searched keys hold their defaults here)
+    search: dict[str, dict[str, Any]]  # key -> {distribution: args}
+    num_samples: int = 1
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    compare_within: list[str] = field(default_factory=lambda: ["dataset", "conflict_pct"])
+    confirm: Confirm | None = field(default_factory=Confirm)
+    resources: Resources = field(default_factory=Resources)
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 2
+    description: str = ""
+
+    @property
+    def max_epochs(self) -> int:
+        return self.scheduler.max_epochs or self.train.epochs
+
+    def grid_size(self) -> int:
+        """Trials of the full grid (grid entries multiply; sampled ones count num_samples)."""
+        size = self.num_samples
+        for dist in self.search.values():
+            (name, args), = dist.items()
+            if name == "grid":
+                size *= len(args)
+        return size
+
+    def cell_of(self, config: dict[str, Any]) -> tuple:
+        return tuple(config[k] for k in self.compare_within)
+
+
+TOP_LEVEL = {
+    "name", "description", "dataset", "data_root", "model", "train", "search", "num_samples", "scheduler",
+    "compare_within", "confirm", "resources", "checkpoint",
+}  # fmt: skip
+
+
+def _lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    """Dotted key path -> 1-based YAML line, for error messages."""
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = f"{prefix}{key.value}"
+            out[path] = key.start_mark.line + 1
+            out.update(_lines(value, path + "."))
+    return out
+
+
+class _Checker:
+    def __init__(self, lines: dict[str, int], source: str):
+        self.lines = lines
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> SpaceError:
+        where = f"{self.source}:{self.lines[key]}" if key in self.lines else self.source
+        return SpaceError(f"{where}: '{key}' {problem}")
+
+    def mapping(self, value: Any, key: str, allowed: set[str] | None) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a mapping, got {type(value).__name__}")
+        if allowed is not None:
+            for k in value:
+                if k not in allowed:
+                    raise self.fail(f"{key}.{k}" if key else k, f"is not a known key; known: {', '.join(sorted(allowed))}")
+        return value
+
+    def number(self, value: Any, key: str, kind: type, low: float, high: float = float("inf")) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+            raise self.fail(key, f"must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        if not low <= value <= high:
+            raise self.fail(key, f"is {value}, outside [{low}, {high}]")
+        return kind(value)
+
+
+def parse_space(text: str, source: str = "<study>") -> StudySpec:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise SpaceError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    c = _Checker(_lines(node) if node is not None else {}, source)
+    raw = c.mapping(raw, "", TOP_LEVEL)
+
+    train_values = dict(c.mapping(raw.get("train"), "train", TRAIN_FIELDS))
+    for key in ("dataset", "data_root", "model"):
+        if key in raw:
+            train_values[key] = raw[key]
+    search = c.mapping(raw.get("search"), "search", TRAIN_FIELDS)
+    if not search:
+        raise c.fail("search", "is missing or empty; give at least one searched setting, e.g. density: {grid: [0.05, 1.0]}")
+    for key, dist in search.items():
+        _check_distribution(c, f"search.{key}", dist)
+        if key in train_values:
+            raise c.fail(f"search.{key}", "is also fixed under train; keep it in one place")
+    try:
+        base = TrainSettings.from_dict(train_values)
+        for key, dist in search.items():  # every listed value must be a valid setting
+            (name, args), = dist.items()
+            if name in ("grid", "choice"):
+                for value in args:
+                    TrainSettings.from_dict({**train_values, key: value}).validate()
+        base.validate()
+    except SettingsError as exc:
+        raise SpaceError(f"{source}: {exc}") from None
+
+    sched = c.mapping(raw.get("scheduler"), "scheduler", {f.name for f in dataclasses.fields(Scheduler)})
+    scheduler = Scheduler(**sched)
+    if scheduler.type not in ("asha", "none"):
+        raise c.fail("scheduler.type", f"is '{scheduler.type}'; choose from asha, none")
+    c.number(scheduler.grace_period, "scheduler.grace_period", int, 1)
+    c.number(scheduler.reduction_factor, "scheduler.reduction_factor", float, 1.01)
+    if scheduler.max_epochs is not None:
+        c.number(scheduler.max_epochs, "scheduler.max_epochs", int, scheduler.grace_period, base.epochs)
+
+    compare = raw.get("compare_within", ["dataset", "conflict_pct"])
+    if not isinstance(compare, list) or any(k not in TRAIN_FIELDS for k in compare):
+        raise c.fail("compare_within", f"must be a list of training settings, e.g. [dataset, conflict_pct]; got {compare!r}")
+
+    confirm: Confirm | None = None
+    if raw.get("confirm", {}) is not None and raw.get("confirm") is not False:
+        conf = c.mapping(raw.get("confirm"), "confirm", {f.name for f in dataclasses.fields(Confirm)})
+        confirm = Confirm(**conf)
+        c.number(confirm.top_k, "confirm.top_k", int, 1)
+        if not isinstance(confirm.seeds, list) or not confirm.seeds or not all(isinstance(s, int) for s in confirm.seeds):
+            raise c.fail("confirm.seeds", f"must be a non-empty list of integers, got {confirm.seeds!r}")
+        if confirm.epochs is not None:
+            c.number(confirm.epochs, "confirm.epochs", int, 1)
+
+    res = c.mapping(raw.get("resources"), "resources", {f.name for f in dataclasses.fields(Resources)})
+    resources = Resources(**res)
+    c.number(resources.cpus_per_trial, "resources.cpus_per_trial", float, 0.01)
+    c.number(resources.gpus_per_trial, "resources.gpus_per_trial", float, 0.0)
+
+    ckpt = c.mapping(raw.get("checkpoint"), "checkpoint", {"every", "keep"})
+    every = c.number(ckpt.get("every", 1), "checkpoint.every", int, 1)
+    keep = c.number(ckpt.get("keep", 2), "checkpoint.keep", int, 1)
+
+    return StudySpec(
+        name=str(raw.get("name") or Path(source).stem),
+        description=str(raw.get("description", "")),
+        train=base,
+        search=search,
+        num_samples=c.number(raw.get("num_samples", 1), "num_samples", int, 1),
+        scheduler=scheduler,
+        compare_within=list(compare),
+        confirm=confirm,
+        resources=resources,
+        checkpoint_every=every,
+        keep_checkpoints=keep,
+    )
+
+
+def _check_distribution(c: _Checker, key: str, dist: Any) -> None:
+    if not isinstance(dist, dict) or len(dist) != 1:
+        raise c.fail(key, f"must be one distribution such as {{grid: [...]}}; choose from {', '.join(DISTRIBUTIONS)}")
+    (name, args), = dist.items()
+    if name not in DISTRIBUTIONS:
+        raise c.fail(key, f"uses unknown distribution '{name}'; choose from {', '.join(DISTRIBUTIONS)}")
+    n = DISTRIBUTIONS[name]
+    if not isinstance(args, list) or (n is None and not args) or (n is not None and len(args) != n):
+        need = "a non-empty list" if n is None else f"a list of {n} numbers"
+        raise c.fail(key, f"{name} needs {need}, got {args!r}")
+    if n is not None and not (all(isinstance(a, (int, float)) for a in args) and args[0] < args[1]):
+        raise c.fail(key, f"{name} needs numbers [low, high{', q' if n == 3 else ''}] with low < high, got {args!r}")
+    if name == "loguniform" and args[0] <= 0:
+        raise c.fail(key, f"loguniform needs a positive lower bound, got {args[0]}")
+
+
+def load_space(path: str | Path) -> tuple[StudySpec, str]:
+    """(spec, original YAML text) of a study file."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpaceError(f"study file {p} does not exist; see search_spaces/ for examples")
+    text = p.read_text()
+    return parse_space(text, str(p)), text
+
+
+def to_tune(dist: dict[str, Any]):
+    """The Ray Tune search object of one validated distribution."""
+    from ray import tune
+
+    (name, args), = dist.items()
+    if name == "grid":
+        return tune.grid_search(list(args))
+    if name == "choice":
+        return tune.choice(list(args))
+    return getattr(tune, name)(*args)

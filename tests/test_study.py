@@ -1,0 +1,213 @@
+"""Ray Tune studies on a real 2-node local cluster: end to end, per-cell ASHA, faults."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+SMOKE = ROOT / "search_spaces" / "smoke.yaml"
+
+
+def cli(*args, timeout=300, **kw):
+    return subprocess.run([sys.executable, str(ROOT / "tune_search.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, **kw)
+
+
+def write_space(path: Path, **changes) -> Path:
+    """The smoke study with changes: mappings are merged, except `search`, which is replaced."""
+    space = yaml.safe_load(SMOKE.read_text())
+    for key, value in changes.items():
+        if value is None:
+            space.pop(key, None)
+        elif key != "search" and isinstance(value, dict) and isinstance(space.get(key), dict):
+            space[key].update(value)
+        else:
+            space[key] = value
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def results(experiment: Path) -> dict[str, list[dict]]:
+    """trial dir name -> every record it reported, in order (read from Ray's result.json)."""
+    out = {}
+    for trial in sorted(experiment.glob("trial_*")):
+        file = trial / "result.json"
+        out[trial.name] = [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
+    return out
+
+
+def test_smoke_study_end_to_end_on_two_nodes(ray_cluster, tmp_path):
+    out = cli("run", str(SMOKE), "--storage", str(tmp_path), "--address", ray_cluster.address)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "best config per cell" in out.stdout
+    study = tmp_path / "smoke"
+    manifest = json.loads((study / "manifest.json").read_text())
+    assert {p: i["status"] for p, i in manifest["phases"].items()} == {"search": "done", "confirm": "done"}
+    assert (study / "study.yaml").read_text() == SMOKE.read_text()
+    search = results(study / "search")
+    assert len(search) == 8
+    nodes = {r["node_id"] for records in search.values() for r in records}
+    assert len(nodes) == 2, "trials must run on both nodes"
+    confirm = json.loads((study / "confirm_configs.json").read_text())
+    assert sorted(c["extra"]["role"] for c in confirm) == ["erm_baseline", "erm_baseline", "top1", "top1"]
+    for records in results(study / "confirm").values():
+        assert records[-1]["epoch"] == 2
+    # run on an existing name refuses and points to resume, touching nothing
+    before = (study / "manifest.json").read_text()
+    again = cli("run", str(SMOKE), "--storage", str(tmp_path), "--address", ray_cluster.address)
+    assert again.returncode == 2 and "resume smoke" in again.stderr
+    assert (study / "manifest.json").read_text() == before
+
+
+def _fake_study(scheduler, storage):
+    """8 instant trials: the 5 % cell scores ~0.9, the 0.5 % cell ~0.1; larger lambda is better.
+
+    They run one at a time, strong cell first and best lambda first, so every later
+    trial is worse than the ones before it.
+    """
+    from ray import tune
+
+    def fake_trial(config):
+        base = 0.9 if config["conflict_pct"] == 5 else 0.1
+        for epoch in range(1, 9):
+            tune.report({"epoch": epoch, "val_worst_group_acc": base + 0.01 * config["lambda_upweight"]})
+
+    tuner = tune.Tuner(
+        fake_trial,
+        param_space={"dataset": "colored_digits", "conflict_pct": tune.grid_search([5, 0.5]),
+                     "lambda_upweight": tune.grid_search([4, 3, 2, 1])},
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
+        run_config=tune.RunConfig(storage_path=str(storage), name="asha", verbose=0),
+    )
+    return {(r.config["conflict_pct"], r.config["lambda_upweight"]): r.metrics["epoch"] for r in tuner.fit()}
+
+
+def test_asha_compares_trials_only_within_a_cell(ray_cluster, tmp_path):
+    """A strong cell (high scores) must never stop a weak cell's trials."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    from rest.space import parse_space
+    from rest.study import make_scheduler
+
+    spec = parse_space("search: {conflict_pct: {grid: [0.5, 5]}}\ntrain: {epochs: 8}\n"
+                       "scheduler: {grace_period: 1, reduction_factor: 2}\n")
+    epochs = _fake_study(make_scheduler(spec), tmp_path / "per_cell")
+    for pct in (0.5, 5):
+        assert epochs[(pct, 4)] == 8, f"the best trial of the {pct}% cell must run to the end"
+        assert min(epochs[(pct, lam)] for lam in (1, 2, 3)) < 8, "ASHA still stops weak trials within a cell"
+    # the same study under Ray's global ASHA stops the weak cell's best trial: the test can fail
+    global_asha = AsyncHyperBandScheduler(time_attr="epoch", metric="val_worst_group_acc", mode="max", max_t=8,
+                                          grace_period=1, reduction_factor=2)
+    assert _fake_study(global_asha, tmp_path / "global")[(0.5, 4)] < 8
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_kill_9_driver_then_resume_matches_an_uninterrupted_run(ray_cluster, tmp_path):
+    space = write_space(tmp_path / "s.yaml", name="k", scheduler={"type": "none"}, confirm=None,
+                       train={"epochs": 4, "subsample": 1500},
+                       search={"conflict_pct": {"grid": [1]}, "density": {"grid": [0.05, 1.0]}})
+    addr = ["--address", ray_cluster.address]
+    straight = cli("run", str(space), "--storage", str(tmp_path / "a"), *addr)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    storage = tmp_path / "b"
+    driver = subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), "run", str(space), "--storage", str(storage), *addr],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    experiment = storage / "k" / "search"
+
+    def some_trial_checkpointed_and_running():
+        res = results(experiment) if experiment.exists() else {}
+        done = [n for n, r in res.items() if r and r[-1]["epoch"] >= 1 and list((experiment / n).glob("checkpoint_*"))]
+        return done if done and all(not r or r[-1]["epoch"] < 4 for r in res.values()) else None
+
+    checkpointed = _wait_for(some_trial_checkpointed_and_running, 240, "a trial checkpoint")
+    killed_at = time.time()
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    manifest = json.loads((storage / "k" / "manifest.json").read_text())
+    assert manifest["phases"]["search"]["status"] == "running"
+
+    resumed = cli("resume", "k", "--storage", str(storage), *addr)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = results(experiment)
+    for name in checkpointed:
+        late = [r for r in after[name] if r["timestamp"] >= killed_at]
+        assert all(r["resumed_from_epoch"] >= 1 for r in late), f"{name} restarted from epoch 0"
+
+    def finals(path):
+        out = {}
+        for records in results(path).values():
+            last = records[-1]
+            out[(last["config"]["density"])] = {k: last[k] for k in ("epoch", "train_loss", "best_test_worst_group_acc",
+                                                                     "test_unbiased_acc", "val_worst_group_acc")}
+        return out
+
+    assert finals(experiment) == finals(tmp_path / "a" / "k" / "search")
+
+
+def test_worker_killed_by_signal_is_retried_from_its_checkpoint(ray_cluster, tmp_path):
+    space = write_space(tmp_path / "w.yaml", name="w", scheduler={"type": "none"}, confirm=None,
+                        train={"epochs": 4, "subsample": 1500},
+                        search={"conflict_pct": {"grid": [1]}, "density": {"grid": [0.05]}})
+    driver = subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), "run", str(space), "--storage", str(tmp_path),
+                               "--address", ray_cluster.address, "--max-failures", "2"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    experiment = tmp_path / "w" / "search"
+
+    def first_epoch_checkpointed():
+        res = results(experiment) if experiment.exists() else {}
+        for name, records in res.items():
+            if records and list((experiment / name).glob("checkpoint_*")) and records[-1]["epoch"] < 4:
+                return records[-1]["pid"]
+        return None
+
+    pid = _wait_for(first_epoch_checkpointed, 240, "the first checkpoint")
+    os.kill(pid, signal.SIGKILL)
+    stdout, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 0, stderr[-3000:]
+    (records,) = results(experiment).values()
+    assert records[-1]["epoch"] == 4
+    retried = [r for r in records if r["pid"] != pid]
+    assert retried and min(r["resumed_from_epoch"] for r in retried) >= 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "missing.yaml"], "study file missing.yaml does not exist"),
+        (["resume", "nope"], "no study 'nope'"),
+        (["run", str(SMOKE), "--address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
+        (["run", str(SMOKE), "--storage", "/proc/forbidden"], "is not writable"),
+        (["run", str(SMOKE), "--cpus-per-trial", "0"], "--cpus-per-trial 0 must be positive"),
+    ],
+)
+def test_bad_study_input_is_one_line_exit_2(tmp_path, args, message):
+    if "--storage" not in args:
+        args = args + ["--storage", str(tmp_path)]
+    start = time.time()
+    out = cli(*args, timeout=60)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert message in out.stderr and "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+    assert time.time() - start < 30
+
+
+def test_gpus_asked_where_the_cluster_has_none(ray_cluster, tmp_path):
+    out = cli("run", str(SMOKE), "--storage", str(tmp_path), "--address", ray_cluster.address, "--gpus-per-trial", "0.5")
+    assert out.returncode == 2 and "the cluster has 0" in out.stderr
+    assert not (tmp_path / "smoke").exists()
