@@ -27,9 +27,12 @@ class SpaceError(UserError):
     """A study file is invalid; the message names the key (and line)."""
 
 
-# Distribution name -> number of arguments (None: a non-empty list of values).
+# Distribution name -> number of arguments (None: a non-empty list of values; 0: a
+# lookup table). `lookup` ties one setting to another, as REST pairs lambda with the
+# conflict ratio: {lookup: {key: conflict_pct, table: {0.5: 10, 1: 30, 2: 50, 5: 80}}}.
 DISTRIBUTIONS: dict[str, int | None] = {
     "grid": None, "choice": None, "uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2, "qrandint": 3,
+    "lookup": 0,
 }  # fmt: skip
 
 
@@ -157,9 +160,9 @@ def parse_space(text: str, source: str = "<study>") -> StudySpec:
         base = TrainSettings.from_dict(train_values)
         for key, dist in search.items():  # every listed value must be a valid setting
             (name, args), = dist.items()
-            if name in ("grid", "choice"):
-                for value in args:
-                    TrainSettings.from_dict({**train_values, key: value}).validate()
+            values = args if name in ("grid", "choice") else list(args["table"].values()) if name == "lookup" else []
+            for value in values:
+                TrainSettings.from_dict({**train_values, key: value}).validate()
         base.validate()
     except SettingsError as exc:
         raise SpaceError(f"{source}: {exc}") from None
@@ -218,6 +221,11 @@ def _check_distribution(c: _Checker, key: str, dist: Any) -> None:
     if name not in DISTRIBUTIONS:
         raise c.fail(key, f"uses unknown distribution '{name}'; choose from {', '.join(DISTRIBUTIONS)}")
     n = DISTRIBUTIONS[name]
+    if n == 0:
+        if not (isinstance(args, dict) and set(args) == {"key", "table"} and args["key"] in TRAIN_FIELDS
+                and isinstance(args["table"], dict) and args["table"]):
+            raise c.fail(key, "lookup needs {key: <setting>, table: {<value>: <result>, ...}}")
+        return
     if not isinstance(args, list) or (n is None and not args) or (n is not None and len(args) != n):
         need = "a non-empty list" if n is None else f"a list of {n} numbers"
         raise c.fail(key, f"{name} needs {need}, got {args!r}")
@@ -243,6 +251,22 @@ def to_tune(dist: dict[str, Any]):
     (name, args), = dist.items()
     if name == "grid":
         return tune.grid_search(list(args))
+    if name == "lookup":
+        return tune.sample_from(_Lookup(args["key"], args["table"]))
     if name == "choice":
         return tune.choice(list(args))
     return getattr(tune, name)(*args)
+
+
+class _Lookup:
+    """Picklable `sample_from` callable: the value of `table` at the trial's `key`."""
+
+    def __init__(self, key: str, table: dict):
+        self.key = key
+        self.table = {float(k): v for k, v in table.items()}
+
+    def __call__(self, spec) -> Any:
+        value = spec.config[self.key]
+        if float(value) not in self.table:
+            raise SpaceError(f"lookup on {self.key}: no entry for {value}; add it to the table")
+        return self.table[float(value)]

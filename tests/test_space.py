@@ -1,0 +1,74 @@
+"""Study definitions: every shipped file is valid; bad ones name the key and line."""
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from rest.space import SpaceError, load_space, parse_space
+
+SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
+def test_shipped_study_files_are_valid(path):
+    spec, _ = load_space(path)
+    assert spec.search and spec.grid_size() >= 1
+
+
+@pytest.mark.parametrize("name, ratios", [("rest_cmnist", 4), ("rest_cifar10c", 4), ("rest_bffhq", 1)])
+def test_paper_studies_reproduce_the_rest_grid(name, ratios):
+    spec, _ = load_space(ROOT / "search_spaces" / f"{name}.yaml")
+    assert len(spec.search["density"]["grid"]) == 14
+    assert spec.search["seed"]["grid"] == [41, 42, 43] and spec.train.epochs == 100
+    table = spec.search["lambda_upweight"]["lookup"]["table"]
+    assert {0.5: 10, 1: 30, 2: 50, 5: 80}.items() >= table.items() and len(table) == ratios
+    assert spec.grid_size() == 14 * 3 * ratios
+    assert spec.train.lr == (0.01 if name == "rest_cmnist" else 0.001)
+
+
+def test_default_study_covers_density_lambda_and_two_ratios():
+    spec, _ = load_space(ROOT / "search_spaces" / "default.yaml")
+    assert {"density", "lambda_upweight", "conflict_pct"} <= set(spec.search)
+    assert len(spec.search["conflict_pct"]["grid"]) >= 2
+    assert spec.train.dataset == "colored_digits"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("search: {density: {grid: [0.1]}}\nepochs: 3\n", "<study>:2: 'epochs' is not a known key"),
+        ("search: {density: {grid: [0.1]}}\ntrain:\n  epoch: 3\n", "<study>:3: 'train.epoch' is not a known key"),
+        ("search: {density: {grid: [0.1]}}\ntrain: {epochs: three}\n", "setting epochs must be int"),
+        ("search: {density: {grid: [0, 0.1]}}\n", "density 0.0 is outside (0, 1]"),
+        ("search: {density: {normal: [0, 1]}}\n", "uses unknown distribution 'normal'; choose from grid, choice"),
+        ("search: {density: {uniform: [0.5]}}\n", "uniform needs a list of 2 numbers"),
+        ("search: {density: {loguniform: [0, 1]}}\n", "loguniform needs a positive lower bound"),
+        ("search: {lr: {grid: [0.1]}}\nscheduler: {type: hyperband}\n", "'scheduler.type' is 'hyperband'; choose from asha, none"),
+        ("search: {lr: {grid: [0.1]}}\nscheduler: {grace_period: 0}\n", "'scheduler.grace_period' is 0, outside"),
+        ("search: {lr: {grid: [0.1]}}\nconfirm: {seeds: []}\n", "'confirm.seeds' must be a non-empty list"),
+        ("search: {lr: {grid: [0.1]}}\ncompare_within: [colour]\n", "'compare_within' must be a list of training settings"),
+        ("search: {lr: {grid: [0.1]}}\nresources: {gpus_per_trial: -1}\n", "'resources.gpus_per_trial' is -1"),
+        ("search: {}\n", "'search' is missing or empty"),
+        ("search: {dataset: {grid: [imagenet]}}\n", "unknown dataset 'imagenet'"),
+        ("search: {density: {grid: [0.1]}}\ntrain: {density: 0.5}\n", "'search.density' is also fixed under train"),
+        ("search: [density]\n", "'search' must be a mapping"),
+        ("search: {density: {grid: [0.1]}\n", "<study>:2: not valid YAML"),
+    ],
+)
+def test_bad_study_files_name_the_key(text, message):
+    with pytest.raises(SpaceError) as err:
+        parse_space(text)
+    assert message in str(err.value)
+
+
+def test_bad_study_file_through_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search:\n  density: {grid: [0.1]}\nscheduler:\n  grace: 2\n")
+    out = subprocess.run([sys.executable, str(ROOT / "tune_search.py"), "run", str(bad), "--storage", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"error: {bad}:4: 'scheduler.grace' is not a known key; known: grace_period, max_epochs, reduction_factor, type"
+    assert not (tmp_path / "bad").exists()
