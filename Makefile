@@ -16,14 +16,21 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# The default study on the embedded dataset; a finished one is only re-exported.
 study: $(STAMP)
-	$(PY) tune_search.py train --epochs 4 --density 0.05 --out runs/make-study-$$(date +%Y%m%d-%H%M%S)
+	@if [ -f studies/default/manifest.json ]; then \
+		$(PY) tune_search.py resume default --storage studies; \
+	else \
+		$(PY) tune_search.py run search_spaces/default.yaml --storage studies; \
+	fi
+	$(PY) tune_search.py export default --storage studies --out results/default
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/core_bench.py
+	$(PY) benchmarks/study_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

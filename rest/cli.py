@@ -86,6 +86,22 @@ def build_parser() -> Parser:
     p.add_argument("name", help="study name (a directory under --storage)")
     _add_cluster_flags(p)
     p.set_defaults(handler=cmd_resume)
+
+    p = sub.add_parser("export", help="best-config tables, a plot and a summary from a study directory")
+    p.add_argument("study", help="study name (under --storage) or path")
+    p.add_argument("--storage", default=None, help="directory holding studies (default $REST_TUNE_STORAGE or ./studies)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default results/<study name>)")
+    p.add_argument("--format", default="md,csv,tex", help="comma-separated: md, csv, tex (default md,csv,tex)")
+    p.add_argument("--selection", choices=("val", "oracle"), default="val",
+                   help="pick configs on validation worst-group (default) or, labelled as such, on test (oracle)")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("export-model", help="save a cell's selected best-epoch model in compact sparse form")
+    p.add_argument("study", help="study name (under --storage) or path")
+    p.add_argument("--cell", required=True, help="DATASET:CONFLICT_PCT, e.g. colored_digits:1")
+    p.add_argument("--storage", default=None, help="directory holding studies")
+    p.add_argument("--out", type=Path, default=None, help="model file (default results/<study>/model-<cell>.pt)")
+    p.set_defaults(handler=cmd_export_model)
     return parser
 
 
@@ -243,6 +259,33 @@ def cmd_resume(args: argparse.Namespace) -> int:
             setattr(opts, key, saved.get(key))
     print(f"resuming study {args.name} from {path}", flush=True)
     return _finish(path, spec, run_study(path, spec, opts), storage)
+
+
+# ------------------------------------------------------------------ export
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export, find_study, load_study
+
+    study = load_study(find_study(args.study, args.storage))
+    out = args.out or Path("results") / study.name
+    written = export(study, out, [f.strip() for f in args.format.split(",") if f.strip()], args.selection)
+    print(f"exported study {study.name} ({len(study.trials)} trials) to {written[0].parent}:")
+    for path in written:
+        print(f"  {path.name}")
+    return 0
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from .export import _newest_state, find_study, load_study, save_sparse_model, selected_trial
+
+    study = load_study(find_study(args.study, args.storage))
+    trial = selected_trial(study, args.cell)
+    state = _newest_state(study.path / trial["phase"] / f"trial_{trial['trial_id']}")
+    out = args.out or Path("results") / study.name / f"model-{args.cell.replace(':', '-')}.pt"
+    path = save_sparse_model(state, out)
+    print(f"saved trial {trial['trial_id']} (density {trial['density']:g}, epoch {state['best']['best_epoch']}) "
+          f"to {path} ({path.stat().st_size / 1e6:.2f} MB); load it with rest.load_model('{path}')")
+    return 0
 
 
 # ------------------------------------------------------------------- main

@@ -389,6 +389,9 @@ def run_study(path: Path, spec: StudySpec, opts: RunOptions) -> dict:
     from ray import tune
 
     manifest = read_manifest(path)
+    if all(info["status"] in ("done", "skipped") for info in manifest["phases"].values()):
+        log.info("study %s is already complete", path.name)
+        return manifest
     gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial
     connect(opts.address, gpus)
     for phase in PHASES:

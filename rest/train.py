@@ -200,6 +200,7 @@ class Trainer:
         self.sampler: EpochSampler | None = None  # built on first epoch (JTT trains a model for it)
         self.epoch = 0
         self.best: dict[str, float] = {"best_epoch": 0, "best_val_worst_group_acc": -math.inf}
+        self.best_weights: dict | None = None  # model and masks at the best epoch, for export
 
     def _new_model(self) -> nn.Module:
         s = self.settings
@@ -247,6 +248,10 @@ class Trainer:
                 "best_test_conflict_acc": test["conflict"],
                 "best_test_align_acc": test["align"],
             }
+            self.best_weights = {
+                "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+                "masks": {n: m.cpu().clone() for n, m in self.sparse.masks.items()},
+            }
         return {
             "epoch": self.epoch,
             "train_loss": train_loss,
@@ -282,6 +287,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "best": dict(self.best),
+            "best_weights": self.best_weights,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -299,6 +305,7 @@ class Trainer:
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.best = dict(state["best"])
+        self.best_weights = state.get("best_weights")
 
 
 def train(settings: TrainSettings, data: BiasedData | None = None, state: dict | None = None,

@@ -71,3 +71,16 @@ def ray_cluster():
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_study(ray_cluster, tmp_path_factory):
+    """The smoke study run once through the command line on the 2-node cluster."""
+    import subprocess
+    import sys
+
+    storage = tmp_path_factory.mktemp("studies")
+    out = subprocess.run([sys.executable, str(ROOT / "tune_search.py"), "run", str(ROOT / "search_spaces" / "smoke.yaml"),
+                          "--storage", str(storage), "--address", ray_cluster.address],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    return storage, out

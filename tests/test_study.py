@@ -43,8 +43,8 @@ def results(experiment: Path) -> dict[str, list[dict]]:
     return out
 
 
-def test_smoke_study_end_to_end_on_two_nodes(ray_cluster, tmp_path):
-    out = cli("run", str(SMOKE), "--storage", str(tmp_path), "--address", ray_cluster.address)
+def test_smoke_study_end_to_end_on_two_nodes(ray_cluster, smoke_study):
+    tmp_path, out = smoke_study
     assert out.returncode == 0, out.stderr[-3000:]
     assert "best config per cell" in out.stdout
     study = tmp_path / "smoke"

@@ -1,0 +1,118 @@
+"""Export: golden tables from a fixture study (a real smoke run), partial studies, sparse models."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT
+
+FIXTURE = ROOT / "tests" / "fixtures" / "smoke_study"
+GOLDEN = ROOT / "tests" / "golden"
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "tune_search.py"), "-q", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "smoke"
+    result = cli("export", str(FIXTURE), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.parametrize("name", ["best_configs.csv", "best_configs.md", "by_density.csv", "best_configs.tex"])
+def test_tables_match_the_golden_files(exported, name):
+    assert (exported / name).read_text() == (GOLDEN / name).read_text()
+
+
+def test_every_output_is_written(exported):
+    for name in ("by_density.md", "trials.csv", "accuracy_vs_density.png", "summary.md"):
+        assert (exported / name).stat().st_size > 0
+    trials = pd.read_csv(exported / "trials.csv")
+    assert len(trials) == 12 and set(trials["phase"]) == {"search", "confirm"}
+    assert trials["stopped_early"].sum() == 3  # ASHA-stopped trials are flagged, not shown as finished
+    summary = (exported / "summary.md").read_text()
+    assert "search trial-epochs: 13 of 16" in summary and "tune_search.py run search_spaces/smoke.yaml" in summary
+
+
+def test_oracle_selection_is_labelled(tmp_path):
+    out = tmp_path / "o"
+    assert cli("export", str(FIXTURE), "--out", str(out), "--selection", "oracle").returncode == 0
+    assert "ORACLE" in (out / "best_configs_oracle.md").read_text()
+    assert "ORACLE" in (out / "summary.md").read_text()
+
+
+def test_partial_study_marks_incomplete_cells(tmp_path):
+    study = tmp_path / "partial"
+    shutil.copytree(FIXTURE, study)
+    shutil.rmtree(study / "confirm")
+    manifest = json.loads((study / "manifest.json").read_text())
+    manifest["phases"]["confirm"] = {"status": "pending", "wall_seconds": 0.0}
+    (study / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    assert cli("export", str(study), "--out", str(out), "--format", "csv").returncode == 0
+    best = pd.read_csv(out / "best_configs.csv")
+    assert len(best) == 2 and (best["status"] == "incomplete: search phase only").all()
+
+
+def test_bad_export_input(tmp_path):
+    out = cli("export", str(tmp_path / "nothing"))
+    assert out.returncode == 2 and "is not a study directory" in out.stderr
+    empty = tmp_path / "empty"
+    shutil.copytree(FIXTURE, empty, ignore=shutil.ignore_patterns("search", "confirm"))
+    out = cli("export", str(empty), "--out", str(tmp_path / "e"))
+    assert out.returncode == 2 and "has no trials yet" in out.stderr
+    other = tmp_path / "taken"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    out = cli("export", str(FIXTURE), "--out", str(other))
+    assert out.returncode == 2 and "already holds other files" in out.stderr
+    assert (other / "notes.txt").read_text() == "mine" and len(list(other.iterdir())) == 1
+    out = cli("export-model", str(FIXTURE), "--cell", "colored_digits:50")
+    assert out.returncode == 2 and "unknown cell colored_digits:50; cells with results: colored_digits:1, colored_digits:5" in out.stderr
+    out = cli("export", str(FIXTURE), "--out", str(tmp_path / "f"), "--format", "xls")
+    assert out.returncode == 2 and "unknown format xls" in out.stderr
+
+
+def test_export_model_round_trip(smoke_study, tmp_path):
+    """The compact model predicts exactly as the checkpoint's best-epoch model, at a fraction of its size."""
+    import rest
+    from rest.data import get_dataset_spec, load_dataset
+    from rest.export import _newest_state, find_study, load_study, selected_trial
+    from rest.models import build_model
+    from rest.settings import TrainSettings
+    from rest.train import to_input
+
+    storage, run = smoke_study
+    assert run.returncode == 0, run.stderr[-2000:]
+    study = load_study(find_study(str(storage / "smoke"), None))
+    # the 5 % cell selected density 0.05 in the fixture run; check whichever sparse cell exists
+    for cell in ("colored_digits:5", "colored_digits:1"):
+        trial = selected_trial(study, cell)
+        if trial["density"] <= 0.2:
+            break
+    else:
+        pytest.skip("no sparse config was selected in this run")
+    out = cli("export-model", str(storage / "smoke"), "--cell", cell, "--out", str(tmp_path / "m.pt"))
+    assert out.returncode == 0, out.stderr
+    model = rest.load_model(tmp_path / "m.pt")
+
+    state = _newest_state(storage / "smoke" / trial["phase"] / f"trial_{trial['trial_id']}")
+    settings = TrainSettings.from_dict(state["settings"])
+    spec = get_dataset_spec(settings.dataset)
+    reference = build_model(settings.model or spec.default_model, spec.num_classes, spec.image_size, settings.width)
+    reference.load_state_dict(state["best_weights"]["model"])
+    x = to_input(load_dataset(settings.dataset, settings.conflict_pct).test.images[:512], spec)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference.eval()(x))
+    dense_bytes = 4 * sum(p.numel() for p in reference.parameters())
+    assert (tmp_path / "m.pt").stat().st_size <= settings.density * dense_bytes + 0.1 * dense_bytes
+    again = cli("export-model", str(storage / "smoke"), "--cell", cell, "--out", str(tmp_path / "m.pt"))
+    assert again.returncode == 2 and "already exists" in again.stderr
