@@ -330,7 +330,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny smoke check: subset of data, 1 repeat, 1 epoch, 1 seed")
     p.add_argument("--skip-accuracy", action="store_true", help="only the speed ratios (parts 1 and 2)")
     p.add_argument("--skip-speed", action="store_true", help="only the accuracy comparison (part 3)")
-    p.add_argument("--repeats", type=int, default=None, help="measured repeats per speed variant (default 7)")
+    p.add_argument("--repeats", type=int, default=None, help="measured repeats per speed variant (default 9)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per accuracy run (default 10)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/core_bench.json)")
     args = p.parse_args()
@@ -340,7 +340,7 @@ def main() -> None:
         repeats, warmup, epochs, seeds = args.repeats or 1, 1, args.epochs or 1, SEEDS[:1]
         out = args.out or Path(tempfile.gettempdir()) / "core_bench.quick.json"
     else:
-        repeats, warmup, epochs, seeds = args.repeats or 7, 1, args.epochs or 10, SEEDS
+        repeats, warmup, epochs, seeds = args.repeats or 9, 1, args.epochs or 10, SEEDS
         out = args.out or ROOT / "benchmarks" / "results" / "core_bench.json"
 
     say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, load {os.getloadavg()}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -50,11 +51,14 @@ def trials(experiment: Path) -> list[dict]:
 
 
 def selected(rows: list[dict], cell_keys: list[str]) -> dict[tuple, dict]:
+    """Per cell, the trial the study would confirm: best validation worst-group, then average."""
+    def score(row):
+        return (row["last"]["best_val_worst_group_acc"], row["last"]["best_val_avg_acc"])
+
     best: dict[tuple, dict] = {}
     for row in rows:
         cell = tuple(row["config"][k] for k in cell_keys)
-        score = row["last"]["best_val_worst_group_acc"]
-        if cell not in best or score > best[cell]["last"]["best_val_worst_group_acc"]:
+        if cell not in best or score(row) > score(best[cell]):
             best[cell] = row
     return best
 
@@ -67,6 +71,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "study_bench.json")
     parser.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "default.yaml")
+    parser.add_argument("--full-grid", type=Path, default=None,
+                        help="reuse the search directory of an earlier full-grid run of the same space")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the studies in this directory")
     args = parser.parse_args()
     space = yaml.safe_load(args.space.read_text())
     searched = list(space["search"])
@@ -74,7 +81,7 @@ def main() -> None:
     concurrent = 2 / space.get("resources", {}).get("cpus_per_trial", 1)
 
     with tempfile.TemporaryDirectory() as tmp:
-        storage = Path(tmp)
+        storage = args.keep or Path(tmp)
         print("running the default study ...", file=sys.stderr, flush=True)
         wall = run_cli("run", str(args.space), "--storage", str(storage), "--name", "asha")
         manifest = json.loads((storage / "asha" / "manifest.json").read_text())
@@ -82,11 +89,14 @@ def main() -> None:
         phases = {p: trials(storage / "asha" / p) for p in ("search", "confirm")}
         train_time = sum(r["epoch_seconds"] for rows in phases.values() for row in rows for r in row["records"].values())
 
-        full_space = dict(space, scheduler={"type": "none"}, confirm=None, name="full")
-        (storage / "full.yaml").write_text(yaml.safe_dump(full_space))
-        print("running the full grid without early stopping ...", file=sys.stderr, flush=True)
-        full_wall = run_cli("run", str(storage / "full.yaml"), "--storage", str(storage))
-        full = trials(storage / "full" / "search")
+        if args.full_grid:
+            full_wall, full = math.nan, trials(args.full_grid)
+        else:
+            full_space = dict(space, scheduler={"type": "none"}, confirm=None, name="full")
+            (storage / "full.yaml").write_text(yaml.safe_dump(full_space))
+            print("running the full grid without early stopping ...", file=sys.stderr, flush=True)
+            full_wall = run_cli("run", str(storage / "full.yaml"), "--storage", str(storage))
+            full = trials(storage / "full" / "search")
 
     epochs = space["train"]["epochs"]
     asha_epochs = sum(len(row["records"]) for row in phases["search"])

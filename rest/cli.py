@@ -102,6 +102,10 @@ def build_parser() -> Parser:
     p.add_argument("--storage", default=None, help="directory holding studies")
     p.add_argument("--out", type=Path, default=None, help="model file (default results/<study>/model-<cell>.pt)")
     p.set_defaults(handler=cmd_export_model)
+
+    from .cli_prepare import add_parser as add_prepare_parser  # here: it imports Parser from this module
+
+    add_prepare_parser(sub)
     return parser
 
 

@@ -30,7 +30,8 @@ CHECK_DATASETS = ("cmnist", "cifar10c", "bffhq")
 def _add_build_flags(p: argparse.ArgumentParser, source: str) -> None:
     p.add_argument("--raw", type=Path, required=True, metavar="DIR", help=f"directory holding {source} as torchvision downloads it")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output root (built in a hidden sibling, renamed when complete)")
-    p.add_argument("--ratios", default=DEFAULT_RATIOS, metavar="LIST", help=f"conflicting percentages, one <pct>pct folder each (default {DEFAULT_RATIOS})")
+    p.add_argument("--ratios", default=DEFAULT_RATIOS, metavar="LIST",
+                   help=f"conflicting percentages, one <pct>pct folder each (default {DEFAULT_RATIOS})")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split, bias labels and rendering (default 0)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out, once the new tree is complete")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="processes encoding images (default: all cores)")

@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from .corruptions import CORRUPTION_NAMES, corrupt
+from .data import get_dataset_spec
 from .data.base import DataError, pct_dirname
 from .data.folder import IMAGE_SUFFIXES, parse_labels
 from .data.protocol import assign_bias, colourise, conflict_quota
@@ -124,7 +125,10 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(payload, dtype).reshape(dims)
 
 
-MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 def load_mnist(raw: Path) -> RawData:
@@ -149,8 +153,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles only what CIFAR batches hold (dicts, lists, numpy arrays): a tampered
     file cannot run code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}  # fmt: skip
+    ALLOWED = {(core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")}
+    ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype")}
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -240,6 +244,12 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
 
 
+def render_rng(seed: int, source: str, index: int, bias: int) -> np.random.Generator:
+    """The randomness of one rendered image: a function of the seed and of the image and
+    its bias label alone, never of the worker or chunk that renders it."""
+    return _rng(seed, STREAM_RENDER, SOURCE_IDS[source], index, bias)
+
+
 def _ratio_key(pct: float) -> int:
     return int(round(pct * 1000))  # 0.5 -> 500: an integer seed component per ratio
 
@@ -250,7 +260,7 @@ def carve_valid(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tup
     valid = []
     for c in np.unique(y):
         members = rng.permutation(np.flatnonzero(y == c))
-        valid.append(members[: conflict_quota(len(members), 100.0 * fraction)])
+        valid.append(members[: int(math.floor(len(members) * fraction + 0.5))])
     valid_idx = np.sort(np.concatenate(valid)) if valid else np.zeros(0, np.int64)
     return np.setdiff1d(np.arange(len(y)), valid_idx), valid_idx
 
@@ -341,14 +351,24 @@ def write_copies(data: bytes, paths: list[Path]) -> None:
     tree ~4x smaller on disk and much faster to write (creating small files is what
     a build spends its time on). Filesystems without hard links get real copies.
     """
-    with open(paths[0], "wb") as f:
-        f.write(data)
+    _write_file(paths[0], data)
     for path in paths[1:]:
         try:
             os.link(paths[0], path)
         except OSError:
-            with open(path, "wb") as f:
-                f.write(data)
+            _write_file(path, data)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Three system calls; Python's buffered open() adds more per file, and a build
+    creates hundreds of thousands of small files."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def render_chunk(chunk: Chunk) -> int:
@@ -358,7 +378,7 @@ def render_chunk(chunk: Chunk) -> int:
     root = Path(chunk.root)
     written = 0
     for source, (i, b, paths) in zip(chunk.sources, chunk.entries):
-        data = encode_png(render(source, b, _rng(chunk.seed, STREAM_RENDER, SOURCE_IDS[chunk.source], i, b), chunk.severity))
+        data = encode_png(render(source, b, render_rng(chunk.seed, chunk.source, i, b), chunk.severity))
         write_copies(data, [root / rel for rel in paths])
         written += len(paths)
     return written
@@ -417,19 +437,28 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _sweep_stale(out: Path) -> None:
-    """Remove temporaries left by builds of `out` that were killed (their pid is gone)."""
+    """Remove half-built trees of `out` left by killed builds (their pid is gone).
+
+    A '.old-' sibling is only left if a --force build was killed between its two
+    renames; it may then be the only copy of the previous tree, so it is kept and named.
+    """
     for path in out.parent.glob(f".{out.name}.*-*"):
         match = re.fullmatch(rf"\.{re.escape(out.name)}\.(partial|old)-(\d+)", path.name)
-        if match and path.is_dir() and not _pid_alive(int(match.group(2))):
+        if not (match and path.is_dir()) or _pid_alive(int(match.group(2))):
+            continue
+        if match.group(1) == "partial":
             log.info("removing %s, left by an interrupted build", path)
             shutil.rmtree(path, ignore_errors=True)
+        else:
+            log.warning("%s holds the tree an interrupted --force build was replacing; delete it or move it back", path)
 
 
 def _refuse_existing(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory; choose another --out (nothing was overwritten)")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {out} already exists and is not empty; choose another --out or pass --force to replace it (nothing was overwritten)")
+        raise UserError(f"--out {out} already exists and is not empty; choose another --out or pass --force "
+                        "to replace it (nothing was overwritten)")
 
 
 @contextmanager
@@ -585,7 +614,8 @@ class TreeReport:
         if not self.problems:
             return f"{self.root}: {self.images} images, no problems"
         parts = ", ".join(f"{n} {kind}" for kind, n in self.counts_by_kind().items())
-        return f"check found {len(self.problems)} problems in {self.root}: {parts}"
+        n = len(self.problems)
+        return f"check found {n} problem{'s' if n > 1 else ''} in {self.root}: {parts}"
 
 
 def _pct_value(name: str) -> float | None:
@@ -593,6 +623,18 @@ def _pct_value(name: str) -> float | None:
         return float(name[: -len("pct")])
     except ValueError:
         return None
+
+
+TOP_FOLDERS = {"test", "valid"}
+PCT_FOLDERS = {"align", "conflict", "valid"}
+
+
+def _ignored_folders(root: Path) -> list[str]:
+    """Folders the loader never reads: often a tree unpacked one level too deep or too high."""
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+             and p.name not in TOP_FOLDERS and not p.name.endswith("pct")]  # fmt: skip
+    found += [p for d in root.glob("*pct") if d.is_dir() for p in d.iterdir() if p.is_dir() and p.name not in PCT_FOLDERS]
+    return [f"{p}/: not part of the LfF layout, ignored by the loader" for p in sorted(found)]
 
 
 def discover(root: Path) -> tuple[list[tuple[str, dict[str, list[Folder]]]], list[Problem]]:
@@ -654,7 +696,7 @@ def _check_names(folder: Folder, num_classes: int | None) -> tuple[list[Entry], 
             continue
         if num_classes is not None and max(y, b) >= num_classes:
             problems.append(Problem("label out of range", str(path), f"y={y}, b={b}; classes are 0..{num_classes - 1}"))
-        if folder.group == "align" and y != b or folder.group == "conflict" and y == b:
+        if (folder.group == "align" and y != b) or (folder.group == "conflict" and y == b):
             problems.append(Problem("wrong group", str(path), f"y={y}, b={b} in {folder.group}/"))
         if path.parent != folder.path and path.parent.name.isdigit() and int(path.parent.name) != y:
             problems.append(Problem("wrong class folder", str(path), f"y={y} in folder {path.parent.name}/"))
@@ -731,8 +773,6 @@ def _rows(ratios, entries: dict[Path, list[Entry]], num_classes: int) -> list[di
 def check_tree(root: Path, dataset: str | None = None, workers: int | None = None,
                progress: Progress | None = None) -> TreeReport:  # fmt: skip
     """Validate an LfF-layout tree; the report lists every problem found (none: valid)."""
-    from .data import get_dataset_spec  # lazy: imports torch
-
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"{root} is not a directory; pass the root of an LfF-layout dataset")
@@ -743,6 +783,7 @@ def check_tree(root: Path, dataset: str | None = None, workers: int | None = Non
             raise DataError(f"{dataset} is embedded, not a folder dataset; choose from cmnist, cifar10c, bffhq")
     report = TreeReport(root)
     ratios, report.problems = discover(root)
+    report.warnings += _ignored_folders(root)
     folders = {f.path: f for _, splits in ratios for fs in splits.values() for f in fs if f.path.is_dir()}
     entries: dict[Path, list[Entry]] = {}
     for path, folder in sorted(folders.items()):
@@ -772,15 +813,21 @@ def check_tree(root: Path, dataset: str | None = None, workers: int | None = Non
 
 
 def _hash_entries(flat: list[Entry], workers: int, progress: Progress | None) -> None:
-    """Decode every image once (in parallel for big trees), recording its pixel digest or why it failed."""
-    paths = [str(e.path) for e in flat]
+    """Decode every distinct file once (in parallel for big trees), recording its pixel
+    digest or why it failed. Hard links (prepare-data's copies across ratio folders)
+    share an inode, so they are decoded once."""
+    inodes = [(st.st_dev, st.st_ino) for st in (e.path.stat() for e in flat)]
+    by_inode: dict[tuple[int, int], str] = {}
+    for e, inode in zip(flat, inodes):
+        by_inode.setdefault(inode, str(e.path))
+    paths = sorted(set(by_inode.values()))
     size = max(64, min(1024, len(paths) // (workers * 8) or 1))
     tasks = (paths[i : i + size] for i in range(0, len(paths), size))
     by_path = {}
     for _, results in run_tasks(_hash_many, tasks, workers if len(paths) > 2000 else 1, len(paths), progress):
         by_path.update((r[0], r[1:]) for r in results)
-    for e in flat:
-        e.digest, e.size, e.error = by_path[str(e.path)]
+    for e, inode in zip(flat, inodes):
+        e.digest, e.size, e.error = by_path[by_inode[inode]]
 
 
 def format_table(rows: list[dict]) -> str:

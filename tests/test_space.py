@@ -72,3 +72,24 @@ def test_bad_study_file_through_the_cli(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == f"error: {bad}:4: 'scheduler.grace' is not a known key; known: grace_period, max_epochs, reduction_factor, type"
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("name", ["rest_cmnist", "rest_cifar10c", "rest_bffhq"])
+def test_paper_studies_train_on_a_tiny_tree(tmp_path, name):
+    """Smoke variant of each paper study: its settings (first grid value of every searched
+    key, lambda from its lookup) train one epoch on a tiny LfF tree of its dataset."""
+    import math
+
+    from conftest import write_png_tree
+    from rest.train import train
+
+    spec, _ = load_space(ROOT / "search_spaces" / f"{name}.yaml")
+    values = {k: d["grid"][0] for k, d in spec.search.items() if "grid" in d}
+    lookup = spec.search["lambda_upweight"]["lookup"]
+    values["lambda_upweight"] = lookup["table"][values[lookup["key"]]]
+    classes = 2 if spec.train.dataset == "bffhq" else 10
+    write_png_tree(tmp_path, {"align": 3, "conflict": 1, "valid": 1, "test": 1}, pct=f"{values['conflict_pct']:g}pct",
+                   classes=classes)
+    settings = spec.train.replace(**values, data_root=str(tmp_path), epochs=1, width=4, batch_size=16)
+    (record,) = train(settings.validate())
+    assert math.isfinite(record["train_loss"]) and record["density"] < 0.05  # tiny layers keep >= 1 weight each

@@ -77,7 +77,7 @@ def _fake_study(scheduler, storage):
     def fake_trial(config):
         base = 0.9 if config["conflict_pct"] == 5 else 0.1
         for epoch in range(1, 9):
-            tune.report({"epoch": epoch, "val_worst_group_acc": base + 0.01 * config["lambda_upweight"]})
+            tune.report({"epoch": epoch, "val_rank": base + 0.01 * config["lambda_upweight"]})
 
     tuner = tune.Tuner(
         fake_trial,
@@ -103,7 +103,7 @@ def test_asha_compares_trials_only_within_a_cell(ray_cluster, tmp_path):
         assert epochs[(pct, 4)] == 8, f"the best trial of the {pct}% cell must run to the end"
         assert min(epochs[(pct, lam)] for lam in (1, 2, 3)) < 8, "ASHA still stops weak trials within a cell"
     # the same study under Ray's global ASHA stops the weak cell's best trial: the test can fail
-    global_asha = AsyncHyperBandScheduler(time_attr="epoch", metric="val_worst_group_acc", mode="max", max_t=8,
+    global_asha = AsyncHyperBandScheduler(time_attr="epoch", metric="val_rank", mode="max", max_t=8,
                                           grace_period=1, reduction_factor=2)
     assert _fake_study(global_asha, tmp_path / "global")[(0.5, 4)] < 8
 
