@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from rest.data.digits import render_digit  # noqa: E402
 
-RUN_PREPARE = "import sys; from rest.cli_prepare import main; sys.exit(main(sys.argv[1:]))"
+RUN_PREPARE = "import sys; from rest.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -192,7 +192,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------- run, resume
 
-def _options(args: argparse.Namespace, name: str, storage: str, **extra) -> "RunOptions":
+def _options(args: argparse.Namespace, name: str, storage: str, **extra):
+    """The driver's RunOptions from the cluster flags, checked."""
     import os
 
     from .study import RunOptions

@@ -1,8 +1,7 @@
 """The ``prepare-data`` command: build Colored MNIST or Corrupted CIFAR-10 in the LfF
 layout from torchvision's raw files, or check any LfF tree.
 
-``add_parser(subparsers)`` adds the command to the main command line; ``main(argv)``
-runs it on its own. Only argparse-level modules are imported here: numpy, Pillow and
+``add_parser(subparsers)`` adds the command to the main command line (rest/cli.py). Only argparse-level modules are imported here: numpy, Pillow and
 torch load inside the handlers, so ``--help`` answers at once. Progress goes to
 stderr; stdout carries the result (a summary line, or check's table).
 """
@@ -143,24 +142,3 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UserError(report.summary())
     print(report.summary())
     return 0
-
-
-# ------------------------------------------------------------------- main
-
-def main(argv: list[str] | None = None) -> int:
-    """Run `prepare-data ...` on its own (argv as after the program name)."""
-    parser = Parser(prog=PROG, description="Build or check LfF-layout datasets.")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    sub.required = True
-    add_parser(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.handler(args)
-    except UserError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return 130

@@ -32,7 +32,7 @@ from rest.data.protocol import COLOURS, conflict_quota
 from rest.errors import UserError
 from rest import prepare
 
-RUN = "import sys; from rest.cli_prepare import main; sys.exit(main(sys.argv[1:]))"
+RUN = "import sys; from rest.cli import main; sys.exit(main(sys.argv[1:]))"
 RATIOS = (1.0, 5.0)
 
 

@@ -1,6 +1,4 @@
 """Study definitions: every shipped file is valid; bad ones name the key and line."""
-from pathlib import Path
-
 import pytest
 
 from conftest import ROOT
