@@ -23,8 +23,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from rest.cli import Parser
-from rest.cli_prepare import add_parser, main
+from rest.cli import build_parser, main
 from rest.corruptions import CORRUPTION_NAMES, CORRUPTIONS, corrupt
 from rest.data import DataError, load_dataset
 from rest.data.folder import list_images, parse_labels
@@ -107,10 +106,8 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def cli(*args: str) -> int:
-    """The command as the main CLI will run it: a parser built with add_parser."""
-    parser = Parser(prog="tune_search.py")
-    add_parser(parser.add_subparsers(dest="command", parser_class=Parser))
-    parsed = parser.parse_args(list(args))
+    """The command's handler, called as the main command line calls it (errors propagate)."""
+    parsed = build_parser().parse_args(list(args))
     return parsed.handler(parsed)
 
 
