@@ -241,10 +241,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     storage = resolve_storage(args.storage)
     opts = _options(args, args.name or spec.name, storage, data_root=args.data_root)
     command = " ".join([PROG, "run", str(args.space)] + (["--name", opts.name] if args.name else []))
-    from .study import connect, prepare_data, run_study, study_dir
+    from .study import connect, prepare_data, refuse_existing, run_study
 
-    if study_dir(storage, opts.name).exists():  # refuse before paying for Ray start-up
-        create_study(spec, text, opts, command)
+    refuse_existing(storage, opts.name)  # before paying for Ray start-up
     connect(opts.address, opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial)
     prepare_data(spec, args.data_root)  # bad data fails here, before the study directory exists
     path = create_study(spec, text, opts, command)

@@ -204,13 +204,6 @@ def by_density(study: Study, selection: str = "val") -> pd.DataFrame:
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
-TRIAL_COLUMNS = ["phase", "trial_id", "status", "role", "epochs_run", "epochs_planned", "stopped_early", "retries"]
-
-
-def trials_table(study: Study) -> pd.DataFrame:
-    return study.trials
-
-
 # ------------------------------------------------------------------ writing
 
 def _fmt(mean: float, se: float) -> str:
@@ -235,10 +228,11 @@ def presentable(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
             out[f"{short} %"] = [_fmt(m, s) for m, s in zip(table[f"{short}_mean"], table[f"{short}_se"])]
     out["nonzero"] = [f"{x:.3f}" for x in table["nonzero_rel"]]
     out["FLOPs"] = [f"{x:.3f}" for x in table["flops_rel"]]
-    for col in ("gain_over_erm", "epochs_run", "stopped_early", "status"):
+    if "gain_over_erm" in table:
+        out["gain_over_erm"] = ["" if x != x else f"{x:+.1f}" for x in table["gain_over_erm"]]
+    for col in ("epochs_run", "stopped_early", "status"):
         if col in table:
-            out[col] = [f"{x:+.1f}" if isinstance(x, float) and x == x else ("" if isinstance(x, float) else x)
-                        for x in table[col]] if col == "gain_over_erm" else table[col].values
+            out[col] = table[col].values
     return out
 
 

@@ -90,11 +90,15 @@ def resolve_storage(storage: str | None) -> str:
     return str(path)
 
 
+def refuse_existing(storage: str, name: str) -> None:
+    if study_dir(storage, name).exists():
+        raise StudyError(f"study '{name}' already exists in {storage}; continue it with "
+                         f"'tune_search.py resume {name} --storage {storage}' or pick another --name")
+
+
 def create_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str) -> Path:
+    refuse_existing(opts.storage, opts.name)
     path = study_dir(opts.storage, opts.name)
-    if path.exists():
-        raise StudyError(f"study '{opts.name}' already exists in {opts.storage}; continue it with "
-                         f"'tune_search.py resume {opts.name} --storage {opts.storage}' or pick another --name")
     path.mkdir(parents=True)
     (path / "study.yaml").write_text(yaml_text)
     manifest = {
@@ -307,8 +311,7 @@ def load_trials(experiment: Path) -> list[dict]:
     for t in analysis.trials:
         config = t.config.get("cfg", t.config)
         trials.append({"trial_id": t.trial_id, "config": config, "status": t.status,
-                       "last": dict(t.last_result or {}), "error": bool(t.error_file) or t.status == "ERROR",
-                       "path": t.local_path if hasattr(t, "local_path") else None})
+                       "last": dict(t.last_result or {}), "error": bool(t.error_file) or t.status == "ERROR"})
     return trials
 
 
