@@ -40,11 +40,13 @@ TRAIN_FLAGS: list[tuple[str, str, Callable, str]] = [
     ("--data-root", "data_root", str, "root of an LfF-layout dataset (cmnist, cifar10c, bffhq)"),
     ("--model", "model", str, f"model: {', '.join(MODEL_NAMES)} (default: the dataset's)"),
     ("--width", "width", int, f"ResNet base width (default {_D.width})"),
+    ("--stem", "stem", str, f"ResNet stem: auto (CIFAR stem below 64 px), imagenet (REST's, every size), cifar (default {_D.stem})"),
     ("--density", "density", float, f"fraction of conv/linear weights kept, in (0, 1] (default {_D.density:g} = dense)"),
     ("--sparse", "sparse", str, f"mask update rule: {', '.join(SPARSE_METHODS)} (default {_D.sparse})"),
     ("--distribution", "distribution", str, f"layer-wise density: {', '.join(DISTRIBUTIONS)} (default {_D.distribution})"),
     ("--update-frequency", "update_frequency", int, f"optimizer steps between mask updates (default {_D.update_frequency})"),
     ("--drop-rate", "drop_rate", float, f"initial drop fraction, cosine-decayed (default {_D.drop_rate:g})"),
+    ("--drop-rate-min", "drop_rate_min", float, f"floor the drop fraction decays to, below --drop-rate (default {_D.drop_rate_min:g}; REST 0.005)"),
     ("--reweight", "reweight", str, f"sampling: {', '.join(REWEIGHT_NAMES)} (default {_D.reweight})"),
     ("--lambda-upweight", "lambda_upweight", float, f"upweighting factor, >= 1 (default {_D.lambda_upweight:g})"),
     ("--jtt-epochs", "jtt_epochs", int, f"ERM epochs of JTT's identification model (default {_D.jtt_epochs})"),
@@ -52,10 +54,13 @@ TRAIN_FLAGS: list[tuple[str, str, Callable, str]] = [
     ("--lr", "lr", float, f"learning rate (default {_D.lr:g})"),
     ("--weight-decay", "weight_decay", float, f"weight decay (default {_D.weight_decay:g})"),
     ("--schedule", "schedule", str, f"LR schedule: {', '.join(SCHEDULES)} (default {_D.schedule})"),
+    ("--plateau-patience", "plateau_patience", int, f"plateau: flat validation-loss epochs before LR x0.1 (default {_D.plateau_patience}; REST 5)"),
     ("--batch-size", "batch_size", int, f"batch size (default {_D.batch_size})"),
     ("--epochs", "epochs", int, f"epochs (default {_D.epochs})"),
     ("--seed", "seed", int, f"random seed (default {_D.seed})"),
+    ("--selection", "selection", str, f"validation metric that selects the model: worst_group, average (default {_D.selection})"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)"),
+    ("--precision", "precision", str, f"CUDA precision: fp32, bf16, fp16 (default {_D.precision}); CPU always trains in fp32"),
 ]
 
 

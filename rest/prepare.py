@@ -49,7 +49,7 @@ from .corruptions import CORRUPTION_NAMES, corrupt
 from .data import get_dataset_spec
 from .data.base import DataError, pct_dirname
 from .data.folder import IMAGE_SUFFIXES, parse_labels
-from .data.protocol import assign_bias, colourise, conflict_quota
+from .data.protocol import LFF_COLOUR_JITTER, assign_bias, colourise, conflict_quota
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ DEFAULT_RATIOS = (0.5, 1.0, 2.0, 5.0)
 VALID_FRACTION = 0.1  # of each class's training images
 PNG_COMPRESS_LEVEL = 1  # small images: level 1 is ~3x faster to write than 6 and hardly larger
 MANIFEST = "prepare.json"
-FORMAT_VERSION = 1  # bump when the rendering changes, so trees can be told apart
+FORMAT_VERSION = 2  # bump when the rendering changes, so trees can be told apart (2: cmnist colour noise 0.005)
 
 # Independent random streams, so changing one step never shifts another's draws.
 STREAM_VALID, STREAM_BIAS, STREAM_RENDER = 1, 2, 3
@@ -191,9 +191,9 @@ def load_cifar10(raw: Path) -> RawData:
 # -------------------------------------------------------------------- recipes
 
 def render_cmnist(grey: np.ndarray, b: int, rng: np.random.Generator, severity: int) -> np.ndarray:
-    """One grey digit painted with colour b: the same colouring as the embedded dataset."""
-    del severity  # colour has no severity
-    return colourise(grey[None], np.array([b]), rng)[0].transpose(1, 2, 0)
+    """One grey digit painted with colour b: the embedded dataset's colouring with LfF's noise."""
+    del severity  # --severity is for corruptions; the colour noise is fixed at LfF's 0.005
+    return colourise(grey[None], np.array([b]), rng, LFF_COLOUR_JITTER)[0].transpose(1, 2, 0)
 
 
 def render_cifar10c(image: np.ndarray, b: int, rng: np.random.Generator, severity: int) -> np.ndarray:

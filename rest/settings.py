@@ -22,6 +22,11 @@ REWEIGHT_NAMES = ("none", "oracle", "jtt")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("plateau", "cosine", "none")
 CONFLICT_PCTS = (0.5, 1.0, 2.0, 5.0)
+STEMS = ("auto", "imagenet", "cifar")
+PRECISIONS = ("fp32", "bf16", "fp16")
+# The primary validation metric of model selection: REST selects its reweighted (dense)
+# runs on validation worst-group accuracy and its sparse runs on validation average accuracy.
+SELECTIONS = ("worst_group", "average")
 
 
 class SettingsError(UserError, ValueError):
@@ -37,11 +42,13 @@ class TrainSettings:
     data_root: str | None = None
     model: str | None = None  # None: the dataset's default model
     width: int = 64  # ResNet base width
+    stem: str = "auto"  # ResNet stem: auto (CIFAR stem below 64 px, ImageNet stem from 64 px), imagenet (REST), cifar
     density: float = 1.0
     sparse: str = "rigl"
     distribution: str = "erk"
     update_frequency: int = 100
     drop_rate: float = 0.5
+    drop_rate_min: float = 0.0  # floor of the cosine-decayed drop fraction (REST: 0.005)
     t_end: float = 0.75
     reweight: str = "oracle"
     lambda_upweight: float = 30.0
@@ -51,10 +58,13 @@ class TrainSettings:
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "plateau"
+    plateau_patience: int = 10  # epochs without validation-loss gain before x0.1 (PyTorch's default; REST: 5)
     batch_size: int = 256
     epochs: int = 10
     seed: int = 42
+    selection: str = "worst_group"  # validation metric that picks the epoch: worst_group or average (REST's sparse runs)
     device: str = "auto"
+    precision: str = "bf16"  # autocast dtype on CUDA; CPU always trains in fp32
     eval_batch_size: int = 256
     subsample: int = 0  # use only the first N samples of each split (0: all); for smoke runs
     extra: dict[str, Any] = field(default_factory=dict)
@@ -69,6 +79,9 @@ class TrainSettings:
         _choice("reweight", self.reweight, REWEIGHT_NAMES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
+        _choice("stem", self.stem, STEMS)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("selection", self.selection, SELECTIONS)
         if not 0.0 < float(self.density) <= 1.0:
             raise SettingsError(f"density {self.density} is outside (0, 1]; use e.g. 0.05 for 5% of weights")
         if float(self.lambda_upweight) < 1.0:
@@ -82,6 +95,15 @@ class TrainSettings:
             raise SettingsError(f"jtt_epochs {self.jtt_epochs} is below 1; JTT needs at least one ERM epoch")
         if not 0.0 <= float(self.drop_rate) < 1.0:
             raise SettingsError(f"drop_rate {self.drop_rate} is outside [0, 1)")
+        if float(self.drop_rate_min) < 0.0:
+            raise SettingsError(f"drop_rate_min {self.drop_rate_min} is negative; use 0 (no floor) or e.g. 0.005")
+        updates = float(self.density) < 1.0 and self.sparse != "static"  # a floor only matters when masks move
+        if updates and float(self.drop_rate_min) > 0.0 and float(self.drop_rate_min) >= float(self.drop_rate):
+            raise SettingsError(
+                f"drop_rate_min {self.drop_rate_min} is not below drop_rate {self.drop_rate}; lower drop_rate_min or raise drop_rate"
+            )
+        if int(self.plateau_patience) < 0:
+            raise SettingsError(f"plateau_patience {self.plateau_patience} is negative; give epochs >= 0 (REST uses 5)")
         if not 0.0 < float(self.t_end) <= 1.0:
             raise SettingsError(f"t_end {self.t_end} is outside (0, 1]")
         if float(self.lr) <= 0:

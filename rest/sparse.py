@@ -3,13 +3,14 @@
 Conv and linear weights carry a boolean mask with an exact number of active
 entries (top-k and shuffled indices, never Bernoulli draws, so the realised
 density is the target density to one weight per layer). Biases and normalisation
-layers stay dense. Every ``update_frequency`` optimizer steps, until ``t_end_step``,
-a cosine-decayed fraction of each layer's active weights with the smallest
-magnitude is dropped and as many are regrown: by dense-gradient magnitude (RigL)
-or uniformly at random (SET). Regrown weights start at zero with zeroed optimizer
-state. After every optimizer step the masked weights and every optimizer-state
-tensor of the same shape (momentum, Adam moments) are multiplied by the mask, so
-they are exactly zero, whatever the weight decay.
+layers stay dense. Every ``update_frequency`` optimizer steps, up to and including
+``t_end_step``, a cosine-decayed fraction of each layer's active weights with the
+smallest magnitude is dropped and as many are regrown: by dense-gradient magnitude
+(RigL) or uniformly at random (SET). Regrown weights start at zero with zeroed
+optimizer state, a weight dropped and regrown in the same update included. After
+every optimizer step the masked weights and every optimizer-state tensor of the
+same shape (momentum, Adam moments) are multiplied by the mask, so they are
+exactly zero, whatever the weight decay.
 """
 from __future__ import annotations
 
@@ -75,11 +76,18 @@ def active_counts(shapes: dict[str, Shape], densities: dict[str, float]) -> dict
     return {n: min(math.prod(s), max(1, round(densities[n] * math.prod(s)))) for n, s in shapes.items()}
 
 
-def cosine_drop_fraction(step: int, t_end_step: int, drop_rate: float) -> float:
-    """Drop fraction at `step`: drop_rate at step 0, cosine-decayed to 0 at t_end_step."""
+def cosine_drop_fraction(step: int, t_end_step: int, drop_rate: float, drop_rate_min: float = 0.0) -> float:
+    """Drop fraction at `step`, cosine-decayed from drop_rate to the floor drop_rate_min.
+
+        f(t) = m + (d - m) / 2 * (1 + cos(pi * t / T))   for 0 <= t <= T,   f(t) = m for t > T
+
+    with d = drop_rate, m = drop_rate_min and T = t_end_step, so f(0) = d, f(T/2) = (d + m) / 2
+    and f(T) = m. This is PyTorch's CosineAnnealingLR with eta_min = m, which REST's
+    CosineDecay uses (m = 0.005, T = all training steps); RigL's schedule is m = 0.
+    """
     if step >= t_end_step:
-        return 0.0
-    return drop_rate / 2.0 * (1.0 + math.cos(math.pi * step / t_end_step))
+        return drop_rate_min
+    return drop_rate_min + (drop_rate - drop_rate_min) / 2.0 * (1.0 + math.cos(math.pi * step / t_end_step))
 
 
 # ------------------------------------------------------------ drop and grow rules
@@ -105,6 +113,15 @@ def grow_random(weight: torch.Tensor, grad: torch.Tensor | None, gen: torch.Gene
 DROP = {"magnitude": drop_magnitude}
 GROW = {"gradient": grow_gradient, "random": grow_random}
 METHODS: dict[str, tuple[str, str] | None] = {"rigl": ("magnitude", "gradient"), "set": ("magnitude", "random"), "static": None}
+
+
+def _mask_state(optimizer: torch.optim.Optimizer | None, p: nn.Parameter, mask: torch.Tensor) -> None:
+    """Multiply every per-weight optimizer-state tensor of p (momentum, Adam moments) by mask."""
+    if optimizer is None:
+        return
+    for value in optimizer.state.get(p, {}).values():
+        if torch.is_tensor(value) and value.shape == p.shape:
+            value.mul_(mask)
 
 
 def _top_mask(score: torch.Tensor, k: int) -> torch.Tensor:
@@ -165,6 +182,7 @@ class SparseMask:
         drop_rate: float = 0.5,
         t_end_step: int = 1,
         seed: int = 0,
+        drop_rate_min: float = 0.0,
     ):
         if method not in METHODS:
             raise ValueError(f"unknown sparse method '{method}'; choose from {', '.join(METHODS)}")
@@ -173,6 +191,7 @@ class SparseMask:
         self.method = method
         self.update_frequency = int(update_frequency)
         self.drop_rate = float(drop_rate)
+        self.drop_rate_min = float(drop_rate_min)
         self.t_end_step = max(1, int(t_end_step))
         self.steps = 0
         self.updates = 0
@@ -198,17 +217,14 @@ class SparseMask:
         for name, mask in self.masks.items():
             p = self.params[name]
             p.mul_(mask)
-            if optimizer is not None:
-                for value in optimizer.state.get(p, {}).values():
-                    if torch.is_tensor(value) and value.shape == p.shape:
-                        value.mul_(mask)
+            _mask_state(optimizer, p, mask)
 
     def update_due(self) -> bool:
         return (
             self.enabled
             and METHODS[self.method] is not None
             and self.steps % self.update_frequency == 0
-            and self.steps < self.t_end_step
+            and self.steps <= self.t_end_step  # t_end 1.0: updates until the last step, as REST
         )
 
     @torch.no_grad()
@@ -218,14 +234,18 @@ class SparseMask:
         self.steps += 1
         self.apply(optimizer)  # first with the old masks: inactive weights and state -> 0
         if self.update_due():
-            self.update_topology()  # regrown entries come from the zeroed ones: weight and state 0
-            self.apply(optimizer)
+            self.update_topology(optimizer)  # leaves every weight outside the new mask, and its state, at 0
 
     @torch.no_grad()
-    def update_topology(self) -> None:
-        """Drop the weakest active weights and regrow as many elsewhere, per layer."""
+    def update_topology(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Drop the weakest active weights and regrow as many elsewhere, per layer.
+
+        Regrowth may pick a weight dropped in this same update (RigL scores every
+        weight outside the kept set). Such a weight restarts like any other regrown
+        one: its value and its optimizer state are zeroed, not carried over.
+        """
         drop_name, grow_name = METHODS[self.method]
-        fraction = cosine_drop_fraction(self.steps, self.t_end_step, self.drop_rate)
+        fraction = cosine_drop_fraction(self.steps, self.t_end_step, self.drop_rate, self.drop_rate_min)
         for name, mask in self.masks.items():
             p = self.params[name]
             n_active = int(mask.sum())
@@ -236,7 +256,11 @@ class SparseMask:
             score = GROW[grow_name](p, p.grad, self.generator)
             score = torch.where(kept, torch.full_like(score, -math.inf), score)
             grown = _top_mask(score, n_swap)
-            p.mul_(kept)  # dropped weights go to 0; regrown ones were masked, hence already 0
+            # Everything outside `kept` restarts from zero: dropped weights, weights regrown
+            # from long-masked positions (already 0) and weights dropped and regrown now,
+            # whose momentum would otherwise survive the update.
+            p.mul_(kept)
+            _mask_state(optimizer, p, kept)
             self.masks[name] = kept | grown
         self.updates += 1
         log.debug("topology update %d at step %d: drop fraction %.4f", self.updates, self.steps, fraction)

@@ -12,17 +12,19 @@ numbers never influence selection.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import BiasedData, DatasetSpec, Split, get_dataset_spec, load_dataset
+from .data import BiasedData, DataError, DatasetSpec, Split, get_dataset_spec, load_dataset
 from .models import build_model
 from .reweight import EpochSampler, make_sampler
 from .settings import SettingsError, TrainSettings
@@ -32,13 +34,17 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
-# Metric names are a contract with the study and export code.
+# Every key of a run_epoch record: a contract with the study and export code (docs/metrics.md).
 METRICS = (
     "epoch", "train_loss",
     "val_worst_group_acc", "val_avg_acc", "val_conflict_acc", "val_align_acc",
+    "val_worst_class_bias_acc", "val_balanced_acc", "val_align_count", "val_conflict_count", "val_loss",
     "test_unbiased_acc", "test_worst_group_acc", "test_conflict_acc", "test_align_acc",
-    "best_epoch", "best_val_worst_group_acc", "best_test_worst_group_acc", "best_test_unbiased_acc",
-    "best_test_conflict_acc", "density", "nonzero_params", "inference_flops",
+    "test_worst_class_bias_acc", "test_balanced_acc",
+    "best_epoch", "best_val_worst_group_acc", "best_val_avg_acc", "best_test_worst_group_acc",
+    "best_test_unbiased_acc", "best_test_conflict_acc", "best_test_align_acc",
+    "density", "nonzero_params", "dense_params", "inference_flops", "dense_inference_flops",
+    "lr", "epoch_seconds",
 )  # fmt: skip
 
 
@@ -80,28 +86,100 @@ def crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch
 AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None] = {"none": None, "crop_flip": crop_flip}
 
 
+# ----------------------------------------------------------------- precision
+
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Amp:
+    """Mixed precision of one run: the autocast dtype (None: plain fp32) and fp16's loss scaler."""
+
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+
+@functools.lru_cache(maxsize=None)
+def _note_cpu_precision(precision: str) -> None:
+    log.info("precision %s applies on CUDA only; training on CPU in fp32", precision)
+
+
+def make_amp(precision: str, device: torch.device) -> Amp:
+    """Autocast on CUDA in the asked dtype. On CPU always fp32: CPU runs are the
+    reproducible reference (tests compare them bit for bit), whatever a study file asks."""
+    dtype = PRECISIONS[precision]
+    if device.type != "cuda":
+        if dtype is not torch.float32:
+            _note_cpu_precision(precision)
+        return Amp()
+    if dtype is torch.float32:
+        return Amp()
+    # fp16's narrow exponent flushes small gradients to zero: scale the loss. bf16 has fp32's range.
+    return Amp(dtype, torch.amp.GradScaler("cuda") if dtype is torch.float16 else None)
+
+
+def scaled_step(scaler: torch.amp.GradScaler, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
+    """Backward and optimizer step through a loss scaler; False if the step was skipped.
+
+    The gradients are unscaled in place before the step, so that RigL's regrowth,
+    which reads ``p.grad`` after the step, sees true gradients. The scaler skips a step
+    whose gradients hold inf or nan, and exactly then lowers its scale.
+    """
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= scale
+
+
 # ---------------------------------------------------------------- evaluation
 
-def group_accuracies(correct: torch.Tensor, conflicting: torch.Tensor) -> dict[str, float]:
-    """Average, aligned, conflicting and worst-group accuracy (fractions; nan for an empty group)."""
+def group_accuracies(correct: torch.Tensor, y: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Accuracies of one split from per-sample correctness, targets y and bias labels b.
+
+    REST's two groups: aligned (y == b) and conflicting (y != b); ``worst`` is exactly
+    min(aligned, conflicting), over the groups present. Finer groups: every (y, b) pair
+    present in the split; ``worst_class_bias`` is the lowest of their accuracies and
+    ``balanced`` their unweighted mean, so a pair of 3 samples counts as much as a pair
+    of 3,000. Accuracies are fractions (nan for an empty group); counts are sample numbers.
+    """
     def mean(sel: torch.Tensor) -> float:
         return float(correct[sel].float().mean()) if bool(sel.any()) else math.nan
 
+    conflicting = y != b
     aligned, conflict = mean(~conflicting), mean(conflicting)
-    groups = [a for a in (aligned, conflict) if not math.isnan(a)]
-    return {"avg": float(correct.float().mean()), "align": aligned, "conflict": conflict, "worst": min(groups)}
+    two = [a for a in (aligned, conflict) if not math.isnan(a)]
+    pair = y * (int(b.max()) + 1) + b  # one id per (y, b) pair
+    _, group, sizes = torch.unique(pair, return_inverse=True, return_counts=True)
+    per_pair = torch.bincount(group, weights=correct.double(), minlength=len(sizes)) / sizes
+    return {
+        "avg": float(correct.float().mean()),
+        "align": aligned,
+        "conflict": conflict,
+        "worst": min(two),
+        "worst_class_bias": float(per_pair.min()),
+        "balanced": float(per_pair.mean()),
+        "align_count": int((~conflicting).sum()),
+        "conflict_count": int(conflicting.sum()),
+    }
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, split: Split, spec: DatasetSpec, batch_size: int) -> tuple[torch.Tensor, float]:
+def predict(model: nn.Module, split: Split, spec: DatasetSpec, batch_size: int,
+            amp: Amp | None = None) -> tuple[torch.Tensor, float]:
     """Predicted classes and mean cross-entropy on a split."""
+    amp = amp or Amp()
     model.eval()
     preds, loss = [], 0.0
     device = next(model.parameters()).device
     for start in range(0, len(split), batch_size):
         x = to_input(split.images[start:start + batch_size].to(device, non_blocking=True), spec)
         y = split.y[start:start + batch_size].to(device)
-        with _autocast(device):
+        with amp.autocast(device):
             logits = model(x)
         loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
         preds.append(logits.argmax(1))
@@ -109,16 +187,13 @@ def predict(model: nn.Module, split: Split, spec: DatasetSpec, batch_size: int) 
     return torch.cat(preds), loss / max(1, len(split))
 
 
-def evaluate(model: nn.Module, split: Split, spec: DatasetSpec, batch_size: int) -> dict[str, float]:
-    preds, loss = predict(model, split, spec, batch_size)
-    acc = group_accuracies(preds.cpu() == split.y.cpu(), split.conflicting.cpu())
+def evaluate(model: nn.Module, split: Split, spec: DatasetSpec, batch_size: int, amp: Amp | None = None) -> dict[str, float]:
+    if split.b is None:
+        raise DataError("bias labels were withheld from an evaluation split; group accuracies need them")
+    preds, loss = predict(model, split, spec, batch_size, amp)
+    acc = group_accuracies(preds.cpu() == split.y.cpu(), split.y.cpu(), split.b.cpu())
     acc["loss"] = loss
     return acc
-
-
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 # ------------------------------------------------------------------ training
@@ -129,8 +204,10 @@ OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], TrainSettings], torch.optim.
 }
 
 SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, TrainSettings], object | None]] = {
-    # REST: ReduceLROnPlateau on validation loss (PyTorch defaults: x0.1 after 10 flat epochs)
-    "plateau": lambda opt, s: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min"),
+    # REST: ReduceLROnPlateau on validation loss, x0.1 after `plateau_patience` flat epochs (REST: 5)
+    "plateau": lambda opt, s: torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=0.1, patience=s.plateau_patience
+    ),
     "cosine": lambda opt, s: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.epochs),
     "none": lambda opt, s: None,
 }
@@ -146,8 +223,10 @@ def fit_epoch(
     sparse: SparseMask | None = None,
     aug_gen: torch.Generator | None = None,
     progress: Progress | None = None,
+    amp: Amp | None = None,
 ) -> float:
     """One pass over `order` (indices into split); returns the mean training loss."""
+    amp = amp or Amp()
     device = next(model.parameters()).device
     augment = AUGMENTATIONS[spec.augment]
     model.train()
@@ -160,11 +239,15 @@ def fit_epoch(
             images = augment(images, aug_gen)
         x = to_input(images.to(device, non_blocking=True), spec)
         y = split.y[idx].to(device, non_blocking=True)
-        with _autocast(device):
+        with amp.autocast(device):
             loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        if sparse is not None:
+        if amp.scaler is None:
+            loss.backward()
+            optimizer.step()
+            stepped = True
+        else:
+            stepped = scaled_step(amp.scaler, loss, optimizer)
+        if sparse is not None and stepped:  # the mask schedule counts optimizer steps taken
             sparse.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         total += loss.detach() * len(idx)
@@ -184,6 +267,7 @@ class Trainer:
         data = data.head(s.subsample) if s.subsample else data
         self.data = data.to(self.device) if self.device.type == "cuda" else data
         self.progress = progress
+        self.amp = make_amp(s.precision, self.device)
 
         torch.manual_seed(s.seed)
         self.model = self._new_model()
@@ -192,7 +276,7 @@ class Trainer:
         steps_per_epoch = math.ceil(len(self.data.train) / s.batch_size)
         self.sparse = SparseMask(
             self.model, s.density, s.sparse, s.distribution, s.update_frequency, s.drop_rate,
-            t_end_step=int(s.t_end * s.epochs * steps_per_epoch), seed=s.seed,
+            t_end_step=int(s.t_end * s.epochs * steps_per_epoch), seed=s.seed, drop_rate_min=s.drop_rate_min,
         )  # fmt: skip
         self.positions = output_positions(self.model, to_input(self.data.train.images[:1].to(self.device), self.spec))
         self.dense_flops = sum(2 * self.positions[n] * p.numel() for n, p in self.sparse.params.items())
@@ -204,7 +288,7 @@ class Trainer:
 
     def _new_model(self) -> nn.Module:
         s = self.settings
-        model = build_model(s.model or self.spec.default_model, self.spec.num_classes, self.spec.image_size, s.width)
+        model = build_model(s.model or self.spec.default_model, self.spec.num_classes, self.spec.image_size, s.width, stem=s.stem)
         model = model.to(self.device)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
@@ -215,10 +299,12 @@ class Trainer:
         s = self.settings
         model = self._new_model()
         optimizer = OPTIMIZERS[s.optimizer](list(model.parameters()), s)
+        amp = make_amp(s.precision, self.device)  # its own loss scaler: this model's gradients differ
         gen = torch.Generator().manual_seed(s.seed + 2)
         for _ in range(s.jtt_epochs):
-            fit_epoch(model, optimizer, train, torch.randperm(len(train), generator=gen), self.spec, s.batch_size, aug_gen=gen)
-        preds, _ = predict(model, train, self.spec, s.eval_batch_size)
+            fit_epoch(model, optimizer, train, torch.randperm(len(train), generator=gen), self.spec, s.batch_size,
+                      aug_gen=gen, amp=amp)
+        preds, _ = predict(model, train, self.spec, s.eval_batch_size, amp)
         return preds.cpu() != train.y.cpu()
 
     def run_epoch(self) -> dict[str, float]:
@@ -229,10 +315,10 @@ class Trainer:
         order = self.sampler.epoch_indices()
         train_loss = fit_epoch(
             self.model, self.optimizer, self.data.train, order, self.spec, s.batch_size,
-            self.sparse if self.sparse.enabled else None, self.aug_gen, self.progress,
+            self.sparse if self.sparse.enabled else None, self.aug_gen, self.progress, self.amp,
         )  # fmt: skip
-        val = evaluate(self.model, self.data.valid, self.spec, s.eval_batch_size)
-        test = evaluate(self.model, self.data.test, self.spec, s.eval_batch_size)
+        val = evaluate(self.model, self.data.valid, self.spec, s.eval_batch_size, self.amp)
+        test = evaluate(self.model, self.data.test, self.spec, s.eval_batch_size, self.amp)
         self.epoch += 1
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(val["loss"])
@@ -259,11 +345,17 @@ class Trainer:
             "val_avg_acc": val["avg"],
             "val_conflict_acc": val["conflict"],
             "val_align_acc": val["align"],
+            "val_worst_class_bias_acc": val["worst_class_bias"],
+            "val_balanced_acc": val["balanced"],
+            "val_align_count": val["align_count"],
+            "val_conflict_count": val["conflict_count"],
             "val_loss": val["loss"],
             "test_unbiased_acc": test["avg"],
             "test_worst_group_acc": test["worst"],
             "test_conflict_acc": test["conflict"],
             "test_align_acc": test["align"],
+            "test_worst_class_bias_acc": test["worst_class_bias"],
+            "test_balanced_acc": test["balanced"],
             **self.best,
             "density": self.sparse.realised_density(),
             "nonzero_params": self.sparse.nonzero_params(self.model),
@@ -281,6 +373,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.amp.scaler.state_dict() if self.amp.scaler is not None else None,
             "sparse": self.sparse.state_dict(),
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
             "aug_generator": self.aug_gen.get_state(),
@@ -296,6 +389,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.amp.scaler is not None and state.get("scaler") is not None:
+            self.amp.scaler.load_state_dict(state["scaler"])
         self.sparse.load_state_dict(state["sparse"])
         if state["sampler"] is not None:
             self.sampler = EpochSampler(len(self.data.train), None, self.settings.seed)

@@ -7,7 +7,7 @@ from conftest import TINY, write_png_tree
 from rest.data import DATASETS, DataError, load_dataset
 from rest.data import folder
 from rest.data.digits import build_colored_digits
-from rest.data.protocol import assign_bias, conflict_quota
+from rest.data.protocol import COLOUR_JITTER, COLOURS, assign_bias, colourise, conflict_quota
 
 
 def test_generation_is_deterministic_from_the_seed():
@@ -52,6 +52,28 @@ def test_colour_carries_the_bias_label():
     nearest = np.linalg.norm(colour[:, None, :] / colour.max(1, keepdims=True)[:, None]
                              - COLOURS[None] / COLOURS.max(1, keepdims=True)[None], axis=2).argmin(1)
     assert (nearest == b).mean() > 0.95
+
+
+@pytest.mark.parametrize("sigma", [0.005, 0.02])
+def test_colour_noise_has_the_asked_sigma(sigma):
+    """Per-image colour noise: std sigma (a fraction of 255) around the bias colour."""
+    b = np.full(4000, 3)  # COLOURS[3] = (0, 130, 200): channels 1 and 2 are far from clipping
+    images = colourise(np.full((4000, 2, 2), 255, dtype=np.uint8), b, np.random.default_rng(0), sigma)
+    channels = images[:, 1:, 0, 0].astype(float)
+    assert channels.mean(0) == pytest.approx(COLOURS[3, 1:], abs=0.5)
+    assert channels.std(0) == pytest.approx([sigma * 255] * 2, rel=0.2, abs=0.3)  # abs: rounding to integers
+
+
+def test_embedded_dataset_keeps_its_colour_noise():
+    assert COLOUR_JITTER == 0.02  # cached colored_digits datasets and shipped results depend on it
+
+
+def test_bffhq_inputs_as_rest_feeds_them():
+    """REST's data/bffhq_dataset.py: no augmentation on any split, CIFAR-10 normalisation."""
+    spec = DATASETS["bffhq"]
+    assert spec.augment == "none"
+    assert spec.mean == (0.4914, 0.4822, 0.4465) and spec.std == (0.2023, 0.1994, 0.2010)
+    assert (spec.image_size, spec.num_classes, spec.default_model) == (128, 2, "resnet18")
 
 
 def test_embedded_dataset_is_cached_and_memory_mapped(monkeypatch, tmp_path):
@@ -115,7 +137,7 @@ def test_registry_lists_its_entries_in_errors():
 
 def test_settings_name_tuples_match_the_registries():
     from rest import reweight, settings, sparse, train
-    from rest.models import MODELS
+    from rest.models import MODELS, STEMS
 
     assert settings.DATASET_NAMES == tuple(DATASETS)
     assert settings.MODEL_NAMES == tuple(MODELS)
@@ -124,3 +146,5 @@ def test_settings_name_tuples_match_the_registries():
     assert settings.REWEIGHT_NAMES == tuple(reweight.STRATEGIES)
     assert settings.OPTIMIZERS == tuple(train.OPTIMIZERS)
     assert settings.SCHEDULES == tuple(train.SCHEDULES)
+    assert settings.STEMS == tuple(STEMS)
+    assert settings.PRECISIONS == tuple(train.PRECISIONS)

@@ -7,6 +7,7 @@ use real subprocesses and real signals.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import pickle
 import shutil
@@ -194,6 +195,17 @@ def test_cmnist_names_encode_the_raw_label_and_the_colour(cmnist_tree, mnist_raw
         top = rgb[rgb.sum(1).argmax()]
         nearest = np.linalg.norm(top / top.max() - COLOURS / COLOURS.max(1, keepdims=True), axis=1).argmin()
         assert nearest == parse_labels(path)[1]
+
+
+def test_cmnist_colour_noise_is_lffs(cmnist_tree):
+    """LfF's Colored MNIST colour noise: std 0.005 of full scale around the bias colour
+    (the embedded colored_digits keeps 0.02)."""
+    white = np.full((2, 2), 255, dtype=np.uint8)
+    rendered = np.stack([prepare.render_cmnist(white, 3, np.random.default_rng(i), 4)[0, 0] for i in range(3000)])
+    channels = rendered[:, 1:].astype(float)  # COLOURS[3] = (0, 130, 200): channels 1, 2 are far from clipping
+    assert channels.mean(0) == pytest.approx(COLOURS[3, 1:], abs=0.5)
+    assert channels.std(0) == pytest.approx([0.005 * 255] * 2, rel=0.25, abs=0.3)
+    assert json.loads((cmnist_tree / prepare.MANIFEST).read_text())["format_version"] == 2  # trees can be told apart
 
 
 def test_images_aligned_at_several_ratios_are_written_once_and_linked(cmnist_tree):

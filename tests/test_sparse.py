@@ -50,6 +50,40 @@ def test_schedule_end_points():
     assert cosine_drop_fraction(1000, 100, 0.5) == 0.0
 
 
+def test_schedule_decays_to_its_floor():
+    """REST's schedule: cosine from 0.5 to eta_min 0.005 over all steps."""
+    assert cosine_drop_fraction(0, 100, 0.5, 0.005) == pytest.approx(0.5)
+    assert cosine_drop_fraction(50, 100, 0.5, 0.005) == pytest.approx((0.5 + 0.005) / 2)
+    assert cosine_drop_fraction(100, 100, 0.5, 0.005) == pytest.approx(0.005)
+    assert cosine_drop_fraction(1000, 100, 0.5, 0.005) == pytest.approx(0.005)
+    values = [cosine_drop_fraction(t, 100, 0.5, 0.005) for t in range(101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone, never below the floor
+    # PyTorch's CosineAnnealingLR with eta_min, which REST's CosineDecay wraps
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100, eta_min=0.005)
+    for t in range(1, 101):
+        opt.step()
+        sched.step()
+        assert cosine_drop_fraction(t, 100, 0.5, 0.005) == pytest.approx(opt.param_groups[0]["lr"])
+
+
+def test_updates_run_until_the_last_step_with_t_end_one():
+    """t_end 1.0 (t_end_step = all steps): the last step is an update, at the floor's fraction."""
+    lin = nn.Linear(40, 40, bias=False)
+    mask = SparseMask(lin, 0.5, "set", distribution="uniform", update_frequency=2, drop_rate=0.5, t_end_step=4,
+                      drop_rate_min=0.1, seed=0)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    for step in range(1, 5):
+        lin(torch.randn(2, 40)).sum().backward()
+        opt.step()
+        before = mask.masks["weight"].clone()
+        mask.step(opt)
+        opt.zero_grad()
+        if step == 4:  # fraction 0.1 of 800 active weights: 80 dropped and regrown
+            assert int((before & ~mask.masks["weight"]).sum()) <= 80 and not torch.equal(before, mask.masks["weight"])
+    assert mask.updates == 2
+
+
 def _train_steps(model, mask, optimizer, steps, seed=0):
     gen = torch.Generator().manual_seed(seed)
     history = []
@@ -104,6 +138,29 @@ def test_regrown_weights_start_at_zero_with_zero_momentum():
     assert grown_any
 
 
+def test_a_weight_dropped_and_regrown_in_one_update_restarts_with_zero_momentum():
+    """RigL scores every weight outside the kept set, just-dropped ones included. A weight
+    dropped and regrown in the same update must restart like any regrown weight: value 0
+    and momentum 0, not the momentum it had built up while active."""
+    torch.manual_seed(0)
+    lin = nn.Linear(10, 10, bias=False)
+    mask = SparseMask(lin, 0.5, "rigl", distribution="uniform", update_frequency=1, drop_rate=0.2, t_end_step=1000)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1, momentum=0.9)
+    lin(torch.randn(4, 10)).sum().backward()
+    opt.step()
+    active = mask.masks["weight"].flatten()
+    weakest = int(torch.where(active, lin.weight.detach().abs().flatten(), torch.tensor(math.inf)).argmin())
+    momentum = opt.state[lin.weight]["momentum_buffer"].flatten()
+    assert momentum[weakest] != 0  # the case is meaningful: it has momentum to lose
+    lin.weight.grad = torch.zeros(10, 10)
+    lin.weight.grad.view(-1)[weakest] = 100.0  # the largest gradient sits on the weight about to be dropped
+    mask.step(opt)  # step 1: an update (frequency 1) drops the weakest weights and regrows by gradient
+    assert mask.masks["weight"].flatten()[weakest], "dropped and regrown in the same update"
+    assert lin.weight.flatten()[weakest] == 0
+    assert momentum[weakest] == 0
+    assert int(mask.masks["weight"].sum()) == 50
+
+
 def test_rigl_regrows_where_gradient_is_largest():
     lin = nn.Linear(10, 10, bias=False)
     mask = SparseMask(lin, 0.5, "rigl", distribution="uniform", update_frequency=1, drop_rate=0.2, t_end_step=1000)
@@ -112,7 +169,7 @@ def test_rigl_regrows_where_gradient_is_largest():
     target = tuple(inactive[0].tolist())
     lin.weight.grad[target] = 100.0
     mask.steps = 0
-    mask.update_topology()
+    mask.update_topology(None)
     assert mask.masks["weight"][target]
     assert int(mask.masks["weight"].sum()) == 50
 

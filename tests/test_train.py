@@ -12,7 +12,7 @@ from rest.data import BiasedData
 from rest.models import MODELS
 from rest.reweight import STRATEGIES
 from rest.sparse import METHODS
-from rest.train import METRICS, Trainer, crop_flip, group_accuracies, train
+from rest.train import METRICS, Trainer, crop_flip, group_accuracies, make_amp, scaled_step, train
 
 
 def _records(settings, data):
@@ -21,10 +21,16 @@ def _records(settings, data):
 
 def test_metrics_contract(tiny_data, tiny_settings):
     records = _records(tiny_settings.replace(epochs=1), tiny_data)
-    assert set(METRICS) <= set(records[0])
+    assert set(records[0]) == set(METRICS), "METRICS lists every key of the record, and only those"
     r = records[0]
     assert r["density"] == pytest.approx(0.1, abs=1e-3)
     assert r["nonzero_params"] < r["dense_params"] and r["inference_flops"] < r["dense_inference_flops"]
+    valid = tiny_data.valid
+    assert r["val_conflict_count"] == int((valid.y != valid.b).sum()) > 0
+    assert r["val_align_count"] + r["val_conflict_count"] == len(valid)
+    for split in ("val", "test"):
+        assert 0 <= r[f"{split}_worst_class_bias_acc"] <= r[f"{split}_balanced_acc"] <= 1
+        assert r[f"{split}_worst_class_bias_acc"] <= r[f"{split}_worst_group_acc"]  # finer groups: a lower minimum
 
 
 def test_same_seed_same_metrics(tiny_data, tiny_settings):
@@ -75,11 +81,63 @@ def test_best_metrics_come_from_the_best_validation_epoch(tiny_data, tiny_settin
 
 
 def test_group_accuracies():
-    correct = torch.tensor([1, 1, 0, 1, 0, 0], dtype=torch.bool)
-    conflicting = torch.tensor([0, 0, 0, 1, 1, 1], dtype=torch.bool)
-    acc = group_accuracies(correct, conflicting)
-    assert acc["align"] == pytest.approx(2 / 3) and acc["conflict"] == pytest.approx(1 / 3)
-    assert acc["worst"] == pytest.approx(1 / 3) and acc["avg"] == pytest.approx(0.5)
+    #                        aligned: (0,0) (0,0) (1,1) | conflicting: (0,1) (1,0) (1,0)
+    y = torch.tensor([0, 0, 1, 0, 1, 1])
+    b = torch.tensor([0, 0, 1, 1, 0, 0])
+    correct = torch.tensor([1, 1, 0, 1, 0, 1], dtype=torch.bool)
+    acc = group_accuracies(correct, y, b)
+    assert acc["avg"] == pytest.approx(4 / 6)
+    assert acc["align"] == pytest.approx(2 / 3) and acc["conflict"] == pytest.approx(2 / 3)
+    assert acc["worst"] == pytest.approx(2 / 3)  # REST's worst group: min(aligned, conflicting)
+    # (y, b) groups: (0,0) 2/2, (1,1) 0/1, (0,1) 1/1, (1,0) 1/2
+    assert acc["worst_class_bias"] == 0.0
+    assert acc["balanced"] == pytest.approx((1 + 0 + 1 + 0.5) / 4)
+    assert (acc["align_count"], acc["conflict_count"]) == (3, 3)
+
+
+def test_group_accuracies_without_conflicting_samples():
+    acc = group_accuracies(torch.tensor([True, False]), torch.tensor([1, 2]), torch.tensor([1, 2]))
+    assert math.isnan(acc["conflict"]) and acc["worst"] == 0.5 == acc["align"]
+    assert acc["worst_class_bias"] == 0.0 and acc["balanced"] == 0.5 and acc["conflict_count"] == 0
+
+
+def test_settings_reach_the_model_scheduler_and_masks(tiny_data, tiny_settings):
+    s = tiny_settings.replace(model="resnet18", width=4, stem="imagenet", plateau_patience=5, drop_rate_min=0.005)
+    trainer = Trainer(s, tiny_data)
+    assert trainer.model.stem[0].kernel_size == (7, 7)
+    assert trainer.scheduler.patience == 5 and trainer.scheduler.factor == pytest.approx(0.1)
+    assert trainer.sparse.drop_rate_min == 0.005
+    assert Trainer(tiny_settings, tiny_data).scheduler.patience == 10  # default: PyTorch's
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_cpu_training_is_fp32_whatever_the_precision(tiny_data, tiny_settings, precision, caplog):
+    import logging
+
+    from rest import train as train_module
+
+    train_module._note_cpu_precision.cache_clear()
+    with caplog.at_level(logging.INFO, logger="rest.train"):
+        a = _records(tiny_settings.replace(epochs=1, device="cpu", precision=precision), tiny_data)
+        _records(tiny_settings.replace(epochs=1, device="cpu", precision=precision), tiny_data)
+    b = _records(tiny_settings.replace(epochs=1, device="cpu", precision="fp32"), tiny_data)
+    assert a[0]["train_loss"] == b[0]["train_loss"]
+    notes = [r for r in caplog.records if "applies on CUDA only" in r.getMessage()]
+    assert len(notes) == (0 if precision == "fp32" else 1)  # logged once, not per run or batch
+    assert make_amp(precision, torch.device("cpu")).dtype is None
+
+
+def test_scaled_step_unscales_gradients_and_reports_skipped_steps():
+    """The fp16 path, on a CPU loss scaler: RigL must read true gradients, and a step the
+    scaler skips (inf gradients) must not count as a step."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    assert scaled_step(scaler, (2 * w).sum(), opt)
+    assert torch.equal(w.grad, torch.full((3,), 2.0)) and torch.allclose(w.detach(), torch.full((3,), 0.8))
+    opt.zero_grad()
+    assert not scaled_step(scaler, w.sum() * math.inf, opt)
+    assert torch.allclose(w.detach(), torch.full((3,), 0.8))
 
 
 def test_crop_flip_keeps_shape_dtype_and_pixels():

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .base import BiasedData, cache_dir, cached
-from .protocol import assign_bias, colourise
+from .protocol import COLOUR_JITTER, assign_bias, colourise
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def build_colored_digits(conflict_pct: float, seed: int = 0, per_class: dict[str
         grey, y = _grey_split(per_class[split], np.random.default_rng([seed, i]))
         bias_rng = np.random.default_rng([seed, i, int(round(conflict_pct * 100))])
         b = assign_bias(y, None if split == "test" else conflict_pct, bias_rng)
-        out[split] = (colourise(grey, b, bias_rng), y, b)
+        out[split] = (colourise(grey, b, bias_rng, COLOUR_JITTER), y, b)
     return out
 
 

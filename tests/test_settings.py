@@ -1,0 +1,40 @@
+"""Training settings: defaults keep today's behaviour; impossible values name the fix."""
+import pytest
+
+from rest.settings import SettingsError, TrainSettings
+
+
+def test_defaults_keep_the_previous_behaviour():
+    s = TrainSettings().validate()
+    assert (s.stem, s.plateau_patience, s.drop_rate_min, s.precision, s.selection) == ("auto", 10, 0.0, "bf16", "worst_group")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"stem": "tiny"}, "unknown stem 'tiny'; choose from auto, imagenet, cifar"),
+    ({"precision": "fp8"}, "unknown precision 'fp8'; choose from fp32, bf16, fp16"),
+    ({"selection": "best"}, "unknown selection 'best'; choose from worst_group, average"),
+    ({"plateau_patience": -1}, "plateau_patience -1 is negative"),
+    ({"drop_rate_min": -0.1}, "drop_rate_min -0.1 is negative"),
+    ({"density": 0.1, "drop_rate": 0.3, "drop_rate_min": 0.3}, "drop_rate_min 0.3 is not below drop_rate 0.3; lower drop_rate_min"),
+])  # fmt: skip
+def test_impossible_values_are_one_line_errors_naming_the_fix(change, message):
+    with pytest.raises(SettingsError) as err:
+        TrainSettings(**change).validate()
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("change", [
+    {"density": 1.0, "drop_rate": 0.3, "drop_rate_min": 0.5},  # dense: no masks to update
+    {"density": 0.1, "sparse": "static", "drop_rate_min": 0.9},  # static masks never move
+    {"density": 0.1, "drop_rate": 0.0, "drop_rate_min": 0.0},  # no updates at all, as before
+    {"density": 0.1, "drop_rate": 0.5, "drop_rate_min": 0.005, "t_end": 1.0, "plateau_patience": 5,
+     "stem": "imagenet", "precision": "fp32", "selection": "average"},  # REST's protocol
+])  # fmt: skip
+def test_possible_values_pass(change):
+    TrainSettings(**change).validate()
+
+
+def test_search_spaces_coerce_the_new_fields():
+    s = TrainSettings.from_dict({"plateau_patience": 5.0, "drop_rate_min": 0, "precision": "fp16"})
+    assert s.plateau_patience == 5 and isinstance(s.plateau_patience, int)
+    assert s.drop_rate_min == 0.0 and isinstance(s.drop_rate_min, float)
