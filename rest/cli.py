@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
+from .storage import local
 from .settings import (
     DATASET_NAMES, DISTRIBUTIONS, MODEL_NAMES, OPTIMIZERS, REWEIGHT_NAMES, SCHEDULES, SPARSE_METHODS, TrainSettings,
 )  # fmt: skip
@@ -93,12 +94,13 @@ def build_parser() -> Parser:
     p.set_defaults(handler=cmd_resume)
 
     p = sub.add_parser("export", help="best-config tables, a plot and a summary from a study directory")
-    p.add_argument("study", help="study name (under --storage) or path")
+    p.add_argument("study", nargs="+", help="study name (under --storage) or path; several: one merged table")
     p.add_argument("--storage", default=None, help="directory holding studies (default $REST_TUNE_STORAGE or ./studies)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default results/<study name>)")
     p.add_argument("--format", default="md,csv,tex", help="comma-separated: md, csv, tex (default md,csv,tex)")
     p.add_argument("--selection", choices=("val", "oracle"), default="val",
-                   help="pick configs on validation worst-group (default) or, labelled as such, on test (oracle)")
+                   help="rank configs on validation as the study's selection setting says (default) or, "
+                   "labelled ORACLE, on test worst-group accuracy")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("export-model", help="save a cell's selected best-epoch model in compact sparse form")
@@ -122,7 +124,8 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default: the study file's)")
     p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractions allowed (default: the study file's)")
     p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once (default: as resources allow)")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker dies, from its last checkpoint (default 2)")
+    p.add_argument("--max-failures", type=int, default=None,
+                   help="retries of a trial whose worker dies, from its last checkpoint (default 2; resume: the study's)")
 
 
 # ------------------------------------------------------------------ train
@@ -209,65 +212,107 @@ def _options(args: argparse.Namespace, name: str, storage: str, **extra):
             raise UserError(f"--{flag.replace('_', '-')} {value:g} must be positive")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise UserError(f"--gpus-per-trial {args.gpus_per_trial:g} must be >= 0")
-    if args.max_failures < 0:
+    if args.max_failures is not None and args.max_failures < 0:
         raise UserError(f"--max-failures {args.max_failures} must be >= 0")
     return RunOptions(storage=storage, name=name, address=args.address or os.environ.get("RAY_ADDRESS"),
                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                      max_concurrent=args.max_concurrent, max_failures=args.max_failures, **extra)
+                      max_concurrent=args.max_concurrent, max_failures=2 if args.max_failures is None else args.max_failures,
+                      **extra)
 
 
 def _finish(path: Path, spec, manifest: dict, storage: str) -> int:
-    from .study import summarize
+    from .export import best_configs
+    from .results import read_study
 
-    interrupted = [p for p, info in manifest["phases"].items() if info["status"] == "interrupted"]
-    if interrupted:
-        print(f"study {manifest['name']} stopped during its {interrupted[0]} phase; continue it with:\n"
-              f"  {PROG} resume {manifest['name']} --storage {storage}")
-        return 130
-    print(f"\nstudy {manifest['name']} finished: {path}")
-    print("best config per cell (selected on validation worst-group accuracy; test worst-group shown):")
-    for row in summarize(path, spec):
-        cell = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in row["cell"])
-        print(f"  [{cell}] {row['role']:>12}: density {row['density']:g}, {row['reweight']} x{row['lambda_upweight']:g} "
-              f"-> {_pct(row['test_worst_group_acc'])}% ({row['seeds']} seed{'s' if row['seeds'] > 1 else ''})")
+    name = manifest["name"]
+    stopped = [p for p, info in manifest["phases"].items() if info["status"] == "interrupted"]
+    if stopped:
+        print(f"study {name}: the {stopped[0]} phase has trials that ended before their planned epochs; "
+              f"continue with: {PROG} resume {name} --storage {storage}")
+        return 1
+    study = read_study(local(path), spec)
+    best = best_configs(study)
+    print(f"\nstudy {name} finished: {path}")
+    print(f"best config per cell ({best['selection'].iloc[0] if not best.empty else 'no results'}; "
+          f"test numbers of the selected epochs, mean over seeds):")
+    searched = [k for k in spec.search if k not in ("seed", *spec.compare_within)]
+    for _, row in best.iterrows():
+        cell = ", ".join(_cell_text(row[k]) for k in spec.compare_within)
+        flag = "  [small deciding group]" if row.get("small_deciding_group") else ""
+        config = ", ".join(f"{k} {_cell_text(row[k])}" for k in searched if k in row)
+        print(f"  [{cell}] {row['row']:>17}: {config} -> test worst-group {_pct(row['best_test_worst_group_acc'])}%, "
+              f"unbiased {_pct(row['best_test_unbiased_acc'])}% ({row['seeds']} seed{'s' if row['seeds'] > 1 else ''}){flag}")
     errors = sum(info.get("errors", 0) for info in manifest["phases"].values())
     if errors:
-        print(f"warning: {errors} trial(s) failed after retries; 'resume' retries them")
+        print(f"warning: {errors} trial(s) failed after all retries (error.txt in their trial directories); "
+              f"the tables leave them out")
     return 0
+
+
+def _cell_text(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _drive(path: Path, spec, opts, storage: str) -> int:
+    """Run the study's pending phases under the driver's stop signals; exit status for the user."""
+    from .study import Interrupted, StopSignals, run_study
+
+    with StopSignals() as stop:
+        try:
+            manifest = run_study(path, spec, opts, stop)
+        except Interrupted as exc:
+            print(f"interrupted; continue with: {PROG} resume {opts.name} --storage {storage}", flush=True)
+            return 128 + exc.signum
+    return _finish(path, spec, manifest, storage)
+
+
+def _command_text(args: argparse.Namespace, name: str | None) -> str:
+    """The command as a user can paste it: the study file relative to here when it is below here."""
+    import os
+
+    space = Path(args.space)
+    if space.resolve().is_relative_to(Path.cwd()):
+        space = Path(os.path.relpath(space.resolve()))
+    parts = [PROG, "run", space.as_posix()] + (["--name", name] if name else [])
+    if args.storage:
+        parts += ["--storage", args.storage]
+    return " ".join(parts)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .space import load_space
-    from .study import create_study, resolve_storage
+    from .study import connect, create_study, prepare_data, refuse_existing, resolve_storage
 
     spec, text = load_space(args.space)
     if args.data_root:
         spec.train.data_root = args.data_root
     storage = resolve_storage(args.storage)
     opts = _options(args, args.name or spec.name, storage, data_root=args.data_root)
-    command = " ".join([PROG, "run", str(args.space)] + (["--name", opts.name] if args.name else []))
-    from .study import connect, prepare_data, refuse_existing, run_study
-
     refuse_existing(storage, opts.name)  # before paying for Ray start-up
     connect(opts.address, opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial)
     prepare_data(spec, args.data_root)  # bad data fails here, before the study directory exists
-    path = create_study(spec, text, opts, command)
+    path = create_study(spec, text, opts, _command_text(args, args.name))
     print(f"study {opts.name}: {spec.grid_size()} configurations in the search grid; writing {path}", flush=True)
-    return _finish(path, spec, run_study(path, spec, opts), storage)
+    return _drive(path, spec, opts, storage)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .study import open_study, resolve_storage, run_study
+    from .study import is_complete, open_study, resolve_storage
 
     storage = resolve_storage(args.storage)
     path, spec, manifest = open_study(storage, args.name)
+    if is_complete(manifest):
+        print(f"study {args.name} is already finished; export it with: {PROG} export {args.name} --storage {storage}")
+        return 0
     saved = manifest["options"]
     opts = _options(args, args.name, storage, data_root=saved.get("data_root"))
     for key in ("cpus_per_trial", "gpus_per_trial", "max_concurrent"):
         if getattr(opts, key) is None:
             setattr(opts, key, saved.get(key))
+    if args.max_failures is None:
+        opts.max_failures = saved.get("max_failures", 2)
     print(f"resuming study {args.name} from {path}", flush=True)
-    return _finish(path, spec, run_study(path, spec, opts), storage)
+    return _drive(path, spec, opts, storage)
 
 
 # ------------------------------------------------------------------ export
@@ -275,24 +320,25 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export, find_study, load_study
 
-    study = load_study(find_study(args.study, args.storage))
-    out = args.out or Path("results") / study.name
-    written = export(study, out, [f.strip() for f in args.format.split(",") if f.strip()], args.selection)
-    print(f"exported study {study.name} ({len(study.trials)} trials) to {written[0].parent}:")
+    studies = [load_study(find_study(s, args.storage)) for s in args.study]
+    out = args.out or Path("results") / "-".join(s.name for s in studies)
+    written = export(studies, out, [f.strip() for f in args.format.split(",") if f.strip()], args.selection)
+    names = ", ".join(s.name for s in studies)
+    print(f"exported {names} ({sum(len(s.all_trials()) for s in studies)} trials) to {written[0].parent}:")
     for path in written:
         print(f"  {path.name}")
     return 0
 
 
 def cmd_export_model(args: argparse.Namespace) -> int:
-    from .export import _newest_state, find_study, load_study, save_sparse_model, selected_trial
+    from .export import find_study, load_study, save_sparse_model, selected_trial, trial_state
 
     study = load_study(find_study(args.study, args.storage))
     trial = selected_trial(study, args.cell)
-    state = _newest_state(study.path / trial["phase"] / f"trial_{trial['trial_id']}")
+    state = trial_state(trial)
     out = args.out or Path("results") / study.name / f"model-{args.cell.replace(':', '-')}.pt"
     path = save_sparse_model(state, out)
-    print(f"saved trial {trial['trial_id']} (density {trial['density']:g}, epoch {state['best']['best_epoch']}) "
+    print(f"saved trial {trial.trial_id} (density {trial.config['density']:g}, epoch {state['best']['best_epoch']}) "
           f"to {path} ({path.stat().st_size / 1e6:.2f} MB); load it with rest.load_model('{path}')")
     return 0
 

@@ -1,31 +1,41 @@
-"""Tables, plots and sparse models from a study directory (no cluster needed).
+"""Tables, plots and sparse models from finished (or partial) studies; read-only on storage.
 
-Everything is computed from the per-epoch records each trial wrote (Ray's
-``result.json``; a record repeated after a resume is counted once, the last one
-wins) and the trial statuses in Ray's experiment state. Selection is by
-validation worst-group accuracy; ``selection="oracle"`` picks by test worst-group
-accuracy instead and every output says so.
+Everything comes from the study reader (``rest.results``) and every choice from
+the selection rule (``rest.selection``): per cell, configs are ranked on the mean
+over seeds of their selected epochs' validation numbers; the tables report those
+epochs' test numbers (mean ± standard error over seeds, in percent). With
+``selection="oracle"`` configs are ranked on test worst-group accuracy instead,
+and every output says ORACLE.
+
+Outputs: best_configs (selected config per cell and both baselines, with REST's
+gain over each), by_density, paper_table (the LfF / DisEnt / REST layout),
+trials.csv, accuracy_vs_density.png and summary.md.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import selection
 from .errors import UserError
-from .space import StudySpec, parse_space
+from .results import StudyResults, aggregate, mean_se, newest_state, read_study
+from .space import StudySpec
+from .storage import Location, open_location
 
 log = logging.getLogger(__name__)
 
-ACC = ["val_worst_group_acc", "test_worst_group_acc", "test_unbiased_acc", "test_conflict_acc", "test_align_acc"]
-SHORT = {"val_worst_group_acc": "val_wg", "test_worst_group_acc": "test_wg", "test_unbiased_acc": "test_unbiased",
-         "test_conflict_acc": "test_conflict", "test_align_acc": "test_align"}
-SELECTION_METRIC = {"val": "val_worst_group_acc", "oracle": "test_worst_group_acc"}
+# Metrics shown in tables, by their record names (fractions in records, percent in tables).
+TABLE_METRICS = [
+    "val_worst_group_acc", "test_worst_group_acc", "test_unbiased_acc", "test_conflict_acc", "test_align_acc",
+    "test_worst_class_bias_acc", "test_balanced_acc",
+]  # fmt: skip
+PRIMARY_PREFIX = {"val": "best_val_", "oracle": "best_test_"}
+BASELINE_ROLES = {"erm_baseline": "ERM (dense)", "dense_reweighted_baseline": "dense reweighted"}
 MARKER = ".rest-export.json"
 
 
@@ -33,100 +43,28 @@ class ExportError(UserError):
     pass
 
 
-@dataclass
-class Study:
-    path: Path
-    spec: StudySpec
-    manifest: dict
-    trials: pd.DataFrame  # one row per trial of every phase
+def find_study(name_or_path: str, storage: str | None) -> Location:
+    """A study's directory from its path or its name under storage; creates nothing."""
+    from .study import existing_storage
 
-    @property
-    def name(self) -> str:
-        return self.manifest.get("name", self.path.name)
-
-
-def find_study(name_or_path: str, storage: str | None) -> Path:
-    direct = Path(name_or_path).expanduser()
-    if (direct / "manifest.json").is_file():
-        return direct.resolve()
-    from .study import resolve_storage
-
-    candidate = Path(resolve_storage(storage)) / name_or_path
-    if (candidate / "manifest.json").is_file():
+    direct = open_location(name_or_path)
+    if direct.join("manifest.json").is_file():
+        return direct
+    candidate = open_location(existing_storage(storage)).join(name_or_path)
+    if candidate.join("manifest.json").is_file():
         return candidate
     raise ExportError(f"{name_or_path} is not a study directory (no manifest.json there or under --storage); "
                       f"pass the study's path or its name with --storage")
 
 
-def _records(trial_dir: Path) -> list[dict]:
-    file = trial_dir / "result.json"
-    if not file.exists():
-        return []
-    by_epoch: dict[int, dict] = {}
-    for line in file.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            by_epoch[record["epoch"]] = record
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _statuses(experiment: Path) -> dict[str, tuple[str, dict, int]]:
-    """trial_id -> (status, config, failures) from Ray's experiment state, newest snapshot."""
-    states = sorted(experiment.glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    data = json.loads(states[-1].read_text())
-    out = {}
-    for entry in data.get("trial_data", []):
-        meta = json.loads(entry[1]) if isinstance(entry, list) else {}
-        trial = json.loads(entry[0]) if isinstance(entry, list) else entry
-        tid = trial.get("trial_id")
-        if tid:
-            out[tid] = (trial.get("status", "UNKNOWN"), trial.get("config", {}), int(meta.get("num_failures", 0)))
-    return out
-
-
-def load_study(path: Path) -> Study:
-    spec = parse_space((path / "study.yaml").read_text(), str(path / "study.yaml"))
-    manifest = json.loads((path / "manifest.json").read_text())
-    rows = []
-    for phase in ("search", "confirm"):
-        experiment = path / phase
-        if not experiment.is_dir():
-            continue
-        statuses = _statuses(experiment)
-        dirs = {d.name.removeprefix("trial_"): d for d in experiment.glob("trial_*")}
-        for tid in sorted(set(statuses) | set(dirs)):
-            records = _records(dirs[tid]) if tid in dirs else []
-            status, config, failures = statuses.get(tid, ("UNKNOWN", {}, 0))
-            config = records[-1]["config"] if records else config
-            config = config.get("cfg", config)
-            rows.append(_trial_row(phase, tid, status, config, records, spec, failures))
-    if not rows:
-        raise ExportError(f"study {path.name} has no trials yet; run or resume it first")
-    trials = pd.DataFrame(rows)
+def load_study(location: Location) -> StudyResults:
+    study = read_study(location)
+    trials = study.trials()
+    if trials.empty:
+        raise ExportError(f"study {study.name} has no trials yet; run or resume it first")
     if not (trials["epochs_run"] > 0).any():
-        raise ExportError(f"study {path.name} has no trial with a finished epoch yet; resume it first")
-    return Study(path, spec, manifest, trials)
-
-
-def _trial_row(phase: str, tid: str, status: str, config: dict, records: list[dict], spec: StudySpec, failures: int) -> dict:
-    last = records[-1] if records else {}
-    planned = int(config.get("epochs", spec.train.epochs)) if config else spec.train.epochs
-    row = {"phase": phase, "trial_id": tid, "status": status,
-           "role": (config.get("extra") or {}).get("role", "search") if config else "search",
-           "epochs_run": int(last.get("epoch", 0)), "epochs_planned": planned,
-           "stopped_early": bool(records) and status == "TERMINATED" and int(last.get("epoch", 0)) < planned,
-           "retries": failures}
-    for key in ("dataset", "conflict_pct", "density", "lambda_upweight", "reweight", "sparse", "seed", *spec.search):
-        row[key] = config.get(key) if config else None
-    for metric in ACC:
-        row[f"final_{metric}"] = last.get(metric, math.nan)
-        row[f"best_{metric}"] = last.get(f"best_{metric}", math.nan)
-    for key in ("best_epoch", "nonzero_params", "dense_params", "inference_flops", "dense_inference_flops"):
-        row[key] = last.get(key, math.nan)
-    row["train_seconds"] = sum(r.get("epoch_seconds", 0.0) for r in records)
-    return row
+        raise ExportError(f"study {study.name} has no trial with a finished epoch yet; resume it first")
+    return study
 
 
 # ------------------------------------------------------------------- tables
@@ -135,73 +73,97 @@ def _searched(spec: StudySpec) -> list[str]:
     return [k for k in spec.search if k not in ("seed", *spec.compare_within)]
 
 
-def _mean_se(values: pd.Series) -> tuple[float, float]:
-    v = values.dropna().astype(float)
-    if v.empty:
+def _primary(spec: StudySpec, how: str) -> tuple[str, str]:
+    """(primary metric, record prefix) of a selection mode: validation as the study says, or oracle."""
+    if how == "oracle":
+        return "worst_group", PRIMARY_PREFIX["oracle"]
+    return getattr(spec.train, "selection", "worst_group"), PRIMARY_PREFIX["val"]
+
+
+def _pool(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials that finished at least one epoch: the confirm phase's if it has any, else the search phase's."""
+    ran = trials[trials["epochs_run"] > 0]
+    confirm = ran[ran["phase"] == "confirm"]
+    return confirm if not confirm.empty else ran[ran["phase"] == "search"]
+
+
+def _gain(a: pd.Series, b: pd.Series | None, metric: str) -> tuple[float, float]:
+    """a - b in percent points, with the standard error of a difference of independent means."""
+    if b is None:
         return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+    gain = 100 * (a[metric] - b[metric])
+    se = 100 * math.sqrt(np.nansum([a.get(f"{metric}_se", math.nan) ** 2, b.get(f"{metric}_se", math.nan) ** 2]))
+    return gain, se if (a.get("seeds", 1) > 1 and b.get("seeds", 1) > 1) else math.nan
 
 
-def _group_rows(study: Study, trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """One row per config (keys) with mean and s.e. over its seeds."""
-    rows = []
-    for values, group in trials.groupby(keys, dropna=False, sort=True):
-        row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
-        row["seeds"] = int(group["seed"].nunique())
-        row["trials_finished"] = int(((group["status"] == "TERMINATED") & ~group["stopped_early"]).sum())
-        row["trials"] = len(group)
-        for metric in ACC:
-            mean, se = _mean_se(group[f"best_{metric}"])
-            row[f"{SHORT[metric]}_mean"], row[f"{SHORT[metric]}_se"] = 100 * mean, 100 * se
-        row["nonzero_rel"] = float((group["nonzero_params"] / group["dense_params"]).mean())
-        row["flops_rel"] = float((group["inference_flops"] / group["dense_inference_flops"]).mean())
-        row["epochs_run"] = ",".join(str(e) for e in group["epochs_run"])
-        row["stopped_early"] = int(group["stopped_early"].sum())
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def best_configs(study: Study, selection: str = "val") -> pd.DataFrame:
-    """Per cell: the selected config (mean over confirm seeds) and the ERM baseline's gain over it."""
-    spec, t = study.spec, study.trials
+def best_configs(study: StudyResults, how: str = "val") -> pd.DataFrame:
+    """Per cell: the selected config (mean over confirm seeds), both baselines, and REST's gain over each."""
+    spec = study.spec
     cells = spec.compare_within
-    keys = cells + _searched(spec) + ["role"]
-    confirm = t[(t["phase"] == "confirm") & (t["epochs_run"] > 0)]
-    pool = confirm if not confirm.empty else t[(t["phase"] == "search") & (t["epochs_run"] > 0)]
-    groups = _group_rows(study, pool, keys)
-    metric = f"{SHORT[SELECTION_METRIC[selection]]}_mean"
+    trials = study.trials()
+    pool = _pool(trials)
+    confirmed = (pool["phase"] == "confirm").any()
+    groups = aggregate(pool, cells + _searched(spec) + ["role"])
+    primary, prefix = _primary(spec, how)
+    candidates = groups[~groups["role"].isin(list(BASELINE_ROLES))]
     rows = []
-    for cell, members in groups.groupby(cells, sort=True):
-        candidates = members[members["role"] != "erm_baseline"]
-        if candidates.empty:
-            continue
-        chosen = candidates.sort_values(metric, ascending=False, na_position="last").iloc[0].to_dict()
-        expected = len(spec.confirm.seeds) if (not confirm.empty and spec.confirm) else chosen["trials"]
-        complete = chosen["trials_finished"] >= expected and (not confirm.empty or spec.confirm is None)
+    for cell, (chosen,) in selection.select_per_cell(candidates.to_dict("records"), cells, primary, prefix).items():
+        chosen = pd.Series(chosen)
+        expected = len(spec.confirm.seeds) if (confirmed and spec.confirm) else chosen["trials"]
+        complete = chosen["trials_finished"] >= expected and (confirmed or spec.confirm is None)
+        chosen["row"] = "REST (selected)"
         chosen["status"] = "complete" if complete else (
-            f"incomplete: {chosen['trials_finished']} of {expected} seeds finished" if not confirm.empty
-            else "incomplete: search phase only")
-        chosen["selection"] = "validation" if selection == "val" else "ORACLE (test)"
-        baseline = members[members["role"] == "erm_baseline"]
-        chosen["erm_test_wg_mean"] = float(baseline["test_wg_mean"].iloc[0]) if not baseline.empty else math.nan
-        chosen["gain_over_erm"] = chosen["test_wg_mean"] - chosen["erm_test_wg_mean"]
-        rows.append(chosen)
+            f"incomplete: {chosen['trials_finished']} of {expected} seeds finished" if confirmed
+            else "incomplete: search phase only")  # fmt: skip
+        in_cell = groups[[tuple(r[k] for k in cells) == cell for _, r in groups.iterrows()]]
+        baseline_rows = []
+        for role, label in BASELINE_ROLES.items():
+            base = in_cell[in_cell["role"] == role]
+            base = base.iloc[0] if not base.empty else None
+            suffix = role.removesuffix("_baseline")
+            chosen[f"gain_over_{suffix}"], chosen[f"gain_over_{suffix}_se"] = _gain(chosen, base, "best_test_worst_group_acc")
+            if base is not None:
+                baseline_rows.append(base.to_dict() | {"row": label, "status": "baseline"})
+        rows += [chosen.to_dict()] + baseline_rows
     table = pd.DataFrame(rows)
-    baselines = groups[groups["role"] == "erm_baseline"].assign(status="baseline", selection="ERM baseline")
-    return pd.concat([table, baselines], ignore_index=True).drop(columns=["role"], errors="ignore") if not table.empty else table
+    if table.empty:
+        return table
+    table["selection"] = _selection_label(spec, how)
+    table["small_deciding_group"] = table["deciding_group_size"] < selection.SMALL_GROUP
+    return table.drop(columns=["role"], errors="ignore")
 
 
-def by_density(study: Study, selection: str = "val") -> pd.DataFrame:
-    """Per cell and density: the best lambda (searched keys) on the search phase, with epochs really run."""
-    spec, t = study.spec, study.trials
-    search = t[(t["phase"] == "search") & (t["epochs_run"] > 0)]
+def _selection_label(spec: StudySpec, how: str) -> str:
+    if how == "oracle":
+        return "ORACLE (test worst-group)"
+    return f"validation {getattr(spec.train, 'selection', 'worst_group').replace('_', '-')}"
+
+
+def by_density(study: StudyResults, how: str = "val") -> pd.DataFrame:
+    """Per cell and density, on the search phase: the best config over the other searched settings."""
+    spec = study.spec
+    trials = study.trials()
+    search = trials[(trials["phase"] == "search") & (trials["epochs_run"] > 0)]
     others = [k for k in _searched(spec) if k != "density"]
-    groups = _group_rows(study, search, spec.compare_within + ["density"] + others)
-    metric = f"{SHORT[SELECTION_METRIC[selection]]}_mean"
+    groups = aggregate(search, spec.compare_within + ["density"] + others)
+    primary, prefix = _primary(spec, how)
+    chosen = selection.select_per_cell(groups.to_dict("records"), spec.compare_within + ["density"], primary, prefix)
+    return pd.DataFrame([rows[0] for rows in chosen.values()]).reset_index(drop=True)
+
+
+def paper_table(studies: list[StudyResults], how: str = "val") -> pd.DataFrame:
+    """REST's table layout: rows ERM, dense reweighted, REST; one column per (dataset, ratio);
+    cells unbiased and conflicting test accuracy, mean ± SE over seeds (percent)."""
     rows = []
-    for _, members in groups.groupby(spec.compare_within + ["density"], sort=True):
-        rows.append(members.sort_values(metric, ascending=False, na_position="last").iloc[0])
-    return pd.DataFrame(rows).reset_index(drop=True)
+    for study in studies:
+        for _, r in best_configs(study, how).iterrows():
+            method = r["row"] if r["row"] != "REST (selected)" else f"REST (density {r['density']:g})"
+            rows.append({"method": r["row"], "label": method, "dataset": r["dataset"], "conflict_pct": r["conflict_pct"],
+                         "unbiased": 100 * r["best_test_unbiased_acc"], "unbiased_se": 100 * r["best_test_unbiased_acc_se"],
+                         "conflicting": 100 * r["best_test_conflict_acc"],
+                         "conflicting_se": 100 * r["best_test_conflict_acc_se"], "seeds": r["seeds"],
+                         "status": r["status"]})
+    return pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------ writing
@@ -212,28 +174,68 @@ def _fmt(mean: float, se: float) -> str:
     return f"{mean:.1f}" if se != se else f"{mean:.1f} ± {se:.1f}"
 
 
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return "n/a" if v != v else f"{v:g}"
+    return str(v)
+
+
 def presentable(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
-    """Accuracy columns as 'mean ± se' strings, for md and tex."""
+    """Accuracy columns as 'mean ± se' percent strings, for md and tex."""
     if table.empty:
         return table
     out = pd.DataFrame()
+    for col in ("study", "row"):
+        if col in table:
+            out[col] = table[col].values
     for key in spec.compare_within + _searched(spec):
         if key in table:
             out[key] = [_cell(v) for v in table[key]]
     for col in ("selection", "seeds"):
         if col in table:
-            out[col] = table[col]
-    for short in SHORT.values():
-        if f"{short}_mean" in table:
-            out[f"{short} %"] = [_fmt(m, s) for m, s in zip(table[f"{short}_mean"], table[f"{short}_se"])]
-    out["nonzero"] = [f"{x:.3f}" for x in table["nonzero_rel"]]
-    out["FLOPs"] = [f"{x:.3f}" for x in table["flops_rel"]]
-    if "gain_over_erm" in table:
-        out["gain_over_erm"] = ["" if x != x else f"{x:+.1f}" for x in table["gain_over_erm"]]
+            out[col] = table[col].values
+    for metric in TABLE_METRICS:
+        if f"best_{metric}" in table:
+            out[f"{metric} (%)"] = [_fmt(100 * m, 100 * s) for m, s in zip(table[f"best_{metric}"], table[f"best_{metric}_se"])]
+    out["nonzero params (rel.)"] = [f"{x:.3f}" for x in table["nonzero_rel"]]
+    out["FLOPs (rel.)"] = [f"{x:.3f}" for x in table["flops_rel"]]
+    for suffix in ("erm", "dense_reweighted"):
+        if f"gain_over_{suffix}" in table:
+            out[f"gain over {suffix.replace('_', ' ')} (points)"] = [
+                "" if g != g else (f"{g:+.1f}" if s != s else f"{g:+.1f} ± {s:.1f}")
+                for g, s in zip(table[f"gain_over_{suffix}"], table[f"gain_over_{suffix}_se"])]
+    if "deciding_group_size" in table:
+        out["deciding val group (n)"] = [("n/a" if n != n else f"{n:.0f}" + (" (small)" if n < selection.SMALL_GROUP else ""))
+                                         for n in table["deciding_group_size"]]
     for col in ("epochs_run", "stopped_early", "status"):
         if col in table:
             out[col] = table[col].values
     return out
+
+
+def paper_presentable(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows: methods; columns: '<dataset> <pct>%' with 'unbiased / conflicting' cells."""
+    if table.empty:
+        return table
+    table = table.assign(column=[f"{d} {p:g}%" for d, p in zip(table["dataset"], table["conflict_pct"])])
+    columns = list(dict.fromkeys(table["column"]))
+    order = ["ERM (dense)", "dense reweighted", "REST (selected)"]
+    out = []
+    for method in order:
+        sub = table[table["method"] == method]
+        if sub.empty:
+            continue
+        row = {"method": method if method != "REST (selected)" else "REST (selected density)"}
+        for col in columns:
+            cell = sub[sub["column"] == col]
+            if cell.empty:
+                row[f"{col} unbiased (%)"] = row[f"{col} conflicting (%)"] = "n/a"
+                continue
+            c = cell.iloc[0]
+            row[f"{col} unbiased (%)"] = _fmt(c["unbiased"], c["unbiased_se"])
+            row[f"{col} conflicting (%)"] = _fmt(c["conflicting"], c["conflicting_se"])
+        out.append(row)
+    return pd.DataFrame(out)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -246,64 +248,121 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return "n/a" if v != v else f"{v:g}"
-    return str(v)
+def to_latex(table: pd.DataFrame, caption: str) -> str:
+    """booktabs table: text columns left, numbers right, ± as \\pm, with a caption."""
+    numeric = [bool(len(table)) and all(_looks_numeric(v) for v in table[c]) for c in table.columns]
+    spec = "".join("r" if n else "l" for n in numeric)
+    esc = _latex_escape
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(caption)}}}", rf"\begin{{tabular}}{{{spec}}}",
+             r"\toprule", " & ".join(esc(str(c)) for c in table.columns) + r" \\", r"\midrule"]
+    for row in table.itertuples(index=False):
+        lines.append(" & ".join(_latex_value(v) for v in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
 
 
-WRITERS = {
-    "csv": lambda df, path, spec: df.to_csv(path, index=False),
-    "md": lambda df, path, spec: path.write_text(to_markdown(presentable(df, spec))),
-    "tex": lambda df, path, spec: path.write_text(presentable(df, spec).to_latex(index=False, escape=True)),
-}
+def _looks_numeric(v) -> bool:
+    text = _cell(v).replace("±", "").replace("+", "").replace("-", "").replace(".", "").replace(" ", "").replace(",", "")
+    return text.isdigit() or text in ("n/a", "")
 
 
-def prepare_out(out: Path, study_name: str) -> Path:
-    """Create the output directory; refuse one holding another study's export or other files.
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("$", r"\$")):
+        text = text.replace(a, b)
+    return text
 
-    Re-exporting a study of the same name (a rerun of `make study`, say) replaces its files.
+
+def _latex_value(v) -> str:
+    text = _cell(v)
+    if "±" in text:
+        mean, se = (s.strip() for s in text.split("±"))
+        return f"${mean} \\pm {se}$"
+    return _latex_escape(text)
+
+
+def caption(spec: StudySpec, how: str, what: str) -> str:
+    rule = ("ORACLE: configs ranked on test worst-group accuracy (not a fair result)" if how == "oracle" else
+            f"configs ranked per cell on validation {getattr(spec.train, 'selection', 'worst_group').replace('_', '-')} "
+            f"accuracy, then validation average accuracy, then validation loss")
+    return f"{what}. {rule}; test accuracy of each run's selected epoch, mean ± standard error over seeds, in percent."
+
+
+def write_table(table: pd.DataFrame, shown: pd.DataFrame, base: Path, formats: list[str], title: str) -> list[Path]:
+    """csv holds the raw columns (fractions); md and tex the presentable ones (percent) with a caption."""
+    written = []
+    for fmt in formats:
+        path = base.with_suffix(f".{fmt}")
+        if fmt == "csv":
+            table.to_csv(path, index=False)
+        elif fmt == "md":
+            path.write_text(f"{title}\n\n{to_markdown(shown)}")
+        elif fmt == "tex":
+            path.write_text(to_latex(shown, title))
+        written.append(path)
+    return written
+
+
+FORMATS = ("md", "csv", "tex")
+
+
+def prepare_out(out: Path, owner: str) -> Path:
+    """Create the output directory; refuse one holding another export or other files.
+
+    Re-exporting the same study (or the same list of studies) replaces its files.
     """
     out = out.expanduser().resolve()
     marker = out / MARKER
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; pass a directory")
     if out.exists() and any(out.iterdir()):
-        owner = json.loads(marker.read_text()).get("study") if marker.exists() else None
-        if owner != study_name:
-            raise ExportError(f"output directory {out} already holds {'the export of study ' + owner if owner else 'other files'}; "
+        try:
+            previous = json.loads(marker.read_text()).get("study") if marker.exists() else None
+        except json.JSONDecodeError:
+            previous = None
+        if previous != owner:
+            raise ExportError(f"output directory {out} already holds {'the export of ' + previous if previous else 'other files'}; "
                               f"choose another --out (nothing was overwritten)")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"study": study_name}))
+        marker.write_text(json.dumps({"study": owner}))
     except OSError as exc:
         raise ExportError(f"cannot write to {out} ({exc.strerror}); choose a writable --out") from None
     return out
 
 
-def export(study: Study, out: Path, formats: list[str], selection: str = "val") -> list[Path]:
-    unknown = [f for f in formats if f not in WRITERS]
+def export(studies: list[StudyResults], out: Path, formats: list[str], how: str = "val") -> list[Path]:
+    """Write every table, the plot and the summary of one study (or the merged tables of several)."""
+    unknown = [f for f in formats if f not in FORMATS]
     if unknown:
-        raise ExportError(f"unknown format {', '.join(unknown)}; choose from {', '.join(WRITERS)}")
-    out = prepare_out(out, study.name)
-    suffix = "" if selection == "val" else "_oracle"
-    written = []
-    best = best_configs(study, selection)
-    for fmt in formats:
-        written.append(out / f"best_configs{suffix}.{fmt}")
-        WRITERS[fmt](best, written[-1], study.spec)
-    density = by_density(study, selection)
-    for fmt in [f for f in formats if f in ("csv", "md")]:
-        written.append(out / f"by_density{suffix}.{fmt}")
-        WRITERS[fmt](density, written[-1], study.spec)
+        raise ExportError(f"unknown format {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    out = prepare_out(out, ", ".join(s.name for s in studies))
+    suffix = "" if how == "val" else "_oracle"
+    spec = studies[0].spec
+    best = pd.concat([best_configs(s, how).assign(study=s.name) for s in studies], ignore_index=True)
+    if len(studies) == 1:
+        best = best.drop(columns=["study"])
+    written = write_table(best, presentable(best, spec), out / f"best_configs{suffix}", formats,
+                          caption(spec, how, "Selected config per cell and the dense baselines"))
+    paper = paper_table(studies, how)
+    written += write_table(paper, paper_presentable(paper), out / f"paper_table{suffix}", formats,
+                           caption(spec, how, "Unbiased / conflicting test accuracy per conflict ratio"))
+    trials = pd.concat([s.trials().assign(study=s.name) for s in studies], ignore_index=True)
     written.append(out / "trials.csv")
-    study.trials.to_csv(written[-1], index=False)
-    written.append(out / f"accuracy_vs_density{suffix}.png")
-    plot_accuracy_vs_density(study, density, best, written[-1], selection)
-    written.append(out / "summary.md")
-    written[-1].write_text(summary(study, best, selection))
+    trials.to_csv(written[-1], index=False)
+    if len(studies) == 1:
+        study = studies[0]
+        density = by_density(study, how)
+        written += write_table(density, presentable(density, spec), out / f"by_density{suffix}",
+                               [f for f in formats if f in ("csv", "md")],
+                               caption(spec, how, "Search phase: best config per cell and density"))
+        written.append(out / f"accuracy_vs_density{suffix}.png")
+        plot_accuracy_vs_density(study, density, best, written[-1], how)
+        written.append(out / "summary.md")
+        written[-1].write_text(summary(study, best, how))
     return written
 
 
-def plot_accuracy_vs_density(study: Study, density: pd.DataFrame, best: pd.DataFrame, path: Path, selection: str) -> None:
+def plot_accuracy_vs_density(study: StudyResults, density: pd.DataFrame, best: pd.DataFrame, path: Path, how: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,38 +370,40 @@ def plot_accuracy_vs_density(study: Study, density: pd.DataFrame, best: pd.DataF
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     cells = study.spec.compare_within
-    for ax, short, title in zip(axes, ("test_wg", "test_unbiased"), ("test worst-group accuracy", "test unbiased accuracy")):
-        for i, (cell, rows) in enumerate(density.groupby(cells, sort=True)):
+    styles = {"ERM (dense)": "--", "dense reweighted": ":"}
+    for ax, metric, title in zip(axes, ("best_test_worst_group_acc", "best_test_unbiased_acc"),
+                                 ("test worst-group accuracy", "test unbiased accuracy")):
+        for cell, rows in density.groupby(cells, sort=True):
+            cell = cell if isinstance(cell, tuple) else (cell,)
             label = ", ".join(f"{v:g}%" if k == "conflict_pct" else str(v) for k, v in zip(cells, cell))
             rows = rows.sort_values("density")
-            err = rows[f"{short}_se"].fillna(0.0)
-            line = ax.errorbar(rows["density"], rows[f"{short}_mean"], yerr=err, marker="o", capsize=3, label=label)
-            base = best[(best.get("status") == "baseline")] if "status" in best else best.iloc[0:0]
-            for _, b in base.iterrows():
+            err = 100 * rows[f"{metric}_se"].fillna(0.0)
+            line = ax.errorbar(rows["density"], 100 * rows[metric], yerr=err, marker="o", capsize=3, label=label)
+            for _, b in best[best["status"] == "baseline"].iterrows():
                 if tuple(b[k] for k in cells) == tuple(cell):
-                    ax.axhline(b[f"{short}_mean"], color=line[0].get_color(), linestyle="--", linewidth=1)
+                    ax.axhline(100 * b[metric], color=line[0].get_color(), linestyle=styles.get(b["row"], "-."), linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel("density (fraction of weights kept)")
         ax.set_ylabel(f"{title} (%)")
         ax.grid(alpha=0.3)
-    axes[0].legend(title="cell (dashed: dense ERM)", fontsize=8)
-    tag = "" if selection == "val" else " — ORACLE selection on test"
-    fig.suptitle(f"study {study.name}: best lambda per density{tag}")
+    axes[0].legend(title="cell (dashed: dense ERM; dotted: dense reweighted)", fontsize=8, title_fontsize=8)
+    tag = "" if how == "val" else " — ORACLE selection on test"
+    fig.suptitle(f"study {study.name}: search phase, best config per density{tag}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def summary(study: Study, best: pd.DataFrame, selection: str) -> str:
-    t, m, spec = study.trials, study.manifest, study.spec
+def summary(study: StudyResults, best: pd.DataFrame, how: str) -> str:
+    t, m, spec = study.trials(), study.manifest, study.spec
     lines = [f"# Study {study.name}", ""]
     if spec.description:
         lines += [spec.description, ""]
-    if selection == "oracle":
+    if how == "oracle":
         lines += ["**ORACLE selection: configs chosen on test worst-group accuracy (not a fair result).**", ""]
     lines += ["## What ran", ""]
     for phase, info in m["phases"].items():
-        sub = t[t["phase"] == phase]
+        sub = t[t["phase"] == phase] if not t.empty else t
         counts = ", ".join(f"{n} {s.lower()}" for s, n in sub["status"].value_counts().items()) or "none"
         lines.append(f"- {phase}: {info['status']}, {len(sub)} trials ({counts}), "
                      f"wall time {info.get('wall_seconds', 0) / 60:.1f} min")
@@ -354,8 +415,13 @@ def summary(study: Study, best: pd.DataFrame, selection: str) -> str:
               f"- confirm trial-epochs: {int(t[t['phase'] == 'confirm']['epochs_run'].sum())}",
               f"- failed trials: {int((t['status'] == 'ERROR').sum())}; trials retried after a worker failure: "
               f"{int((t['retries'] > 0).sum())}",
-              f"- trial training time: {t['train_seconds'].sum() / 60:.1f} min", "",
-              "## Reproduce", "", "```", m.get("command", ""), "```", "",
+              f"- trial training time: {t['train_seconds'].sum() / 60:.1f} min", ""]
+    small = best[best.get("small_deciding_group", pd.Series(False, index=best.index)).fillna(False).astype(bool)]
+    lines += ["## How configs were chosen", "", caption(spec, how, "Each cell's config was selected per cell"), ""]
+    if not small.empty:
+        lines += [f"**Caution:** {len(small)} row(s) were decided by a validation group of fewer than "
+                  f"{selection.SMALL_GROUP} samples (column 'deciding val group'); their selection is noisy.", ""]
+    lines += ["## Reproduce", "", "```", m.get("command", ""), "```", "",
               "## Best config per cell", "", to_markdown(presentable(best, spec))]
     return "\n".join(lines)
 
@@ -365,27 +431,28 @@ def summary(study: Study, best: pd.DataFrame, selection: str) -> str:
 MODEL_FORMAT = "rest-sparse-model-v1"
 
 
-def selected_trial(study: Study, cell: str) -> pd.Series:
-    """The trial behind a cell's selected config: its seed with the best validation score."""
-    keys = study.spec.compare_within
+def selected_trial(study: StudyResults, cell: str):
+    """The trial behind a cell's selected config: of its seeds, the one the selection rule ranks first."""
+    spec = study.spec
+    keys = spec.compare_within
     parts = cell.split(":")
     if len(parts) != len(keys):
         raise ExportError(f"--cell {cell} must give {':'.join(k.upper() for k in keys)}, e.g. colored_digits:1")
     best = best_configs(study)
-    t = study.trials
-    match = best
-    for key, text in zip(keys, parts):
-        match = match[[_same(v, text) for v in match[key]]]
-    match = match[match["status"] != "baseline"]
+    chosen = best[best["status"] != "baseline"] if not best.empty else best
+    match = chosen[[all(_same(r[k], text) for k, text in zip(keys, parts)) for _, r in chosen.iterrows()]]
     if match.empty:
-        cells = sorted({":".join(_cell(r[k]) for k in keys) for _, r in best.iterrows()})
+        cells = sorted({":".join(_cell(r[k]) for k in keys) for _, r in chosen.iterrows()})
         raise ExportError(f"unknown cell {cell}; cells with results: {', '.join(cells) or 'none'}")
     row = match.iloc[0]
-    phase = "confirm" if (t["phase"] == "confirm").any() else "search"
-    pool = t[(t["phase"] == phase) & (t["role"] != "erm_baseline") & (t["epochs_run"] > 0)]
-    for key in keys + _searched(study.spec):
+    pool = _pool(study.trials())
+    pool = pool[~pool["role"].isin(list(BASELINE_ROLES))]
+    for key in keys + _searched(spec):
         pool = pool[[_same(v, _cell(row[key])) for v in pool[key]]]
-    return pool.sort_values("best_val_worst_group_acc", ascending=False).iloc[0]
+    primary, prefix = _primary(spec, "val")
+    (index,) = selection.select(pool.to_dict("records"), primary, prefix)
+    trial_id = pool.iloc[index]["trial_id"]
+    return next(t for t in study.all_trials() if t.trial_id == trial_id)
 
 
 def _same(value, text: str) -> bool:
@@ -395,15 +462,11 @@ def _same(value, text: str) -> bool:
         return str(value) == text
 
 
-def _newest_state(trial_dir: Path) -> dict:
-    import torch
-
-    for ckpt in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
-        try:
-            return torch.load(ckpt / "state.pt", weights_only=False, map_location="cpu")
-        except Exception as exc:  # an incomplete checkpoint: try the previous one
-            log.warning("skipping %s: %s", ckpt, exc)
-    raise ExportError(f"trial {trial_dir.name} has no readable checkpoint; resume the study first")
+def trial_state(trial) -> dict:
+    state = newest_state(trial.location)
+    if state is None:
+        raise ExportError(f"trial {trial.trial_id} has no readable checkpoint; resume the study first")
+    return state
 
 
 def sparse_model_state(state: dict) -> dict:
@@ -451,7 +514,7 @@ def load_model(path: str | Path):
         raise ExportError(f"{path} is not a rest-tune sparse model file")
     settings = TrainSettings.from_dict(saved["settings"])
     spec = get_dataset_spec(settings.dataset)
-    model = build_model(settings.model or spec.default_model, spec.num_classes, spec.image_size, settings.width)
+    model = build_model(settings.model or spec.default_model, spec.num_classes, spec.image_size, settings.width, stem=settings.stem)
     weights = dict(saved["dense"])
     for name, entry in saved["sparse"].items():
         numel = int(np.prod(entry["shape"]))

@@ -156,6 +156,18 @@ def parse_space(text: str, source: str = "<study>") -> StudySpec:
         _check_distribution(c, f"search.{key}", dist)
         if key in train_values:
             raise c.fail(f"search.{key}", "is also fixed under train; keep it in one place")
+    for key, dist in search.items():  # a lookup must cover every value its key can take: checked now, not mid-study
+        (name, args), = dist.items()
+        if name != "lookup":
+            continue
+        source_dist = search.get(args["key"], {})
+        values = source_dist.get("grid") or source_dist.get("choice") or (
+            [] if source_dist else [train_values.get(args["key"], getattr(TrainSettings(), args["key"]))])
+        table = {float(k) if _is_number(k) else k for k in args["table"]}
+        missing = [v for v in values if (float(v) if _is_number(v) else v) not in table]
+        if missing:
+            raise c.fail(f"search.{key}", f"lookup on {args['key']} has no entry for {', '.join(map(str, missing))}; "
+                                          f"add {'it' if len(missing) == 1 else 'them'} to the table")
     try:
         base = TrainSettings.from_dict(train_values)
         for key, dist in search.items():  # every listed value must be a valid setting
@@ -175,6 +187,9 @@ def parse_space(text: str, source: str = "<study>") -> StudySpec:
     c.number(scheduler.reduction_factor, "scheduler.reduction_factor", float, 1.01)
     if scheduler.max_epochs is not None:
         c.number(scheduler.max_epochs, "scheduler.max_epochs", int, scheduler.grace_period, base.epochs)
+    elif scheduler.type == "asha" and scheduler.grace_period > base.epochs:
+        raise c.fail("scheduler.grace_period", f"is {scheduler.grace_period}, more than the {base.epochs} training epochs; "
+                                               f"lower it or set scheduler.type: none")
 
     compare = raw.get("compare_within", ["dataset", "conflict_pct"])
     if not isinstance(compare, list) or any(k not in TRAIN_FIELDS for k in compare):
@@ -270,3 +285,7 @@ class _Lookup:
         if float(value) not in self.table:
             raise SpaceError(f"lookup on {self.key}: no entry for {value}; add it to the table")
         return self.table[float(value)]
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

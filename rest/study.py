@@ -2,46 +2,66 @@
 
 A study lives in ``<storage>/<name>/``:
 
-    study.yaml            copy of the study definition
+    study.yaml            copy of the study definition (frozen: manifest.json keeps its hash and text)
     manifest.json         options and the status of each phase
     search/               Ray Tune experiment: ASHA over the search space
-    confirm_configs.json  top-k configs per cell (+ ERM baseline) x confirm seeds
+    confirm_configs.json  top-k configs per cell (+ both baselines) x confirm seeds
     confirm/              Ray Tune experiment: those configs to full epochs, no early stopping
 
 ``run_study`` runs whichever phase is not done, restoring a phase's experiment with
-``Tuner.restore`` when it exists, so a fresh run and a resume take the same path.
+``Tuner.restore`` when it has a snapshot, so a fresh run and a resume take the same
+path. A phase is done only when every one of its trials, read back from storage,
+ended at its planned epochs, was stopped by ASHA, or failed; an interrupted
+phase (Ctrl-C, SIGTERM, a crash) is resumed, never taken as finished.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import math
 import os
+import signal
 import socket
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from . import selection, tune_ext
 from .errors import UserError
+from .results import HISTORY_FILE, STATE_FILE, Trial, flat_config, newest_state, read_phase
 from .settings import TrainSettings
 from .space import StudySpec, parse_space, to_tune
+from .storage import local
 
 log = logging.getLogger(__name__)
 
 PHASES = ("search", "confirm")
-# ASHA ranks trials by validation worst-group accuracy. On small validation sets that
-# accuracy moves in coarse steps (20 conflicting samples: 5 % steps) and ties let
-# almost every trial through a rung, so ties are broken by validation average
-# accuracy: val_rank = val_worst_group_acc + 1e-3 * val_avg_acc.
+# ASHA wants one number; selection.scalar encodes the project's selection rule in it.
 METRIC, MODE, TIME_ATTR = "val_rank", "max", "epoch"
-TIE_BREAK = 1e-3
-STATE_FILE = "state.pt"
+BASELINES = {
+    # role -> changes to the cell's selected config: dense ERM, and dense with the
+    # same reweighting and lambda (what REST's "dense" runs are), so REST's gain can
+    # be split into what sparsity adds and what upweighting adds.
+    "erm_baseline": {"density": 1.0, "reweight": "none", "lambda_upweight": 1.0},
+    "dense_reweighted_baseline": {"density": 1.0},
+}
 
 
 class StudyError(UserError):
     pass
+
+
+class Interrupted(KeyboardInterrupt):
+    """The driver was asked to stop (SIGINT or SIGTERM); exit status 128 + signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 @dataclass
@@ -66,7 +86,10 @@ def study_dir(storage: str, name: str) -> Path:
 
 
 def read_manifest(path: Path) -> dict:
-    return json.loads((path / "manifest.json").read_text())
+    try:
+        return json.loads((path / "manifest.json").read_text())
+    except json.JSONDecodeError:
+        raise StudyError(f"{path / 'manifest.json'} is damaged (not JSON); restore it from a copy") from None
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
@@ -76,7 +99,7 @@ def write_manifest(path: Path, manifest: dict) -> None:
 
 
 def resolve_storage(storage: str | None) -> str:
-    """Absolute local path (Ray rejects relative ones); URIs pass through unchanged."""
+    """Absolute local path (Ray rejects relative ones), created if missing and checked writable."""
     if storage and "://" in storage:
         raise StudyError(f"storage {storage} is a URI; this version keeps studies on a shared filesystem path (NFS) — mount it and pass the path")
     path = Path(storage or os.environ.get("REST_TUNE_STORAGE", "studies")).expanduser().resolve()
@@ -90,10 +113,20 @@ def resolve_storage(storage: str | None) -> str:
     return str(path)
 
 
+def existing_storage(storage: str | None) -> str:
+    """The storage directory to read from, untouched (export must not create anything)."""
+    path = Path(storage or os.environ.get("REST_TUNE_STORAGE", "studies")).expanduser().resolve()
+    return str(path)
+
+
 def refuse_existing(storage: str, name: str) -> None:
     if study_dir(storage, name).exists():
         raise StudyError(f"study '{name}' already exists in {storage}; continue it with "
                          f"'tune_search.py resume {name} --storage {storage}' or pick another --name")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def create_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str) -> Path:
@@ -107,6 +140,8 @@ def create_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str
         "command": command,
         "options": asdict(opts),
         "grid_trials": spec.grid_size(),
+        "study_sha256": _digest(yaml_text),
+        "study_yaml": yaml_text,
         "phases": {p: {"status": "pending", "wall_seconds": 0.0} for p in PHASES},
     }
     if spec.confirm is None:
@@ -115,84 +150,127 @@ def create_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str
     return path
 
 
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def describe_changes(original: str, edited: str) -> str:
+    """'train.epochs: 4 -> 6, scheduler.type: asha -> (removed)', for a refusal message."""
+    try:
+        old, new = _flatten(yaml.safe_load(original) or {}), _flatten(yaml.safe_load(edited) or {})
+    except yaml.YAMLError:
+        return "the file no longer parses"
+    changes = [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(removed)')}"
+               for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(changes[:5]) + (f" and {len(changes) - 5} more" if len(changes) > 5 else "") or "comments or layout only"
+
+
+def frozen_spec(location, manifest: dict) -> StudySpec:
+    """The study definition a study was started with; an edited or missing study.yaml is refused.
+
+    `location` is a storage.Location (or a local Path) of the study directory.
+    """
+    if isinstance(location, Path):
+        location = local(location)
+    file = location.join("study.yaml")
+    original = manifest.get("study_yaml")
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise StudyError(f"{file} is missing; restore it (the original text is kept under 'study_yaml' in "
+                         f"manifest.json)" if original else f"{file} is missing; restore it from a copy") from None
+    except UnicodeDecodeError:
+        raise StudyError(f"{file} is not a text file; restore the study definition") from None
+    if manifest.get("study_sha256") and _digest(text) != manifest["study_sha256"]:
+        raise StudyError(f"{file} was edited after the study started ({describe_changes(original or '', text)}); "
+                         f"a study's definition is frozen: restore the original (kept under 'study_yaml' in manifest.json) "
+                         f"or run the edited file as a new study with --name")
+    return parse_space(text, str(file))
+
+
 def open_study(storage: str, name: str) -> tuple[Path, StudySpec, dict]:
     path = study_dir(storage, name)
     if not (path / "manifest.json").is_file():
         known = sorted(p.parent.name for p in Path(storage).glob("*/manifest.json"))
         raise StudyError(f"no study '{name}' in {storage}; known studies: {', '.join(known) or 'none'} "
                          f"(pass --storage if it lives elsewhere)")
-    spec = parse_space((path / "study.yaml").read_text(), str(path / "study.yaml"))
-    return path, spec, read_manifest(path)
+    manifest = read_manifest(path)
+    return path, frozen_spec(path, manifest), manifest
+
+
+def is_complete(manifest: dict) -> bool:
+    return all(info["status"] in ("done", "skipped") for info in manifest["phases"].values())
 
 
 # -------------------------------------------------------------- the trainable
 
-def _stored_states(ray_checkpoint) -> list:
-    """Candidate checkpoints: the one Ray hands back, plus every one in the trial directory.
+def _resume_state(ray_checkpoint) -> dict | None:
+    """The newest training state of this trial: the newest readable checkpoint on storage.
 
     Ray snapshots its experiment state at most every few seconds, so after a driver
     crash it may hand back an older checkpoint than the newest one on storage (or
     none at all). Looking at the trial directory itself means no finished epoch with
     a checkpoint is ever trained again.
     """
-    from ray import tune
-
-    candidates = [ray_checkpoint] if ray_checkpoint is not None else []
-    try:
-        storage = tune.get_context().get_storage()
-        fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
-        import pyarrow.fs as pafs
-
-        for info in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True)):
-            if info.type == pafs.FileType.Directory and Path(info.path).name.startswith("checkpoint_"):
-                candidates.append(tune.Checkpoint(info.path, filesystem=fs))
-    except Exception as exc:  # storage introspection is a best effort on top of Ray's own
-        log.debug("could not list trial checkpoints: %s", exc)
-    return candidates
-
-
-def _newest_state(ray_checkpoint) -> dict | None:
     import torch
 
-    best = None
-    for ckpt in _stored_states(ray_checkpoint):
-        try:
-            with ckpt.as_directory() as d:
-                state = torch.load(Path(d) / STATE_FILE, weights_only=False, map_location="cpu")
-        except Exception as exc:  # an incomplete checkpoint (crash mid-write) is skipped
-            log.warning("skipping unreadable checkpoint %s: %s", ckpt.path, exc)
-            continue
-        if best is None or state["epoch"] > best["epoch"]:
-            best = state
-    return best
+    try:
+        fs, trial_path = tune_ext.trial_storage()
+        from .storage import Location
+
+        return newest_state(Location(fs, trial_path))
+    except Exception as exc:  # fall back to what Ray hands back; the tune_ext contract test guards this
+        log.warning("could not list this trial's checkpoints (%s); using Ray's", exc)
+    if ray_checkpoint is None:
+        return None
+    with ray_checkpoint.as_directory() as d:
+        return torch.load(Path(d) / STATE_FILE, weights_only=False, map_location="cpu")
 
 
 def rest_trainable(config: dict, checkpoint_every: int = 1) -> None:
-    """Ray Tune function trainable: one REST configuration, checkpointed per epoch."""
+    """Ray Tune function trainable: one REST configuration, checkpointed per epoch.
+
+    Each checkpoint holds the full training state and the trial's whole history of
+    epoch records (also as a small JSON file, for the study reader), so a trial
+    resumed from it reports nothing twice and loses nothing Ray's snapshot missed.
+    A trial resumed at or past its last epoch reports its final record again and ends.
+    """
     import ray
     import torch
     from ray import tune
 
     from .train import Trainer
 
-    values = config.get("cfg", config)
-    settings = TrainSettings.from_dict({k: v for k, v in values.items() if k != "extra"})
+    settings = TrainSettings.from_dict({k: v for k, v in flat_config(config).items() if k != "extra"})
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(round(cpus))))
     trainer = Trainer(settings)
-    state = _newest_state(tune.get_checkpoint())
+    state = _resume_state(tune.get_checkpoint())
+    history: list[dict] = []
     if state is not None:
         trainer.load_state_dict(state)
+        history = list(state.get("history", []))
         log.info("trial %s resumes after epoch %d", tune.get_context().get_trial_id(), trainer.epoch)
+    if trainer.epoch >= settings.epochs and history:
+        tune.report(history[-1])  # finished before the crash: let Ray and the scheduler see the end
+        return
     resumed_from = trainer.epoch
     node = ray.get_runtime_context().get_node_id()
+    primary = getattr(settings, "selection", "worst_group")
     while trainer.epoch < settings.epochs:
         record = trainer.run_epoch()
         record.update(resumed_from_epoch=resumed_from, node_id=node, pid=os.getpid(),
-                      val_rank=record["val_worst_group_acc"] + TIE_BREAK * record["val_avg_acc"])
+                      val_rank=selection.scalar(record, primary))
+        history.append(record)
         if trainer.epoch % checkpoint_every == 0 or trainer.epoch == settings.epochs:
             with tempfile.TemporaryDirectory() as d:
-                torch.save(trainer.state_dict(), Path(d) / STATE_FILE)
+                torch.save({**trainer.state_dict(), "history": history}, Path(d) / STATE_FILE)
+                (Path(d) / HISTORY_FILE).write_text(json.dumps(history))
                 tune.report(record, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(record)
@@ -223,7 +301,7 @@ def _per_cell_scheduler_class():
             return (metric in (None, self.asha["metric"])) and (mode in (None, self.asha["mode"]))
 
         def cell(self, trial) -> AsyncHyperBandScheduler:
-            key = tuple(trial.config[k] for k in self.cell_keys)
+            key = tuple(flat_config(trial.config)[k] for k in self.cell_keys)
             if key not in self.cells:
                 self.cells[key] = AsyncHyperBandScheduler(**self.asha)
             return self.cells[key]
@@ -232,17 +310,19 @@ def _per_cell_scheduler_class():
             self.cell(trial).on_trial_add(tune_controller, trial)
 
         def on_trial_result(self, tune_controller, trial, result):
+            if not tune_ext.asha_knows(self.cell(trial), trial):  # a trial restored after a driver crash
+                self.cell(trial).on_trial_add(tune_controller, trial)
             return self.cell(trial).on_trial_result(tune_controller, trial, result)
 
         def on_trial_complete(self, tune_controller, trial, result):
-            if trial.trial_id in self.cell(trial)._trial_info:
+            if tune_ext.asha_knows(self.cell(trial), trial):
                 self.cell(trial).on_trial_complete(tune_controller, trial, result)
 
         def on_trial_remove(self, tune_controller, trial):
-            self.cell(trial)._trial_info.pop(trial.trial_id, None)
+            tune_ext.asha_forget(self.cell(trial), trial)
 
         def debug_string(self) -> str:
-            stopped = sum(s._num_stopped for s in self.cells.values())
+            stopped = sum(tune_ext.asha_stopped(s) for s in self.cells.values())
             return f"per-cell ASHA over {self.cell_keys}: {len(self.cells)} cells, {stopped} trials stopped early"
 
     return PerCellASHA
@@ -300,51 +380,34 @@ def _tuner(phase: str, path: Path, spec: StudySpec, opts: RunOptions, param_spac
     return tune.Tuner(_trainable(spec, opts), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
-def load_trials(experiment: Path) -> list[dict]:
-    """Every trial of a phase: config, last metrics and status, read from disk alone."""
-    from ray.tune import ExperimentAnalysis
+def select_confirm_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
+    """Per cell: the top-k configs by the selection rule, and both baselines, x confirm seeds."""
+    from .results import aggregate, trial_row
 
-    if not experiment.is_dir():
+    rows = [trial_row(t, spec) for t in trials if t.history]
+    if not rows:
         return []
-    analysis = ExperimentAnalysis(str(experiment))
-    trials = []
-    for t in analysis.trials:
-        config = t.config.get("cfg", t.config)
-        trials.append({"trial_id": t.trial_id, "config": config, "status": t.status,
-                       "last": dict(t.last_result or {}), "error": bool(t.error_file) or t.status == "ERROR"})
-    return trials
+    import pandas as pd
 
-
-def select_confirm_configs(spec: StudySpec, trials: list[dict]) -> list[dict]:
-    """Top-k configs of each cell by best validation worst-group accuracy (+ ERM baseline), x seeds."""
-    by_cell: dict[tuple, list[dict]] = {}
+    searched = [k for k in spec.search if k not in ("seed", *spec.compare_within)]
+    configs_by_key = {}
     for t in trials:
-        if "best_val_worst_group_acc" in t["last"]:
-            by_cell.setdefault(spec.cell_of(t["config"]), []).append(t)
+        cfg = {k: v for k, v in t.config.items() if k not in ("seed", "extra")}
+        configs_by_key.setdefault(tuple(str(cfg.get(k)) for k in spec.compare_within + searched), cfg)
+    table = aggregate(pd.DataFrame(rows), spec.compare_within + searched)
+    primary = getattr(spec.train, "selection", "worst_group")
     epochs = spec.confirm.epochs or spec.train.epochs
     configs = []
-    for cell, members in sorted(by_cell.items(), key=lambda kv: str(kv[0])):
-        ranked = sorted(members, key=lambda t: (-_nan_low(t["last"]["best_val_worst_group_acc"]),
-                                                -_nan_low(t["last"].get("best_val_avg_acc", 0.0))))
-        chosen: list[dict] = []
-        for t in ranked:
-            cfg = {k: t["config"][k] for k in t["config"] if k != "seed"}
-            if cfg not in chosen:
-                chosen.append(cfg)
-            if len(chosen) == spec.confirm.top_k:
-                break
-        for rank, cfg in enumerate(chosen, 1):
-            for seed in spec.confirm.seeds:
-                configs.append({**cfg, "seed": seed, "epochs": epochs, "extra": {"role": f"top{rank}"}})
+    for cell, members in selection.select_per_cell(table.to_dict("records"), spec.compare_within, primary,
+                                                   k=spec.confirm.top_k).items():
+        chosen = [configs_by_key[tuple(str(m.get(k)) for k in spec.compare_within + searched)] for m in members]
+        runs = [(f"top{rank}", cfg) for rank, cfg in enumerate(chosen, 1)]
         if spec.confirm.baseline:
-            base = {**chosen[0], "density": 1.0, "reweight": "none", "lambda_upweight": 1.0}
+            runs += [(role, {**chosen[0], **changes}) for role, changes in BASELINES.items()]
+        for role, cfg in runs:
             for seed in spec.confirm.seeds:
-                configs.append({**base, "seed": seed, "epochs": epochs, "extra": {"role": "erm_baseline"}})
+                configs.append({**cfg, "seed": seed, "epochs": epochs, "extra": {"role": role}})
     return configs
-
-
-def _nan_low(x: float) -> float:
-    return -math.inf if x is None or x != x else x
 
 
 # ------------------------------------------------------------------ running
@@ -393,42 +456,130 @@ def prepare_data(spec: StudySpec, data_root: str | None) -> None:
             load_dataset(dataset, pct, root)
 
 
-def run_study(path: Path, spec: StudySpec, opts: RunOptions) -> dict:
-    """Run every phase that is not done. Returns the manifest; phase status 'interrupted' if stopped."""
+class StopSignals:
+    """SIGINT and SIGTERM for the driver: stop the study cleanly, never "finish" it.
+
+    The first signal during ``Tuner.fit`` asks Tune to stop after one last forced
+    snapshot (trials stay resumable); outside ``fit``, or on a second signal, the
+    driver stops at once by raising ``Interrupted``. Either way the phase is marked
+    interrupted and ``resume`` continues it.
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+        self._fitting = False
+        self._saved: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        return self.install()
+
+    def install(self) -> "StopSignals":
+        """(Re)install the handlers: ``ray.init`` replaces SIGTERM's with its own, so call again after it."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.signal(sig, self._handle)
+            self._saved.setdefault(sig, previous)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        first = self.received is None
+        self.received = self.received or signum
+        tune_listens = callable(signal.getsignal(signal.SIGUSR1))  # Tune installs its handler inside fit()
+        if first and self._fitting and tune_listens:
+            log.warning("stopping: saving the study state first (signal again to stop at once)")
+            tune_ext.request_graceful_stop()
+            return
+        raise Interrupted(self.received)
+
+    @contextmanager
+    def fitting(self):
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # no stale Tune handler from an earlier fit()
+        self._fitting = True
+        try:
+            yield
+        finally:
+            self._fitting = False
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def _phase_tuner(phase: str, path: Path, spec: StudySpec, opts: RunOptions):
+    """Restore the phase's experiment if Ray snapshotted it; else start it afresh."""
     from ray import tune
 
+    experiment = path / phase
+    location = local(experiment)
+    if tune_ext.experiment_restorable(location.fs, location.path):
+        log.info("restoring phase %s from %s", phase, experiment)
+        return tune.Tuner.restore(str(experiment), _trainable(spec, opts), resume_unfinished=True, resume_errored=True)
+    if experiment.exists():
+        # A driver stopped before Ray's first snapshot: nothing there can be restored.
+        aside = path / f".{phase}-abandoned-{time.strftime('%Y%m%d-%H%M%S')}"
+        experiment.rename(aside)
+        log.warning("phase %s had no Ray snapshot to restore; starting it afresh (old files moved to %s)", phase, aside)
+    if phase == "search":
+        return _tuner(phase, path, spec, opts, search_space(spec, opts.data_root), make_scheduler(spec))
+    from ray.tune.schedulers import FIFOScheduler
+
+    configs = _confirm_configs(path, spec, opts)
+    return _tuner(phase, path, spec, opts, {"cfg": tune.grid_search(configs)}, FIFOScheduler())
+
+
+def unfinished_trials(trials: list[Trial], spec: StudySpec, phase: str) -> list[Trial]:
+    """Trials of a phase that neither ended at their planned epochs, nor were stopped by ASHA, nor failed."""
+    asha = phase == "search" and spec.scheduler.type == "asha"
+    out = []
+    for t in trials:
+        planned = int(t.config.get("epochs", spec.max_epochs))
+        if t.status == "ERROR":
+            continue
+        if t.status == "TERMINATED" and (t.epochs_run >= planned or (asha and t.epochs_run >= spec.scheduler.grace_period)):
+            continue
+        out.append(t)
+    return out
+
+
+def run_study(path: Path, spec: StudySpec, opts: RunOptions, stop: StopSignals | None = None) -> dict:
+    """Run every phase that is not done. Returns the manifest.
+
+    Raises ``Interrupted`` (phase marked interrupted) when a stop signal arrives.
+    """
+    stop = stop or StopSignals()
     manifest = read_manifest(path)
-    if all(info["status"] in ("done", "skipped") for info in manifest["phases"].values()):
-        log.info("study %s is already complete", path.name)
+    if is_complete(manifest):
         return manifest
     gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial
     connect(opts.address, gpus)
+    stop.install()
     for phase in PHASES:
         info = manifest["phases"][phase]
         if info["status"] in ("done", "skipped"):
             continue
-        experiment = path / phase
-        trainable = _trainable(spec, opts)
-        if tune.Tuner.can_restore(str(experiment)):
-            log.info("restoring phase %s from %s", phase, experiment)
-            tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
-        elif phase == "search":
-            tuner = _tuner(phase, path, spec, opts, search_space(spec, opts.data_root), make_scheduler(spec))
-        else:
-            configs = _confirm_configs(path, spec, opts)
-            from ray.tune.schedulers import FIFOScheduler
-
-            tuner = _tuner(phase, path, spec, opts, {"cfg": tune.grid_search(configs)}, FIFOScheduler())
+        tuner = _phase_tuner(phase, path, spec, opts)
         info["status"] = "running"
         write_manifest(path, manifest)
         start = time.time()
-        results = tuner.fit()
+        try:
+            with stop.fitting():
+                tuner.fit()
+        except KeyboardInterrupt:
+            info["wall_seconds"] += time.time() - start
+            info["status"] = "interrupted"
+            write_manifest(path, manifest)
+            raise
         info["wall_seconds"] += time.time() - start
-        unfinished = len(results) - results.num_terminated - results.num_errors
-        info.update(trials=len(results), errors=results.num_errors, unfinished=unfinished)
-        info["status"] = "interrupted" if unfinished else "done"
+        trials = read_phase(local(path / phase), phase)
+        unfinished = unfinished_trials(trials, spec, phase)
+        info.update(trials=len(trials), errors=sum(t.status == "ERROR" for t in trials), unfinished=len(unfinished))
+        info["status"] = "interrupted" if (unfinished or stop.received) else "done"
         write_manifest(path, manifest)
+        if stop.received:
+            raise Interrupted(stop.received)
         if unfinished:
+            log.warning("phase %s: %d trial(s) ended before their planned epochs: %s", phase, len(unfinished),
+                        ", ".join(f"{t.trial_id} at epoch {t.epochs_run}" for t in unfinished[:5]))
             return manifest
     return manifest
 
@@ -437,41 +588,12 @@ def _confirm_configs(path: Path, spec: StudySpec, opts: RunOptions) -> list[dict
     file = path / "confirm_configs.json"
     if file.exists():
         return json.loads(file.read_text())
-    configs = select_confirm_configs(spec, load_trials(path / "search"))
+    configs = select_confirm_configs(spec, read_phase(local(path / "search"), "search"))
     if not configs:
         raise StudyError(f"the search phase of {path.name} has no trial with results to confirm")
     if opts.data_root:
         configs = [{**c, "data_root": opts.data_root} for c in configs]
-    file.write_text(json.dumps(configs, indent=1))
+    tmp = path / "confirm_configs.json.tmp"
+    tmp.write_text(json.dumps(configs, indent=1))
+    os.replace(tmp, file)
     return configs
-
-
-def summarize(path: Path, spec: StudySpec) -> list[dict]:
-    """Best config per cell: the confirm phase's seed mean if it ran, else the search phase's best."""
-    confirm = [t for t in load_trials(path / "confirm") if t["last"]]
-    rows = []
-    if confirm:
-        groups: dict[tuple, list[dict]] = {}
-        for t in confirm:
-            cfg = {k: v for k, v in t["config"].items() if k not in ("seed", "extra")}
-            role = t["config"].get("extra", {}).get("role", "")
-            groups.setdefault((role, json.dumps(cfg, sort_keys=True)), []).append(t)
-        for (role, cfg_json), members in groups.items():
-            cfg = json.loads(cfg_json)
-            values = [m["last"]["best_test_worst_group_acc"] for m in members]
-            rows.append({"cell": spec.cell_of(cfg), "role": role, "density": cfg["density"],
-                         "lambda_upweight": cfg["lambda_upweight"], "reweight": cfg["reweight"], "seeds": len(values),
-                         "test_worst_group_acc": sum(values) / len(values)})
-    else:
-        best: dict[tuple, dict] = {}
-        for t in load_trials(path / "search"):
-            if "best_val_worst_group_acc" not in t["last"]:
-                continue
-            cell = spec.cell_of(t["config"])
-            if cell not in best or _nan_low(t["last"]["best_val_worst_group_acc"]) > _nan_low(best[cell]["last"]["best_val_worst_group_acc"]):
-                best[cell] = t
-        for cell, t in best.items():
-            rows.append({"cell": cell, "role": "search", "density": t["config"]["density"],
-                         "lambda_upweight": t["config"]["lambda_upweight"], "reweight": t["config"]["reweight"],
-                         "seeds": 1, "test_worst_group_acc": t["last"]["best_test_worst_group_acc"]})
-    return sorted(rows, key=lambda r: (str(r["cell"]), r["role"]))

@@ -6,9 +6,9 @@ far), so training N epochs straight and training in pieces across processes give
 bitwise-identical metrics on CPU. ``train`` is the generator most callers want:
 one metrics record per epoch.
 
-Model selection follows REST: the epoch with the best validation worst-group
-accuracy is remembered, and its test numbers are reported as ``best_*``; test
-numbers never influence selection.
+Model selection: the epoch the project's one rule (``rest.selection``) ranks
+first on validation numbers is remembered, with its weights, and all its metrics
+are reported as ``best_*``; test numbers never influence selection.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from torch import nn
 
 from .data import BiasedData, DataError, DatasetSpec, Split, get_dataset_spec, load_dataset
 from .models import build_model
+from . import selection
 from .reweight import EpochSampler, make_sampler
 from .settings import SettingsError, TrainSettings
 from .sparse import SparseMask, output_positions
@@ -35,16 +36,17 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 # Every key of a run_epoch record: a contract with the study and export code (docs/metrics.md).
-METRICS = (
+SPLITS = ("val_", "test_")
+EPOCH_METRICS = (
     "epoch", "train_loss",
     "val_worst_group_acc", "val_avg_acc", "val_conflict_acc", "val_align_acc",
     "val_worst_class_bias_acc", "val_balanced_acc", "val_align_count", "val_conflict_count", "val_loss",
     "test_unbiased_acc", "test_worst_group_acc", "test_conflict_acc", "test_align_acc",
     "test_worst_class_bias_acc", "test_balanced_acc",
-    "best_epoch", "best_val_worst_group_acc", "best_val_avg_acc", "best_test_worst_group_acc",
-    "best_test_unbiased_acc", "best_test_conflict_acc", "best_test_align_acc",
-    "density", "nonzero_params", "dense_params", "inference_flops", "dense_inference_flops",
-    "lr", "epoch_seconds",
+)  # fmt: skip
+# Every key of a record: the epoch's metrics, the selected epoch's (best_*), then the model's size and timing.
+METRICS = EPOCH_METRICS + ("best_epoch",) + tuple(f"best_{k}" for k in EPOCH_METRICS if k.startswith(SPLITS)) + (
+    "density", "nonzero_params", "dense_params", "inference_flops", "dense_inference_flops", "lr", "epoch_seconds",
 )  # fmt: skip
 
 
@@ -283,7 +285,7 @@ class Trainer:
         self.aug_gen = torch.Generator().manual_seed(s.seed + 1)
         self.sampler: EpochSampler | None = None  # built on first epoch (JTT trains a model for it)
         self.epoch = 0
-        self.best: dict[str, float] = {"best_epoch": 0, "best_val_worst_group_acc": -math.inf}
+        self.best: dict[str, float] = {"best_epoch": 0}  # the selected epoch's metrics, as best_<metric>
         self.best_weights: dict | None = None  # model and masks at the best epoch, for export
 
     def _new_model(self) -> nn.Module:
@@ -324,21 +326,7 @@ class Trainer:
             self.scheduler.step(val["loss"])
         elif self.scheduler is not None:
             self.scheduler.step()
-        if val["worst"] > self.best["best_val_worst_group_acc"]:
-            self.best = {
-                "best_epoch": self.epoch,
-                "best_val_worst_group_acc": val["worst"],
-                "best_val_avg_acc": val["avg"],
-                "best_test_worst_group_acc": test["worst"],
-                "best_test_unbiased_acc": test["avg"],
-                "best_test_conflict_acc": test["conflict"],
-                "best_test_align_acc": test["align"],
-            }
-            self.best_weights = {
-                "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
-                "masks": {n: m.cpu().clone() for n, m in self.sparse.masks.items()},
-            }
-        return {
+        record = {
             "epoch": self.epoch,
             "train_loss": train_loss,
             "val_worst_group_acc": val["worst"],
@@ -356,6 +344,15 @@ class Trainer:
             "test_align_acc": test["align"],
             "test_worst_class_bias_acc": test["worst_class_bias"],
             "test_balanced_acc": test["balanced"],
+        }
+        if selection.better(record, self._incumbent(), s.selection):
+            self.best = {"best_epoch": self.epoch, **{f"best_{k}": v for k, v in record.items() if k.startswith(SPLITS)}}
+            self.best_weights = {
+                "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+                "masks": {n: m.cpu().clone() for n, m in self.sparse.masks.items()},
+            }
+        return {
+            **record,
             **self.best,
             "density": self.sparse.realised_density(),
             "nonzero_params": self.sparse.nonzero_params(self.model),
@@ -365,6 +362,13 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - start,
         }
+
+    def _incumbent(self) -> dict | None:
+        """The selected epoch so far, as a record the selection rule can compare (None before epoch 1)."""
+        if not self.best.get("best_epoch"):
+            return None
+        return {"epoch": self.best["best_epoch"],
+                **{k.removeprefix("best_"): v for k, v in self.best.items() if k.startswith("best_val_")}}
 
     def state_dict(self) -> dict:
         return {

@@ -84,3 +84,25 @@ def smoke_study(ray_cluster, tmp_path_factory):
                           "--storage", str(storage), "--address", ray_cluster.address],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     return storage, out
+
+
+def cli(*args, timeout=300, **kw):
+    """tune_search.py in a real subprocess, as a user runs it."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(ROOT / "tune_search.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, **kw)
+
+
+def wait_for(predicate, timeout, what):
+    """Poll `predicate` (storage state, not time) until it returns something truthy."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -10,14 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, cli, wait_for
 
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
-
-
-def cli(*args, timeout=300, **kw):
-    return subprocess.run([sys.executable, str(ROOT / "tune_search.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, **kw)
 
 
 def write_space(path: Path, **changes) -> Path:
@@ -56,7 +51,12 @@ def test_smoke_study_end_to_end_on_two_nodes(ray_cluster, smoke_study):
     nodes = {r["node_id"] for records in search.values() for r in records}
     assert len(nodes) == 2, "trials must run on both nodes"
     confirm = json.loads((study / "confirm_configs.json").read_text())
-    assert sorted(c["extra"]["role"] for c in confirm) == ["erm_baseline", "erm_baseline", "top1", "top1"]
+    roles = sorted(c["extra"]["role"] for c in confirm)
+    assert roles == sorted(["top1", "erm_baseline", "dense_reweighted_baseline"] * 2)
+    for c in confirm:  # the dense reweighted baseline is the cell's selected config made dense
+        if c["extra"]["role"] == "dense_reweighted_baseline":
+            top = next(t for t in confirm if t["extra"]["role"] == "top1" and t["conflict_pct"] == c["conflict_pct"])
+            assert (c["density"], c["reweight"], c["lambda_upweight"]) == (1.0, top["reweight"], top["lambda_upweight"])
     for records in results(study / "confirm").values():
         assert records[-1]["epoch"] == 2
     # run on an existing name refuses and points to resume, touching nothing
@@ -108,59 +108,6 @@ def test_asha_compares_trials_only_within_a_cell(ray_cluster, tmp_path):
     assert _fake_study(global_asha, tmp_path / "global")[(0.5, 4)] < 8
 
 
-def _wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def test_kill_9_driver_then_resume_matches_an_uninterrupted_run(ray_cluster, tmp_path):
-    space = write_space(tmp_path / "s.yaml", name="k", scheduler={"type": "none"}, confirm=None,
-                       train={"epochs": 4, "subsample": 1500},
-                       search={"conflict_pct": {"grid": [1]}, "density": {"grid": [0.05, 1.0]}})
-    addr = ["--address", ray_cluster.address]
-    straight = cli("run", str(space), "--storage", str(tmp_path / "a"), *addr)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
-    storage = tmp_path / "b"
-    driver = subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), "run", str(space), "--storage", str(storage), *addr],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    experiment = storage / "k" / "search"
-
-    def some_trial_checkpointed_and_running():
-        res = results(experiment) if experiment.exists() else {}
-        done = [n for n, r in res.items() if r and r[-1]["epoch"] >= 1 and list((experiment / n).glob("checkpoint_*"))]
-        return done if done and all(not r or r[-1]["epoch"] < 4 for r in res.values()) else None
-
-    checkpointed = _wait_for(some_trial_checkpointed_and_running, 240, "a trial checkpoint")
-    killed_at = time.time()
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    manifest = json.loads((storage / "k" / "manifest.json").read_text())
-    assert manifest["phases"]["search"]["status"] == "running"
-
-    resumed = cli("resume", "k", "--storage", str(storage), *addr)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    after = results(experiment)
-    for name in checkpointed:
-        late = [r for r in after[name] if r["timestamp"] >= killed_at]
-        assert all(r["resumed_from_epoch"] >= 1 for r in late), f"{name} restarted from epoch 0"
-
-    def finals(path):
-        out = {}
-        for records in results(path).values():
-            last = records[-1]
-            out[(last["config"]["density"])] = {k: last[k] for k in ("epoch", "train_loss", "best_test_worst_group_acc",
-                                                                     "test_unbiased_acc", "val_worst_group_acc")}
-        return out
-
-    assert finals(experiment) == finals(tmp_path / "a" / "k" / "search")
-
-
 def test_worker_killed_by_signal_is_retried_from_its_checkpoint(ray_cluster, tmp_path):
     space = write_space(tmp_path / "w.yaml", name="w", scheduler={"type": "none"}, confirm=None,
                         train={"epochs": 4, "subsample": 1500},
@@ -177,7 +124,7 @@ def test_worker_killed_by_signal_is_retried_from_its_checkpoint(ray_cluster, tmp
                 return records[-1]["pid"]
         return None
 
-    pid = _wait_for(first_epoch_checkpointed, 240, "the first checkpoint")
+    pid = wait_for(first_epoch_checkpointed, 240, "the first checkpoint")
     os.kill(pid, signal.SIGKILL)
     stdout, stderr = driver.communicate(timeout=300)
     assert driver.returncode == 0, stderr[-3000:]
@@ -195,6 +142,7 @@ def test_worker_killed_by_signal_is_retried_from_its_checkpoint(ray_cluster, tmp
         (["run", str(SMOKE), "--address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
         (["run", str(SMOKE), "--storage", "/proc/forbidden"], "is not writable"),
         (["run", str(SMOKE), "--cpus-per-trial", "0"], "--cpus-per-trial 0 must be positive"),
+        (["run", str(ROOT / "tests" / "fixtures" / "lookup_gap.yaml")], "lookup on conflict_pct has no entry for 5"),
     ],
 )
 def test_bad_study_input_is_one_line_exit_2(tmp_path, args, message):
@@ -205,6 +153,7 @@ def test_bad_study_input_is_one_line_exit_2(tmp_path, args, message):
     assert out.returncode == 2, out.stderr[-2000:]
     assert message in out.stderr and "Traceback" not in out.stderr and out.stderr.count("\n") == 1
     assert time.time() - start < 30
+    assert not list(tmp_path.glob("*/manifest.json")), "nothing may be created for bad input"
 
 
 def test_gpus_asked_where_the_cluster_has_none(ray_cluster, tmp_path):

@@ -1,0 +1,235 @@
+"""The one reader of a study: trials, per-epoch histories and checkpoints, read-only.
+
+Built on Ray Tune's public ``ExperimentAnalysis`` (trial status, config, failure
+count and the ``result.json`` records) plus the history each trial keeps in its
+own checkpoints: after a driver crash Ray's snapshot can miss the last epochs a
+trial finished, while the checkpoint written with those epochs holds them all, so
+the history here is the union of the two, one record per epoch.
+
+Nothing here writes: export and export-model read a study through this module and
+leave its storage exactly as it was.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from . import selection
+from .errors import UserError
+from .space import StudySpec, parse_space
+from .storage import Location
+
+log = logging.getLogger(__name__)
+
+PHASES = ("search", "confirm")
+STATE_FILE = "state.pt"
+HISTORY_FILE = "history.json"
+CONFIG_KEYS = ("dataset", "conflict_pct", "density", "lambda_upweight", "reweight", "sparse", "seed", "selection")
+
+
+class ResultsError(UserError):
+    pass
+
+
+def flat_config(config: dict) -> dict:
+    """A trial's training settings (the confirm phase nests them under 'cfg')."""
+    return dict(config.get("cfg", config))
+
+
+def checkpoint_dirs(trial: Location) -> list[Location]:
+    """A trial's checkpoint directories, newest first (Ray numbers them in order)."""
+    return sorted((c for c in trial.children() if c.name.startswith("checkpoint_")), key=lambda c: c.name, reverse=True)
+
+
+def checkpoint_history(trial: Location) -> list[dict]:
+    """The per-epoch records kept in the trial's newest readable checkpoint."""
+    for ckpt in checkpoint_dirs(trial):
+        file = ckpt.join(HISTORY_FILE)
+        try:
+            return file.read_json()
+        except Exception as exc:  # a checkpoint cut short by a crash: try the one before
+            log.debug("no readable history in %s: %s", ckpt, exc)
+    return []
+
+
+def newest_state(trial: Location, min_epoch: int = 0) -> dict | None:
+    """The newest readable training state in a trial's checkpoints (None if there is none)."""
+    import io
+
+    import torch
+
+    for ckpt in checkpoint_dirs(trial):
+        try:
+            with ckpt.fs.open_input_file(ckpt.join(STATE_FILE).path) as f:
+                state = torch.load(io.BytesIO(f.read()), weights_only=False, map_location="cpu")
+        except Exception as exc:  # incomplete checkpoint (crash mid-write): the previous one
+            log.warning("skipping unreadable checkpoint %s: %s", ckpt, exc)
+            continue
+        if state["epoch"] >= min_epoch:
+            return state
+    return None
+
+
+def merge_history(reported: list[dict], kept: list[dict]) -> list[dict]:
+    """One record per epoch, in epoch order: Ray's reported records, gaps filled from the checkpoint."""
+    by_epoch: dict[int, dict] = {int(r["epoch"]): r for r in kept if "epoch" in r}
+    by_epoch.update({int(r["epoch"]): r for r in reported if "epoch" in r and r.get("epoch") == r.get("epoch")})
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+@dataclass
+class Trial:
+    phase: str
+    trial_id: str
+    status: str
+    config: dict
+    failures: int
+    history: list[dict] = field(default_factory=list)
+    location: Location | None = None
+
+    @property
+    def role(self) -> str:
+        return (self.config.get("extra") or {}).get("role", "search")
+
+    @property
+    def epochs_run(self) -> int:
+        return int(self.history[-1]["epoch"]) if self.history else 0
+
+    @property
+    def primary(self) -> str:
+        return self.config.get("selection") or "worst_group"
+
+    def selected(self) -> dict | None:
+        """The epoch record the selection rule picks from this trial's history."""
+        return dict(selection.best_epoch(self.history, self.primary) or {}) or None
+
+
+@dataclass
+class StudyResults:
+    location: Location
+    spec: StudySpec
+    manifest: dict
+    phases: dict[str, list[Trial]]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name", self.location.name)
+
+    @property
+    def path(self) -> Location:
+        return self.location
+
+    def all_trials(self) -> list[Trial]:
+        return [t for phase in PHASES for t in self.phases.get(phase, [])]
+
+    def trials(self) -> pd.DataFrame:
+        """One row per trial of every phase: config, status, epochs, and its selected epoch's metrics."""
+        rows = [trial_row(t, self.spec) for t in self.all_trials()]
+        return pd.DataFrame(rows)
+
+    def history(self) -> pd.DataFrame:
+        """One row per (trial, epoch): every record each trial reported, exactly once."""
+        rows = [{"phase": t.phase, "trial_id": t.trial_id, "role": t.role, **{k: t.config.get(k) for k in CONFIG_KEYS},
+                 **{k: v for k, v in r.items() if k != "config"}} for t in self.all_trials() for r in t.history]
+        return pd.DataFrame(rows)
+
+
+def read_study(location: Location, spec: StudySpec | None = None) -> StudyResults:
+    """Read a study directory (manifest, definition, both phases) without writing anything."""
+    from .study import frozen_spec
+
+    try:
+        manifest = location.join("manifest.json").read_json()
+    except FileNotFoundError:
+        raise ResultsError(f"{location} is not a study directory (no manifest.json); pass a study's path or name") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ResultsError(f"{location}/manifest.json is damaged (not JSON); restore it from a copy") from None
+    spec = spec or frozen_spec(location, manifest)
+    phases = {phase: read_phase(location.join(phase), phase) for phase in PHASES}
+    return StudyResults(location, spec, manifest, phases)
+
+
+def read_phase(experiment: Location, phase: str) -> list[Trial]:
+    """Every trial of one phase's Ray experiment ([] if the phase has no snapshot yet)."""
+    from ray.tune import ExperimentAnalysis
+
+    if not any(c.name.startswith("experiment_state-") for c in experiment.children()):
+        return []
+    analysis = ExperimentAnalysis(experiment.path, storage_filesystem=experiment.fs)
+    reported = analysis.trial_dataframes  # trial_id -> records from result.json
+    trials = []
+    for t in analysis.trials:
+        trial_dir = experiment.join(f"trial_{t.trial_id}")
+        frame = reported.get(t.trial_id)
+        records = _records(frame) if frame is not None else []
+        history = merge_history(records, checkpoint_history(trial_dir))
+        trials.append(Trial(phase, t.trial_id, t.status, flat_config(t.config), int(t.num_failures), history, trial_dir))
+    return sorted(trials, key=lambda tr: tr.trial_id)
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Records of a result.json frame, without Ray's flattened config columns."""
+    keep = [c for c in frame.columns if not c.startswith("config/")]
+    return [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v) and k not in ("epoch",))}
+            for r in frame[keep].to_dict("records")]
+
+
+def trial_row(t: Trial, spec: StudySpec) -> dict:
+    """A trial as one table row; `best_*` are the metrics of its selected epoch."""
+    planned = int(t.config.get("epochs", spec.max_epochs))
+    finished = t.status == "TERMINATED" and t.epochs_run >= planned
+    row: dict[str, Any] = {
+        "phase": t.phase, "trial_id": t.trial_id, "status": t.status, "role": t.role,
+        "epochs_run": t.epochs_run, "epochs_planned": planned,
+        "stopped_early": t.status == "TERMINATED" and 0 < t.epochs_run < planned,
+        "finished": finished, "retries": t.failures,
+    }  # fmt: skip
+    for key in dict.fromkeys((*CONFIG_KEYS, *spec.search)):
+        row[key] = t.config.get(key)
+    best = t.selected() or {}
+    row["best_epoch"] = best.get("epoch", math.nan)
+    for key, value in best.items():
+        if key.startswith(("val_", "test_")) and isinstance(value, (int, float)):
+            row[f"best_{key}"] = value
+    row["deciding_group_size"] = selection.deciding_group_size(best, t.primary) if best else math.nan
+    last = t.history[-1] if t.history else {}
+    for key in ("nonzero_params", "dense_params", "inference_flops", "dense_inference_flops"):
+        row[key] = last.get(key, math.nan)
+    row["train_seconds"] = sum(float(r.get("epoch_seconds", 0.0)) for r in t.history)
+    return row
+
+
+def mean_se(values: pd.Series) -> tuple[float, float]:
+    """Mean and standard error (sample std / sqrt(n)) of the non-missing values; se is nan for n < 2."""
+    v = pd.to_numeric(values, errors="coerce").dropna().astype(float)
+    if v.empty:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+
+
+def aggregate(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per config (`keys`): every ``best_*`` metric as mean over its trials (seeds), plus ``*_se``.
+
+    Rows keep the trial-level column names (``best_val_worst_group_acc`` is the mean
+    over seeds), so the selection rule ranks configs exactly as it ranks trials.
+    """
+    metrics = [c for c in trials.columns if c.startswith("best_") and c != "best_epoch"]
+    rows = []
+    for values, group in trials.groupby(keys, dropna=False, sort=True):
+        row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+        row.update(seeds=int(group["seed"].nunique()), trials=len(group), trials_finished=int(group["finished"].sum()))
+        for col in metrics:
+            row[col], row[f"{col}_se"] = mean_se(group[col])
+        row["deciding_group_size"] = float(group["deciding_group_size"].min())
+        row["nonzero_rel"] = float((group["nonzero_params"] / group["dense_params"]).mean())
+        row["flops_rel"] = float((group["inference_flops"] / group["dense_inference_flops"]).mean())
+        row["epochs_run"] = ",".join(str(e) for e in group["epochs_run"])
+        row["stopped_early"] = int(group["stopped_early"].sum())
+        row["seed_list"] = ",".join(str(s) for s in group["seed"])
+        rows.append(row)
+    return pd.DataFrame(rows)
