@@ -88,11 +88,11 @@ def _pool(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _gain(a: pd.Series, b: pd.Series | None, metric: str) -> tuple[float, float]:
-    """a - b in percent points, with the standard error of a difference of independent means."""
+    """a - b (fractions, like the metrics), with the standard error of a difference of independent means."""
     if b is None:
         return math.nan, math.nan
-    gain = 100 * (a[metric] - b[metric])
-    se = 100 * math.sqrt(np.nansum([a.get(f"{metric}_se", math.nan) ** 2, b.get(f"{metric}_se", math.nan) ** 2]))
+    gain = a[metric] - b[metric]
+    se = math.sqrt(np.nansum([a.get(f"{metric}_se", math.nan) ** 2, b.get(f"{metric}_se", math.nan) ** 2]))
     return gain, se if (a.get("seeds", 1) > 1 and b.get("seeds", 1) > 1) else math.nan
 
 
@@ -130,7 +130,8 @@ def best_configs(study: StudyResults, how: str = "val") -> pd.DataFrame:
         return table
     table["selection"] = _selection_label(spec, how)
     table["small_deciding_group"] = table["deciding_group_size"] < selection.SMALL_GROUP
-    return table.drop(columns=["role"], errors="ignore")
+    first = ["row", *cells, *_searched(spec), "seeds", "selection", "status"]
+    return table[first + [c for c in table.columns if c not in first and c != "role"]]
 
 
 def _selection_label(spec: StudySpec, how: str) -> str:
@@ -157,8 +158,7 @@ def paper_table(studies: list[StudyResults], how: str = "val") -> pd.DataFrame:
     rows = []
     for study in studies:
         for _, r in best_configs(study, how).iterrows():
-            method = r["row"] if r["row"] != "REST (selected)" else f"REST (density {r['density']:g})"
-            rows.append({"method": r["row"], "label": method, "dataset": r["dataset"], "conflict_pct": r["conflict_pct"],
+            rows.append({"method": r["row"], "density": r["density"], "dataset": r["dataset"], "conflict_pct": r["conflict_pct"],
                          "unbiased": 100 * r["best_test_unbiased_acc"], "unbiased_se": 100 * r["best_test_unbiased_acc_se"],
                          "conflicting": 100 * r["best_test_conflict_acc"],
                          "conflicting_se": 100 * r["best_test_conflict_acc_se"], "seeds": r["seeds"],
@@ -202,7 +202,7 @@ def presentable(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
     for suffix in ("erm", "dense_reweighted"):
         if f"gain_over_{suffix}" in table:
             out[f"gain over {suffix.replace('_', ' ')} (points)"] = [
-                "" if g != g else (f"{g:+.1f}" if s != s else f"{g:+.1f} ± {s:.1f}")
+                "" if g != g else (f"{100 * g:+.1f}" if s != s else f"{100 * g:+.1f} ± {100 * s:.1f}")
                 for g, s in zip(table[f"gain_over_{suffix}"], table[f"gain_over_{suffix}_se"])]
     if "deciding_group_size" in table:
         out["deciding val group (n)"] = [("n/a" if n != n else f"{n:.0f}" + (" (small)" if n < selection.SMALL_GROUP else ""))
@@ -235,6 +235,10 @@ def paper_presentable(table: pd.DataFrame) -> pd.DataFrame:
             row[f"{col} unbiased (%)"] = _fmt(c["unbiased"], c["unbiased_se"])
             row[f"{col} conflicting (%)"] = _fmt(c["conflicting"], c["conflicting_se"])
         out.append(row)
+        if method == "REST (selected)":  # the density REST selected differs per column: say which
+            out.append({"method": "REST: selected density", **{
+                f"{col} {part} (%)": (_cell(sub[sub["column"] == col].iloc[0]["density"]) if part == "unbiased" else "")
+                if not sub[sub["column"] == col].empty else "" for col in columns for part in ("unbiased", "conflicting")}})
     return pd.DataFrame(out)
 
 
@@ -269,7 +273,7 @@ def _looks_numeric(v) -> bool:
 def _latex_escape(text: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("$", r"\$")):
         text = text.replace(a, b)
-    return text
+    return text.replace("±", r"$\pm$")
 
 
 def _latex_value(v) -> str:
@@ -284,7 +288,7 @@ def caption(spec: StudySpec, how: str, what: str) -> str:
     rule = ("ORACLE: configs ranked on test worst-group accuracy (not a fair result)" if how == "oracle" else
             f"configs ranked per cell on validation {getattr(spec.train, 'selection', 'worst_group').replace('_', '-')} "
             f"accuracy, then validation average accuracy, then validation loss")
-    return f"{what}. {rule}; test accuracy of each run's selected epoch, mean ± standard error over seeds, in percent."
+    return f"{what}. {rule[0].upper()}{rule[1:]}; test accuracy of each run's selected epoch, mean ± standard error over seeds, in percent."
 
 
 def write_table(table: pd.DataFrame, shown: pd.DataFrame, base: Path, formats: list[str], title: str) -> list[Path]:
@@ -417,7 +421,7 @@ def summary(study: StudyResults, best: pd.DataFrame, how: str) -> str:
               f"{int((t['retries'] > 0).sum())}",
               f"- trial training time: {t['train_seconds'].sum() / 60:.1f} min", ""]
     small = best[best.get("small_deciding_group", pd.Series(False, index=best.index)).fillna(False).astype(bool)]
-    lines += ["## How configs were chosen", "", caption(spec, how, "Each cell's config was selected per cell"), ""]
+    lines += ["## How configs were chosen", "", caption(spec, how, "Every cell's config was chosen on validation data alone"), ""]
     if not small.empty:
         lines += [f"**Caution:** {len(small)} row(s) were decided by a validation group of fewer than "
                   f"{selection.SMALL_GROUP} samples (column 'deciding val group'); their selection is noisy.", ""]

@@ -1,4 +1,5 @@
 """Export: golden tables from a fixture study (a real smoke run), partial studies, sparse models."""
+import hashlib
 import json
 import shutil
 import subprocess
@@ -27,7 +28,7 @@ def exported(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["best_configs.csv", "best_configs.md", "by_density.csv", "best_configs.tex"])
+@pytest.mark.parametrize("name", sorted(p.name for p in GOLDEN.iterdir()))
 def test_tables_match_the_golden_files(exported, name):
     assert (exported / name).read_text() == (GOLDEN / name).read_text()
 
@@ -36,10 +37,18 @@ def test_every_output_is_written(exported):
     for name in ("by_density.md", "trials.csv", "accuracy_vs_density.png", "summary.md"):
         assert (exported / name).stat().st_size > 0
     trials = pd.read_csv(exported / "trials.csv")
-    assert len(trials) == 12 and set(trials["phase"]) == {"search", "confirm"}
-    assert trials["stopped_early"].sum() == 3  # ASHA-stopped trials are flagged, not shown as finished
+    assert len(trials) == 14 and set(trials["phase"]) == {"search", "confirm"}
+    assert trials["stopped_early"].sum() == 4  # ASHA-stopped trials are flagged, not shown as finished
     summary = (exported / "summary.md").read_text()
-    assert "search trial-epochs: 13 of 16" in summary and "tune_search.py run search_spaces/smoke.yaml" in summary
+    assert "search trial-epochs: 12 of 16" in summary and "tune_search.py run search_spaces/smoke.yaml" in summary
+    best = pd.read_csv(exported / "best_configs.csv")
+    assert list(best["row"]) == ["REST (selected)", "ERM (dense)", "dense reweighted"] * 2
+    rest = best[best["row"] == "REST (selected)"].set_index("conflict_pct")
+    for pct in (1, 5):  # REST's gain over each baseline is the difference of the rows
+        for label, column in (("ERM (dense)", "gain_over_erm"), ("dense reweighted", "gain_over_dense_reweighted")):
+            base = best[(best["row"] == label) & (best["conflict_pct"] == pct)].iloc[0]
+            assert rest.loc[pct, column] == pytest.approx(rest.loc[pct, "best_test_worst_group_acc"] - base["best_test_worst_group_acc"])
+    assert "Caution:" in summary  # the 1 % cell was decided by 9 validation samples
 
 
 def test_oracle_selection_is_labelled(tmp_path):
@@ -62,6 +71,16 @@ def test_partial_study_marks_incomplete_cells(tmp_path):
     assert len(best) == 2 and (best["status"] == "incomplete: search phase only").all()
 
 
+def test_several_studies_merge_into_one_table(tmp_path):
+    out = tmp_path / "both"
+    result = cli("export", str(FIXTURE), str(FIXTURE), "--out", str(out), "--format", "csv,md")
+    assert result.returncode == 0, result.stderr
+    best = pd.read_csv(out / "best_configs.csv")
+    assert len(best) == 12 and list(best["study"].unique()) == ["smoke"]
+    paper = (out / "paper_table.md").read_text()
+    assert "| ERM (dense) |" in paper and "REST: selected density" in paper
+
+
 def test_bad_export_input(tmp_path):
     out = cli("export", str(tmp_path / "nothing"))
     assert out.returncode == 2 and "is not a study directory" in out.stderr
@@ -81,33 +100,46 @@ def test_bad_export_input(tmp_path):
     assert out.returncode == 2 and "unknown format xls" in out.stderr
 
 
-def test_export_model_round_trip(smoke_study, tmp_path):
+def tree_digest(root) -> str:
+    """One hash over every file's path and bytes below root."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def test_export_model_round_trip_and_exports_never_write_to_storage(smoke_study, tmp_path):
     """The compact model predicts exactly as the checkpoint's best-epoch model, at a fraction of its size."""
     import rest
     from rest.data import get_dataset_spec, load_dataset
-    from rest.export import _newest_state, find_study, load_study, selected_trial
+    from rest.export import find_study, load_study, selected_trial, trial_state
     from rest.models import build_model
     from rest.settings import TrainSettings
     from rest.train import to_input
 
     storage, run = smoke_study
     assert run.returncode == 0, run.stderr[-2000:]
+    before = tree_digest(storage)
+    exported = cli("export", "smoke", "--storage", str(storage), "--out", str(tmp_path / "tables"))
+    assert exported.returncode == 0, exported.stderr
     study = load_study(find_study(str(storage / "smoke"), None))
-    # the 5 % cell selected density 0.05 in the fixture run; check whichever sparse cell exists
+    # check whichever cell selected a sparse config
     for cell in ("colored_digits:5", "colored_digits:1"):
         trial = selected_trial(study, cell)
-        if trial["density"] <= 0.2:
+        if trial.config["density"] <= 0.2:
             break
     else:
         pytest.skip("no sparse config was selected in this run")
     out = cli("export-model", str(storage / "smoke"), "--cell", cell, "--out", str(tmp_path / "m.pt"))
     assert out.returncode == 0, out.stderr
+    assert tree_digest(storage) == before, "export and export-model must leave storage byte-for-byte unchanged"
     model = rest.load_model(tmp_path / "m.pt")
 
-    state = _newest_state(storage / "smoke" / trial["phase"] / f"trial_{trial['trial_id']}")
+    state = trial_state(trial)
     settings = TrainSettings.from_dict(state["settings"])
     spec = get_dataset_spec(settings.dataset)
-    reference = build_model(settings.model or spec.default_model, spec.num_classes, spec.image_size, settings.width)
+    reference = build_model(settings.model or spec.default_model, spec.num_classes, spec.image_size, settings.width,
+                            stem=settings.stem)
     reference.load_state_dict(state["best_weights"]["model"])
     x = to_input(load_dataset(settings.dataset, settings.conflict_pct).test.images[:512], spec)
     with torch.no_grad():
