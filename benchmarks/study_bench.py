@@ -38,29 +38,24 @@ def run_cli(*args: str) -> float:
 
 
 def trials(experiment: Path) -> list[dict]:
-    """Per trial: config and every epoch record (deduplicated by epoch, last wins)."""
-    rows = []
-    for trial in sorted(experiment.glob("trial_*")):
-        records = {}
-        for line in (trial / "result.json").read_text().splitlines():
-            r = json.loads(line)
-            records[r["epoch"]] = r
-        last = records[max(records)]
-        rows.append({"config": last["config"].get("cfg", last["config"]), "records": records, "last": last})
-    return rows
+    """Per trial of a phase, through the project's study reader: config, history, selected epoch."""
+    from rest.results import read_phase
+    from rest.storage import local
+
+    return [{"config": t.config, "records": {r["epoch"]: r for r in t.history}, "last": t.history[-1], "trial": t}
+            for t in read_phase(local(experiment), experiment.name) if t.history]
 
 
 def selected(rows: list[dict], cell_keys: list[str]) -> dict[tuple, dict]:
-    """Per cell, the trial the study would confirm: best validation worst-group, then average."""
-    def score(row):
-        return (row["last"]["best_val_worst_group_acc"], row["last"]["best_val_avg_acc"])
+    """Per cell, the trial the project's selection rule ranks first (what the study would confirm)."""
+    from rest import selection
+    from rest.results import trial_row
+    from rest.space import parse_space
 
-    best: dict[tuple, dict] = {}
-    for row in rows:
-        cell = tuple(row["config"][k] for k in cell_keys)
-        if cell not in best or score(row) > score(best[cell]):
-            best[cell] = row
-    return best
+    spec = parse_space("search: {density: {grid: [1]}}")  # only max_epochs is read, from each trial's config
+    table = [dict(trial_row(r["trial"], spec), _row=i) for i, r in enumerate(rows)]
+    primary = rows[0]["config"].get("selection", "worst_group") if rows else "worst_group"
+    return {cell: rows[top["_row"]] for cell, (top,) in selection.select_per_cell(table, cell_keys, primary).items()}
 
 
 def key(config: dict, searched: list[str]) -> tuple:
@@ -74,6 +69,8 @@ def main() -> None:
     parser.add_argument("--full-grid", type=Path, default=None,
                         help="reuse the search directory of an earlier full-grid run of the same space")
     parser.add_argument("--keep", type=Path, default=None, help="keep the studies in this directory")
+    parser.add_argument("--name", default="default", help="name of the study run (default: default)")
+    parser.add_argument("--no-full-grid", action="store_true", help="time the study only; skip the full-grid comparison")
     args = parser.parse_args()
     space = yaml.safe_load(args.space.read_text())
     searched = list(space["search"])
@@ -83,13 +80,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         storage = args.keep or Path(tmp)
         print("running the default study ...", file=sys.stderr, flush=True)
-        wall = run_cli("run", str(args.space), "--storage", str(storage), "--name", "asha")
-        manifest = json.loads((storage / "asha" / "manifest.json").read_text())
+        wall = run_cli("run", str(args.space), "--storage", str(storage), "--name", args.name)
+        manifest = json.loads((storage / args.name / "manifest.json").read_text())
         tune_wall = sum(p["wall_seconds"] for p in manifest["phases"].values())
-        phases = {p: trials(storage / "asha" / p) for p in ("search", "confirm")}
+        phases = {p: trials(storage / args.name / p) for p in ("search", "confirm")}
         train_time = sum(r["epoch_seconds"] for rows in phases.values() for row in rows for r in row["records"].values())
 
-        if args.full_grid:
+        if args.no_full_grid:
+            full_wall, full = math.nan, []
+        elif args.full_grid:
             full_wall, full = math.nan, trials(args.full_grid)
         else:
             full_space = dict(space, scheduler={"type": "none"}, confirm=None, name="full")
@@ -102,7 +101,7 @@ def main() -> None:
     asha_epochs = sum(len(row["records"]) for row in phases["search"])
     full_by_key = {key(row["config"], searched): row for row in full}
     cells = {}
-    for cell, row in selected(phases["search"], cell_keys).items():
+    for cell, row in (selected(phases["search"], cell_keys).items() if full else []):
         full_best = selected(full, cell_keys)[cell]
         asha_pick = full_by_key[key(row["config"], searched)]
         cells[str(cell)] = {
@@ -121,7 +120,7 @@ def main() -> None:
         "ray_efficiency_tune_phases_only": train_time / (tune_wall * concurrent),
         "asha_trial_epochs": asha_epochs,
         "full_grid_trial_epochs": len(full) * epochs,
-        "asha_fraction": asha_epochs / (len(full) * epochs),
+        "asha_fraction": asha_epochs / (len(full) * epochs) if full else math.nan,
         "full_grid_wall_seconds": full_wall,
         "cells": cells,
     }

@@ -110,7 +110,7 @@ def test_asha_compares_trials_only_within_a_cell(ray_cluster, tmp_path):
 
 def test_worker_killed_by_signal_is_retried_from_its_checkpoint(ray_cluster, tmp_path):
     space = write_space(tmp_path / "w.yaml", name="w", scheduler={"type": "none"}, confirm=None,
-                        train={"epochs": 4, "subsample": 1500},
+                        train={"epochs": 4, "subsample": 600},
                         search={"conflict_pct": {"grid": [1]}, "density": {"grid": [0.05]}})
     driver = subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), "run", str(space), "--storage", str(tmp_path),
                                "--address", ray_cluster.address, "--max-failures", "2"],
