@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+HASH := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(HASH)
+TEST_STAMP := $(VENV)/.installed-test-$(HASH)
 
 .PHONY: study test install bench clean
 
@@ -10,9 +12,14 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall only when pyproject.toml changes; the project itself is installed editable.
+# `make study` needs the project; `make test` also its test extras (S3 server, MLflow).
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e .
 	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@ $(STAMP)
 
 install: $(STAMP)
 
@@ -25,10 +32,10 @@ study: $(STAMP)
 	fi
 	$(PY) tune_search.py export default --storage studies --out results/default
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) benchmarks/core_bench.py
 	$(PY) benchmarks/study_bench.py
 

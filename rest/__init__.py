@@ -1,8 +1,9 @@
 """rest-tune: REST (reweighted sparse training) as a Ray Tune hyperparameter study.
 
 Modules: data (datasets), models, sparse (dynamic sparsity), reweight (sampling),
-train (one configuration), space (study files), study (Ray Tune), export (tables,
-plots, sparse models), cli (the command line). Heavy dependencies load lazily.
+train (one configuration), space (study files), study (Ray Tune), selection (what
+"best" means), results (the study reader), export (tables, plots, sparse models),
+api (the Python API), cli (the command line). Heavy dependencies load lazily.
 """
 
 __version__ = "0.1.0"
@@ -13,3 +14,17 @@ def load_model(path):
     from .export import load_model as _load
 
     return _load(path)
+
+
+def run_study(space, **options):
+    """Run (or continue) a study from a study file; returns its results. See rest.api.run_study."""
+    from .api import run_study as _run
+
+    return _run(space, **options)
+
+
+def load_study(name_or_path, storage=None):
+    """Read a study's results (``.trials()``, ``.best_configs()``, ``.export(out)``). See rest.api."""
+    from .api import load_study as _load
+
+    return _load(name_or_path, storage)

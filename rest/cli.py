@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .storage import local
 from .settings import (
     DATASET_NAMES, DISTRIBUTIONS, MODEL_NAMES, OPTIMIZERS, REWEIGHT_NAMES, SCHEDULES, SPARSE_METHODS, TrainSettings,
 )  # fmt: skip
@@ -124,6 +123,8 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default: the study file's)")
     p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractions allowed (default: the study file's)")
     p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once (default: as resources allow)")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                   help="Ray Tune's progress output: 0 none, 1 status tables (default), 2 every result")
     p.add_argument("--max-failures", type=int, default=None,
                    help="retries of a trial whose worker dies, from its last checkpoint (default 2; resume: the study's)")
 
@@ -182,11 +183,16 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"on {trainer.device}; writing {out}", flush=True)  # fmt: skip
     print("epoch  loss   val-worst val-avg  test-worst test-unbiased test-conflict  density   sec", flush=True)
     record = {}
-    with open(out / "metrics.jsonl", "a") as metrics:
+    from tensorboardX import SummaryWriter  # a Ray Tune dependency; the same event files a study's trials have
+
+    with open(out / "metrics.jsonl", "a") as metrics, SummaryWriter(str(out)) as board:
         while trainer.epoch < settings.epochs:
             record = trainer.run_epoch()
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)) and value == value:
+                    board.add_scalar(key, value, record["epoch"])
             print(f"{record['epoch']:5d} {record['train_loss']:6.3f}  {_pct(record['val_worst_group_acc'])}     "
                   f"{_pct(record['val_avg_acc'])}    {_pct(record['test_worst_group_acc'])}      "
                   f"{_pct(record['test_unbiased_acc'])}         {_pct(record['test_conflict_acc'])}      "
@@ -217,10 +223,10 @@ def _options(args: argparse.Namespace, name: str, storage: str, **extra):
     return RunOptions(storage=storage, name=name, address=args.address or os.environ.get("RAY_ADDRESS"),
                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                       max_concurrent=args.max_concurrent, max_failures=2 if args.max_failures is None else args.max_failures,
-                      **extra)
+                      verbose=args.verbose, **extra)
 
 
-def _finish(path: Path, spec, manifest: dict, storage: str) -> int:
+def _finish(path, spec, manifest: dict, storage: str) -> int:
     from .export import best_configs
     from .results import read_study
 
@@ -230,7 +236,7 @@ def _finish(path: Path, spec, manifest: dict, storage: str) -> int:
         print(f"study {name}: the {stopped[0]} phase has trials that ended before their planned epochs; "
               f"continue with: {PROG} resume {name} --storage {storage}")
         return 1
-    study = read_study(local(path), spec)
+    study = read_study(path, spec)
     best = best_configs(study)
     print(f"\nstudy {name} finished: {path}")
     print(f"best config per cell ({best['selection'].iloc[0] if not best.empty else 'no results'}; "
@@ -253,7 +259,7 @@ def _cell_text(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _drive(path: Path, spec, opts, storage: str) -> int:
+def _drive(path, spec, opts, storage: str) -> int:
     """Run the study's pending phases under the driver's stop signals; exit status for the user."""
     from .study import Interrupted, StopSignals, run_study
 
@@ -281,17 +287,14 @@ def _command_text(args: argparse.Namespace, name: str | None) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .space import load_space
-    from .study import connect, create_study, prepare_data, refuse_existing, resolve_storage
+    from .study import begin_study, resolve_storage
 
     spec, text = load_space(args.space)
     if args.data_root:
         spec.train.data_root = args.data_root
     storage = resolve_storage(args.storage)
     opts = _options(args, args.name or spec.name, storage, data_root=args.data_root)
-    refuse_existing(storage, opts.name)  # before paying for Ray start-up
-    connect(opts.address, opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial)
-    prepare_data(spec, args.data_root)  # bad data fails here, before the study directory exists
-    path = create_study(spec, text, opts, _command_text(args, args.name))
+    path = begin_study(spec, text, opts, _command_text(args, args.name))
     print(f"study {opts.name}: {spec.grid_size()} configurations in the search grid; writing {path}", flush=True)
     return _drive(path, spec, opts, storage)
 

@@ -132,6 +132,20 @@ class StudyResults:
         rows = [trial_row(t, self.spec) for t in self.all_trials()]
         return pd.DataFrame(rows)
 
+    def best_configs(self, selection: str = "val") -> pd.DataFrame:
+        """The selected config of every cell beside both dense baselines (what `export` writes)."""
+        from .export import best_configs
+
+        return best_configs(self, selection)
+
+    def export(self, out, formats=("md", "csv", "tex"), selection: str = "val") -> list:
+        """Write every table, the plot and the summary to directory `out`; returns the paths."""
+        from pathlib import Path
+
+        from .export import export
+
+        return export([self], Path(out), list(formats), selection)
+
     def history(self) -> pd.DataFrame:
         """One row per (trial, epoch): every record each trial reported, exactly once."""
         rows = [{"phase": t.phase, "trial_id": t.trial_id, "role": t.role, **{k: t.config.get(k) for k in CONFIG_KEYS},

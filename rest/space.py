@@ -71,6 +71,7 @@ class StudySpec:
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
     description: str = ""
+    callbacks: list[str] = field(default_factory=list)  # trackers: tensorboard, mlflow, wandb
 
     @property
     def max_epochs(self) -> int:
@@ -91,7 +92,7 @@ class StudySpec:
 
 TOP_LEVEL = {
     "name", "description", "dataset", "data_root", "model", "train", "search", "num_samples", "scheduler",
-    "compare_within", "confirm", "resources", "checkpoint",
+    "compare_within", "confirm", "resources", "checkpoint", "callbacks",
 }  # fmt: skip
 
 
@@ -226,7 +227,18 @@ def parse_space(text: str, source: str = "<study>") -> StudySpec:
         resources=resources,
         checkpoint_every=every,
         keep_checkpoints=keep,
+        callbacks=_callbacks(c, raw.get("callbacks", [])),
     )
+
+
+# Experiment trackers a study can log to (Ray Tune's own logger callbacks; see study.CALLBACKS).
+CALLBACK_NAMES = ("tensorboard", "mlflow", "wandb")
+
+
+def _callbacks(c: _Checker, value: Any) -> list[str]:
+    if not isinstance(value, list) or any(v not in CALLBACK_NAMES for v in value):
+        raise c.fail("callbacks", f"must be a list of trackers from {', '.join(CALLBACK_NAMES)}; got {value!r}")
+    return list(dict.fromkeys(value))
 
 
 def _check_distribution(c: _Checker, key: str, dist: Any) -> None:

@@ -1,4 +1,4 @@
-"""Where studies live: a local (or NFS) directory, through a pyarrow filesystem.
+"""Where studies live: a local (or NFS) directory or object storage, through a pyarrow filesystem.
 
 Ray Tune reads and writes experiments through pyarrow filesystems; the study
 files of this project (manifest, study definition, confirm configs) and the
@@ -25,16 +25,26 @@ class Location:
 
     fs: object
     path: str
+    scheme: str = ""  # "" for local paths; "s3", "gs", ... for object storage
 
     def join(self, *parts: str) -> "Location":
-        return Location(self.fs, str(PurePosixPath(self.path, *parts)))
+        return Location(self.fs, str(PurePosixPath(self.path, *parts)), self.scheme)
+
+    @property
+    def uri(self) -> str:
+        """What Ray Tune takes as a storage path: the local path, or scheme://bucket/key."""
+        return f"{self.scheme}://{self.path}" if self.scheme else self.path
+
+    @property
+    def is_local(self) -> bool:
+        return not self.scheme
 
     @property
     def name(self) -> str:
         return PurePosixPath(self.path).name
 
     def __str__(self) -> str:
-        return self.path
+        return self.uri
 
     def exists(self) -> bool:
         import pyarrow.fs as pafs
@@ -60,6 +70,32 @@ class Location:
     def read_json(self):
         return json.loads(self.read_text())
 
+    def write_text(self, text: str) -> None:
+        """Write a whole file; locally through a temporary file and a rename, so a crash leaves the old one.
+
+        Object stores replace an object in one PUT, which is atomic already.
+        """
+        if self.is_local:
+            tmp = Path(self.path).with_name(Path(self.path).name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, self.path)
+            return
+        with self.fs.open_output_stream(self.path) as f:
+            f.write(text.encode())
+
+    def mkdir(self) -> None:
+        self.fs.create_dir(self.path, recursive=True)
+
+    def move_to(self, target: "Location") -> None:
+        """Move a directory (object stores: copy, then delete the source)."""
+        if self.is_local:
+            os.rename(self.path, target.path)
+            return
+        import pyarrow.fs as pafs
+
+        pafs.copy_files(self.path, target.path, source_filesystem=self.fs, destination_filesystem=self.fs)
+        self.fs.delete_dir(self.path)
+
 
 def local(path: str | Path) -> Location:
     import pyarrow.fs as pafs
@@ -77,5 +113,5 @@ def open_location(location: str | Path) -> Location:
             fs, path = pafs.FileSystem.from_uri(text)
         except Exception as exc:  # pyarrow raises several types for a bad URI
             raise StorageError(f"cannot open storage {text} ({str(exc).splitlines()[0]}); check the URI") from None
-        return Location(fs, path)
+        return Location(fs, path.rstrip("/"), text.split("://", 1)[0])
     return local(text)

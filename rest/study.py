@@ -36,7 +36,7 @@ from .errors import UserError
 from .results import HISTORY_FILE, STATE_FILE, Trial, flat_config, newest_state, read_phase
 from .settings import TrainSettings
 from .space import StudySpec, parse_space, to_tune
-from .storage import local
+from .storage import Location, open_location
 
 log = logging.getLogger(__name__)
 
@@ -81,28 +81,31 @@ class RunOptions:
 
 # ------------------------------------------------------------- study files
 
-def study_dir(storage: str, name: str) -> Path:
-    return Path(storage) / name
+def study_dir(storage: str, name: str) -> Location:
+    return open_location(storage).join(name)
 
 
-def read_manifest(path: Path) -> dict:
+def read_manifest(path: Location) -> dict:
     try:
-        return json.loads((path / "manifest.json").read_text())
+        return path.join("manifest.json").read_json()
     except json.JSONDecodeError:
-        raise StudyError(f"{path / 'manifest.json'} is damaged (not JSON); restore it from a copy") from None
+        raise StudyError(f"{path.join('manifest.json')} is damaged (not JSON); restore it from a copy") from None
 
 
-def write_manifest(path: Path, manifest: dict) -> None:
-    tmp = path / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path / "manifest.json")
+def write_manifest(path: Location, manifest: dict) -> None:
+    path.join("manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def _storage_text(storage: str | None) -> str:
+    return storage or os.environ.get("REST_TUNE_STORAGE", "studies")
 
 
 def resolve_storage(storage: str | None) -> str:
-    """Absolute local path (Ray rejects relative ones), created if missing and checked writable."""
-    if storage and "://" in storage:
-        raise StudyError(f"storage {storage} is a URI; this version keeps studies on a shared filesystem path (NFS) — mount it and pass the path")
-    path = Path(storage or os.environ.get("REST_TUNE_STORAGE", "studies")).expanduser().resolve()
+    """Where studies go, checked writable: an absolute local path (created if missing) or a URI."""
+    text = _storage_text(storage)
+    if "://" in text:
+        return _check_object_storage(text)
+    path = Path(text).expanduser().resolve()  # Ray rejects relative paths
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -113,10 +116,24 @@ def resolve_storage(storage: str | None) -> str:
     return str(path)
 
 
+def _check_object_storage(uri: str) -> str:
+    """Write and delete a probe object, so a missing bucket or bad credentials fail now, in one line."""
+    location = open_location(uri)
+    probe = location.join(f".write-test-{os.getpid()}")
+    try:
+        probe.write_text("ok")
+        location.fs.delete_file(probe.path)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise StudyError(f"cannot write to storage {uri} ({reason}); check that the bucket exists and the credentials "
+                         f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for S3-compatible servers)") from None
+    return uri.rstrip("/")
+
+
 def existing_storage(storage: str | None) -> str:
-    """The storage directory to read from, untouched (export must not create anything)."""
-    path = Path(storage or os.environ.get("REST_TUNE_STORAGE", "studies")).expanduser().resolve()
-    return str(path)
+    """The storage to read from, untouched (export must not create anything)."""
+    text = _storage_text(storage)
+    return text if "://" in text else str(Path(text).expanduser().resolve())
 
 
 def refuse_existing(storage: str, name: str) -> None:
@@ -129,11 +146,11 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def create_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str) -> Path:
+def create_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str) -> Location:
     refuse_existing(opts.storage, opts.name)
     path = study_dir(opts.storage, opts.name)
-    path.mkdir(parents=True)
-    (path / "study.yaml").write_text(yaml_text)
+    path.mkdir()
+    path.join("study.yaml").write_text(yaml_text)
     manifest = {
         "name": opts.name,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -173,10 +190,8 @@ def describe_changes(original: str, edited: str) -> str:
 def frozen_spec(location, manifest: dict) -> StudySpec:
     """The study definition a study was started with; an edited or missing study.yaml is refused.
 
-    `location` is a storage.Location (or a local Path) of the study directory.
+    `location` is the storage.Location of the study directory.
     """
-    if isinstance(location, Path):
-        location = local(location)
     file = location.join("study.yaml")
     original = manifest.get("study_yaml")
     try:
@@ -193,10 +208,19 @@ def frozen_spec(location, manifest: dict) -> StudySpec:
     return parse_space(text, str(file))
 
 
-def open_study(storage: str, name: str) -> tuple[Path, StudySpec, dict]:
+def begin_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str) -> Location:
+    """Everything that can fail on bad input, then the study directory: nothing is created before."""
+    refuse_existing(opts.storage, opts.name)  # before paying for Ray start-up
+    _make_callbacks(spec, opts.name, "search")  # a tracker whose package is missing fails now
+    connect(opts.address, opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial)
+    prepare_data(spec, opts.data_root)  # bad data fails here, before the study directory exists
+    return create_study(spec, yaml_text, opts, command)
+
+
+def open_study(storage: str, name: str) -> tuple[Location, StudySpec, dict]:
     path = study_dir(storage, name)
-    if not (path / "manifest.json").is_file():
-        known = sorted(p.parent.name for p in Path(storage).glob("*/manifest.json"))
+    if not path.join("manifest.json").is_file():
+        known = sorted(c.name for c in open_location(storage).children() if c.join("manifest.json").is_file())
         raise StudyError(f"no study '{name}' in {storage}; known studies: {', '.join(known) or 'none'} "
                          f"(pass --storage if it lives elsewhere)")
     manifest = read_manifest(path)
@@ -221,8 +245,6 @@ def _resume_state(ray_checkpoint) -> dict | None:
 
     try:
         fs, trial_path = tune_ext.trial_storage()
-        from .storage import Location
-
         return newest_state(Location(fs, trial_path))
     except Exception as exc:  # fall back to what Ray hands back; the tune_ext contract test guards this
         log.warning("could not list this trial's checkpoints (%s); using Ray's", exc)
@@ -360,12 +382,44 @@ def _trainable(spec: StudySpec, opts: RunOptions):
     return tune.with_resources(fn, resources)
 
 
-def _tuner(phase: str, path: Path, spec: StudySpec, opts: RunOptions, param_space: dict, scheduler):
+def _tensorboard(study: str, phase: str):
+    from ray.tune.logger import TBXLoggerCallback
+
+    return TBXLoggerCallback()  # Ray adds it anyway when tensorboardX is installed; listed, it is required
+
+
+def _mlflow(study: str, phase: str):
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    # MLflow reads MLFLOW_TRACKING_URI itself: a local file or SQLite store works offline.
+    return MLflowLoggerCallback(experiment_name=study, tags={"phase": phase}, save_artifact=False)
+
+
+def _wandb(study: str, phase: str):
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    # W&B reads WANDB_MODE (offline works without a network) and WANDB_API_KEY itself.
+    return WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", study), group=phase)
+
+
+CALLBACKS = {"tensorboard": _tensorboard, "mlflow": _mlflow, "wandb": _wandb}
+
+
+def _make_callbacks(spec: StudySpec, study: str, phase: str) -> list:
+    try:
+        return [CALLBACKS[name](study, phase) for name in spec.callbacks]
+    except ImportError as exc:
+        raise StudyError(f"the study file asks for a tracker whose package is missing ({exc.name}); "
+                         f"pip install {exc.name} or remove it from 'callbacks'") from None
+
+
+def _tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, param_space: dict, scheduler):
     from ray import tune
 
     run_config = tune.RunConfig(
         name=phase,
-        storage_path=str(path),
+        storage_path=path.uri,
+        callbacks=_make_callbacks(spec, opts.name, phase),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         verbose=opts.verbose,
@@ -416,6 +470,9 @@ def connect(address: str | None, gpus_needed: float) -> None:
     """Join the cluster at `address` (or start a local Ray) and check it can run the trials."""
     import ray
 
+    if address and address.startswith("ray://"):
+        raise StudyError(f"--address {address} is a Ray Client address; run the driver on the cluster instead: "
+                         f"'ray job submit -- python tune_search.py run ... --address auto' (docs/cluster.md)")
     if address and address != "auto":
         host, _, port = address.rpartition(":")
         try:
@@ -505,19 +562,18 @@ class StopSignals:
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-def _phase_tuner(phase: str, path: Path, spec: StudySpec, opts: RunOptions):
+def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions):
     """Restore the phase's experiment if Ray snapshotted it; else start it afresh."""
     from ray import tune
 
-    experiment = path / phase
-    location = local(experiment)
-    if tune_ext.experiment_restorable(location.fs, location.path):
+    experiment = path.join(phase)
+    if tune_ext.experiment_restorable(experiment.fs, experiment.path):
         log.info("restoring phase %s from %s", phase, experiment)
-        return tune.Tuner.restore(str(experiment), _trainable(spec, opts), resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(experiment.uri, _trainable(spec, opts), resume_unfinished=True, resume_errored=True)
     if experiment.exists():
         # A driver stopped before Ray's first snapshot: nothing there can be restored.
-        aside = path / f".{phase}-abandoned-{time.strftime('%Y%m%d-%H%M%S')}"
-        experiment.rename(aside)
+        aside = path.join(f".{phase}-abandoned-{time.strftime('%Y%m%d-%H%M%S')}")
+        experiment.move_to(aside)
         log.warning("phase %s had no Ray snapshot to restore; starting it afresh (old files moved to %s)", phase, aside)
     if phase == "search":
         return _tuner(phase, path, spec, opts, search_space(spec, opts.data_root), make_scheduler(spec))
@@ -541,7 +597,7 @@ def unfinished_trials(trials: list[Trial], spec: StudySpec, phase: str) -> list[
     return out
 
 
-def run_study(path: Path, spec: StudySpec, opts: RunOptions, stop: StopSignals | None = None) -> dict:
+def run_study(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSignals | None = None) -> dict:
     """Run every phase that is not done. Returns the manifest.
 
     Raises ``Interrupted`` (phase marked interrupted) when a stop signal arrives.
@@ -570,7 +626,7 @@ def run_study(path: Path, spec: StudySpec, opts: RunOptions, stop: StopSignals |
             write_manifest(path, manifest)
             raise
         info["wall_seconds"] += time.time() - start
-        trials = read_phase(local(path / phase), phase)
+        trials = read_phase(path.join(phase), phase)
         unfinished = unfinished_trials(trials, spec, phase)
         info.update(trials=len(trials), errors=sum(t.status == "ERROR" for t in trials), unfinished=len(unfinished))
         info["status"] = "interrupted" if (unfinished or stop.received) else "done"
@@ -584,16 +640,14 @@ def run_study(path: Path, spec: StudySpec, opts: RunOptions, stop: StopSignals |
     return manifest
 
 
-def _confirm_configs(path: Path, spec: StudySpec, opts: RunOptions) -> list[dict]:
-    file = path / "confirm_configs.json"
+def _confirm_configs(path: Location, spec: StudySpec, opts: RunOptions) -> list[dict]:
+    file = path.join("confirm_configs.json")
     if file.exists():
-        return json.loads(file.read_text())
-    configs = select_confirm_configs(spec, read_phase(local(path / "search"), "search"))
+        return file.read_json()
+    configs = select_confirm_configs(spec, read_phase(path.join("search"), "search"))
     if not configs:
         raise StudyError(f"the search phase of {path.name} has no trial with results to confirm")
     if opts.data_root:
         configs = [{**c, "data_root": opts.data_root} for c in configs]
-    tmp = path / "confirm_configs.json.tmp"
-    tmp.write_text(json.dumps(configs, indent=1))
-    os.replace(tmp, file)
+    file.write_text(json.dumps(configs, indent=1))
     return configs

@@ -11,6 +11,21 @@ import pytest
 os.environ.setdefault("REST_TUNE_CACHE", tempfile.mkdtemp(prefix="rest-tune-test-cache-"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The S3-protocol test server's address and throwaway credentials, set before any Ray
+# node starts so that every Ray worker inherits them (they reach object storage too).
+S3_PORT = _free_port()
+os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY_ID="testing",
+                  AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"train": 40, "valid": 20, "test": 10}
 
@@ -106,3 +121,31 @@ def wait_for(predicate, timeout, what):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """A real S3-protocol server (moto's standalone server) on 127.0.0.1 with one bucket; yields its URI."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", S3_PORT), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("moto's S3 server did not start")
+            time.sleep(0.2)
+    import boto3
+
+    boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket="rest-tune")
+    yield "s3://rest-tune"
+    server.terminate()
+    server.wait(timeout=10)

@@ -65,6 +65,24 @@ def test_bad_trees_through_the_cli(tmp_path):
     assert out.returncode == 2 and "is empty" in out.stderr
 
 
+def tensorboard_scalars(directory):
+    """(tag, step) of every scalar in the TensorBoard event files below `directory` (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = []
+    for path in sorted(directory.glob("**/events.out.tfevents.*")):
+        data = path.read_bytes()
+        i = 0
+        while i < len(data):
+            (length,) = struct.unpack("<Q", data[i:i + 8])
+            event = Event.FromString(data[i + 12:i + 12 + length])
+            out += [(v.tag, event.step) for v in event.summary.value]
+            i += 12 + length + 4
+    return out
+
+
 def test_train_writes_metrics_and_never_overwrites(tmp_path):
     root = tmp_path / "data"
     write_png_tree(root, {"align": 4, "conflict": 1, "valid": 2, "test": 2}, size=28)
@@ -76,6 +94,8 @@ def test_train_writes_metrics_and_never_overwrites(tmp_path):
     lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
     assert "selected epoch" in out.stdout and (out_dir / "checkpoint.pt").exists()
+    steps = [step for tag, step in tensorboard_scalars(out_dir) if tag == "val_worst_group_acc"]
+    assert steps == [1, 2]
     before = (out_dir / "metrics.jsonl").read_bytes()
     again = run_cli(*args)
     assert again.returncode == 2 and "already exists" in again.stderr

@@ -1,0 +1,66 @@
+"""The Python API: run or continue a study, and read one, from a notebook or a script.
+
+    import rest
+    study = rest.run_study("search_spaces/smoke.yaml", storage="studies")
+    study.best_configs()            # pandas DataFrame, the table `export` writes
+    study.trials()                  # one row per trial, selected-epoch metrics
+    study.export("results/smoke")   # every table, the plot and the summary
+
+    study = rest.load_study("smoke", storage="studies")   # read-only, no Ray needed
+
+The command line is a thin layer over the same calls.
+"""
+from __future__ import annotations
+
+import os
+
+from .results import StudyResults
+
+
+def run_study(
+    space: str | os.PathLike,
+    *,
+    storage: str | None = None,
+    name: str | None = None,
+    address: str | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    max_concurrent: int | None = None,
+    max_failures: int = 2,
+    data_root: str | None = None,
+    verbose: int = 0,
+) -> StudyResults:
+    """Run the study defined in `space` (a study file), or continue it if `name` exists in storage.
+
+    Returns the finished study's results. Raises ``rest.study.Interrupted`` on Ctrl-C
+    (the study stays resumable: call again with the same arguments) and
+    ``rest.errors.UserError`` on bad input, with a message naming the fix.
+    """
+    from .space import load_space
+    from .study import RunOptions, StopSignals, begin_study, open_study, resolve_storage, run_study as run_phases, study_dir
+
+    spec, text = load_space(space)
+    storage = resolve_storage(storage)
+    opts = RunOptions(storage=storage, name=name or spec.name, address=address or os.environ.get("RAY_ADDRESS"),
+                      cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
+                      max_failures=max_failures, data_root=data_root, verbose=verbose)
+    if data_root:
+        spec.train.data_root = data_root
+    if study_dir(storage, opts.name).join("manifest.json").is_file():
+        path, spec, _ = open_study(storage, opts.name)  # refuses an edited definition
+    else:
+        path = begin_study(spec, text, opts, f"rest.run_study({os.fspath(space)!r}, name={opts.name!r})")
+    with StopSignals() as stop:
+        run_phases(path, spec, opts, stop)
+    return load_study(path.uri)
+
+
+def load_study(name_or_path: str | os.PathLike, storage: str | None = None) -> StudyResults:
+    """A study's results (finished or not), read without writing anything."""
+    from .export import find_study
+    from .results import read_study
+
+    return read_study(find_study(os.fspath(name_or_path), storage))
+
+
+__all__ = ["run_study", "load_study", "StudyResults"]
