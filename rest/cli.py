@@ -60,6 +60,7 @@ TRAIN_FLAGS: list[tuple[str, str, Callable, str]] = [
     ("--seed", "seed", int, f"random seed (default {_D.seed})"),
     ("--selection", "selection", str, f"validation metric that selects the model: worst_group, average (default {_D.selection})"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)"),
+    ("--subsample", "subsample", int, "use only the first N samples of each split, for quick runs (default 0: all)"),
     ("--precision", "precision", str, f"CUDA precision: fp32, bf16, fp16 (default {_D.precision}); CPU always trains in fp32"),
 ]
 
@@ -68,6 +69,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     for flag, field, kind, help_text in TRAIN_FLAGS:
         p.add_argument(flag, dest=field, type=kind, default=None, help=help_text)
     p.add_argument("--out", type=Path, default=None, help="directory for metrics.jsonl and checkpoint.pt (default runs/train-<time>)")
+    p.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="continue the run in DIR (its --out) from its last epoch checkpoint, with its settings")
 
 
 def build_parser() -> Parser:
@@ -94,7 +97,8 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("export", help="best-config tables, a plot and a summary from a study directory")
     p.add_argument("study", nargs="+", help="study name (under --storage) or path; several: one merged table")
-    p.add_argument("--storage", default=None, help="directory holding studies (default $REST_TUNE_STORAGE or ./studies)")
+    p.add_argument("--storage", default=None, help="directory or s3:// / gs:// URI holding studies "
+                   "(default $REST_TUNE_STORAGE or ./studies)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default results/<study name>)")
     p.add_argument("--format", default="md,csv,tex", help="comma-separated: md, csv, tex (default md,csv,tex)")
     p.add_argument("--selection", choices=("val", "oracle"), default="val",
@@ -105,7 +109,8 @@ def build_parser() -> Parser:
     p = sub.add_parser("export-model", help="save a cell's selected best-epoch model in compact sparse form")
     p.add_argument("study", help="study name (under --storage) or path")
     p.add_argument("--cell", required=True, help="DATASET:CONFLICT_PCT, e.g. colored_digits:1")
-    p.add_argument("--storage", default=None, help="directory holding studies")
+    p.add_argument("--storage", default=None, help="directory or s3:// / gs:// URI holding studies "
+                   "(default $REST_TUNE_STORAGE or ./studies)")
     p.add_argument("--out", type=Path, default=None, help="model file (default results/<study>/model-<cell>.pt)")
     p.set_defaults(handler=cmd_export_model)
 
@@ -116,13 +121,16 @@ def build_parser() -> Parser:
 
 
 def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", default=None, help="directory holding studies (default $REST_TUNE_STORAGE or ./studies); "
+    p.add_argument("--storage", default=None, help="directory or s3:// / gs:// URI holding studies "
+                   "(default $REST_TUNE_STORAGE or ./studies); "
                    "shared by all nodes on a multi-node cluster")
     p.add_argument("--address", default=None, help="Ray cluster to join: auto or HOST:PORT (default $RAY_ADDRESS, "
                    "else a local Ray sized to this machine)")
     p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default: the study file's)")
     p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractions allowed (default: the study file's)")
     p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once (default: as resources allow)")
+    p.add_argument("--autoscaling", action="store_true",
+                   help="the cluster adds nodes on demand: do not refuse trials that no current node can run")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="Ray Tune's progress output: 0 none, 1 status tables (default), 2 every result")
     p.add_argument("--max-failures", type=int, default=None,
@@ -138,6 +146,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 
 def _fresh_dir(path: Path, what: str) -> Path:
     path = path.expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file; pass a directory with --out")
     if path.exists() and any(path.iterdir()):
         raise UserError(f"{what} {path} already exists and is not empty; choose another directory (nothing was overwritten)")
     try:
@@ -167,12 +177,14 @@ def _pct(x: float) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        return _resume_train(args)
     settings = settings_from_args(args)
     out = (args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a directory")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output directory {out} already exists and is not empty; choose another --out (nothing was overwritten)")
-    import torch
-
     from .train import Trainer
 
     trainer = Trainer(settings, progress=_progress_bar())  # loads data: bad input fails before anything is written
@@ -181,10 +193,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {settings.dataset} at {settings.conflict_pct:g}% conflicting, density {settings.density:g} "
           f"({settings.sparse}), reweight {settings.reweight} x{settings.lambda_upweight:g}, {settings.epochs} epochs "
           f"on {trainer.device}; writing {out}", flush=True)  # fmt: skip
-    print("epoch  loss   val-worst val-avg  test-worst test-unbiased test-conflict  density   sec", flush=True)
-    record = {}
+    return _train_loop(trainer, out)
+
+
+def _resume_train(args: argparse.Namespace) -> int:
+    """Continue `train --out DIR` from its last epoch checkpoint; records after it are trained again."""
+    import torch
+
+    from .train import Trainer
+
+    given = [flag for flag, field, _, _ in TRAIN_FLAGS if getattr(args, field) is not None] + (["--out"] if args.out else [])
+    if given:
+        raise UserError(f"--resume continues a run with its own settings; drop {', '.join(given)}")
+    out = args.resume.expanduser().resolve()
+    if not (out / "settings.json").is_file() or not (out / "checkpoint.pt").is_file():
+        raise UserError(f"{out} holds no resumable run (settings.json and checkpoint.pt); pass a train --out directory")
+    settings = TrainSettings.from_dict(json.loads((out / "settings.json").read_text())).validate()
+    trainer = Trainer(settings, progress=_progress_bar())
+    trainer.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=False, map_location="cpu"))  # our own file
+    kept = [line for line in (out / "metrics.jsonl").read_text().splitlines() if json.loads(line)["epoch"] <= trainer.epoch]
+    _atomic_write(out / "metrics.jsonl", "".join(line + "\n" for line in kept))
+    print(f"resuming {out} after epoch {trainer.epoch} of {settings.epochs}", flush=True)
+    return _train_loop(trainer, out)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _train_loop(trainer, out: Path) -> int:
+    """Train to the last epoch: one printed line, one jsonl record, TensorBoard scalars and a checkpoint per epoch."""
+    import os
+
+    import torch
     from tensorboardX import SummaryWriter  # a Ray Tune dependency; the same event files a study's trials have
 
+    settings = trainer.settings
+    print("epoch  loss   val-worst val-avg  test-worst test-unbiased test-conflict  density   sec", flush=True)
+    record = {}
     with open(out / "metrics.jsonl", "a") as metrics, SummaryWriter(str(out)) as board:
         while trainer.epoch < settings.epochs:
             record = trainer.run_epoch()
@@ -193,11 +243,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             for key, value in record.items():
                 if key != "epoch" and isinstance(value, (int, float)) and value == value:
                     board.add_scalar(key, value, record["epoch"])
+            torch.save(trainer.state_dict(), out / "checkpoint.pt.tmp")  # a kill mid-write keeps the previous one
+            os.replace(out / "checkpoint.pt.tmp", out / "checkpoint.pt")
             print(f"{record['epoch']:5d} {record['train_loss']:6.3f}  {_pct(record['val_worst_group_acc'])}     "
                   f"{_pct(record['val_avg_acc'])}    {_pct(record['test_worst_group_acc'])}      "
                   f"{_pct(record['test_unbiased_acc'])}         {_pct(record['test_conflict_acc'])}      "
                   f"{record['density']:.4f} {record['epoch_seconds']:5.1f}", flush=True)  # fmt: skip
-    torch.save(trainer.state_dict(), out / "checkpoint.pt")
+    if not record:
+        print(f"the run already finished all {settings.epochs} epochs")
+        return 0
     print(f"selected epoch {record['best_epoch']} (best validation worst-group {_pct(record['best_val_worst_group_acc'])}%): "
           f"test worst-group {_pct(record['best_test_worst_group_acc'])}%, unbiased {_pct(record['best_test_unbiased_acc'])}%, "
           f"conflicting {_pct(record['best_test_conflict_acc'])}%")  # fmt: skip
@@ -210,8 +264,9 @@ def _options(args: argparse.Namespace, name: str, storage: str, **extra):
     """The driver's RunOptions from the cluster flags, checked."""
     import os
 
-    from .study import RunOptions
+    from .study import RunOptions, check_name
 
+    check_name(name)
     for flag in ("cpus_per_trial", "max_concurrent"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
@@ -223,7 +278,7 @@ def _options(args: argparse.Namespace, name: str, storage: str, **extra):
     return RunOptions(storage=storage, name=name, address=args.address or os.environ.get("RAY_ADDRESS"),
                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                       max_concurrent=args.max_concurrent, max_failures=2 if args.max_failures is None else args.max_failures,
-                      verbose=args.verbose, **extra)
+                      verbose=args.verbose, autoscaling=args.autoscaling, **extra)
 
 
 def _finish(path, spec, manifest: dict, storage: str) -> int:
@@ -287,11 +342,12 @@ def _command_text(args: argparse.Namespace, name: str | None) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .space import load_space
-    from .study import begin_study, resolve_storage
+    from .study import begin_study, check_name, resolve_storage
 
     spec, text = load_space(args.space)
     if args.data_root:
         spec.train.data_root = args.data_root
+    check_name(args.name or spec.name)
     storage = resolve_storage(args.storage)
     opts = _options(args, args.name or spec.name, storage, data_root=args.data_root)
     path = begin_study(spec, text, opts, _command_text(args, args.name))
@@ -300,8 +356,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .study import is_complete, open_study, resolve_storage
+    from .study import check_name, is_complete, open_study, resolve_storage
 
+    check_name(args.name)
     storage = resolve_storage(args.storage)
     path, spec, manifest = open_study(storage, args.name)
     if is_complete(manifest):
@@ -309,11 +366,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return 0
     saved = manifest["options"]
     opts = _options(args, args.name, storage, data_root=saved.get("data_root"))
-    for key in ("cpus_per_trial", "gpus_per_trial", "max_concurrent"):
-        if getattr(opts, key) is None:
-            setattr(opts, key, saved.get(key))
-    if args.max_failures is None:
-        opts.max_failures = saved.get("max_failures", 2)
+    overridden = []
+    for key in ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures"):
+        given = getattr(args, key)
+        if given is None:
+            setattr(opts, key, saved.get(key, getattr(opts, key)))
+        elif given != saved.get(key):
+            overridden.append(f"--{key.replace('_', '-')} {given:g} (study: {saved.get(key)})")
+    if overridden:
+        print(f"resume overrides the study's options: {', '.join(overridden)}", flush=True)
     print(f"resuming study {args.name} from {path}", flush=True)
     return _drive(path, spec, opts, storage)
 

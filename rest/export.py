@@ -513,8 +513,15 @@ def load_model(path: str | Path):
     from .models import build_model
     from .settings import TrainSettings
 
-    saved = torch.load(Path(path), weights_only=False, map_location="cpu")
-    if saved.get("format") != MODEL_FORMAT:
+    # Tensors and plain types only: a file someone sent you cannot run code when loaded.
+    try:
+        saved = torch.load(Path(path), weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise ExportError(f"{path} does not exist; pass a file written by 'tune_search.py export-model'") from None
+    except Exception as exc:  # pickle.UnpicklingError (objects beyond tensors), or not a torch file at all
+        raise ExportError(f"{path} is not a plain rest-tune model file ({str(exc).splitlines()[0][:120]}); "
+                          f"only files written by 'tune_search.py export-model' load") from None
+    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
         raise ExportError(f"{path} is not a rest-tune sparse model file")
     settings = TrainSettings.from_dict(saved["settings"])
     spec = get_dataset_spec(settings.dataset)

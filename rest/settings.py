@@ -7,6 +7,7 @@ override these defaults.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +107,10 @@ class TrainSettings:
             raise SettingsError(f"plateau_patience {self.plateau_patience} is negative; give epochs >= 0 (REST uses 5)")
         if not 0.0 < float(self.t_end) <= 1.0:
             raise SettingsError(f"t_end {self.t_end} is outside (0, 1]")
+        for f in dataclasses.fields(self):  # nan or inf would train to nan and still "finish"
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SettingsError(f"{f.name} is {value}; give a finite number")
         if float(self.lr) <= 0:
             raise SettingsError(f"lr {self.lr} must be positive")
         if float(self.conflict_pct) <= 0 or float(self.conflict_pct) >= 100:

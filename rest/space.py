@@ -136,6 +136,14 @@ class _Checker:
 
 
 def parse_space(text: str, source: str = "<study>") -> StudySpec:
+    """Validate a study definition (YAML text); raises SpaceError naming the key and line."""
+    try:
+        return _parse(text, source)
+    except RecursionError:
+        raise SpaceError(f"{source}: a YAML anchor refers to itself; write the values out instead") from None
+
+
+def _parse(text: str, source: str) -> StudySpec:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
@@ -220,7 +228,7 @@ def parse_space(text: str, source: str = "<study>") -> StudySpec:
         description=str(raw.get("description", "")),
         train=base,
         search=search,
-        num_samples=c.number(raw.get("num_samples", 1), "num_samples", int, 1),
+        num_samples=_num_samples(c, raw.get("num_samples", 1), search),
         scheduler=scheduler,
         compare_within=list(compare),
         confirm=confirm,
@@ -229,6 +237,16 @@ def parse_space(text: str, source: str = "<study>") -> StudySpec:
         keep_checkpoints=keep,
         callbacks=_callbacks(c, raw.get("callbacks", [])),
     )
+
+
+def _num_samples(c: _Checker, value: Any, search: dict) -> int:
+    """Repeats of the space; refused where every repeat would be the same trials (grid-only, fixed seed)."""
+    n = c.number(value, "num_samples", int, 1)
+    sampled = any(name not in ("grid", "lookup") for dist in search.values() for name in dist)
+    if n > 1 and not sampled and "seed" not in search:
+        raise c.fail("num_samples", f"is {n} but the space has only grid values and a fixed seed, so every repeat "
+                                    f"trains the same trials; set num_samples: 1, or search seed: {{grid: [...]}}")
+    return c.number(n, "num_samples", int, 1, 100_000)
 
 
 # Experiment trackers a study can log to (Ray Tune's own logger callbacks; see study.CALLBACKS).
@@ -267,7 +285,10 @@ def load_space(path: str | Path) -> tuple[StudySpec, str]:
     p = Path(path)
     if not p.is_file():
         raise SpaceError(f"study file {p} does not exist; see search_spaces/ for examples")
-    text = p.read_text()
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise SpaceError(f"study file {p} is not a text (YAML) file; pass a .yaml study definition") from None
     return parse_space(text, str(p)), text
 
 

@@ -17,6 +17,7 @@ phase (Ctrl-C, SIGTERM, a crash) is resumed, never taken as finished.
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import logging
 import os
@@ -77,12 +78,24 @@ class RunOptions:
     max_failures: int = 2
     data_root: str | None = None
     verbose: int = 1
+    autoscaling: bool = False  # the cluster adds nodes on demand: skip the per-node feasibility check
 
 
 # ------------------------------------------------------------- study files
 
+NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_name(name: str) -> str:
+    """A study name is one path component: letters, digits, '-', '_', '.' (not '.' or '..')."""
+    if not NAME_CHARS.fullmatch(name or "") or name in (".", ".."):
+        raise StudyError(f"study name {name!r} is not allowed; use letters, digits, '-', '_' and '.' only (one "
+                         f"directory name, e.g. --name cmnist_rest)")
+    return name
+
+
 def study_dir(storage: str, name: str) -> Location:
-    return open_location(storage).join(name)
+    return open_location(storage).join(check_name(name))
 
 
 def read_manifest(path: Location) -> dict:
@@ -213,6 +226,7 @@ def begin_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str)
     refuse_existing(opts.storage, opts.name)  # before paying for Ray start-up
     _make_callbacks(spec, opts.name, "search")  # a tracker whose package is missing fails now
     connect(opts.address, opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial)
+    check_feasible(spec, opts)
     prepare_data(spec, opts.data_root)  # bad data fails here, before the study directory exists
     return create_study(spec, yaml_text, opts, command)
 
@@ -494,6 +508,26 @@ def connect(address: str | None, gpus_needed: float) -> None:
                          f"pass --gpus-per-trial 0 or join a cluster with GPUs")
 
 
+def check_feasible(spec: StudySpec, opts: RunOptions) -> None:
+    """Refuse trials that no node of the cluster can ever run (Ray would wait for them forever).
+
+    Compared per node, not with the cluster's sum: 2 nodes of 4 CPUs cannot run a 6-CPU trial.
+    Clusters that autoscale (they add nodes on demand) pass ``opts.autoscaling`` to skip this.
+    """
+    import ray
+
+    if opts.autoscaling:
+        return
+    cpus = opts.cpus_per_trial or spec.resources.cpus_per_trial
+    gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
+        largest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+        raise StudyError(f"no node can run a trial asking for {cpus:g} CPU and {gpus:g} GPU (largest node: "
+                         f"{largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU); lower --cpus-per-trial / "
+                         f"--gpus-per-trial, or pass --autoscaling on a cluster that adds nodes")
+
+
 def prepare_data(spec: StudySpec, data_root: str | None) -> None:
     """Build or decode every dataset cell of the search grid once, here, before trials start.
 
@@ -562,6 +596,76 @@ class StopSignals:
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
+class DriverLock:
+    """One driver per study: a lease file in the study directory, renewed by a heartbeat.
+
+    Works on local paths, NFS and object storage alike (a plain file rewritten every
+    ``HEARTBEAT`` seconds). A lease is stale when its heartbeat is older than
+    ``LEASE`` seconds, or when its holder ran on this host and its process is gone
+    (after a kill -9); a stale lease is taken over with a warning. Object stores have
+    no create-if-absent, so two drivers started within the same second could both
+    win; the re-read after writing narrows that window to a few milliseconds.
+    """
+
+    FILE, HEARTBEAT, LEASE = "driver.lock", 10.0, 60.0
+
+    def __init__(self, study: Location):
+        self.file = study.join(self.FILE)
+        self.name = study.name
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "token": os.urandom(8).hex(),
+                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self._stop = None
+
+    def _holder(self) -> dict | None:
+        try:
+            return self.file.read_json()
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _alive(self, holder: dict) -> bool:
+        if time.time() - float(holder.get("heartbeat", 0)) > self.LEASE:
+            return False
+        if holder.get("host") == self.me["host"]:
+            try:
+                os.kill(int(holder["pid"]), 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+        return True
+
+    def _write(self) -> None:
+        self.file.write_text(json.dumps({**self.me, "heartbeat": time.time()}))
+
+    def __enter__(self) -> "DriverLock":
+        import threading
+
+        holder = self._holder()
+        if holder and holder.get("token") != self.me["token"]:
+            if self._alive(holder):
+                raise StudyError(f"study {self.name} is being run by another driver (host {holder.get('host')}, pid "
+                                 f"{holder.get('pid')}, since {holder.get('started')}); wait for it to finish or stop it "
+                                 f"(Ctrl-C) before resuming")
+            log.warning("taking over the study from a driver that is gone (host %s, pid %s)", holder.get("host"), holder.get("pid"))
+        self._write()
+        time.sleep(0.05)
+        if (self._holder() or {}).get("token") != self.me["token"]:
+            raise StudyError("another driver started this study at the same moment; run resume again in a minute")
+        self._stop = threading.Event()
+        threading.Thread(target=self._beat, daemon=True, name="study-lock-heartbeat").start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.HEARTBEAT):
+            if (self._holder() or {}).get("token") == self.me["token"]:
+                self._write()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if (self._holder() or {}).get("token") == self.me["token"]:
+            self.file.fs.delete_file(self.file.path)
+
+
 def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions):
     """Restore the phase's experiment if Ray snapshotted it; else start it afresh."""
     from ray import tune
@@ -606,8 +710,15 @@ def run_study(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSigna
     manifest = read_manifest(path)
     if is_complete(manifest):
         return manifest
+    with DriverLock(path):
+        manifest = read_manifest(path)  # as the previous driver left it
+        return _run_phases(path, spec, opts, stop, manifest)
+
+
+def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSignals, manifest: dict) -> dict:
     gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial
     connect(opts.address, gpus)
+    check_feasible(spec, opts)
     stop.install()
     for phase in PHASES:
         info = manifest["phases"][phase]

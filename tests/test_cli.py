@@ -39,6 +39,8 @@ def test_help_is_fast_and_imports_no_torch():
         (["--dataset", "cmnist"], "pass --data-root"),
         (["--dataset", "cmnist", "--data-root", "/nonexistent/x"], "does not exist"),
         (["--device", "cuda"], "has no CUDA GPU"),
+        (["--lr", "nan"], "lr is nan; give a finite number"),
+        (["--lr", "inf"], "lr is inf; give a finite number"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
@@ -100,3 +102,42 @@ def test_train_writes_metrics_and_never_overwrites(tmp_path):
     again = run_cli(*args)
     assert again.returncode == 2 and "already exists" in again.stderr
     assert (out_dir / "metrics.jsonl").read_bytes() == before
+
+
+def test_out_that_is_a_file_is_one_line_exit_2(tmp_path):
+    taken = tmp_path / "file"
+    taken.write_text("mine")
+    for args in (["train", "--out", str(taken)], ["export", str(ROOT / "tests" / "fixtures" / "smoke_study"), "--out", str(taken)]):
+        out = run_cli(*args)
+        assert out.returncode == 2 and "is a file" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert taken.read_text() == "mine"
+    for args, message in ((["--resume", str(tmp_path / "none")], "holds no resumable run"),
+                          (["--resume", str(tmp_path), "--epochs", "3"], "drop --epochs")):
+        out = run_cli("train", *args)
+        assert out.returncode == 2 and message in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_train_killed_mid_run_resumes_bit_exactly(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    from conftest import wait_for
+
+    args = ["train", "--subsample", "600", "--epochs", "3", "--batch-size", "64", "--density", "0.1", "--update-frequency", "5"]
+    straight = run_cli(*args, "--out", str(tmp_path / "a"), timeout=300)
+    assert straight.returncode == 0, straight.stderr
+    run = subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), *args, "--out", str(tmp_path / "b")], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: (tmp_path / "b" / "checkpoint.pt").exists(), 180, "the first epoch checkpoint")
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    resumed = run_cli("train", "--resume", str(tmp_path / "b"), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout or "already finished" in resumed.stdout
+
+    def records(d):
+        return [{k: v for k, v in json.loads(line).items() if k != "epoch_seconds"}
+                for line in (d / "metrics.jsonl").read_text().splitlines()]
+
+    assert records(tmp_path / "b") == records(tmp_path / "a")

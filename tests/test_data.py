@@ -88,6 +88,18 @@ def test_embedded_dataset_is_cached_and_memory_mapped(monkeypatch, tmp_path):
     assert torch.equal(first.train.images, second.train.images)
 
 
+def test_a_truncated_cache_entry_is_rebuilt(monkeypatch, tmp_path):
+    monkeypatch.setenv("REST_TUNE_CACHE", str(tmp_path))
+    from rest.data import digits
+
+    monkeypatch.setattr(digits, "PER_CLASS", TINY)
+    expected = load_dataset("colored_digits", 2.0).train.images.clone()  # a copy: the cache is memory-mapped
+    (images,) = tmp_path.rglob("train_images.npy")
+    images.write_bytes(images.read_bytes()[:50])  # a crash or a full disk mid-copy
+    again = load_dataset("colored_digits", 2.0)
+    assert torch.equal(expected, again.train.images)
+
+
 def test_folder_loader_reads_labels_from_names_and_reuses_its_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("REST_TUNE_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "cmnist"

@@ -148,3 +148,24 @@ def test_export_model_round_trip_and_exports_never_write_to_storage(smoke_study,
     assert (tmp_path / "m.pt").stat().st_size <= settings.density * dense_bytes + 0.1 * dense_bytes
     again = cli("export-model", str(storage / "smoke"), "--cell", cell, "--out", str(tmp_path / "m.pt"))
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+class _Payload:
+    """Unpickling this would create a file: a stand-in for code a crafted model file could run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_model_file_with_a_pickled_object_is_refused_without_running_it(tmp_path):
+    import rest
+    from rest.export import MODEL_FORMAT, ExportError
+
+    marker = tmp_path / "code-ran"
+    torch.save({"format": MODEL_FORMAT, "payload": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ExportError, match="is not a plain rest-tune model file"):
+        rest.load_model(tmp_path / "evil.pt")
+    assert not marker.exists()

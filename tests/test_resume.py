@@ -179,3 +179,19 @@ def test_a_study_definition_is_frozen(ray_cluster, tmp_path):
     (study / "manifest.json").write_text(manifest)
     out = cli("resume", "s4", "--storage", str(tmp_path))
     assert out.returncode == 0 and "already finished" in out.stdout
+
+
+def test_one_driver_per_study_and_a_dead_holders_lock_is_taken_over(ray_cluster, reference, tmp_path):
+    space = write_s4(tmp_path / "s4.yaml")
+    addr = ["--address", ray_cluster.address]
+    first = driver(["run", str(space), "--storage", str(tmp_path), *addr])
+    wait_for(lambda: (tmp_path / "s4" / "driver.lock").exists(), 180, "the first driver's lock")
+    second = cli("resume", "s4", "--storage", str(tmp_path), *addr)
+    assert second.returncode == 2 and f"pid {first.pid}" in second.stderr and second.stderr.count("\n") == 1, second.stderr
+    first.kill()
+    first.communicate(timeout=60)
+    done = cli("resume", "s4", "--storage", str(tmp_path), *addr)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "taking over the study from a driver that is gone" in done.stderr
+    assert not (tmp_path / "s4" / "driver.lock").exists()
+    assert_finished_like_reference(tmp_path, reference)

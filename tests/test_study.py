@@ -143,6 +143,13 @@ def test_worker_killed_by_signal_is_retried_from_its_checkpoint(ray_cluster, tmp
         (["run", str(SMOKE), "--storage", "/proc/forbidden"], "is not writable"),
         (["run", str(SMOKE), "--cpus-per-trial", "0"], "--cpus-per-trial 0 must be positive"),
         (["run", str(ROOT / "tests" / "fixtures" / "lookup_gap.yaml")], "lookup on conflict_pct has no entry for 5"),
+        (["run", str(SMOKE), "--name", "../escape"], "study name '../escape' is not allowed"),
+        (["run", str(SMOKE), "--name", "a b/c"], "study name 'a b/c' is not allowed"),
+        (["resume", "../x"], "study name '../x' is not allowed"),
+        (["run", str(ROOT / "tests" / "fixtures" / "binary.yaml")], "is not a text (YAML) file"),
+        (["run", str(ROOT / "tests" / "fixtures" / "recursive.yaml")], "a YAML anchor refers to itself"),
+        (["run", str(ROOT / "tests" / "fixtures" / "repeats.yaml")], "every repeat trains the same trials"),
+        (["run", str(SMOKE), "--address", "ray://127.0.0.1:10001"], "is a Ray Client address"),
     ],
 )
 def test_bad_study_input_is_one_line_exit_2(tmp_path, args, message):
@@ -154,6 +161,14 @@ def test_bad_study_input_is_one_line_exit_2(tmp_path, args, message):
     assert message in out.stderr and "Traceback" not in out.stderr and out.stderr.count("\n") == 1
     assert time.time() - start < 30
     assert not list(tmp_path.glob("*/manifest.json")), "nothing may be created for bad input"
+    assert not (tmp_path.parent / "escape").exists() and not (tmp_path / "a b").exists()
+
+
+def test_trials_no_node_can_run_are_refused_at_once(ray_cluster, tmp_path):
+    start = time.time()
+    out = cli("run", str(SMOKE), "--storage", str(tmp_path), "--address", ray_cluster.address, "--cpus-per-trial", "64")
+    assert out.returncode == 2 and "no node can run a trial asking for 64 CPU" in out.stderr, out.stderr[-2000:]
+    assert time.time() - start < 60 and not (tmp_path / "smoke").exists()
 
 
 def test_gpus_asked_where_the_cluster_has_none(ray_cluster, tmp_path):

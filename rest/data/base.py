@@ -8,6 +8,7 @@ tensors, so no image is decoded inside the training loop. Splits are cached as
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class DataError(UserError, ValueError):
@@ -120,23 +123,35 @@ def from_arrays(name: str, conflict_pct: float, splits: dict[str, tuple[np.ndarr
 
 
 def cached(path: Path, name: str, conflict_pct: float, build: Callable[[], tuple[dict, dict]]) -> BiasedData:
-    """Load from the cache at `path`, building it first if absent.
+    """Load from the cache at `path`, building it first if absent or damaged.
 
     A file lock makes concurrent trials on one node build a dataset once: the others
     wait, then memory-map the finished cache.
     """
-    data = load_cache(path, name, conflict_pct)
+    try:
+        data = load_cache(path, name, conflict_pct)
+    except CorruptCache:
+        data = None  # rebuilt below, under the lock
     if data is not None:
         return data
     from filelock import FileLock
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        data = load_cache(path, name, conflict_pct)
+        try:
+            data = load_cache(path, name, conflict_pct)
+        except CorruptCache as exc:
+            log.warning("dataset cache %s is damaged (%s); rebuilding it", path, exc)
+            shutil.rmtree(path)
+            data = None
         if data is None:
             save_cache(path, *build())
             data = load_cache(path, name, conflict_pct)
     return data
+
+
+class CorruptCache(Exception):
+    """A cache entry exists but cannot be read (a truncated or damaged file)."""
 
 
 def load_cache(path: Path, name: str, conflict_pct: float) -> BiasedData | None:
@@ -148,7 +163,10 @@ def load_cache(path: Path, name: str, conflict_pct: float) -> BiasedData | None:
         arrays = [np.load(path / f"{s}_{k}.npy", mmap_mode="c") for k in ("images", "y", "b")]
         return Split(*(torch.from_numpy(a) for a in arrays))
 
-    return BiasedData(name, conflict_pct, *(split(s) for s in SPLITS))
+    try:
+        return BiasedData(name, conflict_pct, *(split(s) for s in SPLITS))
+    except (ValueError, OSError, EOFError) as exc:
+        raise CorruptCache(str(exc).splitlines()[0]) from None
 
 
 def pct_dirname(pct: float) -> str:
