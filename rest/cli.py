@@ -131,6 +131,8 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once (default: as resources allow)")
     p.add_argument("--autoscaling", action="store_true",
                    help="the cluster adds nodes on demand: do not refuse trials that no current node can run")
+    p.add_argument("--stall-minutes", type=float, default=10.0,
+                   help="say so when trials wait this long for resources with none running (default 10)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="Ray Tune's progress output: 0 none, 1 status tables (default), 2 every result")
     p.add_argument("--max-failures", type=int, default=None,
@@ -278,7 +280,8 @@ def _options(args: argparse.Namespace, name: str, storage: str, **extra):
     return RunOptions(storage=storage, name=name, address=args.address or os.environ.get("RAY_ADDRESS"),
                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                       max_concurrent=args.max_concurrent, max_failures=2 if args.max_failures is None else args.max_failures,
-                      verbose=args.verbose, autoscaling=args.autoscaling, **extra)
+                      verbose=args.verbose, autoscaling=args.autoscaling,
+                      stall_minutes=args.stall_minutes, **extra)
 
 
 def _finish(path, spec, manifest: dict, storage: str) -> int:

@@ -420,6 +420,9 @@ def summary(study: StudyResults, best: pd.DataFrame, how: str) -> str:
               f"- failed trials: {int((t['status'] == 'ERROR').sum())}; trials retried after a worker failure: "
               f"{int((t['retries'] > 0).sum())}",
               f"- trial training time: {t['train_seconds'].sum() / 60:.1f} min", ""]
+    stalls = study.location.join("stalls.log")
+    if stalls.exists():
+        lines += ["## Waits for resources", "", *[f"- {line}" for line in stalls.read_text().splitlines()], ""]
     small = best[best.get("small_deciding_group", pd.Series(False, index=best.index)).fillna(False).astype(bool)]
     lines += ["## How configs were chosen", "", caption(spec, how, "Every cell's config was chosen on validation data alone"), ""]
     if not small.empty:

@@ -42,6 +42,7 @@ from .storage import Location, open_location
 log = logging.getLogger(__name__)
 
 PHASES = ("search", "confirm")
+STALL_LOG = "stalls.log"
 # ASHA wants one number; selection.scalar encodes the project's selection rule in it.
 METRIC, MODE, TIME_ATTR = "val_rank", "max", "epoch"
 BASELINES = {
@@ -79,6 +80,7 @@ class RunOptions:
     data_root: str | None = None
     verbose: int = 1
     autoscaling: bool = False  # the cluster adds nodes on demand: skip the per-node feasibility check
+    stall_minutes: float = 10.0  # warn once when trials wait this long for resources with none running
 
 
 # ------------------------------------------------------------- study files
@@ -419,6 +421,44 @@ def _wandb(study: str, phase: str):
 CALLBACKS = {"tensorboard": _tensorboard, "mlflow": _mlflow, "wandb": _wandb}
 
 
+def _stall_watch_class():
+    from ray.tune import Callback
+
+    class StallWatch(Callback):
+        """Says once when trials wait for resources and none has run for `seconds` (no silent hangs).
+
+        Trials that no node can ever run are refused before fitting (check_feasible);
+        this catches the rest: resources held by other jobs, nodes gone, an autoscaler
+        that never delivers.
+        """
+
+        def __init__(self, seconds: float, study: Location):
+            self.seconds = seconds
+            self.log_file = study.join(STALL_LOG)  # summary.md reports what is written here
+            self.last_progress = time.time()
+            self.warned = False
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.last_progress = time.time()
+
+        def on_step_end(self, iteration, trials, **info):
+            running = any(t.status == "RUNNING" for t in trials)
+            pending = sum(t.status == "PENDING" for t in trials)
+            if running or not pending:
+                self.last_progress = time.time()
+                return
+            waited = time.time() - self.last_progress
+            if waited > self.seconds and not self.warned:
+                self.warned = True
+                message = (f"{pending} trial(s) have waited {waited / 60:.1f} min for resources with none running; "
+                           f"check 'ray status' (other jobs, lost nodes) or lower --cpus-per-trial / --gpus-per-trial")
+                log.warning(message)
+                earlier = self.log_file.read_text() if self.log_file.exists() else ""
+                self.log_file.write_text(earlier + f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    return StallWatch
+
+
 def _make_callbacks(spec: StudySpec, study: str, phase: str) -> list:
     try:
         return [CALLBACKS[name](study, phase) for name in spec.callbacks]
@@ -433,7 +473,7 @@ def _tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, param_
     run_config = tune.RunConfig(
         name=phase,
         storage_path=path.uri,
-        callbacks=_make_callbacks(spec, opts.name, phase),
+        callbacks=_make_callbacks(spec, opts.name, phase) + [_stall_watch_class()(opts.stall_minutes * 60, path)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         verbose=opts.verbose,

@@ -51,7 +51,13 @@ def test_losing_the_node_of_a_running_trial(lossy_cluster, tmp_path):
     (trial,) = experiment.glob("trial_*")
     raw = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
     epochs = [r["epoch"] for r in raw]
-    assert sorted(set(epochs)) == [1, 2, 3, 4] and len(epochs) == len(set(epochs)), f"an epoch was trained twice: {epochs}"
+    assert len(epochs) == len(set(epochs)), f"an epoch was trained twice: {epochs}"
+    # an epoch finished on the lost node may never have reached the driver; its checkpoint kept it
+    from rest.results import read_study
+    from rest.storage import local
+
+    (kept,) = read_study(local(tmp_path / "b" / "n")).all_trials()
+    assert [r["epoch"] for r in kept.history] == [1, 2, 3, 4] and kept.status == "TERMINATED"
     survivors = {r["node_id"] for r in raw if r["epoch"] > 1} - {node_id}
     assert survivors, "the trial must have moved to the surviving node"
     moved = [r for r in raw if r["node_id"] != node_id]
@@ -59,4 +65,4 @@ def test_losing_the_node_of_a_running_trial(lossy_cluster, tmp_path):
     (ref_trial,) = (tmp_path / "a" / "n" / "search").glob("trial_*")
     reference = json.loads((ref_trial / "result.json").read_text().splitlines()[-1])
     for key in ("train_loss", "val_worst_group_acc", "val_loss", "best_epoch", "best_test_worst_group_acc"):
-        assert raw[-1][key] == reference[key], key
+        assert kept.history[-1][key] == reference[key], key

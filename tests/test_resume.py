@@ -137,12 +137,15 @@ def test_ctrl_c_sigterm_and_kill_after_a_final_checkpoint_all_resume(ray_cluster
     assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-2000:]
 
 
-def test_kill_before_the_first_snapshot_starts_the_phase_afresh(ray_cluster, reference, tmp_path):
+def test_kill_before_the_first_snapshot_and_a_second_driver(ray_cluster, reference, tmp_path):
+    """kill -9 as soon as tuner.pkl exists; meanwhile a second driver is refused; then resume takes over."""
     space = write_s4(tmp_path / "s4.yaml")
     addr = ["--address", ray_cluster.address]
     experiment = tmp_path / "s4" / "search"
     run = driver(["run", str(space), "--storage", str(tmp_path), *addr])
     wait_for(lambda: (experiment / "tuner.pkl").exists(), 180, "tuner.pkl")
+    second = cli("resume", "s4", "--storage", str(tmp_path), *addr)  # one driver per study
+    assert second.returncode == 2 and f"pid {run.pid}" in second.stderr and second.stderr.count("\n") == 1, second.stderr
     run.kill()
     run.communicate(timeout=60)
     for state in experiment.glob("experiment_state-*.json"):  # pin the case: no snapshot reached storage
@@ -151,6 +154,8 @@ def test_kill_before_the_first_snapshot_starts_the_phase_afresh(ray_cluster, ref
     assert again.returncode == 2 and "resume s4" in again.stderr
     done = cli("resume", "s4", "--storage", str(tmp_path), *addr)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "taking over the study from a driver that is gone" in done.stderr
+    assert not (tmp_path / "s4" / "driver.lock").exists()
     assert list(tmp_path.glob("s4/.search-abandoned-*")), "the unrestorable files are kept aside, not deleted"
     assert_finished_like_reference(tmp_path, reference)
 
@@ -180,18 +185,3 @@ def test_a_study_definition_is_frozen(ray_cluster, tmp_path):
     out = cli("resume", "s4", "--storage", str(tmp_path))
     assert out.returncode == 0 and "already finished" in out.stdout
 
-
-def test_one_driver_per_study_and_a_dead_holders_lock_is_taken_over(ray_cluster, reference, tmp_path):
-    space = write_s4(tmp_path / "s4.yaml")
-    addr = ["--address", ray_cluster.address]
-    first = driver(["run", str(space), "--storage", str(tmp_path), *addr])
-    wait_for(lambda: (tmp_path / "s4" / "driver.lock").exists(), 180, "the first driver's lock")
-    second = cli("resume", "s4", "--storage", str(tmp_path), *addr)
-    assert second.returncode == 2 and f"pid {first.pid}" in second.stderr and second.stderr.count("\n") == 1, second.stderr
-    first.kill()
-    first.communicate(timeout=60)
-    done = cli("resume", "s4", "--storage", str(tmp_path), *addr)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "taking over the study from a driver that is gone" in done.stderr
-    assert not (tmp_path / "s4" / "driver.lock").exists()
-    assert_finished_like_reference(tmp_path, reference)

@@ -16,11 +16,11 @@ SMOKE = ROOT / "search_spaces" / "smoke.yaml"
 
 
 def write_space(path: Path, **changes) -> Path:
-    """The smoke study with changes: mappings are merged, except `search`, which is replaced."""
+    """The smoke study with changes: mappings are merged, except `search`, which is replaced; None writes null."""
     space = yaml.safe_load(SMOKE.read_text())
     for key, value in changes.items():
         if value is None:
-            space.pop(key, None)
+            space[key] = None  # e.g. confirm: null, no confirm phase
         elif key != "search" and isinstance(value, dict) and isinstance(space.get(key), dict):
             space[key].update(value)
         else:
@@ -83,7 +83,7 @@ def _fake_study(scheduler, storage):
         fake_trial,
         param_space={"dataset": "colored_digits", "conflict_pct": tune.grid_search([5, 0.5]),
                      "lambda_upweight": tune.grid_search([4, 3, 2, 1])},
-        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(storage), name="asha", verbose=0),
     )
     return {(r.config["conflict_pct"], r.config["lambda_upweight"]): r.metrics["epoch"] for r in tuner.fit()}
@@ -175,3 +175,30 @@ def test_gpus_asked_where_the_cluster_has_none(ray_cluster, tmp_path):
     out = cli("run", str(SMOKE), "--storage", str(tmp_path), "--address", ray_cluster.address, "--gpus-per-trial", "0.5")
     assert out.returncode == 2 and "the cluster has 0" in out.stderr
     assert not (tmp_path / "smoke").exists()
+
+
+def test_a_wait_for_resources_is_said_once_and_kept_in_the_summary(ray_cluster, tmp_path):
+    import ray
+
+    @ray.remote(num_cpus=1)
+    class Hog:  # another job holding the cluster's CPUs
+        def ready(self):
+            return True
+
+    hogs = [Hog.remote() for _ in range(2)]
+    ray.get([h.ready.remote() for h in hogs])
+    space = write_space(tmp_path / "wait.yaml", name="wait", scheduler={"type": "none"}, confirm=None,
+                        train={"epochs": 1, "subsample": 200}, search={"density": {"grid": [1.0]}})
+    run = subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), "run", str(space), "--storage", str(tmp_path),
+                            "--address", ray_cluster.address, "--stall-minutes", "0.05", "--verbose", "0"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (tmp_path / "wait" / "stalls.log").exists(), 120, "the stall report")
+    finally:
+        for h in hogs:
+            ray.kill(h)
+    stdout, stderr = run.communicate(timeout=180)
+    assert run.returncode == 0, stderr[-3000:]
+    assert stderr.count("waited") == 1 and "for resources with none running" in stderr
+    out = cli("export", "wait", "--storage", str(tmp_path), "--out", str(tmp_path / "tables"))
+    assert out.returncode == 0 and "## Waits for resources" in (tmp_path / "tables" / "summary.md").read_text()
