@@ -124,7 +124,7 @@ def test_train_killed_mid_run_resumes_bit_exactly(tmp_path):
 
     from conftest import wait_for
 
-    args = ["train", "--subsample", "600", "--epochs", "3", "--batch-size", "64", "--density", "0.1", "--update-frequency", "5"]
+    args = ["train", "--subsample", "300", "--epochs", "3", "--batch-size", "64", "--density", "0.1", "--update-frequency", "5"]
     straight = run_cli(*args, "--out", str(tmp_path / "a"), timeout=300)
     assert straight.returncode == 0, straight.stderr
     run = subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), *args, "--out", str(tmp_path / "b")], cwd=ROOT,

@@ -26,7 +26,7 @@ def lossy_cluster():
 
 def test_losing_the_node_of_a_running_trial(lossy_cluster, tmp_path):
     cluster, workers = lossy_cluster
-    space = write_s4(tmp_path / "n.yaml", name="n", train={**S4["train"], "epochs": 4},
+    space = write_s4(tmp_path / "n.yaml", name="n", train={**S4["train"], "epochs": 3},
                      search={"density": {"grid": [0.05]}}, scheduler={"type": "none"}, confirm=None)
     addr = ["--address", cluster.address]
     straight = cli("run", str(space), "--storage", str(tmp_path / "a"), *addr)
@@ -38,7 +38,7 @@ def test_losing_the_node_of_a_running_trial(lossy_cluster, tmp_path):
     def node_after_first_checkpoint():
         for trial in experiment.glob("trial_*"):
             lines = (trial / "result.json").read_text().splitlines() if (trial / "result.json").exists() else []
-            if lines and list(trial.glob("checkpoint_*/history.json")) and json.loads(lines[-1])["epoch"] < 4:
+            if lines and list(trial.glob("checkpoint_*/history.json")) and json.loads(lines[-1])["epoch"] < 3:
                 return json.loads(lines[-1])["node_id"]
         return None
 
@@ -57,7 +57,7 @@ def test_losing_the_node_of_a_running_trial(lossy_cluster, tmp_path):
     from rest.storage import local
 
     (kept,) = read_study(local(tmp_path / "b" / "n")).all_trials()
-    assert [r["epoch"] for r in kept.history] == [1, 2, 3, 4] and kept.status == "TERMINATED"
+    assert [r["epoch"] for r in kept.history] == [1, 2, 3] and kept.status == "TERMINATED"
     survivors = {r["node_id"] for r in raw if r["epoch"] > 1} - {node_id}
     assert survivors, "the trial must have moved to the surviving node"
     moved = [r for r in raw if r["node_id"] != node_id]

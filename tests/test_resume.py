@@ -160,28 +160,24 @@ def test_kill_before_the_first_snapshot_and_a_second_driver(ray_cluster, referen
     assert_finished_like_reference(tmp_path, reference)
 
 
-def test_a_study_definition_is_frozen(ray_cluster, tmp_path):
+def test_a_study_definition_is_frozen(tmp_path):
     """An edited, missing or damaged definition is refused in one line; a finished study is never rerun."""
-    space = write_s4(tmp_path / "s4.yaml", train={**S4["train"], "epochs": 1}, search={"density": {"grid": [1.0]}},
-                     scheduler={"type": "none"}, confirm=None)
-    out = cli("run", str(space), "--storage", str(tmp_path), "--address", ray_cluster.address)
-    assert out.returncode == 0, out.stderr[-2000:]
-    study = tmp_path / "s4"
+    study = tmp_path / "smoke"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "smoke_study", study)
     original = (study / "study.yaml").read_text()
-    (study / "study.yaml").write_text(original.replace("epochs: 1", "epochs: 5"))
-    for args in (["resume", "s4", "--storage", str(tmp_path)], ["export", "s4", "--storage", str(tmp_path), "--out", str(tmp_path / "x")]):
+    (study / "study.yaml").write_text(original.replace("epochs: 2", "epochs: 5", 1))
+    for args in (["resume", "smoke", "--storage", str(tmp_path)], ["export", "smoke", "--storage", str(tmp_path), "--out", str(tmp_path / "x")]):
         out = cli(*args)
-        assert out.returncode == 2 and "was edited after the study started (train.epochs: 1 -> 5)" in out.stderr, out.stderr
+        assert out.returncode == 2 and "was edited after the study started (train.epochs: 2 -> 5)" in out.stderr, out.stderr
         assert out.stderr.count("\n") == 1
     (study / "study.yaml").unlink()
-    out = cli("resume", "s4", "--storage", str(tmp_path))
+    out = cli("resume", "smoke", "--storage", str(tmp_path))
     assert out.returncode == 2 and "study.yaml is missing; restore it" in out.stderr
     (study / "study.yaml").write_text(original)
     manifest = (study / "manifest.json").read_text()
     (study / "manifest.json").write_text(manifest[: len(manifest) // 2])
-    out = cli("export", "s4", "--storage", str(tmp_path), "--out", str(tmp_path / "y"))
+    out = cli("export", "smoke", "--storage", str(tmp_path), "--out", str(tmp_path / "y"))
     assert out.returncode == 2 and "manifest.json is damaged" in out.stderr
     (study / "manifest.json").write_text(manifest)
-    out = cli("resume", "s4", "--storage", str(tmp_path))
+    out = cli("resume", "smoke", "--storage", str(tmp_path))
     assert out.returncode == 0 and "already finished" in out.stdout
-
