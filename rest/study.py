@@ -577,8 +577,8 @@ def prepare_data(spec: StudySpec, data_root: str | None) -> None:
     from .data import load_dataset
 
     def values(key: str) -> list:
-        dist = spec.search.get(key)
-        return list(dist["grid"]) if dist and "grid" in dist else [getattr(spec.train, key)]
+        dist = spec.search.get(key) or {}
+        return list(dist.get("grid") or dist.get("choice") or [getattr(spec.train, key)])
 
     root = data_root or spec.train.data_root
     for dataset in values("dataset"):

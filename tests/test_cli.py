@@ -141,3 +141,16 @@ def test_train_killed_mid_run_resumes_bit_exactly(tmp_path):
                 for line in (d / "metrics.jsonl").read_text().splitlines()]
 
     assert records(tmp_path / "b") == records(tmp_path / "a")
+
+
+def test_every_training_setting_has_a_train_flag():
+    import dataclasses
+
+    from rest.cli import TRAIN_FLAGS
+    from rest.settings import TrainSettings
+
+    fields = {f.name for f in dataclasses.fields(TrainSettings)} - {"extra"}
+    assert {field for _, field, _, _ in TRAIN_FLAGS} == fields
+    help_text = run_cli("train", "--help").stdout
+    for name in fields:
+        assert f"--{name.replace('_', '-')}" in help_text
