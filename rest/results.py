@@ -174,8 +174,16 @@ def read_phase(experiment: Location, phase: str) -> list[Trial]:
 
     if not any(c.name.startswith("experiment_state-") for c in experiment.children()):
         return []
-    analysis = ExperimentAnalysis(experiment.path, storage_filesystem=experiment.fs)
-    reported = analysis.trial_dataframes  # trial_id -> records from result.json
+    # Trials that have not reported yet (pending, or interrupted in epoch 1) have no
+    # result.json; Ray warns about each, which is noise here: they simply have no history.
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        analysis = ExperimentAnalysis(experiment.path, storage_filesystem=experiment.fs)
+        reported = analysis.trial_dataframes  # trial_id -> records from result.json
+    finally:
+        quiet.setLevel(level)
     trials = []
     for t in analysis.trials:
         trial_dir = experiment.join(f"trial_{t.trial_id}")
