@@ -383,6 +383,8 @@ def plot_accuracy_vs_density(study: StudyResults, density: pd.DataFrame, best: p
             rows = rows.sort_values("density")
             err = 100 * rows[f"{metric}_se"].fillna(0.0)
             line = ax.errorbar(rows["density"], 100 * rows[metric], yerr=err, marker="o", capsize=3, label=label)
+            cut = rows[rows["stopped_early"] > 0]  # ASHA stopped these before the last epoch: not comparable
+            ax.scatter(cut["density"], 100 * cut[metric], s=90, facecolors="white", edgecolors=line[0].get_color(), zorder=3)
             for _, b in best[best["status"] == "baseline"].iterrows():
                 if tuple(b[k] for k in cells) == tuple(cell):
                     ax.axhline(100 * b[metric], color=line[0].get_color(), linestyle=styles.get(b["row"], "-."), linewidth=1)
@@ -390,7 +392,8 @@ def plot_accuracy_vs_density(study: StudyResults, density: pd.DataFrame, best: p
         ax.set_xlabel("density (fraction of weights kept)")
         ax.set_ylabel(f"{title} (%)")
         ax.grid(alpha=0.3)
-    axes[0].legend(title="cell (dashed: dense ERM; dotted: dense reweighted)", fontsize=8, title_fontsize=8)
+    axes[0].legend(title="cell (dashed: dense ERM; dotted: dense reweighted;\nhollow: stopped early by ASHA)",
+                   fontsize=8, title_fontsize=8)
     tag = "" if how == "val" else " — ORACLE selection on test"
     fig.suptitle(f"study {study.name}: search phase, best config per density{tag}")
     fig.tight_layout()
