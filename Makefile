@@ -32,8 +32,9 @@ study: $(STAMP)
 	fi
 	$(PY) tune_search.py export default --storage studies --out results/default
 
+# Two workers: most of the suite waits on subprocesses and Ray start-up, so it overlaps well.
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: $(TEST_STAMP)
 	$(PY) benchmarks/core_bench.py

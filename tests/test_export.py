@@ -108,6 +108,7 @@ def tree_digest(root) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.xdist_group("smoke_study")
 def test_export_model_round_trip_and_exports_never_write_to_storage(smoke_study, tmp_path):
     """The compact model predicts exactly as the checkpoint's best-epoch model, at a fraction of its size."""
     import rest

@@ -95,6 +95,7 @@ def assert_finished_like_reference(storage: Path, reference: dict) -> None:
     assert got == reference
 
 
+@pytest.mark.xdist_group("s4_reference")  # both share the module's reference run
 def test_ctrl_c_sigterm_and_kill_after_a_final_checkpoint_all_resume(ray_cluster, reference, tmp_path):
     space = write_s4(tmp_path / "s4.yaml")
     addr = ["--address", ray_cluster.address]
@@ -137,6 +138,7 @@ def test_ctrl_c_sigterm_and_kill_after_a_final_checkpoint_all_resume(ray_cluster
     assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-2000:]
 
 
+@pytest.mark.xdist_group("s4_reference")
 def test_kill_before_the_first_snapshot_and_a_second_driver(ray_cluster, reference, tmp_path):
     """kill -9 as soon as tuner.pkl exists; meanwhile a second driver is refused; then resume takes over."""
     space = write_s4(tmp_path / "s4.yaml")

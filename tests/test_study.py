@@ -38,6 +38,7 @@ def results(experiment: Path) -> dict[str, list[dict]]:
     return out
 
 
+@pytest.mark.xdist_group("smoke_study")  # one worker runs the smoke study once for every test that reads it
 def test_smoke_study_end_to_end_on_two_nodes(ray_cluster, smoke_study):
     tmp_path, out = smoke_study
     assert out.returncode == 0, out.stderr[-3000:]
