@@ -205,6 +205,7 @@ def _resume_train(args: argparse.Namespace) -> int:
     """Continue `train --out DIR` from its last epoch checkpoint; records after it are trained again."""
     import torch
 
+    from .storage import local
     from .train import Trainer
 
     given = [flag for flag, field, _, _ in TRAIN_FLAGS if getattr(args, field) is not None] + (["--out"] if args.out else [])
@@ -217,17 +218,9 @@ def _resume_train(args: argparse.Namespace) -> int:
     trainer = Trainer(settings, progress=_progress_bar())
     trainer.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=False, map_location="cpu"))  # our own file
     kept = [line for line in (out / "metrics.jsonl").read_text().splitlines() if json.loads(line)["epoch"] <= trainer.epoch]
-    _atomic_write(out / "metrics.jsonl", "".join(line + "\n" for line in kept))
+    local(out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
     print(f"resuming {out} after epoch {trainer.epoch} of {settings.epochs}", flush=True)
     return _train_loop(trainer, out)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _train_loop(trainer, out: Path) -> int:

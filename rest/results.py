@@ -115,6 +115,7 @@ class StudyResults:
     spec: StudySpec
     manifest: dict
     phases: dict[str, list[Trial]]
+    _trials: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -129,8 +130,9 @@ class StudyResults:
 
     def trials(self) -> pd.DataFrame:
         """One row per trial of every phase: config, status, epochs, and its selected epoch's metrics."""
-        rows = [trial_row(t, self.spec) for t in self.all_trials()]
-        return pd.DataFrame(rows)
+        if self._trials is None:  # export's tables and summary all read it: build it once
+            self._trials = pd.DataFrame([trial_row(t, self.spec) for t in self.all_trials()])
+        return self._trials.copy()
 
     def best_configs(self, selection: str = "val") -> pd.DataFrame:
         """The selected config of every cell beside both dense baselines (what `export` writes)."""
