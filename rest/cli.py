@@ -281,7 +281,7 @@ def _options(args: argparse.Namespace, name: str, storage: str, **extra):
 
 
 def _finish(path, spec, manifest: dict, storage: str) -> int:
-    from .export import best_configs
+    from .export import best_configs, format_value
     from .results import read_study
 
     name = manifest["name"]
@@ -297,9 +297,9 @@ def _finish(path, spec, manifest: dict, storage: str) -> int:
           f"test numbers of the selected epochs, mean over seeds):")
     searched = [k for k in spec.search if k not in ("seed", *spec.compare_within)]
     for _, row in best.iterrows():
-        cell = ", ".join(_cell_text(row[k]) for k in spec.compare_within)
+        cell = ", ".join(format_value(row[k]) for k in spec.compare_within)
         flag = "  [small deciding group]" if row.get("small_deciding_group") else ""
-        config = ", ".join(f"{k} {_cell_text(row[k])}" for k in searched if k in row)
+        config = ", ".join(f"{k} {format_value(row[k])}" for k in searched if k in row)
         print(f"  [{cell}] {row['row']:>17}: {config} -> test worst-group {_pct(row['best_test_worst_group_acc'])}%, "
               f"unbiased {_pct(row['best_test_unbiased_acc'])}% ({row['seeds']} seed{'s' if row['seeds'] > 1 else ''}){flag}")
     errors = sum(info.get("errors", 0) for info in manifest["phases"].values())
@@ -307,10 +307,6 @@ def _finish(path, spec, manifest: dict, storage: str) -> int:
         print(f"warning: {errors} trial(s) failed after all retries (error.txt in their trial directories); "
               f"the tables leave them out")
     return 0
-
-
-def _cell_text(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _drive(path, spec, opts, storage: str) -> int:

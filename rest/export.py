@@ -35,6 +35,7 @@ TABLE_METRICS = [
     "test_worst_class_bias_acc", "test_balanced_acc",
 ]  # fmt: skip
 PRIMARY_PREFIX = {"val": "best_val_", "oracle": "best_test_"}
+BINS_PER_DECADE = 4  # by_density's log-scale bins for sampled densities
 BASELINE_ROLES = {"erm_baseline": "ERM (dense)", "dense_reweighted_baseline": "dense reweighted"}
 MARKER = ".rest-export.json"
 
@@ -140,16 +141,37 @@ def _selection_label(spec: StudySpec, how: str) -> str:
     return f"validation {getattr(spec.train, 'selection', 'worst_group').replace('_', '-')}"
 
 
-def by_density(study: StudyResults, how: str = "val") -> pd.DataFrame:
-    """Per cell and density, on the search phase: the best config over the other searched settings."""
+def density_bin(density: float, per_decade: int = BINS_PER_DECADE) -> str:
+    """The log-scale bin (lo, hi] of a density: `per_decade` bins per factor of 10, the top one ending at 1."""
+    i = math.ceil(round(math.log10(density) * per_decade, 9))
+    return f"({10 ** ((i - 1) / per_decade):.3g}, {10 ** (i / per_decade):.3g}]"
+
+
+def _search_configs(study: StudyResults) -> pd.DataFrame:
+    """The search phase's configs that ran an epoch, aggregated over seeds."""
     spec = study.spec
     trials = study.trials()
     search = trials[(trials["phase"] == "search") & (trials["epochs_run"] > 0)]
-    others = [k for k in _searched(spec) if k != "density"]
-    groups = aggregate(search, spec.compare_within + ["density"] + others)
+    return aggregate(search, spec.compare_within + ["density"] + [k for k in _searched(spec) if k != "density"])
+
+
+def by_density(study: StudyResults, how: str = "val") -> pd.DataFrame:
+    """Per cell and density, on the search phase: the best config over the other searched settings.
+
+    Where density is sampled from a range (no two trials share it), densities are
+    grouped into log-scale bins (`density_bin`) and each row is the bin's best config.
+    """
+    spec = study.spec
+    groups = _search_configs(study)
+    keys = spec.compare_within + ["density"]
+    if "density" in spec.sampled_keys():
+        groups.insert(0, "density_bin", [density_bin(d) for d in groups["density"]])
+        groups = groups.sort_values("density")
+        keys = spec.compare_within + ["density_bin"]
     primary, prefix = _primary(spec, how)
-    chosen = selection.select_per_cell(groups.to_dict("records"), spec.compare_within + ["density"], primary, prefix)
-    return pd.DataFrame([rows[0] for rows in chosen.values()]).reset_index(drop=True)
+    chosen = selection.select_per_cell(groups.to_dict("records"), keys, primary, prefix)
+    table = pd.DataFrame([rows[0] for rows in chosen.values()])
+    return table.sort_values(spec.compare_within + ["density"]).reset_index(drop=True) if not table.empty else table
 
 
 def paper_table(studies: list[StudyResults], how: str = "val") -> pd.DataFrame:
@@ -174,9 +196,9 @@ def _fmt(mean: float, se: float) -> str:
     return f"{mean:.1f}" if se != se else f"{mean:.1f} ± {se:.1f}"
 
 
-def _cell(v) -> str:
+def format_value(v) -> str:
     if isinstance(v, float):
-        return "n/a" if v != v else f"{v:g}"
+        return "n/a" if v != v else f"{v:.4g}"  # sampled values: 4 significant digits
     return str(v)
 
 
@@ -188,9 +210,9 @@ def presentable(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
     for col in ("study", "row"):
         if col in table:
             out[col] = table[col].values
-    for key in spec.compare_within + _searched(spec):
+    for key in spec.compare_within + ["density_bin"] + _searched(spec):
         if key in table:
-            out[key] = [_cell(v) for v in table[key]]
+            out[key] = [format_value(v) for v in table[key]]
     for col in ("selection", "seeds"):
         if col in table:
             out[col] = table[col].values
@@ -237,7 +259,7 @@ def paper_presentable(table: pd.DataFrame) -> pd.DataFrame:
         out.append(row)
         if method == "REST (selected)":  # the density REST selected differs per column: say which
             out.append({"method": "REST: selected density", **{
-                f"{col} {part} (%)": (_cell(sub[sub["column"] == col].iloc[0]["density"]) if part == "unbiased" else "")
+                f"{col} {part} (%)": (format_value(sub[sub["column"] == col].iloc[0]["density"]) if part == "unbiased" else "")
                 if not sub[sub["column"] == col].empty else "" for col in columns for part in ("unbiased", "conflicting")}})
     return pd.DataFrame(out)
 
@@ -246,7 +268,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub markdown table (written here to avoid the optional `tabulate` dependency)."""
     if table.empty:
         return "_no rows_\n"
-    cells = [[str(c) for c in table.columns]] + [[_cell(v) for v in row] for row in table.itertuples(index=False)]
+    cells = [[str(c) for c in table.columns]] + [[format_value(v) for v in row] for row in table.itertuples(index=False)]
     lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in cells[0]) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in cells[1:]]
     return "\n".join(lines) + "\n"
@@ -266,7 +288,7 @@ def to_latex(table: pd.DataFrame, caption: str) -> str:
 
 
 def _looks_numeric(v) -> bool:
-    text = _cell(v).replace("±", "").replace("+", "").replace("-", "").replace(".", "").replace(" ", "").replace(",", "")
+    text = format_value(v).replace("±", "").replace("+", "").replace("-", "").replace(".", "").replace(" ", "").replace(",", "")
     return text.isdigit() or text in ("n/a", "")
 
 
@@ -277,7 +299,7 @@ def _latex_escape(text: str) -> str:
 
 
 def _latex_value(v) -> str:
-    text = _cell(v)
+    text = format_value(v)
     if "±" in text:
         mean, se = (s.strip() for s in text.split("±"))
         return f"${mean} \\pm {se}$"
@@ -367,35 +389,53 @@ def export(studies: list[StudyResults], out: Path, formats: list[str], how: str 
 
 
 def plot_accuracy_vs_density(study: StudyResults, density: pd.DataFrame, best: pd.DataFrame, path: Path, how: str) -> None:
+    """Grid studies: one line per cell through the best config of each density. Sampled
+    densities: every search config as a point, the selected config of each cell a star."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    cells = study.spec.compare_within
+    spec = study.spec
+    cells = spec.compare_within
+    sampled = "density" in spec.sampled_keys()
+    points = _search_configs(study) if sampled else density
+    selected = best[best["row"] == "REST (selected)"] if "row" in best else best.iloc[:0]
     styles = {"ERM (dense)": "--", "dense reweighted": ":"}
     for ax, metric, title in zip(axes, ("best_test_worst_group_acc", "best_test_unbiased_acc"),
                                  ("test worst-group accuracy", "test unbiased accuracy")):
-        for cell, rows in density.groupby(cells, sort=True):
+        for cell, rows in points.groupby(cells, sort=True):
             cell = cell if isinstance(cell, tuple) else (cell,)
             label = ", ".join(f"{v:g}%" if k == "conflict_pct" else str(v) for k, v in zip(cells, cell))
             rows = rows.sort_values("density")
-            err = 100 * rows[f"{metric}_se"].fillna(0.0)
-            line = ax.errorbar(rows["density"], 100 * rows[metric], yerr=err, marker="o", capsize=3, label=label)
+            if sampled:
+                color = ax.scatter(rows["density"], 100 * rows[metric], s=25, label=label).get_facecolor()[0]
+                mine = selected[[tuple(r[k] for k in cells) == cell for _, r in selected.iterrows()]]
+                for _, sel in mine.iterrows():  # the selected config's search point(s)
+                    hit = rows[np.isclose(rows["density"], sel["density"])]
+                    ax.scatter(hit["density"], 100 * hit[metric], marker="*", s=220, color=color, edgecolors="black", zorder=4)
+            else:
+                err = 100 * rows[f"{metric}_se"].fillna(0.0)
+                color = ax.errorbar(rows["density"], 100 * rows[metric], yerr=err, marker="o", capsize=3, label=label)[0].get_color()
             cut = rows[rows["stopped_early"] > 0]  # ASHA stopped these before the last epoch: not comparable
-            ax.scatter(cut["density"], 100 * cut[metric], s=90, facecolors="white", edgecolors=line[0].get_color(), zorder=3)
+            ax.scatter(cut["density"], 100 * cut[metric], s=90 if not sampled else 40, facecolors="white",
+                       edgecolors=color, zorder=3)
             for _, b in best[best["status"] == "baseline"].iterrows():
                 if tuple(b[k] for k in cells) == tuple(cell):
-                    ax.axhline(100 * b[metric], color=line[0].get_color(), linestyle=styles.get(b["row"], "-."), linewidth=1)
+                    ax.axhline(100 * b[metric], color=color, linestyle=styles.get(b["row"], "-."), linewidth=1)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # crowded labels on sub-decade spans
         ax.set_xlabel("density (fraction of weights kept)")
         ax.set_ylabel(f"{title} (%)")
         ax.grid(alpha=0.3)
-    axes[0].legend(title="cell (dashed: dense ERM; dotted: dense reweighted;\nhollow: stopped early by ASHA)",
-                   fontsize=8, title_fontsize=8)
+    how_read = "star: selected config" if sampled else "hollow: stopped early by ASHA"
+    axes[0].legend(title=f"cell (dashed: dense ERM; dotted: dense reweighted;\n{how_read}"
+                         f"{'; hollow: stopped early by ASHA' if sampled else ''})", fontsize=8, title_fontsize=8)
     tag = "" if how == "val" else " — ORACLE selection on test"
-    fig.suptitle(f"study {study.name}: search phase, best config per density{tag}")
+    what = "every sampled config" if sampled else "best config per density"
+    fig.suptitle(f"study {study.name}: search phase, {what}{tag}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -417,7 +457,7 @@ def summary(study: StudyResults, best: pd.DataFrame, how: str) -> str:
     search = t[t["phase"] == "search"]
     full = m.get("grid_trials", len(search)) * spec.max_epochs
     spent = int(search["epochs_run"].sum())
-    lines += [f"- search trial-epochs: {spent} of {full} for the full grid ({spent / max(1, full):.0%}); "
+    lines += [f"- search trial-epochs: {spent} of {full} had every trial run every epoch ({spent / max(1, full):.0%}); "
               f"{int(search['stopped_early'].sum())} trials stopped early by ASHA",
               f"- confirm trial-epochs: {int(t[t['phase'] == 'confirm']['epochs_run'].sum())}",
               f"- failed trials: {int((t['status'] == 'ERROR').sum())}; trials retried after a worker failure: "
@@ -452,13 +492,13 @@ def selected_trial(study: StudyResults, cell: str):
     chosen = best[best["status"] != "baseline"] if not best.empty else best
     match = chosen[[all(_same(r[k], text) for k, text in zip(keys, parts)) for _, r in chosen.iterrows()]]
     if match.empty:
-        cells = sorted({":".join(_cell(r[k]) for k in keys) for _, r in chosen.iterrows()})
+        cells = sorted({":".join(format_value(r[k]) for k in keys) for _, r in chosen.iterrows()})
         raise ExportError(f"unknown cell {cell}; cells with results: {', '.join(cells) or 'none'}")
     row = match.iloc[0]
     pool = _pool(study.trials())
     pool = pool[~pool["role"].isin(list(BASELINE_ROLES))]
     for key in keys + _searched(spec):
-        pool = pool[[_same(v, _cell(row[key])) for v in pool[key]]]
+        pool = pool[[_same(v, format_value(row[key])) for v in pool[key]]]
     primary, prefix = _primary(spec, "val")
     (index,) = selection.select(pool.to_dict("records"), primary, prefix)
     trial_id = pool.iloc[index]["trial_id"]

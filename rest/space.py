@@ -52,6 +52,25 @@ class Confirm:
     epochs: int | None = None  # default: the training epochs
 
 
+# search_alg.type -> how trials are proposed. grid and random use Ray Tune's variant
+# generator (grid values enumerated, the rest sampled; `random` fixes its seed);
+# optuna (TPE) and hyperopt (TPE) are model-based: one searcher per cell (see rest/search.py).
+SEARCH_ALGS = {"grid": None, "random": None, "optuna": "optuna", "hyperopt": "hyperopt"}  # type -> package
+MODEL_BASED = ("optuna", "hyperopt")
+
+
+@dataclass
+class SearchAlg:
+    type: str = "grid"
+    seed: int | None = None  # sampler seed (each cell gets seed + its index)
+    max_concurrent: int | None = None  # live trials per cell (model-based; default 1) or in all (grid, random)
+    n_initial: int = 5  # model-based: random trials per cell before the model proposes
+
+    @property
+    def model_based(self) -> bool:
+        return self.type in MODEL_BASED
+
+
 @dataclass
 class Resources:
     cpus_per_trial: float = 1.0
@@ -63,7 +82,8 @@ class StudySpec:
     name: str
     train: TrainSettings  # fixed settings (searched keys hold their defaults here)
     search: dict[str, dict[str, Any]]  # key -> {distribution: args}
-    num_samples: int = 1
+    num_samples: int = 1  # repeats of the space; with a model-based search_alg, trials per cell
+    search_alg: SearchAlg = field(default_factory=SearchAlg)
     scheduler: Scheduler = field(default_factory=Scheduler)
     compare_within: list[str] = field(default_factory=lambda: ["dataset", "conflict_pct"])
     confirm: Confirm | None = field(default_factory=Confirm)
@@ -78,7 +98,7 @@ class StudySpec:
         return self.scheduler.max_epochs or self.train.epochs
 
     def grid_size(self) -> int:
-        """Trials of the full grid (grid entries multiply; sampled ones count num_samples)."""
+        """Trials of the search phase (grid entries multiply; sampled ones count num_samples)."""
         size = self.num_samples
         for dist in self.search.values():
             (name, args), = dist.items()
@@ -86,12 +106,26 @@ class StudySpec:
                 size *= len(args)
         return size
 
+    def cells(self) -> list[dict[str, Any]]:
+        """The cells' values of `compare_within` keys, for studies whose cells are grids or fixed."""
+        import itertools
+
+        options = []
+        for key in self.compare_within:
+            dist = self.search.get(key)
+            options.append(list(dist["grid"]) if dist else [getattr(self.train, key)])
+        return [dict(zip(self.compare_within, values)) for values in itertools.product(*options)]
+
+    def sampled_keys(self) -> list[str]:
+        """Searched keys drawn from a continuous or integer range (not a grid, choice or lookup)."""
+        return [k for k, d in self.search.items() if next(iter(d)) in ("uniform", "loguniform", "quniform", "randint", "qrandint")]
+
     def cell_of(self, config: dict[str, Any]) -> tuple:
         return tuple(config[k] for k in self.compare_within)
 
 
 TOP_LEVEL = {
-    "name", "description", "dataset", "data_root", "model", "train", "search", "num_samples", "scheduler",
+    "name", "description", "dataset", "data_root", "model", "train", "search", "num_samples", "search_alg", "scheduler",
     "compare_within", "confirm", "resources", "checkpoint", "callbacks",
 }  # fmt: skip
 
@@ -223,12 +257,14 @@ def _parse(text: str, source: str) -> StudySpec:
     every = c.number(ckpt.get("every", 1), "checkpoint.every", int, 1)
     keep = c.number(ckpt.get("keep", 2), "checkpoint.keep", int, 1)
 
+    search_alg = _search_alg(c, raw.get("search_alg"), search, list(compare))
     return StudySpec(
         name=str(raw.get("name") or Path(source).stem),
         description=str(raw.get("description", "")),
         train=base,
         search=search,
         num_samples=_num_samples(c, raw.get("num_samples", 1), search),
+        search_alg=search_alg,
         scheduler=scheduler,
         compare_within=list(compare),
         confirm=confirm,
@@ -247,6 +283,45 @@ def _num_samples(c: _Checker, value: Any, search: dict) -> int:
         raise c.fail("num_samples", f"is {n} but the space has only grid values and a fixed seed, so every repeat "
                                     f"trains the same trials; set num_samples: 1, or search seed: {{grid: [...]}}")
     return c.number(n, "num_samples", int, 1, 100_000)
+
+
+def _search_alg(c: _Checker, value: Any, search: dict, cells: list[str]) -> SearchAlg:
+    raw = c.mapping(value, "search_alg", {f.name for f in dataclasses.fields(SearchAlg)})
+    alg = SearchAlg(**raw)
+    if alg.type not in SEARCH_ALGS:
+        raise c.fail("search_alg.type", f"is '{alg.type}'; choose from {', '.join(SEARCH_ALGS)}")
+    if alg.seed is not None:
+        c.number(alg.seed, "search_alg.seed", int, 0, 2**31 - 1)
+    if alg.max_concurrent is not None:
+        c.number(alg.max_concurrent, "search_alg.max_concurrent", int, 1)
+    c.number(alg.n_initial, "search_alg.n_initial", int, 1)
+    package = SEARCH_ALGS[alg.type]
+    if package:
+        import importlib.util  # cheap: finds the package without importing it
+
+        if importlib.util.find_spec(package) is None:
+            raise c.fail("search_alg.type", f"'{alg.type}' needs the {package} package; pip install {package}")
+    if alg.type == "grid" and alg.seed is not None:
+        raise c.fail("search_alg.seed", "has no effect on type grid; use type: random for seeded sampling")
+    if not alg.model_based:
+        return alg
+    # A model-based searcher proposes points of one space; each cell (compare_within) gets its own.
+    for key, dist in search.items():
+        (name, args), = dist.items()
+        if key in cells:
+            if name != "grid":
+                raise c.fail(f"search.{key}", f"is a cell key (compare_within) and must be a grid with search_alg "
+                                              f"{alg.type}, got {name}")
+        elif name == "grid":
+            raise c.fail(f"search.{key}", f"is a grid, but search_alg {alg.type} samples every key outside the cells "
+                                          f"({', '.join(cells)}); use choice: {args!r} or add {key} to compare_within")
+        elif name == "lookup" and args["key"] not in cells:
+            raise c.fail(f"search.{key}", f"looks up {args['key']}, which search_alg {alg.type} samples; "
+                                          f"a lookup with a model-based search_alg may only read a cell key ({', '.join(cells)})")
+    if all(k in cells or next(iter(d)) == "lookup" for k, d in search.items()):
+        raise c.fail("search", f"has nothing for search_alg {alg.type} to sample outside the cells; "
+                               f"add e.g. density: {{loguniform: [0.01, 1.0]}}")
+    return alg
 
 
 # Experiment trackers a study can log to (Ray Tune's own logger callbacks; see study.CALLBACKS).

@@ -36,15 +36,14 @@ from . import selection, tune_ext
 from .errors import UserError
 from .results import HISTORY_FILE, STATE_FILE, Trial, flat_config, newest_state, read_phase
 from .settings import TrainSettings
-from .space import StudySpec, parse_space, to_tune
+from .search import METRIC, SEARCHER_METRIC, make_scheduler, make_search_alg, search_param_space
+from .space import StudySpec, parse_space
 from .storage import Location, open_location
 
 log = logging.getLogger(__name__)
 
 PHASES = ("search", "confirm")
 STALL_LOG = "stalls.log"
-# ASHA wants one number; selection.scalar encodes the project's selection rule in it.
-METRIC, MODE, TIME_ATTR = "val_rank", "max", "epoch"
 BASELINES = {
     # role -> changes to the cell's selected config: dense ERM, and dense with the
     # same reweighting and lambda (what REST's "dense" runs are), so REST's gain can
@@ -304,6 +303,7 @@ def rest_trainable(config: dict, checkpoint_every: int = 1) -> None:
         record = trainer.run_epoch()
         record.update(resumed_from_epoch=resumed_from, node_id=node, pid=os.getpid(),
                       val_rank=selection.scalar(record, primary))
+        record[SEARCHER_METRIC] = max([record[METRIC]] + [r[METRIC] for r in history if METRIC in r])
         history.append(record)
         if trainer.epoch % checkpoint_every == 0 or trainer.epoch == settings.epochs:
             with tempfile.TemporaryDirectory() as d:
@@ -314,75 +314,12 @@ def rest_trainable(config: dict, checkpoint_every: int = 1) -> None:
             tune.report(record)
 
 
-# ------------------------------------------------------------- per-cell ASHA
-
-def _per_cell_scheduler_class():
-    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
-
-    class PerCellASHA(FIFOScheduler):
-        """One Ray ASHA scheduler per cell, so trials compete only within their cell.
-
-        Ray's ASHA ranks every trial against every other; trials on another dataset or
-        conflict ratio are not comparable (a 5 % cell scores higher than a 0.5 % one
-        whatever the config), so each cell gets its own ASHA instance and every
-        scheduler callback is routed to the instance of the trial's cell.
-        """
-
-        def __init__(self, cell_keys: list[str], **asha: Any):
-            super().__init__()
-            self.cell_keys = list(cell_keys)
-            self.asha = asha
-            self._metric = asha["metric"]
-            self.cells: dict[tuple, AsyncHyperBandScheduler] = {}
-
-        def set_search_properties(self, metric, mode, **spec) -> bool:
-            return (metric in (None, self.asha["metric"])) and (mode in (None, self.asha["mode"]))
-
-        def cell(self, trial) -> AsyncHyperBandScheduler:
-            key = tuple(flat_config(trial.config)[k] for k in self.cell_keys)
-            if key not in self.cells:
-                self.cells[key] = AsyncHyperBandScheduler(**self.asha)
-            return self.cells[key]
-
-        def on_trial_add(self, tune_controller, trial):
-            self.cell(trial).on_trial_add(tune_controller, trial)
-
-        def on_trial_result(self, tune_controller, trial, result):
-            if not tune_ext.asha_knows(self.cell(trial), trial):  # a trial restored after a driver crash
-                self.cell(trial).on_trial_add(tune_controller, trial)
-            return self.cell(trial).on_trial_result(tune_controller, trial, result)
-
-        def on_trial_complete(self, tune_controller, trial, result):
-            if tune_ext.asha_knows(self.cell(trial), trial):
-                self.cell(trial).on_trial_complete(tune_controller, trial, result)
-
-        def on_trial_remove(self, tune_controller, trial):
-            tune_ext.asha_forget(self.cell(trial), trial)
-
-        def debug_string(self) -> str:
-            stopped = sum(tune_ext.asha_stopped(s) for s in self.cells.values())
-            return f"per-cell ASHA over {self.cell_keys}: {len(self.cells)} cells, {stopped} trials stopped early"
-
-    return PerCellASHA
-
-
-def make_scheduler(spec: StudySpec):
-    from ray.tune.schedulers import FIFOScheduler
-
-    if spec.scheduler.type == "none":
-        return FIFOScheduler()
-    return _per_cell_scheduler_class()(
-        spec.compare_within, time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=spec.max_epochs,
-        grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
-    )  # fmt: skip
-
-
 # ------------------------------------------------------------------- phases
 
 def search_space(spec: StudySpec, data_root: str | None) -> dict:
     fixed = spec.train.replace(epochs=spec.max_epochs, data_root=data_root or spec.train.data_root).to_dict()
     fixed.pop("extra")
-    return {**fixed, **{k: to_tune(d) for k, d in spec.search.items()}}
+    return search_param_space(spec, fixed)
 
 
 def trial_dirname(trial) -> str:
@@ -467,7 +404,8 @@ def _make_callbacks(spec: StudySpec, study: str, phase: str) -> list:
                          f"pip install {exc.name} or remove it from 'callbacks'") from None
 
 
-def _tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, param_space: dict, scheduler):
+def _tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, param_space: dict, scheduler,
+           search_alg=None, num_samples: int = 1):
     from ray import tune
 
     run_config = tune.RunConfig(
@@ -480,7 +418,8 @@ def _tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, param_
     )
     tune_config = tune.TuneConfig(
         scheduler=scheduler,
-        num_samples=spec.num_samples if phase == "search" else 1,
+        search_alg=search_alg,
+        num_samples=num_samples,
         max_concurrent_trials=opts.max_concurrent,
         trial_dirname_creator=trial_dirname,
         reuse_actors=True,  # keeps torch imported between trials: a new worker costs seconds
@@ -720,7 +659,9 @@ def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions):
         experiment.move_to(aside)
         log.warning("phase %s had no Ray snapshot to restore; starting it afresh (old files moved to %s)", phase, aside)
     if phase == "search":
-        return _tuner(phase, path, spec, opts, search_space(spec, opts.data_root), make_scheduler(spec))
+        search_alg, num_samples = make_search_alg(spec)
+        return _tuner(phase, path, spec, opts, search_space(spec, opts.data_root), make_scheduler(spec),
+                      search_alg, num_samples)
     from ray.tune.schedulers import FIFOScheduler
 
     configs = _confirm_configs(path, spec, opts)

@@ -1,0 +1,220 @@
+"""How the search phase proposes trials and stops them, cell by cell.
+
+A study compares configurations only within a cell (`compare_within`, e.g. one
+dataset at one conflict ratio): a 5 % cell scores higher than a 1 % one whatever
+the config, so a global scheduler or searcher would favour the easy cell. Both
+pieces here therefore keep one Ray Tune instance per cell:
+
+- ``PerCellASHA``: one Ray ``AsyncHyperBandScheduler`` per cell.
+- ``PerCellSearch``: one Ray searcher (``OptunaSearch`` or ``HyperOptSearch``, each
+  under a ``ConcurrencyLimiter``) per cell, each with its own budget of
+  ``num_samples`` trials over the space outside the cells. With ASHA this is
+  ASHA + TPE in every cell, the BOHB recipe.
+
+Grid and random studies use Ray Tune's own variant generator (grid values
+enumerated, sampled ones drawn ``num_samples`` times per grid point), which is
+already per cell when the cells are grid keys.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from typing import Any
+
+from . import tune_ext
+from .results import flat_config
+from .space import StudySpec, to_tune
+
+log = logging.getLogger(__name__)
+
+# ASHA wants one number; selection.scalar encodes the project's selection rule in it.
+METRIC, MODE, TIME_ATTR = "val_rank", "max", "epoch"
+# A model-based searcher learns from each trial's best epoch so far (the epoch the
+# selection rule would pick), not its last: a trial stopped at a worse epoch keeps its peak.
+SEARCHER_METRIC = "best_val_rank"
+
+
+def cell_key(config: dict, keys: list[str]) -> tuple:
+    return tuple(flat_config(config)[k] for k in keys)
+
+
+# ------------------------------------------------------------------ ASHA
+
+def _per_cell_scheduler_class():
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
+    class PerCellASHA(FIFOScheduler):
+        """One Ray ASHA scheduler per cell; every scheduler callback goes to the trial's cell."""
+
+        def __init__(self, cell_keys: list[str], **asha: Any):
+            super().__init__()
+            self.cell_keys = list(cell_keys)
+            self.asha = asha
+            self._metric = asha["metric"]
+            self.cells: dict[tuple, AsyncHyperBandScheduler] = {}
+
+        def set_search_properties(self, metric, mode, **spec) -> bool:
+            return (metric in (None, self.asha["metric"])) and (mode in (None, self.asha["mode"]))
+
+        def cell(self, trial) -> AsyncHyperBandScheduler:
+            key = cell_key(trial.config, self.cell_keys)
+            if key not in self.cells:
+                self.cells[key] = AsyncHyperBandScheduler(**self.asha)
+            return self.cells[key]
+
+        def on_trial_add(self, tune_controller, trial):
+            self.cell(trial).on_trial_add(tune_controller, trial)
+
+        def on_trial_result(self, tune_controller, trial, result):
+            if not tune_ext.asha_knows(self.cell(trial), trial):  # a trial restored after a driver crash
+                self.cell(trial).on_trial_add(tune_controller, trial)
+            return self.cell(trial).on_trial_result(tune_controller, trial, result)
+
+        def on_trial_complete(self, tune_controller, trial, result):
+            if tune_ext.asha_knows(self.cell(trial), trial):
+                self.cell(trial).on_trial_complete(tune_controller, trial, result)
+
+        def on_trial_remove(self, tune_controller, trial):
+            tune_ext.asha_forget(self.cell(trial), trial)
+
+        def debug_string(self) -> str:
+            stopped = sum(tune_ext.asha_stopped(s) for s in self.cells.values())
+            return f"per-cell ASHA over {self.cell_keys}: {len(self.cells)} cells, {stopped} trials stopped early"
+
+    return PerCellASHA
+
+
+def make_scheduler(spec: StudySpec):
+    from ray.tune.schedulers import FIFOScheduler
+
+    if spec.scheduler.type == "none":
+        return FIFOScheduler()
+    return _per_cell_scheduler_class()(
+        spec.compare_within, time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=spec.max_epochs,
+        grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
+    )  # fmt: skip
+
+
+# -------------------------------------------------------------- searchers
+
+def _optuna(space: dict, seed: int | None, n_initial: int):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_initial)
+    return OptunaSearch(space, metric=SEARCHER_METRIC, mode=MODE, sampler=sampler)
+
+
+def _hyperopt(space: dict, seed: int | None, n_initial: int):
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    return HyperOptSearch(space, metric=SEARCHER_METRIC, mode=MODE, n_initial_points=n_initial, random_state_seed=seed)
+
+
+# search_alg.type -> factory(space, seed, n_initial) of one cell's Ray searcher
+MODEL_SEARCHERS = {"optuna": _optuna, "hyperopt": _hyperopt}
+
+
+def _per_cell_search_class():
+    from ray.tune.search import ConcurrencyLimiter, Searcher
+
+    class PerCellSearch(Searcher):
+        """One model-based Ray searcher per cell, each proposing exactly `per_cell` trials.
+
+        Tune asks for trials one at a time; cells are offered the request in turn
+        (round robin), so cells progress together and a cell at its concurrency limit
+        does not block the others. Results go to the searcher of the trial's cell.
+
+        Saved and restored whole (every cell's searcher, its ConcurrencyLimiter's live
+        trials and the per-cell counts): Ray's ConcurrencyLimiter saves only the searcher
+        it wraps, so after a driver crash it would forget its live trials and drop their
+        results. Tune writes this state in the same snapshot as the trial list, so a
+        resume neither loses nor repeats a proposal.
+        """
+
+        def __init__(self, cells: list[dict], space: dict, lookups: dict[str, tuple[str, dict]], per_cell: int,
+                     kind: str, seed: int | None, n_initial: int, max_concurrent: int):
+            super().__init__(metric=SEARCHER_METRIC, mode=MODE)
+            self.cells = [dict(c) for c in cells]
+            self.lookups = lookups
+            self.per_cell = per_cell
+            self.searchers = [
+                ConcurrencyLimiter(MODEL_SEARCHERS[kind](space, None if seed is None else seed + i, n_initial),
+                                   max_concurrent=max_concurrent)
+                for i in range(len(cells))
+            ]
+            self.issued = [0] * len(cells)
+            self.trial_cell: dict[str, int] = {}
+            self.next_cell = 0
+
+        def set_search_properties(self, metric, mode, config, **spec) -> bool:
+            return True  # the space, metric and mode were fixed at construction
+
+        def suggest(self, trial_id: str):
+            if all(n >= self.per_cell for n in self.issued):
+                return Searcher.FINISHED
+            for offset in range(len(self.cells)):
+                i = (self.next_cell + offset) % len(self.cells)
+                if self.issued[i] >= self.per_cell:
+                    continue
+                proposal = self.searchers[i].suggest(trial_id)
+                if proposal in (None, Searcher.FINISHED):
+                    continue
+                self.issued[i] += 1
+                self.trial_cell[trial_id] = i
+                self.next_cell = (i + 1) % len(self.cells)
+                config = {**self.cells[i], **proposal}
+                for key, (source, table) in self.lookups.items():
+                    config[key] = table[float(config[source])]
+                return config
+            return None  # every open cell is at its concurrency limit
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if trial_id in self.trial_cell:
+                self.searchers[self.trial_cell[trial_id]].on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id in self.trial_cell:
+                self.searchers[self.trial_cell[trial_id]].on_trial_complete(trial_id, result=result, error=error)
+
+        def save(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(self.__dict__, f)
+
+        def restore(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "rb") as f:
+                self.__dict__.update(pickle.load(f))
+
+    return PerCellSearch
+
+
+def make_search_alg(spec: StudySpec):
+    """(search_alg, num_samples) for the search phase's TuneConfig."""
+    alg = spec.search_alg
+    if not alg.model_based:
+        if alg.type == "grid" and alg.max_concurrent is None:
+            return None, spec.num_samples
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(max_concurrent=alg.max_concurrent or 0, random_state=alg.seed), spec.num_samples
+    cells = spec.cells()
+    space, lookups = {}, {}
+    for key, dist in spec.search.items():
+        (name, args), = dist.items()
+        if key in spec.compare_within:
+            continue
+        if name == "lookup":
+            lookups[key] = (args["key"], {float(k): v for k, v in args["table"].items()})
+        else:
+            space[key] = to_tune(dist)
+    searcher = _per_cell_search_class()(cells, space, lookups, spec.num_samples, alg.type, alg.seed, alg.n_initial,
+                                        alg.max_concurrent or 1)
+    return searcher, spec.num_samples * len(cells)
+
+
+def search_param_space(spec: StudySpec, fixed: dict) -> dict:
+    """The Tuner's param_space: fixed settings, plus Tune distributions unless a searcher proposes them."""
+    if spec.search_alg.model_based:
+        return dict(fixed)
+    return {**fixed, **{k: to_tune(d) for k, d in spec.search.items()}}
