@@ -18,7 +18,10 @@ already per cell when the cells are grid keys.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from . import tune_ext
@@ -103,13 +106,14 @@ def _optuna(space: dict, seed: int | None, n_initial: int):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_initial)
-    return OptunaSearch(space, metric=SEARCHER_METRIC, mode=MODE, sampler=sampler)
+    return OptunaSearch(OptunaSearch.convert_search_space(space), metric=SEARCHER_METRIC, mode=MODE, sampler=sampler)
 
 
 def _hyperopt(space: dict, seed: int | None, n_initial: int):
     from ray.tune.search.hyperopt import HyperOptSearch
 
-    return HyperOptSearch(space, metric=SEARCHER_METRIC, mode=MODE, n_initial_points=n_initial, random_state_seed=seed)
+    return HyperOptSearch(HyperOptSearch.convert_search_space(space), metric=SEARCHER_METRIC, mode=MODE,
+                          n_initial_points=n_initial, random_state_seed=seed)
 
 
 # search_alg.type -> factory(space, seed, n_initial) of one cell's Ray searcher
@@ -126,10 +130,10 @@ def _per_cell_search_class():
         (round robin), so cells progress together and a cell at its concurrency limit
         does not block the others. Results go to the searcher of the trial's cell.
 
-        Saved and restored whole (every cell's searcher, its ConcurrencyLimiter's live
-        trials and the per-cell counts): Ray's ConcurrencyLimiter saves only the searcher
-        it wraps, so after a driver crash it would forget its live trials and drop their
-        results. Tune writes this state in the same snapshot as the trial list, so a
+        Saved and restored whole (every cell's searcher through its own save/restore,
+        its ConcurrencyLimiter's live trials, the per-cell counts): Ray's ConcurrencyLimiter
+        saves only the searcher it wraps, so after a driver crash it would forget its live
+        trials and drop their results. Tune writes this state in the same snapshot as the trial list, so a
         resume neither loses nor repeats a proposal.
         """
 
@@ -179,14 +183,34 @@ def _per_cell_search_class():
                 self.searchers[self.trial_cell[trial_id]].on_trial_complete(trial_id, result=result, error=error)
 
         def save(self, checkpoint_path: str) -> None:
+            state = {k: getattr(self, k) for k in ("issued", "trial_cell", "next_cell")}
+            state["limiters"] = [limiter.get_state() for limiter in self.searchers]
+            state["searchers"] = [_saved_bytes(limiter.searcher) for limiter in self.searchers]
             with open(checkpoint_path, "wb") as f:
-                pickle.dump(self.__dict__, f)
+                pickle.dump(state, f)
 
         def restore(self, checkpoint_path: str) -> None:
             with open(checkpoint_path, "rb") as f:
-                self.__dict__.update(pickle.load(f))
+                state = pickle.load(f)
+            for limiter, limits, inner in zip(self.searchers, state.pop("limiters"), state.pop("searchers")):
+                limiter.set_state(limits)
+                _restore_bytes(limiter.searcher, inner)
+            self.__dict__.update(state)
 
     return PerCellSearch
+
+
+def _saved_bytes(searcher) -> bytes:
+    """A Ray searcher's own checkpoint (its `save` writes a file) as bytes."""
+    with tempfile.TemporaryDirectory() as d:
+        searcher.save(os.path.join(d, "state"))
+        return Path(d, "state").read_bytes()
+
+
+def _restore_bytes(searcher, data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "state").write_bytes(data)
+        searcher.restore(os.path.join(d, "state"))
 
 
 def make_search_alg(spec: StudySpec):

@@ -109,3 +109,34 @@ def test_tpe_per_cell_survives_kill_9_with_exact_budgets_and_exports(ray_cluster
     assert by_density["density_bin"].str.match(r"^\(\S+, \S+\]$").all()
     assert len(by_density) == by_density.groupby(["conflict_pct", "density_bin"]).ngroups, "one row per cell and bin"
     assert (tmp_path / "out" / "accuracy_vs_density.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kind", ["optuna", "hyperopt"])
+def test_per_cell_searcher_budgets_concurrency_lookups_and_state(kind, tmp_path):
+    """The real Ray searchers, driven by hand: exact budgets per cell, round robin, limits, save/restore."""
+    from ray.tune.search import Searcher
+
+    from rest.search import SEARCHER_METRIC, make_search_alg
+
+    search = {**TPE["search"], "jtt_epochs": {"lookup": {"key": "conflict_pct", "table": {1: 3, 5: 1}}}}
+    spec = parse_space(space_text(search=search, search_alg={"type": kind, "seed": 3, "max_concurrent": 2}))
+    searcher, total = make_search_alg(spec)
+    assert total == 6
+    first = [searcher.suggest(f"t{i}") for i in range(5)]
+    assert [c["conflict_pct"] for c in first[:4]] == [1, 5, 1, 5], "cells take turns"
+    assert first[4] is None, "both cells at their limit of 2 live trials"
+    assert all(c["jtt_epochs"] == {1: 3, 5: 1}[c["conflict_pct"]] for c in first[:4]), "lookups follow the cell"
+    searcher.on_trial_complete("t0", {SEARCHER_METRIC: 0.5})
+    saved = tmp_path / "state.pkl"
+    searcher.save(str(saved))
+    fresh, _ = make_search_alg(spec)
+    fresh.restore(str(saved))
+    proposals = [fresh.suggest("t5"), fresh.suggest("t6")]
+    assert proposals[0]["conflict_pct"] == 1 and proposals[1] is None, "restored: cell 1 had one free slot, cell 5 none"
+    for t in ("t1", "t2", "t3", "t5"):
+        fresh.on_trial_complete(t, {SEARCHER_METRIC: 0.1})
+    last = [fresh.suggest("t7"), fresh.suggest("t8")]
+    assert last[0]["conflict_pct"] == 5 and last[1] == Searcher.FINISHED, "each cell stops at exactly 3"
+    assert fresh.issued == [3, 3]
+    densities = [c["density"] for c in first[:4] + proposals[:1] + last[:1]]
+    assert len(set(densities)) == 6 and all(0.01 <= d <= 1.0 for d in densities)
