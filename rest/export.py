@@ -26,6 +26,7 @@ from .errors import UserError
 from .results import StudyResults, aggregate, mean_se, newest_state, read_study
 from .space import StudySpec
 from .storage import Location, open_location
+from .tables import markdown
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +244,8 @@ def paper_presentable(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub markdown table (written here to avoid the optional `tabulate` dependency)."""
-    if table.empty:
-        return "_no rows_\n"
-    cells = [[str(c) for c in table.columns]] + [[_cell(v) for v in row] for row in table.itertuples(index=False)]
-    lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in cells[0]) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in cells[1:]]
-    return "\n".join(lines) + "\n"
+    """A GitHub markdown table, written by the project's one table printer."""
+    return markdown(table, cell=_cell) + "\n"
 
 
 def to_latex(table: pd.DataFrame, caption: str) -> str:
