@@ -26,7 +26,7 @@ from .errors import UserError
 from .results import StudyResults, aggregate, mean_se, newest_state, read_study
 from .space import StudySpec
 from .storage import Location, open_location
-from .tables import markdown
+from .tables import float_cell, markdown
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +175,7 @@ def _fmt(mean: float, se: float) -> str:
     return f"{mean:.1f}" if se != se else f"{mean:.1f} ± {se:.1f}"
 
 
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return "n/a" if v != v else f"{v:g}"
-    return str(v)
+_cell = float_cell("g", nan="n/a")  # floats as 0.05, NaN as n/a
 
 
 def presentable(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:

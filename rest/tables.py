@@ -24,6 +24,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Number) and not isinstance(value, bool)
 
 
+def float_cell(spec: str = "g", nan: str = "n/a") -> Callable[[Any], str]:
+    """A cell renderer for ``markdown``: floats with the format `spec` and NaN as `nan`;
+    anything else (ints, text) with ``str``."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return nan if value != value else format(value, spec)
+        return str(value)
+
+    return cell
+
+
 def markdown(table, cell: Callable[[Any], str] = str, aligned: bool = False, empty: str = "_no rows_") -> str:
     """`table` as a markdown table (no trailing newline).
 

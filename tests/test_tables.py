@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from rest.tables import markdown
+from rest.tables import float_cell, markdown
 
 ROWS = [
     {"split": "5pct/train", "group": "align", "images": 190, "share%": 95.0},
@@ -38,3 +38,9 @@ def test_empty_tables_print_the_given_text():
     assert markdown([]) == "_no rows_"
     assert markdown(pd.DataFrame(columns=["a", "b"]), empty="(no images)") == "(no images)"
     assert markdown(pd.DataFrame(index=[0, 1])) == "_no rows_"  # rows but no columns
+
+
+def test_float_cell_formats_floats_and_leaves_the_rest_to_str():
+    cell = float_cell(".2f", nan="-")
+    assert [cell(v) for v in (1 / 3, math.nan, 7, "x")] == ["0.33", "-", "7", "x"]
+    assert float_cell()(0.05) == "0.05" and float_cell()(math.nan) == "n/a"

@@ -18,7 +18,7 @@ from ..data import get_dataset_spec
 from ..data.base import DataError
 from ..data.folder import IMAGE_SUFFIXES, parse_labels
 from ..data.protocol import conflict_quota
-from ..tables import markdown
+from ..tables import float_cell, markdown
 from .pool import Progress, default_workers, exit_if_orphaned, run_tasks
 
 
@@ -296,16 +296,10 @@ def _hash_entries(flat: list[Entry], workers: int, progress: Progress | None) ->
         e.digest, e.size, e.error = by_path[by_inode[inode]]
 
 
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return "-" if value != value else f"{value:.2f}"
-    return str(value)
-
-
 def format_report(report: TreeReport, limit: int = 10) -> str:
     """The table, then warnings and problems (at most `limit` of each kind), then the summary."""
     lines = [f"{report.root}: {report.images} images (share% = share of the split; columns 0.. = images per class y)",
-             markdown(report.rows, cell=_cell, aligned=True, empty="(no images)")]
+             markdown(report.rows, cell=float_cell(".2f", nan="-"), aligned=True, empty="(no images)")]
     if report.warnings:
         lines.append(f"\nwarnings ({len(report.warnings)}):")
         lines += [f"  {w}" for w in report.warnings[:limit]]
