@@ -1,9 +1,11 @@
 """rest-tune: REST (reweighted sparse training) as a Ray Tune hyperparameter study.
 
-Modules: data (datasets), models, sparse (dynamic sparsity), reweight (sampling),
-train (one configuration), space (study files), study (Ray Tune), selection (what
-"best" means), results (the study reader), export (tables, plots, sparse models),
-api (the Python API), cli (the command line). Heavy dependencies load lazily.
+Modules: data (datasets), prepare (building and checking dataset trees), models,
+sparse (dynamic sparsity), reweight (sampling), train (one configuration), space
+(study files), study (Ray Tune), selection (what "best" means), results (the study
+reader), storage (where studies and outputs live), tables (the table printer), export
+(tables, plots, sparse models), api (the Python API), cli (the command line).
+Heavy dependencies load lazily.
 """
 
 __version__ = "0.1.0"

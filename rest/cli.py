@@ -14,22 +14,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .cli_common import PROG, Parser
+from .cli_prepare import add_parser as add_prepare_parser
 from .errors import UserError
 from .settings import (
     DATASET_NAMES, DISTRIBUTIONS, MODEL_NAMES, OPTIMIZERS, REWEIGHT_NAMES, SCHEDULES, SPARSE_METHODS, TrainSettings,
 )  # fmt: skip
 
 log = logging.getLogger("rest")
-PROG = "tune_search.py"
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit 2) instead of usage dumps."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"error: {message} (see '{self.prog} --help')\n")
-        raise SystemExit(2)
-
 
 _D = TrainSettings()
 # flag, settings field, type, help. Choices are checked by TrainSettings.validate so the
@@ -116,8 +108,6 @@ def build_parser() -> Parser:
                    "(default $REST_TUNE_STORAGE or ./studies)")
     p.add_argument("--out", type=Path, default=None, help="model file (default results/<study>/model-<cell>.pt)")
     p.set_defaults(handler=cmd_export_model)
-
-    from .cli_prepare import add_parser as add_prepare_parser  # here: it imports Parser from this module
 
     add_prepare_parser(sub)
     return parser

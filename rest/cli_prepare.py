@@ -1,21 +1,21 @@
 """The ``prepare-data`` command: build Colored MNIST or Corrupted CIFAR-10 in the LfF
-layout from torchvision's raw files, or check any LfF tree.
+layout from the raw files torchvision downloads, or check any LfF tree.
 
-``add_parser(subparsers)`` adds the command to the main command line (rest/cli.py). Only argparse-level modules are imported here: numpy, Pillow and
-torch load inside the handlers, so ``--help`` answers at once. Progress goes to
-stderr; stdout carries the result (a summary line, or check's table).
+``add_parser(subparsers)`` adds the command to the main command line (rest/cli.py).
+Only argparse-level modules are imported here: numpy, Pillow and torch load inside
+the handlers, so ``--help`` answers at once. Progress goes to stderr (a tqdm bar on a
+terminal); stdout carries the result (a summary line, or check's table).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .cli import PROG, Parser
+from .cli_common import PROG, Parser, ProgressBar
 from .errors import UserError
 
 log = logging.getLogger("rest.prepare")
@@ -69,30 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-# --------------------------------------------------------------- progress
-
-class Progress:
-    """Progress on stderr: a redrawn bar on a terminal; otherwise (logs, CI) a log line
-    every 10 %, and nothing for jobs too small to need it."""
-
-    QUIET_BELOW = 10_000  # items
-
-    def __init__(self, what: str, stream=None):
-        self.what, self.stream = what, stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.next_tenth = 1
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.tty:
-            filled = int(30 * done / max(total, 1))
-            self.stream.write(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {self.what}")
-            if done >= total:
-                self.stream.write("\r" + " " * (50 + len(self.what) + 2 * len(str(total))) + "\r")
-            self.stream.flush()
-        elif total >= self.QUIET_BELOW and done * 10 >= self.next_tenth * total:
-            self.next_tenth = done * 10 // max(total, 1) + 1
-            log.info("%d/%d %s (%d%%)", done, total, self.what, 100 * done // max(total, 1))
-
+# ---------------------------------------------------------------- signals
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
@@ -125,7 +102,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     ratios = parse_ratios(args.ratios)
     with _sigterm_as_interrupt():
         summary = build(args.dataset, args.raw, args.out, ratios=ratios, seed=args.seed, severity=args.severity,
-                        force=args.force, workers=args.workers, progress=Progress("files"))  # fmt: skip
+                        force=args.force, workers=args.workers, progress=ProgressBar("files", logger=log.name))  # fmt: skip
     print(f"built {summary.dataset} at {', '.join(f'{r:g}' for r in summary.ratios)}% conflicting in {summary.out}: "
           f"{summary.files} files ({summary.rendered} images rendered) in {summary.seconds:.1f} s; "
           f"check it with: {PROG} prepare-data check {summary.out} --dataset {summary.dataset}")  # fmt: skip
@@ -136,7 +113,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     _check_workers(args.workers)
     from .prepare import check_tree, format_report
 
-    report = check_tree(args.dir, args.dataset, workers=args.workers, progress=Progress("images"))
+    report = check_tree(args.dir, args.dataset, workers=args.workers, progress=ProgressBar("images", logger=log.name))
     print(format_report(report), flush=True)
     if report.problems:
         raise UserError(report.summary())

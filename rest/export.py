@@ -26,6 +26,7 @@ from .errors import UserError
 from .results import StudyResults, aggregate, mean_se, newest_state, read_study
 from .space import StudySpec
 from .storage import Location, open_location
+from .tables import float_cell, markdown
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +197,7 @@ def _fmt(mean: float, se: float) -> str:
     return f"{mean:.1f}" if se != se else f"{mean:.1f} ± {se:.1f}"
 
 
-def format_value(v) -> str:
-    if isinstance(v, float):
-        return "n/a" if v != v else f"{v:.4g}"  # sampled values: 4 significant digits
-    return str(v)
+format_value = float_cell(".4g", nan="n/a")  # floats as 0.05 or 0.5831 (sampled values: 4 significant digits)
 
 
 def presentable(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
@@ -265,13 +263,8 @@ def paper_presentable(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub markdown table (written here to avoid the optional `tabulate` dependency)."""
-    if table.empty:
-        return "_no rows_\n"
-    cells = [[str(c) for c in table.columns]] + [[format_value(v) for v in row] for row in table.itertuples(index=False)]
-    lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in cells[0]) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in cells[1:]]
-    return "\n".join(lines) + "\n"
+    """A GitHub markdown table, written by the project's one table printer."""
+    return markdown(table, cell=format_value) + "\n"
 
 
 def to_latex(table: pd.DataFrame, caption: str) -> str:

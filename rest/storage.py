@@ -115,3 +115,50 @@ def open_location(location: str | Path) -> Location:
             raise StorageError(f"cannot open storage {text} ({str(exc).splitlines()[0]}); check the URI") from None
         return Location(fs, path.rstrip("/"), text.split("://", 1)[0])
     return local(text)
+
+
+# ------------------------------------------------------------ output directories
+
+def fresh_dir(target: str | os.PathLike | Location, *, what: str = "output directory", fix: str = "choose another one",
+              replace: bool = False, create: bool = True) -> Path | Location:  # fmt: skip
+    """`target` as a directory a command may write into: absent or empty, never someone's files.
+
+    The one check every writer of a new directory makes before writing. Refused, with a
+    one-line ``UserError`` that names `what`, the path and (for a non-empty directory) `fix`:
+    a file at `target`, or a directory holding anything, unless ``replace`` (the caller
+    replaces it itself, e.g. atomically once the new content is complete). Nothing on
+    disk is changed when it refuses.
+
+    target: a local path (returned absolute, as a Path) or a ``Location``, local or on
+    object storage (returned as given). With ``create`` (the default) the directory and
+    its parents are made; ``create=False`` only checks, e.g. before slow work.
+    """
+    if isinstance(target, Location):
+        return _fresh_location(target, what, fix, replace, create)
+    path = Path(target).expanduser().resolve()
+    try:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{what} {path} is a file; give a directory path (nothing was overwritten)")
+        if not replace and path.is_dir() and any(path.iterdir()):
+            raise UserError(f"{what} {path} already exists and is not empty; {fix} (nothing was overwritten)")
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot use {what} {path} ({exc.strerror or exc}); {fix}") from None
+    return path
+
+
+def _fresh_location(target: Location, what: str, fix: str, replace: bool, create: bool) -> Location:
+    import pyarrow.fs as pafs
+
+    try:
+        kind = target.fs.get_file_info(target.path).type
+        if kind == pafs.FileType.File:
+            raise UserError(f"{what} {target} is a file; give a directory path (nothing was overwritten)")
+        if not replace and kind == pafs.FileType.Directory and target.children():
+            raise UserError(f"{what} {target} already exists and is not empty; {fix} (nothing was overwritten)")
+        if create:
+            target.mkdir()
+    except OSError as exc:  # pyarrow's errors for unreachable or forbidden storage are OSErrors
+        raise UserError(f"cannot use {what} {target} ({str(exc).splitlines()[0]}); {fix}") from None
+    return target

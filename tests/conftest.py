@@ -32,7 +32,7 @@ TINY = {"train": 40, "valid": 20, "test": 10}
 
 @pytest.fixture(scope="session")
 def tiny_data():
-    """colored_digits with 40 training images per class, 1 % conflicting."""
+    """colored_digits with 40 training images per class, 5 % conflicting."""
     from rest.data.base import from_arrays
     from rest.data.digits import build_colored_digits
 

@@ -145,18 +145,3 @@ def test_bad_trees_name_the_problem(tmp_path):
 def test_registry_lists_its_entries_in_errors():
     with pytest.raises(DataError, match="choose from colored_digits, cmnist, cifar10c, bffhq"):
         load_dataset("nope", 1.0)
-
-
-def test_settings_name_tuples_match_the_registries():
-    from rest import reweight, settings, sparse, train
-    from rest.models import MODELS, STEMS
-
-    assert settings.DATASET_NAMES == tuple(DATASETS)
-    assert settings.MODEL_NAMES == tuple(MODELS)
-    assert settings.SPARSE_METHODS == tuple(sparse.METHODS)
-    assert settings.DISTRIBUTIONS == tuple(sparse.ALLOCATIONS)
-    assert settings.REWEIGHT_NAMES == tuple(reweight.STRATEGIES)
-    assert settings.OPTIMIZERS == tuple(train.OPTIMIZERS)
-    assert settings.SCHEDULES == tuple(train.SCHEDULES)
-    assert settings.STEMS == tuple(STEMS)
-    assert settings.PRECISIONS == tuple(train.PRECISIONS)

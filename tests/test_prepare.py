@@ -150,7 +150,7 @@ def test_cifar_batches_cannot_run_code(tmp_path):
     folder.mkdir()
     (folder / "data_batch_1").write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")  # a pickle calling os.system
     with pytest.raises(DataError, match="not a CIFAR-10 batch"):
-        prepare._read_cifar_batch(folder / "data_batch_1")
+        prepare.read_cifar_batch(folder / "data_batch_1")
 
 
 @pytest.mark.parametrize("text, message", [("a,b", "not a comma-separated"), ("0,1", r"outside \(0, 100\)"),

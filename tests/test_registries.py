@@ -1,0 +1,57 @@
+"""The name tuples that cheap modules repeat equal the registries they stand for.
+
+``rest/settings.py`` and ``rest/cli_prepare.py`` list registry names without importing
+the registries (which import torch or numpy), so that validation and ``--help`` stay
+fast. These tests are what keeps the copies true.
+"""
+from __future__ import annotations
+
+import pytest
+
+
+def _pairs() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """name -> (the cheap copy, the real registry's keys, in registry order)."""
+    from rest import cli_prepare, reweight, selection, settings, sparse, train
+    from rest.data import DATASETS
+    from rest.models import MODELS, STEMS
+
+    return {
+        "settings.DATASET_NAMES": (settings.DATASET_NAMES, tuple(DATASETS)),
+        "settings.MODEL_NAMES": (settings.MODEL_NAMES, tuple(MODELS)),
+        "settings.SPARSE_METHODS": (settings.SPARSE_METHODS, tuple(sparse.METHODS)),
+        "settings.DISTRIBUTIONS": (settings.DISTRIBUTIONS, tuple(sparse.ALLOCATIONS)),
+        "settings.REWEIGHT_NAMES": (settings.REWEIGHT_NAMES, tuple(reweight.STRATEGIES)),
+        "settings.OPTIMIZERS": (settings.OPTIMIZERS, tuple(train.OPTIMIZERS)),
+        "settings.SCHEDULES": (settings.SCHEDULES, tuple(train.SCHEDULES)),
+        "settings.STEMS": (settings.STEMS, tuple(STEMS)),
+        "settings.PRECISIONS": (settings.PRECISIONS, tuple(train.PRECISIONS)),
+        "settings.SELECTIONS": (settings.SELECTIONS, tuple(selection.PRIMARY)),
+        "cli_prepare.CHECK_DATASETS": (cli_prepare.CHECK_DATASETS, tuple(n for n, s in DATASETS.items() if s.needs_root)),
+    }
+
+
+NAMES = [
+    "settings.DATASET_NAMES", "settings.MODEL_NAMES", "settings.SPARSE_METHODS", "settings.DISTRIBUTIONS",
+    "settings.REWEIGHT_NAMES", "settings.OPTIMIZERS", "settings.SCHEDULES", "settings.STEMS", "settings.PRECISIONS",
+    "settings.SELECTIONS", "cli_prepare.CHECK_DATASETS",
+]  # fmt: skip
+
+
+def test_every_pair_is_listed():
+    assert sorted(_pairs()) == sorted(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_names_match_the_registry(name):
+    copy, registry = _pairs()[name]
+    assert copy == registry, f"{name} lists {copy}; the registry holds {registry}"
+
+
+def test_prepare_data_builds_registered_folder_datasets():
+    """Each tree prepare-data builds is read by a registered folder dataset with as many classes."""
+    from rest.data import DATASETS
+    from rest.prepare import RECIPES
+
+    for name, recipe in RECIPES.items():
+        assert name in DATASETS and DATASETS[name].needs_root, name
+        assert recipe.num_classes == DATASETS[name].num_classes, name
