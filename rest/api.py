@@ -13,8 +13,25 @@ The command line is a thin layer over the same calls.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .results import StudyResults
+
+
+class Study(StudyResults):
+    """A study's results with export's tables at hand (the reader itself knows nothing of export)."""
+
+    def best_configs(self, selection: str = "val"):
+        """The selected config of every cell beside both dense baselines (what `export` writes)."""
+        from .export import best_configs
+
+        return best_configs(self, selection)
+
+    def export(self, out, formats=("md", "csv", "tex"), selection: str = "val") -> list[Path]:
+        """Write every table, the plot and the summary to directory `out`; returns the paths."""
+        from .export import export
+
+        return export([self], Path(out), list(formats), selection)
 
 
 def run_study(
@@ -29,7 +46,7 @@ def run_study(
     max_failures: int = 2,
     data_root: str | None = None,
     verbose: int = 0,
-) -> StudyResults:
+) -> Study:
     """Run the study defined in `space` (a study file), or continue it if `name` exists in storage.
 
     Returns the finished study's results. Raises ``rest.study.Interrupted`` on Ctrl-C
@@ -37,7 +54,9 @@ def run_study(
     ``rest.errors.UserError`` on bad input, with a message naming the fix.
     """
     from .space import load_space
-    from .study import RunOptions, StopSignals, begin_study, open_study, resolve_storage, run_study as run_phases, study_dir
+    from .manifest import open_study, study_dir
+    from .storage import resolve_storage
+    from .study import RunOptions, StopSignals, begin_study, run_study as run_phases
 
     spec, text = load_space(space)
     storage = resolve_storage(storage)
@@ -55,12 +74,13 @@ def run_study(
     return load_study(path.uri)
 
 
-def load_study(name_or_path: str | os.PathLike, storage: str | None = None) -> StudyResults:
+def load_study(name_or_path: str | os.PathLike, storage: str | None = None) -> Study:
     """A study's results (finished or not), read without writing anything."""
     from .export import find_study
     from .results import read_study
 
-    return read_study(find_study(os.fspath(name_or_path), storage))
+    found = read_study(find_study(os.fspath(name_or_path), storage))
+    return Study(found.location, found.spec, found.manifest, found.phases)
 
 
-__all__ = ["run_study", "load_study", "StudyResults"]
+__all__ = ["run_study", "load_study", "Study"]

@@ -252,7 +252,8 @@ def _options(args: argparse.Namespace, name: str, storage: str, **extra):
     """The driver's RunOptions from the cluster flags, checked."""
     import os
 
-    from .study import RunOptions, check_name
+    from .manifest import check_name
+    from .study import RunOptions
 
     check_name(name)
     for flag in ("cpus_per_trial", "max_concurrent"):
@@ -327,7 +328,9 @@ def _command_text(args: argparse.Namespace, name: str | None) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .space import load_space
-    from .study import begin_study, check_name, resolve_storage
+    from .manifest import check_name
+    from .storage import resolve_storage
+    from .study import begin_study
 
     spec, text = load_space(args.space)
     if args.data_root:
@@ -341,7 +344,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .study import check_name, is_complete, open_study, resolve_storage
+    from .manifest import check_name, is_complete, open_study
+    from .storage import resolve_storage
 
     check_name(args.name)
     storage = resolve_storage(args.storage)

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input: the message names the problem and the fix."""
+
+
+class StudyError(UserError):
+    """A study cannot be created, opened, continued or read as asked."""

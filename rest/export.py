@@ -23,9 +23,9 @@ import pandas as pd
 
 from . import selection
 from .errors import UserError
-from .results import StudyResults, aggregate, mean_se, newest_state, read_study
+from .results import StudyResults, aggregate, newest_state, read_study
 from .space import StudySpec
-from .storage import Location, open_location
+from .storage import Location, existing_storage, open_location
 from .tables import float_cell, markdown
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,6 @@ class ExportError(UserError):
 
 def find_study(name_or_path: str, storage: str | None) -> Location:
     """A study's directory from its path or its name under storage; creates nothing."""
-    from .study import existing_storage
-
     direct = open_location(name_or_path)
     if direct.join("manifest.json").is_file():
         return direct

@@ -21,12 +21,12 @@ import pandas as pd
 
 from . import selection
 from .errors import UserError
-from .space import StudySpec, parse_space
+from .manifest import PHASES, frozen_spec
+from .space import StudySpec
 from .storage import Location
 
 log = logging.getLogger(__name__)
 
-PHASES = ("search", "confirm")
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 CONFIG_KEYS = ("dataset", "conflict_pct", "density", "lambda_upweight", "reweight", "sparse", "seed", "selection")
@@ -134,20 +134,6 @@ class StudyResults:
             self._trials = pd.DataFrame([trial_row(t, self.spec) for t in self.all_trials()])
         return self._trials.copy()
 
-    def best_configs(self, selection: str = "val") -> pd.DataFrame:
-        """The selected config of every cell beside both dense baselines (what `export` writes)."""
-        from .export import best_configs
-
-        return best_configs(self, selection)
-
-    def export(self, out, formats=("md", "csv", "tex"), selection: str = "val") -> list:
-        """Write every table, the plot and the summary to directory `out`; returns the paths."""
-        from pathlib import Path
-
-        from .export import export
-
-        return export([self], Path(out), list(formats), selection)
-
     def history(self) -> pd.DataFrame:
         """One row per (trial, epoch): every record each trial reported, exactly once."""
         rows = [{"phase": t.phase, "trial_id": t.trial_id, "role": t.role, **{k: t.config.get(k) for k in CONFIG_KEYS},
@@ -157,8 +143,6 @@ class StudyResults:
 
 def read_study(location: Location, spec: StudySpec | None = None) -> StudyResults:
     """Read a study directory (manifest, definition, both phases) without writing anything."""
-    from .study import frozen_spec
-
     try:
         manifest = location.join("manifest.json").read_json()
     except FileNotFoundError:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import UserError
+from .errors import StudyError, UserError
 
 
 class StorageError(UserError):
@@ -162,3 +162,45 @@ def _fresh_location(target: Location, what: str, fix: str, replace: bool, create
     except OSError as exc:  # pyarrow's errors for unreachable or forbidden storage are OSErrors
         raise UserError(f"cannot use {what} {target} ({str(exc).splitlines()[0]}); {fix}") from None
     return target
+
+
+# ------------------------------------------------------------ study storage
+
+def _storage_text(storage: str | None) -> str:
+    return storage or os.environ.get("REST_TUNE_STORAGE", "studies")
+
+
+def resolve_storage(storage: str | None) -> str:
+    """Where studies go, checked writable: an absolute local path (created if missing) or a URI."""
+    text = _storage_text(storage)
+    if "://" in text:
+        return _check_object_storage(text)
+    path = Path(text).expanduser().resolve()  # Ray rejects relative paths
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise StudyError(f"storage {path} is not writable ({exc.strerror}); pass --storage with a writable directory") from None
+    return str(path)
+
+
+def _check_object_storage(uri: str) -> str:
+    """Write and delete a probe object, so a missing bucket or bad credentials fail now, in one line."""
+    location = open_location(uri)
+    probe = location.join(f".write-test-{os.getpid()}")
+    try:
+        probe.write_text("ok")
+        location.fs.delete_file(probe.path)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise StudyError(f"cannot write to storage {uri} ({reason}); check that the bucket exists and the credentials "
+                         f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for S3-compatible servers)") from None
+    return uri.rstrip("/")
+
+
+def existing_storage(storage: str | None) -> str:
+    """The storage to read from, untouched (export must not create anything)."""
+    text = _storage_text(storage)
+    return text if "://" in text else str(Path(text).expanduser().resolve())

@@ -16,8 +16,6 @@ phase (Ctrl-C, SIGTERM, a crash) is resumed, never taken as finished.
 """
 from __future__ import annotations
 
-import hashlib
-import re
 import json
 import logging
 import os
@@ -26,23 +24,21 @@ import socket
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import selection, tune_ext
-from .errors import UserError
+from .errors import StudyError
+from .manifest import PHASES, create_study, is_complete, read_manifest, refuse_existing, write_manifest
 from .results import HISTORY_FILE, STATE_FILE, Trial, flat_config, newest_state, read_phase
-from .settings import TrainSettings
 from .search import METRIC, SEARCHER_METRIC, make_scheduler, make_search_alg, search_param_space
-from .space import StudySpec, parse_space
-from .storage import Location, open_location
+from .settings import TrainSettings
+from .space import StudySpec
+from .storage import Location
 
 log = logging.getLogger(__name__)
 
-PHASES = ("search", "confirm")
 STALL_LOG = "stalls.log"
 BASELINES = {
     # role -> changes to the cell's selected config: dense ERM, and dense with the
@@ -51,10 +47,6 @@ BASELINES = {
     "erm_baseline": {"density": 1.0, "reweight": "none", "lambda_upweight": 1.0},
     "dense_reweighted_baseline": {"density": 1.0},
 }
-
-
-class StudyError(UserError):
-    pass
 
 
 class Interrupted(KeyboardInterrupt):
@@ -82,146 +74,6 @@ class RunOptions:
     stall_minutes: float = 10.0  # warn once when trials wait this long for resources with none running
 
 
-# ------------------------------------------------------------- study files
-
-NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def check_name(name: str) -> str:
-    """A study name is one path component: letters, digits, '-', '_', '.' (not '.' or '..')."""
-    if not NAME_CHARS.fullmatch(name or "") or name in (".", ".."):
-        raise StudyError(f"study name {name!r} is not allowed; use letters, digits, '-', '_' and '.' only (one "
-                         f"directory name, e.g. --name cmnist_rest)")
-    return name
-
-
-def study_dir(storage: str, name: str) -> Location:
-    return open_location(storage).join(check_name(name))
-
-
-def read_manifest(path: Location) -> dict:
-    try:
-        return path.join("manifest.json").read_json()
-    except json.JSONDecodeError:
-        raise StudyError(f"{path.join('manifest.json')} is damaged (not JSON); restore it from a copy") from None
-
-
-def write_manifest(path: Location, manifest: dict) -> None:
-    path.join("manifest.json").write_text(json.dumps(manifest, indent=1))
-
-
-def _storage_text(storage: str | None) -> str:
-    return storage or os.environ.get("REST_TUNE_STORAGE", "studies")
-
-
-def resolve_storage(storage: str | None) -> str:
-    """Where studies go, checked writable: an absolute local path (created if missing) or a URI."""
-    text = _storage_text(storage)
-    if "://" in text:
-        return _check_object_storage(text)
-    path = Path(text).expanduser().resolve()  # Ray rejects relative paths
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise StudyError(f"storage {path} is not writable ({exc.strerror}); pass --storage with a writable directory") from None
-    return str(path)
-
-
-def _check_object_storage(uri: str) -> str:
-    """Write and delete a probe object, so a missing bucket or bad credentials fail now, in one line."""
-    location = open_location(uri)
-    probe = location.join(f".write-test-{os.getpid()}")
-    try:
-        probe.write_text("ok")
-        location.fs.delete_file(probe.path)
-    except (OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0][:200]
-        raise StudyError(f"cannot write to storage {uri} ({reason}); check that the bucket exists and the credentials "
-                         f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for S3-compatible servers)") from None
-    return uri.rstrip("/")
-
-
-def existing_storage(storage: str | None) -> str:
-    """The storage to read from, untouched (export must not create anything)."""
-    text = _storage_text(storage)
-    return text if "://" in text else str(Path(text).expanduser().resolve())
-
-
-def refuse_existing(storage: str, name: str) -> None:
-    if study_dir(storage, name).exists():
-        raise StudyError(f"study '{name}' already exists in {storage}; continue it with "
-                         f"'tune_search.py resume {name} --storage {storage}' or pick another --name")
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def create_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str) -> Location:
-    refuse_existing(opts.storage, opts.name)
-    path = study_dir(opts.storage, opts.name)
-    path.mkdir()
-    path.join("study.yaml").write_text(yaml_text)
-    manifest = {
-        "name": opts.name,
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": command,
-        "options": asdict(opts),
-        "grid_trials": spec.grid_size(),
-        "study_sha256": _digest(yaml_text),
-        "study_yaml": yaml_text,
-        "phases": {p: {"status": "pending", "wall_seconds": 0.0} for p in PHASES},
-    }
-    if spec.confirm is None:
-        manifest["phases"]["confirm"]["status"] = "skipped"
-    write_manifest(path, manifest)
-    return path
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): value}
-
-
-def describe_changes(original: str, edited: str) -> str:
-    """'train.epochs: 4 -> 6, scheduler.type: asha -> (removed)', for a refusal message."""
-    try:
-        old, new = _flatten(yaml.safe_load(original) or {}), _flatten(yaml.safe_load(edited) or {})
-    except yaml.YAMLError:
-        return "the file no longer parses"
-    changes = [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(removed)')}"
-               for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return ", ".join(changes[:5]) + (f" and {len(changes) - 5} more" if len(changes) > 5 else "") or "comments or layout only"
-
-
-def frozen_spec(location, manifest: dict) -> StudySpec:
-    """The study definition a study was started with; an edited or missing study.yaml is refused.
-
-    `location` is the storage.Location of the study directory.
-    """
-    file = location.join("study.yaml")
-    original = manifest.get("study_yaml")
-    try:
-        text = file.read_text()
-    except FileNotFoundError:
-        raise StudyError(f"{file} is missing; restore it (the original text is kept under 'study_yaml' in "
-                         f"manifest.json)" if original else f"{file} is missing; restore it from a copy") from None
-    except UnicodeDecodeError:
-        raise StudyError(f"{file} is not a text file; restore the study definition") from None
-    if manifest.get("study_sha256") and _digest(text) != manifest["study_sha256"]:
-        raise StudyError(f"{file} was edited after the study started ({describe_changes(original or '', text)}); "
-                         f"a study's definition is frozen: restore the original (kept under 'study_yaml' in manifest.json) "
-                         f"or run the edited file as a new study with --name")
-    return parse_space(text, str(file))
-
-
 def begin_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str) -> Location:
     """Everything that can fail on bad input, then the study directory: nothing is created before."""
     refuse_existing(opts.storage, opts.name)  # before paying for Ray start-up
@@ -230,20 +82,6 @@ def begin_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str)
     check_feasible(spec, opts)
     prepare_data(spec, opts.data_root)  # bad data fails here, before the study directory exists
     return create_study(spec, yaml_text, opts, command)
-
-
-def open_study(storage: str, name: str) -> tuple[Location, StudySpec, dict]:
-    path = study_dir(storage, name)
-    if not path.join("manifest.json").is_file():
-        known = sorted(c.name for c in open_location(storage).children() if c.join("manifest.json").is_file())
-        raise StudyError(f"no study '{name}' in {storage}; known studies: {', '.join(known) or 'none'} "
-                         f"(pass --storage if it lives elsewhere)")
-    manifest = read_manifest(path)
-    return path, frozen_spec(path, manifest), manifest
-
-
-def is_complete(manifest: dict) -> bool:
-    return all(info["status"] in ("done", "skipped") for info in manifest["phases"].values())
 
 
 # -------------------------------------------------------------- the trainable

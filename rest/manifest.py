@@ -1,0 +1,135 @@
+"""A study's directory on storage: its name, manifest and frozen definition.
+
+    <storage>/<name>/study.yaml      the study definition, as given
+    <storage>/<name>/manifest.json   options, phase statuses, and the definition's hash and text
+
+Nothing here imports Ray or torch: the study reader and export use it too.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict
+from typing import Any
+
+import yaml
+
+from .errors import StudyError
+from .space import StudySpec, parse_space
+from .storage import Location, open_location
+
+PHASES = ("search", "confirm")
+
+NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_name(name: str) -> str:
+    """A study name is one path component: letters, digits, '-', '_', '.' (not '.' or '..')."""
+    if not NAME_CHARS.fullmatch(name or "") or name in (".", ".."):
+        raise StudyError(f"study name {name!r} is not allowed; use letters, digits, '-', '_' and '.' only (one "
+                         f"directory name, e.g. --name cmnist_rest)")
+    return name
+
+
+def study_dir(storage: str, name: str) -> Location:
+    return open_location(storage).join(check_name(name))
+
+
+def read_manifest(path: Location) -> dict:
+    try:
+        return path.join("manifest.json").read_json()
+    except json.JSONDecodeError:
+        raise StudyError(f"{path.join('manifest.json')} is damaged (not JSON); restore it from a copy") from None
+
+
+def write_manifest(path: Location, manifest: dict) -> None:
+    path.join("manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def refuse_existing(storage: str, name: str) -> None:
+    if study_dir(storage, name).exists():
+        raise StudyError(f"study '{name}' already exists in {storage}; continue it with "
+                         f"'tune_search.py resume {name} --storage {storage}' or pick another --name")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def create_study(spec: StudySpec, yaml_text: str, opts, command: str) -> Location:
+    """The study directory with its definition and a fresh manifest (`opts`: the driver's RunOptions)."""
+    refuse_existing(opts.storage, opts.name)
+    path = study_dir(opts.storage, opts.name)
+    path.mkdir()
+    path.join("study.yaml").write_text(yaml_text)
+    manifest = {
+        "name": opts.name,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": command,
+        "options": asdict(opts),
+        "grid_trials": spec.grid_size(),
+        "study_sha256": _digest(yaml_text),
+        "study_yaml": yaml_text,
+        "phases": {p: {"status": "pending", "wall_seconds": 0.0} for p in PHASES},
+    }
+    if spec.confirm is None:
+        manifest["phases"]["confirm"]["status"] = "skipped"
+    write_manifest(path, manifest)
+    return path
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def describe_changes(original: str, edited: str) -> str:
+    """'train.epochs: 4 -> 6, scheduler.type: asha -> (removed)', for a refusal message."""
+    try:
+        old, new = _flatten(yaml.safe_load(original) or {}), _flatten(yaml.safe_load(edited) or {})
+    except yaml.YAMLError:
+        return "the file no longer parses"
+    changes = [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(removed)')}"
+               for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(changes[:5]) + (f" and {len(changes) - 5} more" if len(changes) > 5 else "") or "comments or layout only"
+
+
+def frozen_spec(location, manifest: dict) -> StudySpec:
+    """The study definition a study was started with; an edited or missing study.yaml is refused.
+
+    `location` is the storage.Location of the study directory.
+    """
+    file = location.join("study.yaml")
+    original = manifest.get("study_yaml")
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise StudyError(f"{file} is missing; restore it (the original text is kept under 'study_yaml' in "
+                         f"manifest.json)" if original else f"{file} is missing; restore it from a copy") from None
+    except UnicodeDecodeError:
+        raise StudyError(f"{file} is not a text file; restore the study definition") from None
+    if manifest.get("study_sha256") and _digest(text) != manifest["study_sha256"]:
+        raise StudyError(f"{file} was edited after the study started ({describe_changes(original or '', text)}); "
+                         f"a study's definition is frozen: restore the original (kept under 'study_yaml' in manifest.json) "
+                         f"or run the edited file as a new study with --name")
+    return parse_space(text, str(file))
+
+
+def open_study(storage: str, name: str) -> tuple[Location, StudySpec, dict]:
+    path = study_dir(storage, name)
+    if not path.join("manifest.json").is_file():
+        known = sorted(c.name for c in open_location(storage).children() if c.join("manifest.json").is_file())
+        raise StudyError(f"no study '{name}' in {storage}; known studies: {', '.join(known) or 'none'} "
+                         f"(pass --storage if it lives elsewhere)")
+    manifest = read_manifest(path)
+    return path, frozen_spec(path, manifest), manifest
+
+
+def is_complete(manifest: dict) -> bool:
+    return all(info["status"] in ("done", "skipped") for info in manifest["phases"].values())
