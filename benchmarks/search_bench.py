@@ -50,7 +50,7 @@ SAMPLES = 20          # random and TPE trials per cell
 SEEDS = [0, 1, 2]     # searcher seeds
 CONFIRM_SEEDS = [41, 42]
 TOLERANCE = 0.01      # within 1 point of the reference (fractions)
-TRAIN = {"model": "cnn", "epochs": 4, "batch_size": 128, "subsample": 2000, "optimizer": "sgd", "lr": 0.01,
+TRAIN = {"model": "cnn", "epochs": 4, "batch_size": 128, "subsample": 1000, "optimizer": "sgd", "lr": 0.01,
          "momentum": 0.9, "schedule": "none", "sparse": "rigl", "distribution": "erk", "update_frequency": 50,
          "reweight": "oracle", "seed": 0}
 ASHA = {"type": "asha", "grace_period": 1, "reduction_factor": 3}
