@@ -7,6 +7,7 @@ exit with status 2; nothing on disk is overwritten.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -17,47 +18,22 @@ from typing import Callable
 from .cli_common import PROG, Parser
 from .cli_prepare import add_parser as add_prepare_parser
 from .errors import UserError
-from .settings import (
-    DATASET_NAMES, DISTRIBUTIONS, MODEL_NAMES, OPTIMIZERS, REWEIGHT_NAMES, SCHEDULES, SPARSE_METHODS, TrainSettings,
-)  # fmt: skip
+from .settings import TrainSettings
 
 log = logging.getLogger("rest")
 
-_D = TrainSettings()
-# flag, settings field, type, help. Choices are checked by TrainSettings.validate so the
-# error lists them in one line.
-TRAIN_FLAGS: list[tuple[str, str, Callable, str]] = [
-    ("--dataset", "dataset", str, f"dataset: {', '.join(DATASET_NAMES)} (default {_D.dataset}, embedded)"),
-    ("--conflict-pct", "conflict_pct", float, f"percent of bias-conflicting training samples (default {_D.conflict_pct:g})"),
-    ("--data-root", "data_root", str, "root of an LfF-layout dataset (cmnist, cifar10c, bffhq)"),
-    ("--model", "model", str, f"model: {', '.join(MODEL_NAMES)} (default: the dataset's)"),
-    ("--width", "width", int, f"ResNet base width (default {_D.width})"),
-    ("--stem", "stem", str, f"ResNet stem: auto (CIFAR stem below 64 px), imagenet (REST's, every size), cifar (default {_D.stem})"),
-    ("--density", "density", float, f"fraction of conv/linear weights kept, in (0, 1] (default {_D.density:g} = dense)"),
-    ("--sparse", "sparse", str, f"mask update rule: {', '.join(SPARSE_METHODS)} (default {_D.sparse})"),
-    ("--distribution", "distribution", str, f"layer-wise density: {', '.join(DISTRIBUTIONS)} (default {_D.distribution})"),
-    ("--update-frequency", "update_frequency", int, f"optimizer steps between mask updates (default {_D.update_frequency})"),
-    ("--drop-rate", "drop_rate", float, f"initial drop fraction, cosine-decayed (default {_D.drop_rate:g})"),
-    ("--t-end", "t_end", float, f"fraction of training after which masks stop changing, in (0, 1] (default {_D.t_end:g}; REST 1)"),
-    ("--drop-rate-min", "drop_rate_min", float, f"floor the drop fraction decays to, below --drop-rate (default {_D.drop_rate_min:g}; REST 0.005)"),
-    ("--reweight", "reweight", str, f"sampling: {', '.join(REWEIGHT_NAMES)} (default {_D.reweight})"),
-    ("--lambda-upweight", "lambda_upweight", float, f"upweighting factor, >= 1 (default {_D.lambda_upweight:g})"),
-    ("--jtt-epochs", "jtt_epochs", int, f"ERM epochs of JTT's identification model (default {_D.jtt_epochs})"),
-    ("--optimizer", "optimizer", str, f"optimizer: {', '.join(OPTIMIZERS)} (default {_D.optimizer})"),
-    ("--lr", "lr", float, f"learning rate (default {_D.lr:g})"),
-    ("--momentum", "momentum", float, f"SGD momentum (default {_D.momentum:g})"),
-    ("--weight-decay", "weight_decay", float, f"weight decay (default {_D.weight_decay:g})"),
-    ("--schedule", "schedule", str, f"LR schedule: {', '.join(SCHEDULES)} (default {_D.schedule})"),
-    ("--plateau-patience", "plateau_patience", int, f"plateau: flat validation-loss epochs before LR x0.1 (default {_D.plateau_patience}; REST 5)"),
-    ("--batch-size", "batch_size", int, f"batch size (default {_D.batch_size})"),
-    ("--epochs", "epochs", int, f"epochs (default {_D.epochs})"),
-    ("--seed", "seed", int, f"random seed (default {_D.seed})"),
-    ("--selection", "selection", str, f"validation metric that selects the model: worst_group, average (default {_D.selection})"),
-    ("--device", "device", str, "auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)"),
-    ("--eval-batch-size", "eval_batch_size", int, f"batch size of validation and test passes (default {_D.eval_batch_size})"),
-    ("--subsample", "subsample", int, "use only the first N samples of each split, for quick runs (default 0: all)"),
-    ("--precision", "precision", str, f"CUDA precision: fp32, bf16, fp16 (default {_D.precision}); CPU always trains in fp32"),
-]
+
+
+def _flag(f: dataclasses.Field) -> tuple[str, str, Callable, str]:
+    """(flag, settings field, type, help) of one TrainSettings field. Choices are checked by
+    TrainSettings.validate, so a bad value gets the one-line error that lists them."""
+    kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
+    default = "none" if f.default is None else f"{f.default:g}" if isinstance(f.default, float) else f.default
+    return f"--{f.name.replace('_', '-')}", f.name, kind, f"{f.metadata['help']} (default {default})"
+
+
+# One flag per training setting, derived from TrainSettings: a new setting gets its flag here.
+TRAIN_FLAGS = [_flag(f) for f in dataclasses.fields(TrainSettings) if "help" in f.metadata]
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:

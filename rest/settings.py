@@ -33,41 +33,51 @@ class SettingsError(UserError, ValueError):
     """A setting has an impossible value; the message names it and the fix."""
 
 
+def _setting(default: Any, help: str) -> Any:
+    """A field with its one help string: the command line's flag and its --help line come from it."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainSettings:
-    """Everything that defines one training run (one Ray Tune trial)."""
+    """Everything that defines one training run (one Ray Tune trial).
 
-    dataset: str = "colored_digits"
-    conflict_pct: float = 1.0
-    data_root: str | None = None
-    model: str | None = None  # None: the dataset's default model
-    width: int = 64  # ResNet base width
-    stem: str = "auto"  # ResNet stem: auto (CIFAR stem below 64 px, ImageNet stem from 64 px), imagenet (REST), cifar
-    density: float = 1.0
-    sparse: str = "rigl"
-    distribution: str = "erk"
-    update_frequency: int = 100
-    drop_rate: float = 0.5
-    drop_rate_min: float = 0.0  # floor of the cosine-decayed drop fraction (REST: 0.005)
-    t_end: float = 0.75
-    reweight: str = "oracle"
-    lambda_upweight: float = 30.0
-    jtt_epochs: int = 1
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "plateau"
-    plateau_patience: int = 10  # epochs without validation-loss gain before x0.1 (PyTorch's default; REST: 5)
-    batch_size: int = 256
-    epochs: int = 10
-    seed: int = 42
-    selection: str = "worst_group"  # validation metric that picks the epoch: worst_group or average (REST's sparse runs)
-    device: str = "auto"
-    precision: str = "bf16"  # autocast dtype on CUDA; CPU always trains in fp32
-    eval_batch_size: int = 256
-    subsample: int = 0  # use only the first N samples of each split (0: all); for smoke runs
-    extra: dict[str, Any] = field(default_factory=dict)
+    Every field but ``extra`` is a ``train`` flag (``--conflict-pct`` for conflict_pct)
+    and a key of a study file's ``train:`` or ``search:``; its help string is below.
+    """
+
+    dataset: str = _setting("colored_digits", f"dataset: {', '.join(DATASET_NAMES)} (colored_digits is embedded)")
+    conflict_pct: float = _setting(1.0, "percent of bias-conflicting training samples")
+    data_root: str | None = _setting(None, "root of an LfF-layout dataset (cmnist, cifar10c, bffhq)")
+    model: str | None = _setting(None, f"model: {', '.join(MODEL_NAMES)} (default: the dataset's)")
+    width: int = _setting(64, "ResNet base width")
+    stem: str = _setting("auto", "ResNet stem: auto (CIFAR stem below 64 px, ImageNet stem from 64 px), imagenet (REST's), cifar")
+    density: float = _setting(1.0, "fraction of conv/linear weights kept, in (0, 1]; 1 = dense")
+    sparse: str = _setting("rigl", f"mask update rule: {', '.join(SPARSE_METHODS)}")
+    distribution: str = _setting("erk", f"layer-wise density: {', '.join(DISTRIBUTIONS)}")
+    update_frequency: int = _setting(100, "optimizer steps between mask updates")
+    drop_rate: float = _setting(0.5, "initial drop fraction of a mask update, cosine-decayed")
+    drop_rate_min: float = _setting(0.0, "floor the drop fraction decays to, below drop_rate (REST: 0.005)")
+    t_end: float = _setting(0.75, "fraction of training after which masks stop changing, in (0, 1] (REST: 1)")
+    reweight: str = _setting("oracle", f"sampling: {', '.join(REWEIGHT_NAMES)}")
+    lambda_upweight: float = _setting(30.0, "upweighting factor of bias-conflicting samples, >= 1")
+    jtt_epochs: int = _setting(1, "ERM epochs of JTT's identification model")
+    optimizer: str = _setting("sgd", f"optimizer: {', '.join(OPTIMIZERS)}")
+    lr: float = _setting(0.01, "learning rate")
+    momentum: float = _setting(0.9, "SGD momentum")
+    weight_decay: float = _setting(0.0, "weight decay")
+    schedule: str = _setting("plateau", f"learning-rate schedule: {', '.join(SCHEDULES)}")
+    plateau_patience: int = _setting(10, "plateau: epochs without validation-loss gain before lr x0.1 (REST: 5)")
+    batch_size: int = _setting(256, "training batch size")
+    epochs: int = _setting(10, "training epochs")
+    seed: int = _setting(42, "random seed")
+    selection: str = _setting("worst_group", f"validation metric that selects the epoch: {', '.join(SELECTIONS)} "
+                                             "(REST: worst_group for reweighted runs, average for sparse ones)")
+    device: str = _setting("auto", "auto, cpu, cuda or cuda:N (auto: the GPU if there is one)")
+    precision: str = _setting("bf16", f"CUDA autocast: {', '.join(PRECISIONS)}; the CPU always trains in fp32")
+    eval_batch_size: int = _setting(256, "batch size of validation and test passes")
+    subsample: int = _setting(0, "use only the first N samples of each split, for quick runs (0: all)")
+    extra: dict[str, Any] = field(default_factory=dict)  # bookkeeping of a study (a confirm trial's role); no flag
 
     def validate(self) -> "TrainSettings":
         """Raise SettingsError naming the first impossible value."""

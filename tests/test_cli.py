@@ -152,5 +152,7 @@ def test_every_training_setting_has_a_train_flag():
     fields = {f.name for f in dataclasses.fields(TrainSettings)} - {"extra"}
     assert {field for _, field, _, _ in TRAIN_FLAGS} == fields
     help_text = run_cli("train", "--help").stdout
+    docs = (ROOT / "docs" / "search_spaces.md").read_text()
     for name in fields:
         assert f"--{name.replace('_', '-')}" in help_text
+        assert f"`{name}`" in docs, f"docs/search_spaces.md lists every setting: {name} is missing"
