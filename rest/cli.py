@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .cli_common import PROG, Parser
+from .cli_common import PROG, Parser, ProgressBar
 from .cli_prepare import add_parser as add_prepare_parser
 from .errors import UserError
 from .settings import TrainSettings
+from .storage import fresh_dir
 
 log = logging.getLogger("rest")
 
@@ -115,34 +116,6 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings.from_dict(values).validate()
 
 
-def _fresh_dir(path: Path, what: str) -> Path:
-    path = path.expanduser().resolve()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{what} {path} is a file; pass a directory with --out")
-    if path.exists() and any(path.iterdir()):
-        raise UserError(f"{what} {path} already exists and is not empty; choose another directory (nothing was overwritten)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create {what} {path} ({exc.strerror}); choose a writable directory") from None
-    return path
-
-
-def _progress_bar(stream=sys.stderr) -> Callable[[int, int], None] | None:
-    """A one-line progress bar, drawn only on a terminal."""
-    if not stream.isatty():
-        return None
-
-    def draw(done: int, total: int) -> None:
-        filled = int(30 * done / total)
-        stream.write(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} batches")
-        if done == total:
-            stream.write("\r" + " " * 60 + "\r")
-        stream.flush()
-
-    return draw
-
-
 def _pct(x: float) -> str:
     return "  n/a" if x != x else f"{100 * x:5.1f}"
 
@@ -151,15 +124,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         return _resume_train(args)
     settings = settings_from_args(args)
-    out = (args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; pass a directory")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output directory {out} already exists and is not empty; choose another --out (nothing was overwritten)")
+    out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    fresh_dir(out, what="--out", fix="choose another --out", create=False)  # before loading data
     from .train import Trainer
 
-    trainer = Trainer(settings, progress=_progress_bar())  # loads data: bad input fails before anything is written
-    out = _fresh_dir(out, "output directory")
+    trainer = Trainer(settings, progress=ProgressBar("batches", log_from=None))  # loads data: bad input fails first
+    out = fresh_dir(out, what="--out", fix="choose another --out")
     (out / "settings.json").write_text(json.dumps(settings.to_dict(), indent=1))
     print(f"training {settings.dataset} at {settings.conflict_pct:g}% conflicting, density {settings.density:g} "
           f"({settings.sparse}), reweight {settings.reweight} x{settings.lambda_upweight:g}, {settings.epochs} epochs "
@@ -181,7 +151,7 @@ def _resume_train(args: argparse.Namespace) -> int:
     if not (out / "settings.json").is_file() or not (out / "checkpoint.pt").is_file():
         raise UserError(f"{out} holds no resumable run (settings.json and checkpoint.pt); pass a train --out directory")
     settings = TrainSettings.from_dict(json.loads((out / "settings.json").read_text())).validate()
-    trainer = Trainer(settings, progress=_progress_bar())
+    trainer = Trainer(settings, progress=ProgressBar("batches", log_from=None))
     trainer.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=False, map_location="cpu"))  # our own file
     kept = [line for line in (out / "metrics.jsonl").read_text().splitlines() if json.loads(line)["epoch"] <= trainer.epoch]
     local(out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))

@@ -25,7 +25,7 @@ from . import selection
 from .errors import UserError
 from .results import StudyResults, aggregate, newest_state, read_study
 from .space import StudySpec
-from .storage import Location, existing_storage, open_location
+from .storage import Location, existing_storage, fresh_dir, open_location
 from .tables import float_cell, markdown
 
 log = logging.getLogger(__name__)
@@ -327,20 +327,14 @@ def prepare_out(out: Path, owner: str) -> Path:
 
     Re-exporting the same study (or the same list of studies) replaces its files.
     """
-    out = out.expanduser().resolve()
-    marker = out / MARKER
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file; pass a directory")
-    if out.exists() and any(out.iterdir()):
-        try:
-            previous = json.loads(marker.read_text()).get("study") if marker.exists() else None
-        except json.JSONDecodeError:
-            previous = None
-        if previous != owner:
-            raise ExportError(f"output directory {out} already holds {'the export of ' + previous if previous else 'other files'}; "
-                              f"choose another --out (nothing was overwritten)")
+    marker = Path(out).expanduser().resolve() / MARKER
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        previous = json.loads(marker.read_text()).get("study") if marker.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        previous = None
+    held = f"the export of {previous}" if previous else "other files"
+    out = fresh_dir(out, what="--out", fix=f"it holds {held}; choose another --out", replace=previous == owner)
+    try:
         marker.write_text(json.dumps({"study": owner}))
     except OSError as exc:
         raise ExportError(f"cannot write to {out} ({exc.strerror}); choose a writable --out") from None

@@ -18,7 +18,7 @@ import yaml
 
 from .errors import StudyError
 from .space import StudySpec, parse_space
-from .storage import Location, open_location
+from .storage import Location, fresh_dir, open_location
 
 PHASES = ("search", "confirm")
 
@@ -49,9 +49,9 @@ def write_manifest(path: Location, manifest: dict) -> None:
 
 
 def refuse_existing(storage: str, name: str) -> None:
-    if study_dir(storage, name).exists():
-        raise StudyError(f"study '{name}' already exists in {storage}; continue it with "
-                         f"'tune_search.py resume {name} --storage {storage}' or pick another --name")
+    """A new study needs a fresh directory; an existing study is continued with resume."""
+    fresh_dir(study_dir(storage, name), what=f"study '{name}'", create=False,
+              fix=f"continue it with 'tune_search.py resume {name} --storage {storage}' or pick another --name")
 
 
 def _digest(text: str) -> str:
@@ -62,7 +62,7 @@ def create_study(spec: StudySpec, yaml_text: str, opts, command: str) -> Locatio
     """The study directory with its definition and a fresh manifest (`opts`: the driver's RunOptions)."""
     refuse_existing(opts.storage, opts.name)
     path = study_dir(opts.storage, opts.name)
-    path.mkdir()
+    path.mkdir()  # exist_ok: an empty directory left by a refused start is reused
     path.join("study.yaml").write_text(yaml_text)
     manifest = {
         "name": opts.name,

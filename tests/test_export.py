@@ -92,7 +92,7 @@ def test_bad_export_input(tmp_path):
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     out = cli("export", str(FIXTURE), "--out", str(other))
-    assert out.returncode == 2 and "already holds other files" in out.stderr
+    assert out.returncode == 2 and "already exists and is not empty; it holds other files" in out.stderr
     assert (other / "notes.txt").read_text() == "mine" and len(list(other.iterdir())) == 1
     out = cli("export-model", str(FIXTURE), "--cell", "colored_digits:50")
     assert out.returncode == 2 and "unknown cell colored_digits:50; cells with results: colored_digits:1, colored_digits:5" in out.stderr
