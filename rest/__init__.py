@@ -2,9 +2,12 @@
 
 Modules: data (datasets), prepare (building and checking dataset trees), models,
 sparse (dynamic sparsity), reweight (sampling), train (one configuration), space
-(study files), study (Ray Tune), selection (what "best" means), results (the study
-reader), storage (where studies and outputs live), tables (the table printer), export
-(tables, plots, sparse models), api (the Python API), cli (the command line).
+(study files), study (the phases on Ray Tune) with manifest (the study directory),
+search (per-cell ASHA and searchers), trainable (one trial), tracking (trackers),
+driver (Ray connection, signals, lock) and tune_ext (Ray internals), selection (what
+"best" means), results (the study reader), storage (where studies and outputs live),
+tables (the table printer), export (tables, plots, sparse models), api (the Python
+API), cli (the command line).
 Heavy dependencies load lazily.
 """
 

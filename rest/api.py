@@ -49,14 +49,15 @@ def run_study(
 ) -> Study:
     """Run the study defined in `space` (a study file), or continue it if `name` exists in storage.
 
-    Returns the finished study's results. Raises ``rest.study.Interrupted`` on Ctrl-C
+    Returns the finished study's results. Raises ``rest.driver.Interrupted`` on Ctrl-C
     (the study stays resumable: call again with the same arguments) and
     ``rest.errors.UserError`` on bad input, with a message naming the fix.
     """
     from .space import load_space
     from .manifest import open_study, study_dir
     from .storage import resolve_storage
-    from .study import RunOptions, StopSignals, begin_study, run_study as run_phases
+    from .driver import RunOptions, StopSignals
+    from .study import begin_study, run_study as run_phases
 
     spec, text = load_space(space)
     storage = resolve_storage(storage)

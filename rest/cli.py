@@ -199,7 +199,7 @@ def _options(args: argparse.Namespace, name: str, storage: str, **extra):
     import os
 
     from .manifest import check_name
-    from .study import RunOptions
+    from .driver import RunOptions
 
     check_name(name)
     for flag in ("cpus_per_trial", "max_concurrent"):
@@ -248,7 +248,8 @@ def _finish(path, spec, manifest: dict, storage: str) -> int:
 
 def _drive(path, spec, opts, storage: str) -> int:
     """Run the study's pending phases under the driver's stop signals; exit status for the user."""
-    from .study import Interrupted, StopSignals, run_study
+    from .driver import Interrupted, StopSignals
+    from .study import run_study
 
     with StopSignals() as stop:
         try:

@@ -324,7 +324,7 @@ def _search_alg(c: _Checker, value: Any, search: dict, cells: list[str]) -> Sear
     return alg
 
 
-# Experiment trackers a study can log to (Ray Tune's own logger callbacks; see study.CALLBACKS).
+# Experiment trackers a study can log to (Ray Tune's own logger callbacks; see tracking.CALLBACKS).
 CALLBACK_NAMES = ("tensorboard", "mlflow", "wandb")
 
 

@@ -15,7 +15,7 @@ import signal
 from pathlib import PurePosixPath
 
 # Tune's own SIGINT handler would end `fit()` looking like a finished run; the
-# study driver installs its own (see study.StopSignals) and asks Tune to stop
+# study driver installs its own (see driver.StopSignals) and asks Tune to stop
 # through SIGUSR1, which Tune always handles the same graceful way.
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 

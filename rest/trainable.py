@@ -1,0 +1,87 @@
+"""The Ray Tune trainable: one REST training run, reporting every epoch, resumable from its checkpoints.
+
+Each report carries the epoch record, the selection rule as one number (`val_rank`,
+ASHA's metric) and its best value so far (`best_val_rank`, what a model-based
+searcher learns from). Checkpoints hold the trainer's state and the trial's history.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from . import selection, tune_ext
+from .results import HISTORY_FILE, STATE_FILE, flat_config, newest_state
+from .search import METRIC, SEARCHER_METRIC
+from .settings import TrainSettings
+from .storage import Location
+
+log = logging.getLogger(__name__)
+
+
+def _resume_state(ray_checkpoint) -> dict | None:
+    """The newest training state of this trial: the newest readable checkpoint on storage.
+
+    Ray snapshots its experiment state at most every few seconds, so after a driver
+    crash it may hand back an older checkpoint than the newest one on storage (or
+    none at all). Looking at the trial directory itself means no finished epoch with
+    a checkpoint is ever trained again.
+    """
+    import torch
+
+    try:
+        fs, trial_path = tune_ext.trial_storage()
+        return newest_state(Location(fs, trial_path))
+    except Exception as exc:  # fall back to what Ray hands back; the tune_ext contract test guards this
+        log.warning("could not list this trial's checkpoints (%s); using Ray's", exc)
+    if ray_checkpoint is None:
+        return None
+    with ray_checkpoint.as_directory() as d:
+        return torch.load(Path(d) / STATE_FILE, weights_only=False, map_location="cpu")
+
+
+def rest_trainable(config: dict, checkpoint_every: int = 1) -> None:
+    """Ray Tune function trainable: one REST configuration, checkpointed per epoch.
+
+    Each checkpoint holds the full training state and the trial's whole history of
+    epoch records (also as a small JSON file, for the study reader), so a trial
+    resumed from it reports nothing twice and loses nothing Ray's snapshot missed.
+    A trial resumed at or past its last epoch reports its final record again and ends.
+    """
+    import ray
+    import torch
+    from ray import tune
+
+    from .train import Trainer
+
+    settings = TrainSettings.from_dict({k: v for k, v in flat_config(config).items() if k != "extra"})
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(round(cpus))))
+    trainer = Trainer(settings)
+    state = _resume_state(tune.get_checkpoint())
+    history: list[dict] = []
+    if state is not None:
+        trainer.load_state_dict(state)
+        history = list(state.get("history", []))
+        log.info("trial %s resumes after epoch %d", tune.get_context().get_trial_id(), trainer.epoch)
+    if trainer.epoch >= settings.epochs and history:
+        tune.report(history[-1])  # finished before the crash: let Ray and the scheduler see the end
+        return
+    resumed_from = trainer.epoch
+    node = ray.get_runtime_context().get_node_id()
+    primary = getattr(settings, "selection", "worst_group")
+    while trainer.epoch < settings.epochs:
+        record = trainer.run_epoch()
+        record.update(resumed_from_epoch=resumed_from, node_id=node, pid=os.getpid(),
+                      val_rank=selection.scalar(record, primary))
+        record[SEARCHER_METRIC] = max([record[METRIC]] + [r[METRIC] for r in history if METRIC in r])
+        history.append(record)
+        if trainer.epoch % checkpoint_every == 0 or trainer.epoch == settings.epochs:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({**trainer.state_dict(), "history": history}, Path(d) / STATE_FILE)
+                (Path(d) / HISTORY_FILE).write_text(json.dumps(history))
+                tune.report(record, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report(record)
