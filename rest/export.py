@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import selection
 from .errors import UserError
-from .results import StudyResults, aggregate, newest_state, read_study
+from .results import StudyResults, aggregate, newest_state, read_study, search_configs
 from .space import StudySpec
 from .storage import Location, existing_storage, fresh_dir, open_location
 from .tables import float_cell, markdown
@@ -69,10 +69,6 @@ def load_study(location: Location) -> StudyResults:
 
 # ------------------------------------------------------------------- tables
 
-def _searched(spec: StudySpec) -> list[str]:
-    return [k for k in spec.search if k not in ("seed", *spec.compare_within)]
-
-
 def _primary(spec: StudySpec, how: str) -> tuple[str, str]:
     """(primary metric, record prefix) of a selection mode: validation as the study says, or oracle."""
     if how == "oracle":
@@ -103,7 +99,7 @@ def best_configs(study: StudyResults, how: str = "val") -> pd.DataFrame:
     trials = study.trials()
     pool = _pool(trials)
     confirmed = (pool["phase"] == "confirm").any()
-    groups = aggregate(pool, cells + _searched(spec) + ["role"])
+    groups = aggregate(pool, cells + spec.searched_keys() + ["role"])
     primary, prefix = _primary(spec, how)
     candidates = groups[~groups["role"].isin(list(BASELINE_ROLES))]
     rows = []
@@ -130,7 +126,7 @@ def best_configs(study: StudyResults, how: str = "val") -> pd.DataFrame:
         return table
     table["selection"] = _selection_label(spec, how)
     table["small_deciding_group"] = table["deciding_group_size"] < selection.SMALL_GROUP
-    first = ["row", *cells, *_searched(spec), "seeds", "selection", "status"]
+    first = ["row", *cells, *spec.searched_keys(), "seeds", "selection", "status"]
     return table[first + [c for c in table.columns if c not in first and c != "role"]]
 
 
@@ -146,14 +142,6 @@ def density_bin(density: float, per_decade: int = BINS_PER_DECADE) -> str:
     return f"({10 ** ((i - 1) / per_decade):.3g}, {10 ** (i / per_decade):.3g}]"
 
 
-def _search_configs(study: StudyResults) -> pd.DataFrame:
-    """The search phase's configs that ran an epoch, aggregated over seeds."""
-    spec = study.spec
-    trials = study.trials()
-    search = trials[(trials["phase"] == "search") & (trials["epochs_run"] > 0)]
-    return aggregate(search, spec.compare_within + ["density"] + [k for k in _searched(spec) if k != "density"])
-
-
 def by_density(study: StudyResults, how: str = "val") -> pd.DataFrame:
     """Per cell and density, on the search phase: the best config over the other searched settings.
 
@@ -161,7 +149,7 @@ def by_density(study: StudyResults, how: str = "val") -> pd.DataFrame:
     grouped into log-scale bins (`density_bin`) and each row is the bin's best config.
     """
     spec = study.spec
-    groups = _search_configs(study)
+    groups = search_configs(study)
     keys = spec.compare_within + ["density"]
     if "density" in spec.sampled_keys():
         groups.insert(0, "density_bin", [density_bin(d) for d in groups["density"]])
@@ -206,7 +194,7 @@ def presentable(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
     for col in ("study", "row"):
         if col in table:
             out[col] = table[col].values
-    for key in spec.compare_within + ["density_bin"] + _searched(spec):
+    for key in spec.compare_within + ["density_bin"] + spec.searched_keys():
         if key in table:
             out[key] = [format_value(v) for v in table[key]]
     for col in ("selection", "seeds"):
@@ -367,63 +355,12 @@ def export(studies: list[StudyResults], out: Path, formats: list[str], how: str 
                                [f for f in formats if f in ("csv", "md")],
                                caption(spec, how, "Search phase: best config per cell and density"))
         written.append(out / f"accuracy_vs_density{suffix}.png")
-        plot_accuracy_vs_density(study, density, best, written[-1], how)
+        from .plots import accuracy_vs_density
+
+        accuracy_vs_density(study, density, best, written[-1], how)
         written.append(out / "summary.md")
         written[-1].write_text(summary(study, best, how))
     return written
-
-
-def plot_accuracy_vs_density(study: StudyResults, density: pd.DataFrame, best: pd.DataFrame, path: Path, how: str) -> None:
-    """Grid studies: one line per cell through the best config of each density. Sampled
-    densities: every search config as a point, the selected config of each cell a star."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    spec = study.spec
-    cells = spec.compare_within
-    sampled = "density" in spec.sampled_keys()
-    points = _search_configs(study) if sampled else density
-    selected = best[best["row"] == "REST (selected)"] if "row" in best else best.iloc[:0]
-    styles = {"ERM (dense)": "--", "dense reweighted": ":"}
-    for ax, metric, title in zip(axes, ("best_test_worst_group_acc", "best_test_unbiased_acc"),
-                                 ("test worst-group accuracy", "test unbiased accuracy")):
-        for cell, rows in points.groupby(cells, sort=True):
-            cell = cell if isinstance(cell, tuple) else (cell,)
-            label = ", ".join(f"{v:g}%" if k == "conflict_pct" else str(v) for k, v in zip(cells, cell))
-            rows = rows.sort_values("density")
-            if sampled:
-                color = ax.scatter(rows["density"], 100 * rows[metric], s=25, label=label).get_facecolor()[0]
-                mine = selected[[tuple(r[k] for k in cells) == cell for _, r in selected.iterrows()]]
-                for _, sel in mine.iterrows():  # the selected config's search point(s)
-                    hit = rows[np.isclose(rows["density"], sel["density"])]
-                    ax.scatter(hit["density"], 100 * hit[metric], marker="*", s=220, color=color, edgecolors="black", zorder=4)
-            else:
-                err = 100 * rows[f"{metric}_se"].fillna(0.0)
-                color = ax.errorbar(rows["density"], 100 * rows[metric], yerr=err, marker="o", capsize=3, label=label)[0].get_color()
-            cut = rows[rows["stopped_early"] > 0]  # ASHA stopped these before the last epoch: not comparable
-            ax.scatter(cut["density"], 100 * cut[metric], s=90 if not sampled else 40, facecolors="white",
-                       edgecolors=color, zorder=3)
-            for _, b in best[best["status"] == "baseline"].iterrows():
-                if tuple(b[k] for k in cells) == tuple(cell):
-                    ax.axhline(100 * b[metric], color=color, linestyle=styles.get(b["row"], "-."), linewidth=1)
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # crowded labels on sub-decade spans
-        ax.set_xlabel("density (fraction of weights kept)")
-        ax.set_ylabel(f"{title} (%)")
-        ax.grid(alpha=0.3)
-    how_read = "star: selected config" if sampled else "hollow: stopped early by ASHA"
-    axes[0].legend(title=f"cell (dashed: dense ERM; dotted: dense reweighted;\n{how_read}"
-                         f"{'; hollow: stopped early by ASHA' if sampled else ''})", fontsize=8, title_fontsize=8)
-    tag = "" if how == "val" else " — ORACLE selection on test"
-    what = "every sampled config" if sampled else "best config per density"
-    fig.suptitle(f"study {study.name}: search phase, {what}{tag}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def summary(study: StudyResults, best: pd.DataFrame, how: str) -> str:
@@ -482,7 +419,7 @@ def selected_trial(study: StudyResults, cell: str):
     row = match.iloc[0]
     pool = _pool(study.trials())
     pool = pool[~pool["role"].isin(list(BASELINE_ROLES))]
-    for key in keys + _searched(spec):
+    for key in keys + spec.searched_keys():
         pool = pool[[_same(v, format_value(row[key])) for v in pool[key]]]
     primary, prefix = _primary(spec, "val")
     (index,) = selection.select(pool.to_dict("records"), primary, prefix)

@@ -241,3 +241,11 @@ def aggregate(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         row["seed_list"] = ",".join(str(s) for s in group["seed"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def search_configs(study: StudyResults) -> pd.DataFrame:
+    """The search phase's configs that ran an epoch, aggregated over seeds."""
+    spec = study.spec
+    trials = study.trials()
+    search = trials[(trials["phase"] == "search") & (trials["epochs_run"] > 0)]
+    return aggregate(search, spec.compare_within + ["density"] + [k for k in spec.searched_keys() if k != "density"])

@@ -116,6 +116,10 @@ class StudySpec:
             options.append(list(dist["grid"]) if dist else [getattr(self.train, key)])
         return [dict(zip(self.compare_within, values)) for values in itertools.product(*options)]
 
+    def searched_keys(self) -> list[str]:
+        """Searched keys that define a config within a cell (not the cells, not the seed)."""
+        return [k for k in self.search if k not in ("seed", *self.compare_within)]
+
     def sampled_keys(self) -> list[str]:
         """Searched keys drawn from a continuous or integer range (not a grid, choice or lookup)."""
         return [k for k, d in self.search.items() if next(iter(d)) in ("uniform", "loguniform", "quniform", "randint", "qrandint")]

@@ -109,7 +109,7 @@ def select_confirm_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
         return []
     import pandas as pd
 
-    searched = [k for k in spec.search if k not in ("seed", *spec.compare_within)]
+    searched = spec.searched_keys()
     configs_by_key = {}
     for t in trials:
         cfg = {k: v for k, v in t.config.items() if k not in ("seed", "extra")}
