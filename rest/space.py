@@ -7,6 +7,13 @@ and per-trial resources. ``load_space`` turns it into a ``StudySpec`` or raises 
 
 Only PyYAML and the standard library are imported here: validating a study must
 not wait for torch or ray.
+
+Why a hand-written checker and not pydantic (which Ray installs): every error must
+be one line naming the file, the YAML line and the key, with the fix ("'x' is a grid,
+but search_alg optuna samples ...; use choice"). Pydantic reports a location path
+without YAML lines, in a multi-line message, and most checks here are across keys
+(a lookup against the values of its key, grace_period against epochs, the cells of a
+model-based search), which would be custom validators anyway.
 """
 from __future__ import annotations
 
