@@ -17,9 +17,9 @@ from .errors import UserError
 # tests/test_registries.py checks they match the real registries.
 DATASET_NAMES = ("colored_digits", "cmnist", "cifar10c", "bffhq")
 MODEL_NAMES = ("cnn", "resnet18")
-SPARSE_METHODS = ("rigl", "set", "static")
+SPARSE_METHODS = ("rigl", "set", "static", "dcwp")
 DISTRIBUTIONS = ("erk", "er", "uniform")
-REWEIGHT_NAMES = ("none", "oracle", "jtt")
+REWEIGHT_NAMES = ("none", "oracle", "jtt", "pgd")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("plateau", "cosine", "none")
 CONFLICT_PCTS = (0.5, 1.0, 2.0, 5.0)
@@ -54,6 +54,15 @@ class TrainSettings:
     reweight: str = "oracle"
     lambda_upweight: float = 30.0
     jtt_epochs: int = 1
+    gce_q: float = 0.7  # q of the generalized cross-entropy that trains PGD's and DCWP's biased models (both: 0.7)
+    pgd_epochs: int = 1  # epochs of PGD's step 1: the biased model trained with uniform sampling
+    pgd_norm: float = 0.7  # p of the per-sample gradient p-norm (PGD's code: norm_scale 0.7)
+    dcwp_pretrain_epochs: int = 1  # DCWP step 1: dense pretraining of the model and its biased (GCE) twin
+    dcwp_prune_epochs: int = 1  # DCWP step 3: epochs of mask-score learning, weights frozen
+    dcwp_mask_lr: float = 0.01  # Adam learning rate of the mask scores (DCWP: lr_prune 1e-2)
+    dcwp_prune_upweight: float = 80.0  # sampling weight of flagged samples while scores learn (DCWP: 80)
+    dcwp_con_prune: float = 0.05  # weight of the debiased contrastive term while scores learn (DCWP: 0.05)
+    dcwp_con_retrain: float = 0.05  # weight of the debiased contrastive term in retraining (DCWP: 0.05)
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
@@ -94,6 +103,20 @@ class TrainSettings:
             raise SettingsError(f"subsample {self.subsample} is negative; use 0 for all samples")
         if self.reweight == "jtt" and int(self.jtt_epochs) < 1:
             raise SettingsError(f"jtt_epochs {self.jtt_epochs} is below 1; JTT needs at least one ERM epoch")
+        for name in ("pgd_epochs", "dcwp_pretrain_epochs", "dcwp_prune_epochs"):
+            if int(getattr(self, name)) < 1:
+                raise SettingsError(f"{name} {getattr(self, name)} is below 1; the stage needs at least one epoch")
+        if not 0.0 < float(self.gce_q) <= 1.0:
+            raise SettingsError(f"gce_q {self.gce_q} is outside (0, 1]; PGD and DCWP use 0.7")
+        if float(self.pgd_norm) <= 0.0:
+            raise SettingsError(f"pgd_norm {self.pgd_norm} must be positive; PGD uses 0.7, 2 is the Euclidean norm")
+        if float(self.dcwp_mask_lr) <= 0.0:
+            raise SettingsError(f"dcwp_mask_lr {self.dcwp_mask_lr} must be positive (DCWP: 0.01)")
+        if float(self.dcwp_prune_upweight) < 1.0:
+            raise SettingsError(f"dcwp_prune_upweight {self.dcwp_prune_upweight} is below 1; use a value >= 1 (DCWP: 80)")
+        for name in ("dcwp_con_prune", "dcwp_con_retrain"):
+            if float(getattr(self, name)) < 0.0:
+                raise SettingsError(f"{name} {getattr(self, name)} is negative; use 0 (no contrastive term) or DCWP's 0.05")
         if not 0.0 <= float(self.drop_rate) < 1.0:
             raise SettingsError(f"drop_rate {self.drop_rate} is outside [0, 1)")
         if float(self.drop_rate_min) < 0.0:
