@@ -305,6 +305,7 @@ def _finish(path, spec, manifest: dict, storage: str) -> int:
     print(f"best config per cell ({best['selection'].iloc[0] if not best.empty else 'no results'}; "
           f"test numbers of the selected epochs, mean over seeds):")
     searched = [k for k in spec.search if k not in ("seed", *spec.compare_within)]
+    searched += [k for k in spec.method_keys() if k not in searched]  # a methods study: what tells its rows apart
     for _, row in best.iterrows():
         cell = ", ".join(_cell_text(row[k]) for k in spec.compare_within)
         flag = "  [small deciding group]" if row.get("small_deciding_group") else ""

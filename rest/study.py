@@ -36,7 +36,7 @@ from . import selection, tune_ext
 from .errors import UserError
 from .results import HISTORY_FILE, STATE_FILE, Trial, flat_config, newest_state, read_phase
 from .settings import TrainSettings
-from .space import StudySpec, parse_space, to_tune
+from .space import StudySpec, method_configs, parse_space, to_tune
 from .storage import Location, open_location
 
 log = logging.getLogger(__name__)
@@ -339,7 +339,7 @@ def _per_cell_scheduler_class():
             return (metric in (None, self.asha["metric"])) and (mode in (None, self.asha["mode"]))
 
         def cell(self, trial) -> AsyncHyperBandScheduler:
-            key = tuple(flat_config(trial.config)[k] for k in self.cell_keys)
+            key = trial_cell(trial.config, self.cell_keys)
             if key not in self.cells:
                 self.cells[key] = AsyncHyperBandScheduler(**self.asha)
             return self.cells[key]
@@ -366,6 +366,14 @@ def _per_cell_scheduler_class():
     return PerCellASHA
 
 
+def trial_cell(config: dict, cell_keys: list[str]) -> tuple:
+    """The comparison group of a trial: its cell, and its method in a methods study
+    (each method's own search competes only with itself)."""
+    flat = flat_config(config)
+    method = (flat.get("extra") or {}).get("method")
+    return tuple(flat[k] for k in cell_keys) + ((method,) if method is not None else ())
+
+
 def make_scheduler(spec: StudySpec):
     from ray.tune.schedulers import FIFOScheduler
 
@@ -380,6 +388,10 @@ def make_scheduler(spec: StudySpec):
 # ------------------------------------------------------------------- phases
 
 def search_space(spec: StudySpec, data_root: str | None) -> dict:
+    if spec.methods:  # every method's own grid, expanded here into whole configs
+        from ray import tune
+
+        return {"cfg": tune.grid_search(method_configs(spec, spec.max_epochs, data_root))}
     fixed = spec.train.replace(epochs=spec.max_epochs, data_root=data_root or spec.train.data_root).to_dict()
     fixed.pop("extra")
     return {**fixed, **{k: to_tune(d) for k, d in spec.search.items()}}
@@ -516,6 +528,42 @@ def select_confirm_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
             for seed in spec.confirm.seeds:
                 configs.append({**cfg, "seed": seed, "epochs": epochs, "extra": {"role": role}})
     return configs
+
+
+def select_method_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
+    """A methods study: per cell and method, the method's top-k configs by the selection rule, x confirm seeds."""
+    from .results import aggregate, trial_row
+
+    rows = [trial_row(t, spec) for t in trials if t.history]
+    if not rows:
+        return []
+    import pandas as pd
+
+    keys = spec.compare_within + ["method"] + spec.method_keys()
+    configs_by_key = {}
+    for t in trials:
+        cfg = {k: v for k, v in t.config.items() if k not in ("seed", "extra")}
+        configs_by_key.setdefault(tuple(_same_value(v) for v in (*(cfg.get(k) for k in spec.compare_within), t.method,
+                                                                  *(cfg.get(k) for k in spec.method_keys()))), cfg)
+    table = aggregate(pd.DataFrame(rows), keys)
+    primary = getattr(spec.train, "selection", "worst_group")
+    epochs = spec.confirm.epochs or spec.train.epochs
+    configs = []
+    for (*_, method), members in selection.select_per_cell(table.to_dict("records"), spec.compare_within + ["method"],
+                                                           primary, k=spec.confirm.top_k).items():
+        for rank, m in enumerate(members, 1):
+            cfg = configs_by_key[tuple(_same_value(m.get(k)) for k in keys)]
+            for seed in spec.confirm.seeds:
+                configs.append({**cfg, "seed": seed, "epochs": epochs, "extra": {"role": f"top{rank}", "method": method}})
+    return configs
+
+
+def _same_value(v: Any) -> str:
+    """One text per value whatever pandas made of it (5 and 5.0 alike)."""
+    try:
+        return repr(float(v))
+    except (TypeError, ValueError):
+        return str(v)
 
 
 # ------------------------------------------------------------------ running
@@ -795,7 +843,8 @@ def _confirm_configs(path: Location, spec: StudySpec, opts: RunOptions) -> list[
     file = path.join("confirm_configs.json")
     if file.exists():
         return file.read_json()
-    configs = select_confirm_configs(spec, read_phase(path.join("search"), "search"))
+    select = select_method_configs if spec.methods else select_confirm_configs
+    configs = select(spec, read_phase(path.join("search"), "search"))
     if not configs:
         raise StudyError(f"the search phase of {path.name} has no trial with results to confirm")
     if opts.data_root:
