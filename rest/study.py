@@ -547,12 +547,13 @@ def select_method_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
                                                                   *(cfg.get(k) for k in spec.method_keys()))), cfg)
     table = aggregate(pd.DataFrame(rows), keys)
     primary = getattr(spec.train, "selection", "worst_group")
-    epochs = spec.confirm.epochs or spec.train.epochs
+    own = {m.name: m.train for m in spec.methods}
     configs = []
     for (*_, method), members in selection.select_per_cell(table.to_dict("records"), spec.compare_within + ["method"],
                                                            primary, k=spec.confirm.top_k).items():
         for rank, m in enumerate(members, 1):
             cfg = configs_by_key[tuple(_same_value(m.get(k)) for k in keys)]
+            epochs = spec.confirm.epochs or own[method].get("epochs") or spec.train.epochs  # a method may fix its own
             for seed in spec.confirm.seeds:
                 configs.append({**cfg, "seed": seed, "epochs": epochs, "extra": {"role": f"top{rank}", "method": method}})
     return configs
