@@ -121,14 +121,19 @@ def _blind(data):
     return BiasedData(data.name, 5.0, data.train.without_bias(), data.valid, data.test)
 
 
-@pytest.mark.parametrize("change", [dict(reweight="pgd", density=1.0), dict(sparse="dcwp", reweight="jtt")])
-def test_pgd_and_dcwp_train_with_bias_labels_withheld(tiny_data, tiny_settings, change):
-    (r,) = list(train(tiny_settings.replace(epochs=1, subsample=160, **change), _blind(tiny_data)))
-    assert math.isfinite(r["train_loss"])
+def test_pgd_trains_with_bias_labels_withheld_and_upweights_conflicting_samples(tiny_data, tiny_settings):
+    settings = tiny_settings.replace(reweight="pgd", density=1.0, epochs=1, subsample=160, pgd_epochs=8, batch_size=32)
+    trainer = Trainer(settings, _blind(tiny_data))
+    assert math.isfinite(trainer.run_epoch()["train_loss"])
+    conflicting = tiny_data.head(160).train.conflicting  # read here only, after training
+    weights = trainer.sampler.weights
+    assert weights.sum() == pytest.approx(1.0, rel=1e-4)
+    assert weights[conflicting].mean() > weights[~conflicting].mean()  # misfit samples have the larger gradients
 
 
-def test_dcwp_masks_have_the_exact_counts_at_density_0_1(tiny_data, tiny_settings):
-    trainer = Trainer(tiny_settings.replace(sparse="dcwp", density=0.1, reweight="jtt", epochs=1, subsample=160), tiny_data)
+def test_dcwp_masks_have_the_exact_counts_at_density_0_1_without_bias_labels(tiny_data, tiny_settings):
+    settings = tiny_settings.replace(sparse="dcwp", density=0.1, reweight="jtt", epochs=1, subsample=160)
+    trainer = Trainer(settings, _blind(tiny_data))
     record = trainer.run_epoch()
     layers = trainer.sparse.layer_counts()
     assert {n: a for n, (a, _) in layers.items()} == trainer.sparse.counts
