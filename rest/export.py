@@ -380,7 +380,8 @@ def export(studies: list[StudyResults], out: Path, formats: list[str], how: str 
     if len(studies) == 1:
         best = best.drop(columns=["study"])
     written = write_table(best, presentable(best, spec), out / f"best_configs{suffix}", formats,
-                          caption(spec, how, "Selected config per cell and the dense baselines"))
+                          caption(spec, how, "Selected config per cell and method" if spec.methods
+                                  else "Selected config per cell and the dense baselines"))
     paper = paper_table(studies, how)
     written += write_table(paper, paper_presentable(paper), out / f"paper_table{suffix}", formats,
                            caption(spec, how, "Unbiased / conflicting test accuracy per conflict ratio"))
