@@ -1,4 +1,5 @@
-"""Train one REST configuration: reweighted sampling + dynamic sparse training.
+"""Train one configuration: reweighted sampling (none, oracle, JTT, PGD) + sparse training
+(RigL, SET, static masks, or DCWP's learned masks).
 
 ``Trainer`` owns every piece of training state and saves it as one checkpoint
 dict (model, masks, optimizer, LR schedule, sampler, RNG states, epoch, best so
