@@ -112,3 +112,11 @@ def test_each_method_gets_its_own_selected_config_and_one_paper_row():
     assert pgd["seeds"] == 2 and pgd["conflicting"] == pytest.approx(100 * (0.1 + 0.02 + 0.00415))  # mean of seeds 41, 42
     shown = paper_presentable(paper)
     assert list(shown["method"]) == METHODS  # one row per method, columns per cell
+
+
+def test_a_method_keeps_its_own_epochs_in_the_confirm_phase():
+    spec = parse_space(BASE + "  ERM: {train: {reweight: none}}\n  DCWP: {train: {sparse: dcwp, density: 0.1, epochs: 2}}\n"
+                       "train: {epochs: 3}\nconfirm: {seeds: [1, 2]}\n")
+    confirm = select_method_configs(spec, _trials(spec, "search", lambda c: (0.5, 0.5)))
+    assert sorted({(c["extra"]["method"], c["epochs"]) for c in confirm}) == [("DCWP", 2), ("ERM", 3)]
+    assert len(confirm) == 2 * 2 * 2  # cells x methods x seeds
