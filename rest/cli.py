@@ -233,10 +233,12 @@ def _finish(path, spec, manifest: dict, storage: str) -> int:
     print(f"best config per cell ({best['selection'].iloc[0] if not best.empty else 'no results'}; "
           f"test numbers of the selected epochs, mean over seeds):")
     searched = spec.searched_keys()
+    own = {m.name: ["density", *m.train, *m.search] for m in spec.methods}  # a methods study: each method's settings
     for _, row in best.iterrows():
         cell = ", ".join(format_value(row[k]) for k in spec.compare_within)
         flag = "  [small deciding group]" if row.get("small_deciding_group") else ""
-        config = ", ".join(f"{k} {format_value(row[k])}" for k in searched if k in row)
+        keys = dict.fromkeys(searched + own.get(row["row"], []))
+        config = ", ".join(f"{k} {format_value(row[k])}" for k in keys if k in row)
         print(f"  [{cell}] {row['row']:>17}: {config} -> test worst-group {_pct(row['best_test_worst_group_acc'])}%, "
               f"unbiased {_pct(row['best_test_unbiased_acc'])}% ({row['seeds']} seed{'s' if row['seeds'] > 1 else ''}){flag}")
     errors = sum(info.get("errors", 0) for info in manifest["phases"].values())

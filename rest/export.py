@@ -93,8 +93,13 @@ def _gain(a: pd.Series, b: pd.Series | None, metric: str) -> tuple[float, float]
 
 
 def best_configs(study: StudyResults, how: str = "val") -> pd.DataFrame:
-    """Per cell: the selected config (mean over confirm seeds), both baselines, and REST's gain over each."""
+    """Per cell: the selected config (mean over confirm seeds), both baselines, and REST's gain over each.
+
+    A methods study has one row per cell and method instead (``best_per_method``).
+    """
     spec = study.spec
+    if spec.methods:
+        return best_per_method(study, how)
     cells = spec.compare_within
     trials = study.trials()
     pool = _pool(trials)
@@ -128,6 +133,33 @@ def best_configs(study: StudyResults, how: str = "val") -> pd.DataFrame:
     table["small_deciding_group"] = table["deciding_group_size"] < selection.SMALL_GROUP
     first = ["row", *cells, *spec.searched_keys(), "seeds", "selection", "status"]
     return table[first + [c for c in table.columns if c not in first and c != "role"]]
+
+
+def best_per_method(study: StudyResults, how: str = "val") -> pd.DataFrame:
+    """A methods study: per cell, each method's selected config (mean over confirm seeds), in the study's method order."""
+    spec = study.spec
+    cells = spec.compare_within
+    pool = _pool(study.trials())
+    confirmed = (pool["phase"] == "confirm").any()
+    primary, prefix = _primary(spec, how)
+    groups = aggregate(pool, cells + ["method"] + spec.method_keys())
+    order = {m.name: i for i, m in enumerate(spec.methods)}
+    rows = []
+    for _, (chosen,) in selection.select_per_cell(groups.to_dict("records"), cells + ["method"], primary, prefix).items():
+        expected = len(spec.confirm.seeds) if (confirmed and spec.confirm) else chosen["trials"]
+        complete = chosen["trials_finished"] >= expected and (confirmed or spec.confirm is None)
+        status = "complete" if complete else (f"incomplete: {chosen['trials_finished']} of {expected} seeds finished"
+                                              if confirmed else "incomplete: search phase only")
+        rows.append({**chosen, "row": chosen["method"], "status": status})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table = table.sort_values([*cells, "method"], key=lambda col: col.map(order) if col.name == "method" else col,
+                              kind="stable").reset_index(drop=True)
+    table["selection"] = _selection_label(spec, how)
+    table["small_deciding_group"] = table["deciding_group_size"] < selection.SMALL_GROUP
+    first = ["row", *cells, *spec.searched_keys(), "seeds", "selection", "status"]
+    return table[first + [c for c in table.columns if c not in first and c != "method"]]
 
 
 def _selection_label(spec: StudySpec, how: str) -> str:
@@ -225,7 +257,8 @@ def paper_presentable(table: pd.DataFrame) -> pd.DataFrame:
         return table
     table = table.assign(column=[f"{d} {p:g}%" for d, p in zip(table["dataset"], table["conflict_pct"])])
     columns = list(dict.fromkeys(table["column"]))
-    order = ["ERM (dense)", "dense reweighted", "REST (selected)"]
+    known = ["ERM (dense)", "dense reweighted", "REST (selected)"]
+    order = [m for m in known if m in set(table["method"])] + [m for m in dict.fromkeys(table["method"]) if m not in known]
     out = []
     for method in order:
         sub = table[table["method"] == method]
@@ -341,14 +374,18 @@ def export(studies: list[StudyResults], out: Path, formats: list[str], how: str 
     if len(studies) == 1:
         best = best.drop(columns=["study"])
     written = write_table(best, presentable(best, spec), out / f"best_configs{suffix}", formats,
-                          caption(spec, how, "Selected config per cell and the dense baselines"))
+                          caption(spec, how, "Selected config per cell and method" if spec.methods
+                                  else "Selected config per cell and the dense baselines"))
     paper = paper_table(studies, how)
     written += write_table(paper, paper_presentable(paper), out / f"paper_table{suffix}", formats,
                            caption(spec, how, "Unbiased / conflicting test accuracy per conflict ratio"))
     trials = pd.concat([s.trials().assign(study=s.name) for s in studies], ignore_index=True)
     written.append(out / "trials.csv")
     trials.to_csv(written[-1], index=False)
-    if len(studies) == 1:
+    if len(studies) == 1 and spec.methods:  # methods differ in more than density: no by-density view
+        written.append(out / "summary.md")
+        written[-1].write_text(summary(studies[0], best, how))
+    elif len(studies) == 1:
         study = studies[0]
         density = by_density(study, how)
         written += write_table(density, presentable(density, spec), out / f"by_density{suffix}",

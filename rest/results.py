@@ -97,6 +97,11 @@ class Trial:
         return (self.config.get("extra") or {}).get("role", "search")
 
     @property
+    def method(self) -> str | None:
+        """The method label of a methods study's trial (None in single-method studies)."""
+        return (self.config.get("extra") or {}).get("method")
+
+    @property
     def epochs_run(self) -> int:
         return int(self.history[-1]["epoch"]) if self.history else 0
 
@@ -197,8 +202,10 @@ def trial_row(t: Trial, spec: StudySpec) -> dict:
         "stopped_early": t.status == "TERMINATED" and 0 < t.epochs_run < planned,
         "finished": finished, "retries": t.failures,
     }  # fmt: skip
-    for key in dict.fromkeys((*CONFIG_KEYS, *spec.search)):
+    for key in dict.fromkeys((*CONFIG_KEYS, *spec.search, *spec.method_keys())):
         row[key] = t.config.get(key)
+    if spec.methods:
+        row["method"] = t.method
     best = t.selected() or {}
     row["best_epoch"] = best.get("epoch", math.nan)
     for key, value in best.items():

@@ -37,8 +37,12 @@ METRIC, MODE, TIME_ATTR = "val_rank", "max", "epoch"
 SEARCHER_METRIC = "best_val_rank"
 
 
-def cell_key(config: dict, keys: list[str]) -> tuple:
-    return tuple(flat_config(config)[k] for k in keys)
+def trial_cell(config: dict, cell_keys: list[str]) -> tuple:
+    """The comparison group of a trial: its cell, and its method in a methods study
+    (each method's own search competes only with itself)."""
+    flat = flat_config(config)
+    method = (flat.get("extra") or {}).get("method")
+    return tuple(flat[k] for k in cell_keys) + ((method,) if method is not None else ())
 
 
 # ------------------------------------------------------------------ ASHA
@@ -60,7 +64,7 @@ def _per_cell_scheduler_class():
             return (metric in (None, self.asha["metric"])) and (mode in (None, self.asha["mode"]))
 
         def cell(self, trial) -> AsyncHyperBandScheduler:
-            key = cell_key(trial.config, self.cell_keys)
+            key = trial_cell(trial.config, self.cell_keys)
             if key not in self.cells:
                 self.cells[key] = AsyncHyperBandScheduler(**self.asha)
             return self.cells[key]

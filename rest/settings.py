@@ -17,9 +17,9 @@ from .errors import UserError
 # tests/test_registries.py checks they match the real registries.
 DATASET_NAMES = ("colored_digits", "cmnist", "cifar10c", "bffhq")
 MODEL_NAMES = ("cnn", "resnet18")
-SPARSE_METHODS = ("rigl", "set", "static")
+SPARSE_METHODS = ("rigl", "set", "static", "dcwp")
 DISTRIBUTIONS = ("erk", "er", "uniform")
-REWEIGHT_NAMES = ("none", "oracle", "jtt")
+REWEIGHT_NAMES = ("none", "oracle", "jtt", "pgd")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("plateau", "cosine", "none")
 STEMS = ("auto", "imagenet", "cifar")
@@ -53,7 +53,8 @@ class TrainSettings:
     width: int = _setting(64, "ResNet base width")
     stem: str = _setting("auto", "ResNet stem: auto (CIFAR stem below 64 px, ImageNet stem from 64 px), imagenet (REST's), cifar")
     density: float = _setting(1.0, "fraction of conv/linear weights kept, in (0, 1]; 1 = dense")
-    sparse: str = _setting("rigl", f"mask update rule: {', '.join(SPARSE_METHODS)}")
+    sparse: str = _setting("rigl", f"sparse method: {', '.join(SPARSE_METHODS)} (rigl, set, static: mask rules "
+                                   "during training; dcwp: masks learned first, then retraining)")
     distribution: str = _setting("erk", f"layer-wise density: {', '.join(DISTRIBUTIONS)}")
     update_frequency: int = _setting(100, "optimizer steps between mask updates")
     drop_rate: float = _setting(0.5, "initial drop fraction of a mask update, cosine-decayed")
@@ -62,6 +63,15 @@ class TrainSettings:
     reweight: str = _setting("oracle", f"sampling: {', '.join(REWEIGHT_NAMES)}")
     lambda_upweight: float = _setting(30.0, "upweighting factor of bias-conflicting samples, >= 1")
     jtt_epochs: int = _setting(1, "ERM epochs of JTT's identification model")
+    gce_q: float = _setting(0.7, "q of the generalized cross-entropy of PGD's and DCWP's biased models (both papers: 0.7)")
+    pgd_epochs: int = _setting(1, "PGD: epochs of the biased model, trained with uniform sampling")
+    pgd_norm: float = _setting(0.7, "PGD: p of the per-sample gradient p-norm (PGD's code: 0.7)")
+    dcwp_pretrain_epochs: int = _setting(1, "DCWP: dense pretraining epochs of the model and its biased (GCE) twin")
+    dcwp_prune_epochs: int = _setting(1, "DCWP: epochs of mask-score learning, weights frozen")
+    dcwp_mask_lr: float = _setting(0.01, "DCWP: Adam learning rate of the mask scores (DCWP: 0.01)")
+    dcwp_prune_upweight: float = _setting(80.0, "DCWP: sampling weight of flagged samples while scores learn (DCWP: 80)")
+    dcwp_con_prune: float = _setting(0.05, "DCWP: weight of the debiased contrastive term while scores learn (DCWP: 0.05)")
+    dcwp_con_retrain: float = _setting(0.05, "DCWP: weight of the debiased contrastive term in retraining (DCWP: 0.05)")
     optimizer: str = _setting("sgd", f"optimizer: {', '.join(OPTIMIZERS)}")
     lr: float = _setting(0.01, "learning rate")
     momentum: float = _setting(0.9, "SGD momentum")
@@ -103,6 +113,20 @@ class TrainSettings:
             raise SettingsError(f"subsample {self.subsample} is negative; use 0 for all samples")
         if self.reweight == "jtt" and int(self.jtt_epochs) < 1:
             raise SettingsError(f"jtt_epochs {self.jtt_epochs} is below 1; JTT needs at least one ERM epoch")
+        for name in ("pgd_epochs", "dcwp_pretrain_epochs", "dcwp_prune_epochs"):
+            if int(getattr(self, name)) < 1:
+                raise SettingsError(f"{name} {getattr(self, name)} is below 1; the stage needs at least one epoch")
+        if not 0.0 < float(self.gce_q) <= 1.0:
+            raise SettingsError(f"gce_q {self.gce_q} is outside (0, 1]; PGD and DCWP use 0.7")
+        if float(self.pgd_norm) <= 0.0:
+            raise SettingsError(f"pgd_norm {self.pgd_norm} must be positive; PGD uses 0.7, 2 is the Euclidean norm")
+        if float(self.dcwp_mask_lr) <= 0.0:
+            raise SettingsError(f"dcwp_mask_lr {self.dcwp_mask_lr} must be positive (DCWP: 0.01)")
+        if float(self.dcwp_prune_upweight) < 1.0:
+            raise SettingsError(f"dcwp_prune_upweight {self.dcwp_prune_upweight} is below 1; use a value >= 1 (DCWP: 80)")
+        for name in ("dcwp_con_prune", "dcwp_con_retrain"):
+            if float(getattr(self, name)) < 0.0:
+                raise SettingsError(f"{name} {getattr(self, name)} is negative; use 0 (no contrastive term) or DCWP's 0.05")
         if not 0.0 <= float(self.drop_rate) < 1.0:
             raise SettingsError(f"drop_rate {self.drop_rate} is outside [0, 1)")
         if float(self.drop_rate_min) < 0.0:

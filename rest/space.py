@@ -18,6 +18,7 @@ model-based search), which would be custom validators anyway.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,15 @@ class Resources:
 
 
 @dataclass
+class Method:
+    """One method of a methods study: its fixed settings and its own (grid) search."""
+
+    name: str
+    train: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
 class StudySpec:
     name: str
     train: TrainSettings  # fixed settings (searched keys hold their defaults here)
@@ -99,6 +109,15 @@ class StudySpec:
     keep_checkpoints: int = 2
     description: str = ""
     callbacks: list[str] = field(default_factory=list)  # trackers: tensorboard, mlflow, wandb
+    methods: list[Method] = field(default_factory=list)  # a methods study: each method's own search per cell
+
+    def method_keys(self) -> list[str]:
+        """What tells a methods study's rows apart: the kind of method (density, reweighting,
+        sparse method) and every setting some method searches; [] without methods."""
+        if not self.methods:
+            return []
+        keys = ["density", "reweight", "sparse", *(k for m in self.methods for k in m.search)]
+        return [k for k in dict.fromkeys(keys) if k not in self.compare_within and k != "seed"]
 
     @property
     def max_epochs(self) -> int:
@@ -106,6 +125,8 @@ class StudySpec:
 
     def grid_size(self) -> int:
         """Trials of the search phase (grid entries multiply; sampled ones count num_samples)."""
+        if self.methods:
+            return len(method_configs(self))
         size = self.num_samples
         for dist in self.search.values():
             (name, args), = dist.items()
@@ -124,8 +145,9 @@ class StudySpec:
         return [dict(zip(self.compare_within, values)) for values in itertools.product(*options)]
 
     def searched_keys(self) -> list[str]:
-        """Searched keys that define a config within a cell (not the cells, not the seed)."""
-        return [k for k in self.search if k not in ("seed", *self.compare_within)]
+        """Keys that tell configs of a cell apart (not the cells, not the seed), methods' own keys last."""
+        shared = [k for k in self.search if k not in ("seed", *self.compare_within)]
+        return shared + [k for k in self.method_keys() if k not in shared]
 
     def sampled_keys(self) -> list[str]:
         """Searched keys drawn from a continuous or integer range (not a grid, choice or lookup)."""
@@ -137,8 +159,11 @@ class StudySpec:
 
 TOP_LEVEL = {
     "name", "description", "dataset", "data_root", "model", "train", "search", "num_samples", "search_alg", "scheduler",
-    "compare_within", "confirm", "resources", "checkpoint", "callbacks",
+    "compare_within", "confirm", "resources", "checkpoint", "callbacks", "methods",
 }  # fmt: skip
+METHOD_KEYS = {"train", "search"}
+# Distributions a methods study expands itself (into one grid of whole configs).
+METHOD_DISTRIBUTIONS = ("grid", "lookup")
 
 
 def _lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
@@ -204,7 +229,7 @@ def _parse(text: str, source: str) -> StudySpec:
         if key in raw:
             train_values[key] = raw[key]
     search = c.mapping(raw.get("search"), "search", TRAIN_FIELDS)
-    if not search:
+    if not search and not raw.get("methods"):
         raise c.fail("search", "is missing or empty; give at least one searched setting, e.g. density: {grid: [0.05, 1.0]}")
     for key, dist in search.items():
         _check_distribution(c, f"search.{key}", dist)
@@ -268,8 +293,15 @@ def _parse(text: str, source: str) -> StudySpec:
     every = c.number(ckpt.get("every", 1), "checkpoint.every", int, 1)
     keep = c.number(ckpt.get("keep", 2), "checkpoint.keep", int, 1)
 
+    methods = _methods(c, raw.get("methods"), train_values, search, list(compare))
+    if methods and int(raw.get("num_samples", 1)) != 1:
+        raise c.fail("num_samples", "must be 1 in a methods study (its grids are expanded once); repeat with seeds instead")
+    if methods and raw.get("search_alg") is not None:
+        raise c.fail("search_alg", "cannot be combined with methods (a methods study expands every method's grid "
+                                   "itself); remove search_alg or run each method as its own study")
     search_alg = _search_alg(c, raw.get("search_alg"), search, list(compare))
     return StudySpec(
+        methods=methods,
         name=str(raw.get("name") or Path(source).stem),
         description=str(raw.get("description", "")),
         train=base,
@@ -284,6 +316,77 @@ def _parse(text: str, source: str) -> StudySpec:
         keep_checkpoints=keep,
         callbacks=_callbacks(c, raw.get("callbacks", [])),
     )
+
+
+def _methods(c: _Checker, value: Any, train_values: dict, search: dict, cells: list[str]) -> list[Method]:
+    """Validate `methods:` (label -> {train: {...}, search: {key: {grid: [...]}}}): every config valid."""
+    if value is None:
+        return []
+    if not isinstance(value, dict) or not value:
+        raise c.fail("methods", "must map method names to {train: {...}, search: {...}}, e.g. ERM: {train: {reweight: none}}")
+    for key, dist in search.items():
+        if next(iter(dist)) not in METHOD_DISTRIBUTIONS:
+            raise c.fail(f"search.{key}", f"uses '{next(iter(dist))}'; a methods study expands grids, so use grid or lookup")
+    methods = []
+    for name, body in value.items():
+        where = f"methods.{name}"
+        if not isinstance(name, str) or not name.strip():
+            raise c.fail("methods", f"has a method named {name!r}; name each method with text, e.g. PGD")
+        body = c.mapping(body, where, METHOD_KEYS)
+        fixed = dict(c.mapping(body.get("train"), f"{where}.train", TRAIN_FIELDS))
+        own = c.mapping(body.get("search"), f"{where}.search", TRAIN_FIELDS)
+        for key in (*fixed, *own):
+            if key in search:
+                raise c.fail(f"{where}.{'train' if key in fixed else 'search'}.{key}",
+                             "is also under the study's search; a setting is shared (search) or the method's, not both")
+            if key in cells:
+                raise c.fail(f"{where}.{'train' if key in fixed else 'search'}.{key}",
+                             f"is a cell key (compare_within: {', '.join(cells)}); cells are shared by every method")
+        for key, dist in own.items():
+            _check_distribution(c, f"{where}.search.{key}", dist)
+            if next(iter(dist)) not in METHOD_DISTRIBUTIONS:
+                raise c.fail(f"{where}.search.{key}", f"uses '{next(iter(dist))}'; a method's search is a grid (or lookup)")
+            if key in fixed:
+                raise c.fail(f"{where}.search.{key}", "is also fixed under the method's train; keep it in one place")
+        method = Method(str(name), fixed, dict(own))
+        try:
+            for config in _expand({**train_values, **fixed}, {**search, **own}):
+                TrainSettings.from_dict(config).validate()
+        except SettingsError as exc:
+            raise c.fail(where, f"has an invalid config: {exc}") from None
+        except KeyError as exc:
+            raise c.fail(where, f"has a lookup without an entry for {exc.args[0]}; add it to the table") from None
+        methods.append(method)
+    return methods
+
+
+def _expand(fixed: dict[str, Any], search: dict[str, dict]) -> list[dict[str, Any]]:
+    """Every combination of the grids (lookups resolved from the combination), over `fixed`."""
+    grids = {k: d["grid"] for k, d in search.items() if "grid" in d}
+    lookups = {k: d["lookup"] for k, d in search.items() if "lookup" in d}
+    configs = []
+    for values in itertools.product(*grids.values()):
+        config = {**fixed, **dict(zip(grids, values))}
+        defaults = TrainSettings()
+        for key, spec in lookups.items():
+            source = config.get(spec["key"], getattr(defaults, spec["key"]))
+            table = {float(k) if _is_number(k) else k: v for k, v in spec["table"].items()}
+            config[key] = table[float(source) if _is_number(source) else source]
+        configs.append(config)
+    return configs
+
+
+def method_configs(spec: StudySpec, epochs: int | None = None, data_root: str | None = None) -> list[dict[str, Any]]:
+    """The trials of a methods study's search phase: per cell (the shared search), every
+    method's own grid over its fixed settings; each config says its method in extra.method."""
+    base = spec.train.replace(epochs=epochs or spec.max_epochs, data_root=data_root or spec.train.data_root).to_dict()
+    base.pop("extra")
+    configs = []
+    for shared in _expand(base, spec.search):
+        for m in spec.methods:
+            for config in _expand({**shared, **m.train}, m.search):
+                configs.append({**config, "extra": {"method": m.name}})
+    return configs
 
 
 def _num_samples(c: _Checker, value: Any, search: dict) -> int:

@@ -112,7 +112,12 @@ def grow_random(weight: torch.Tensor, grad: torch.Tensor | None, gen: torch.Gene
 
 DROP = {"magnitude": drop_magnitude}
 GROW = {"gradient": grow_gradient, "random": grow_random}
-METHODS: dict[str, tuple[str, str] | None] = {"rigl": ("magnitude", "gradient"), "set": ("magnitude", "random"), "static": None}
+METHODS: dict[str, tuple[str, str] | None] = {
+    "rigl": ("magnitude", "gradient"), "set": ("magnitude", "random"), "static": None,
+    "dcwp": None,  # masks learned before training (rest.dcwp), then fixed
+}  # fmt: skip
+# Methods whose masks come from a learning stage: the model stays dense until set_masks().
+LEARNED = ("dcwp",)
 
 
 def _mask_state(optimizer: torch.optim.Optimizer | None, p: nn.Parameter, mask: torch.Tensor) -> None:
@@ -197,9 +202,12 @@ class SparseMask:
         self.updates = 0
         self.generator = torch.Generator().manual_seed(int(seed))
         self.masks: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}  # exact active weights per layer (empty when dense)
         if self.density < 1.0:
             shapes = {n: tuple(p.shape) for n, p in self.params.items()}
-            counts = active_counts(shapes, erk_densities(shapes, self.density, distribution))
+            self.counts = counts = active_counts(shapes, erk_densities(shapes, self.density, distribution))
+            if method in LEARNED:
+                return  # dense until the learned masks arrive (set_masks)
             for name, p in self.params.items():
                 idx = torch.randperm(p.numel(), generator=self.generator)[: counts[name]]
                 mask = torch.zeros(p.numel(), dtype=torch.bool)
@@ -218,6 +226,17 @@ class SparseMask:
             p = self.params[name]
             p.mul_(mask)
             _mask_state(optimizer, p, mask)
+
+    @torch.no_grad()
+    def set_masks(self, masks: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Install learned masks (DCWP); each must hold exactly this mask's count for its layer."""
+        for name, count in self.counts.items():
+            mask = masks[name]
+            if mask.shape != self.params[name].shape or int(mask.sum()) != count:
+                raise ValueError(f"mask of {name} has {int(mask.sum())} active weights of shape {tuple(mask.shape)}; "
+                                 f"expected {count} of {tuple(self.params[name].shape)}")
+        self.masks = {name: masks[name].bool().to(self.params[name].device) for name in self.counts}
+        self.apply(optimizer)
 
     def update_due(self) -> bool:
         return (

@@ -30,7 +30,7 @@ from .errors import StudyError
 from .manifest import PHASES, create_study, is_complete, read_manifest, refuse_existing, write_manifest
 from .results import Trial, read_phase
 from .search import make_scheduler, make_search_alg, search_param_space
-from .space import StudySpec
+from .space import StudySpec, method_configs
 from .storage import Location
 from .tracking import make_callbacks, stall_watch_class
 from .trainable import rest_trainable
@@ -59,6 +59,10 @@ def begin_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str)
 # ------------------------------------------------------------------- phases
 
 def search_space(spec: StudySpec, data_root: str | None) -> dict:
+    if spec.methods:  # every method's own grid, expanded here into whole configs
+        from ray import tune
+
+        return {"cfg": tune.grid_search(method_configs(spec, spec.max_epochs, data_root))}
     fixed = spec.train.replace(epochs=spec.max_epochs, data_root=data_root or spec.train.data_root).to_dict()
     fixed.pop("extra")
     return search_param_space(spec, fixed)
@@ -128,6 +132,43 @@ def select_confirm_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
             for seed in spec.confirm.seeds:
                 configs.append({**cfg, "seed": seed, "epochs": epochs, "extra": {"role": role}})
     return configs
+
+
+def select_method_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
+    """A methods study: per cell and method, the method's top-k configs by the selection rule, x confirm seeds."""
+    from .results import aggregate, trial_row
+
+    rows = [trial_row(t, spec) for t in trials if t.history]
+    if not rows:
+        return []
+    import pandas as pd
+
+    keys = spec.compare_within + ["method"] + spec.method_keys()
+    configs_by_key = {}
+    for t in trials:
+        cfg = {k: v for k, v in t.config.items() if k not in ("seed", "extra")}
+        configs_by_key.setdefault(tuple(_same_value(v) for v in (*(cfg.get(k) for k in spec.compare_within), t.method,
+                                                                  *(cfg.get(k) for k in spec.method_keys()))), cfg)
+    table = aggregate(pd.DataFrame(rows), keys)
+    primary = getattr(spec.train, "selection", "worst_group")
+    own = {m.name: m.train for m in spec.methods}
+    configs = []
+    for (*_, method), members in selection.select_per_cell(table.to_dict("records"), spec.compare_within + ["method"],
+                                                           primary, k=spec.confirm.top_k).items():
+        for rank, m in enumerate(members, 1):
+            cfg = configs_by_key[tuple(_same_value(m.get(k)) for k in keys)]
+            epochs = spec.confirm.epochs or own[method].get("epochs") or spec.train.epochs  # a method may fix its own
+            for seed in spec.confirm.seeds:
+                configs.append({**cfg, "seed": seed, "epochs": epochs, "extra": {"role": f"top{rank}", "method": method}})
+    return configs
+
+
+def _same_value(v) -> str:
+    """One text per value whatever pandas made of it (5 and 5.0 alike)."""
+    try:
+        return repr(float(v))
+    except (TypeError, ValueError):
+        return str(v)
 
 
 # ------------------------------------------------------------------ running
@@ -242,7 +283,8 @@ def _confirm_configs(path: Location, spec: StudySpec, opts: RunOptions) -> list[
     file = path.join("confirm_configs.json")
     if file.exists():
         return file.read_json()
-    configs = select_confirm_configs(spec, read_phase(path.join("search"), "search"))
+    select = select_method_configs if spec.methods else select_confirm_configs
+    configs = select(spec, read_phase(path.join("search"), "search"))
     if not configs:
         raise StudyError(f"the search phase of {path.name} has no trial with results to confirm")
     if opts.data_root:

@@ -1,4 +1,5 @@
-"""Train one REST configuration: reweighted sampling + dynamic sparse training.
+"""Train one configuration: reweighted sampling (none, oracle, JTT, PGD) + sparse training
+(RigL, SET, static masks, or DCWP's learned masks).
 
 ``Trainer`` owns every piece of training state and saves it as one checkpoint
 dict (model, masks, optimizer, LR schedule, sampler, RNG states, epoch, best so
@@ -25,15 +26,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import BiasedData, DataError, DatasetSpec, Split, get_dataset_spec, load_dataset
+from .dcwp import DCWPState, flagged_fraction, gumbel_sigmoid_mask, initial_scores, top_masks
+from .losses import FeatureTap, debiased_contrastive, generalized_cross_entropy
 from .models import build_model
-from . import selection
+from . import pgd, selection
 from .reweight import EpochSampler, make_sampler
 from .settings import SettingsError, TrainSettings
-from .sparse import SparseMask, output_positions
+from .sparse import LEARNED, SparseMask, output_positions
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+# criterion(logits, y, sample indices) -> scalar loss; None: cross-entropy
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Every key of a run_epoch record: a contract with the study and export code (docs/metrics.md).
 SPLITS = ("val_", "test_")
@@ -226,6 +231,7 @@ def fit_epoch(
     aug_gen: torch.Generator | None = None,
     progress: Progress | None = None,
     amp: Amp | None = None,
+    criterion: Criterion | None = None,
 ) -> float:
     """One pass over `order` (indices into split); returns the mean training loss."""
     amp = amp or Amp()
@@ -242,7 +248,8 @@ def fit_epoch(
         x = to_input(images.to(device, non_blocking=True), spec)
         y = split.y[idx].to(device, non_blocking=True)
         with amp.autocast(device):
-            loss = F.cross_entropy(model(x), y)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y) if criterion is None else criterion(logits, y, idx)
         if amp.scaler is None:
             loss.backward()
             optimizer.step()
@@ -283,7 +290,9 @@ class Trainer:
         self.positions = output_positions(self.model, to_input(self.data.train.images[:1].to(self.device), self.spec))
         self.dense_flops = sum(2 * self.positions[n] * p.numel() for n, p in self.sparse.params.items())
         self.aug_gen = torch.Generator().manual_seed(s.seed + 1)
-        self.sampler: EpochSampler | None = None  # built on first epoch (JTT trains a model for it)
+        # DCWP learns its masks on the first epoch, before the sampler (which may use its flagged set)
+        self.dcwp = DCWPState() if s.sparse in LEARNED and self.sparse.counts else None
+        self.sampler: EpochSampler | None = None  # built on first epoch (JTT and PGD train a model for it)
         self.epoch = 0
         self.best: dict[str, float] = {"best_epoch": 0}  # the selected epoch's metrics, as best_<metric>
         self.best_weights: dict | None = None  # model and masks at the best epoch, for export
@@ -297,8 +306,13 @@ class Trainer:
         return model
 
     def _identify_errors(self, train: Split) -> torch.Tensor:
-        """JTT stage 1: a dense ERM model trained jtt_epochs; its training errors."""
+        """JTT stage 1: a dense ERM model trained jtt_epochs; its training errors.
+
+        With DCWP, its biased twin's errors instead: upweighting them is DCWP's retraining.
+        """
         s = self.settings
+        if self.dcwp is not None and self.dcwp.flagged is not None:
+            return self.dcwp.flagged
         model = self._new_model()
         optimizer = OPTIMIZERS[s.optimizer](list(model.parameters()), s)
         amp = make_amp(s.precision, self.device)  # its own loss scaler: this model's gradients differ
@@ -309,16 +323,116 @@ class Trainer:
         preds, _ = predict(model, train, self.spec, s.eval_batch_size, amp)
         return preds.cpu() != train.y.cpu()
 
+    def _pgd_importance(self, train: Split) -> torch.Tensor:
+        """PGD steps 1-2: a dense model trained pgd_epochs with GCE and uniform sampling (as
+        PGD's code trains its biased model), then each training sample's last-layer
+        gradient p-norm, in eval mode as PGD computes it. Returns sampling probabilities."""
+        s = self.settings
+        model = self._new_model()
+        optimizer = OPTIMIZERS[s.optimizer](list(model.parameters()), s)
+        amp = make_amp(s.precision, self.device)
+        gen = torch.Generator().manual_seed(s.seed + 3)
+        gce = functools.partial(_gce_criterion, q=s.gce_q)
+        for _ in range(s.pgd_epochs):
+            fit_epoch(model, optimizer, train, torch.randperm(len(train), generator=gen), self.spec, s.batch_size,
+                      aug_gen=gen, amp=amp, criterion=gce)
+        return pgd.importance(self._grad_norms(model, train, s.pgd_norm))
+
+    @torch.inference_mode()
+    def _grad_norms(self, model: nn.Module, split: Split, p: float) -> torch.Tensor:
+        model.eval()
+        norms = []
+        with FeatureTap(model) as tap:
+            for start in range(0, len(split), self.settings.eval_batch_size):
+                x = to_input(split.images[start:start + self.settings.eval_batch_size].to(self.device), self.spec)
+                y = split.y[start:start + self.settings.eval_batch_size].to(self.device)
+                norms.append(pgd.last_layer_grad_norms(model(x), tap.features, y, p).cpu())
+        model.train()
+        return torch.cat(norms)
+
+    def _learn_dcwp_masks(self, train: Split) -> None:
+        """DCWP steps 1-3 (rest.dcwp): dense pretraining of the model beside a GCE twin, the
+        twin's training errors as flagged samples, mask scores learned on the frozen model,
+        the top-k of each layer installed as the mask. Never reads bias labels."""
+        s = self.settings
+        gen = torch.Generator().manual_seed(s.seed + 4)
+        twin = self._new_model()
+        optimizers = [OPTIMIZERS[s.optimizer](list(m.parameters()), s) for m in (self.model, twin)]
+        amps = [make_amp(s.precision, self.device) for _ in range(2)]  # each model its own loss scaler
+        gce = functools.partial(_gce_criterion, q=s.gce_q)
+        for _ in range(s.dcwp_pretrain_epochs):  # both models see the same batch order, as DCWP trains them side by side
+            order = torch.randperm(len(train), generator=gen)
+            fit_epoch(self.model, optimizers[0], train, order, self.spec, s.batch_size, aug_gen=gen, amp=amps[0])
+            fit_epoch(twin, optimizers[1], train, order, self.spec, s.batch_size, aug_gen=gen, amp=amps[1], criterion=gce)
+        preds, _ = predict(twin, train, self.spec, s.eval_batch_size, self.amp)
+        flagged = preds.cpu() != train.y.cpu()
+        log.info("DCWP flagged %d of %d training samples (%.1f%%)", int(flagged.sum()), len(flagged), 100 * flagged_fraction(flagged))
+        self.dcwp.flagged = flagged
+        scores = self._mask_scores(train, flagged, gen)
+        self.sparse.set_masks(top_masks(scores, self.sparse.counts), self.optimizer)
+        self.dcwp.pruned = True
+
+    def _mask_scores(self, train: Split, flagged: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """DCWP step 3: Adam on one score per weight, weights frozen, through sampled hard masks."""
+        s = self.settings
+        params = self.sparse.params
+        scores = initial_scores({n: tuple(p.shape) for n, p in params.items()}, self.device)
+        optimizer = torch.optim.Adam(list(scores.values()), lr=s.dcwp_mask_lr)
+        sampler = EpochSampler(len(train), torch.where(flagged, float(s.dcwp_prune_upweight), 1.0), s.seed + 5)
+        augment = AUGMENTATIONS[self.spec.augment]
+        frozen = [p for p in self.model.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        self.model.train()
+        try:
+            with FeatureTap(self.model) as tap:
+                for _ in range(s.dcwp_prune_epochs):
+                    order = sampler.epoch_indices()
+                    for i in range(0, len(order), s.batch_size):
+                        idx = order[i:i + s.batch_size]
+                        images = train.images[idx]
+                        images = augment(images, gen) if augment is not None else images
+                        x = to_input(images.to(self.device), self.spec)
+                        y = train.y[idx].to(self.device)
+                        masked = {n: p * gumbel_sigmoid_mask(scores[n], gen) for n, p in params.items()}
+                        logits = torch.func.functional_call(self.model, masked, (x,), strict=False)
+                        loss = F.cross_entropy(logits.float(), y) + s.dcwp_con_prune * debiased_contrastive(
+                            tap.features, y, flagged[idx])
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        return scores
+
+    def _criterion(self, tap: FeatureTap | None) -> Criterion | None:
+        """DCWP's retraining loss (cross-entropy + its contrastive term); None: cross-entropy."""
+        s = self.settings
+        if tap is None:
+            return None
+        flagged = self.dcwp.flagged
+
+        def loss(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(logits, y) + s.dcwp_con_retrain * debiased_contrastive(tap.features, y, flagged[idx.cpu()])
+
+        return loss
+
     def run_epoch(self) -> dict[str, float]:
         s = self.settings
         start = time.perf_counter()
+        if self.dcwp is not None and not self.dcwp.pruned:
+            self._learn_dcwp_masks(self.data.train.without_bias())
         if self.sampler is None:
-            self.sampler = make_sampler(s.reweight, self.data.train, s.lambda_upweight, s.seed, self._identify_errors)
+            self.sampler = make_sampler(s.reweight, self.data.train, s.lambda_upweight, s.seed, self._identify_errors,
+                                        self._pgd_importance)
         order = self.sampler.epoch_indices()
-        train_loss = fit_epoch(
-            self.model, self.optimizer, self.data.train, order, self.spec, s.batch_size,
-            self.sparse if self.sparse.enabled else None, self.aug_gen, self.progress, self.amp,
-        )  # fmt: skip
+        contrastive = self.dcwp is not None and s.dcwp_con_retrain > 0
+        with FeatureTap(self.model) if contrastive else nullcontext() as tap:
+            train_loss = fit_epoch(
+                self.model, self.optimizer, self.data.train, order, self.spec, s.batch_size,
+                self.sparse if self.sparse.enabled else None, self.aug_gen, self.progress, self.amp, self._criterion(tap),
+            )  # fmt: skip
         val = evaluate(self.model, self.data.valid, self.spec, s.eval_batch_size, self.amp)
         test = evaluate(self.model, self.data.test, self.spec, s.eval_batch_size, self.amp)
         self.epoch += 1
@@ -380,6 +494,7 @@ class Trainer:
             "scaler": self.amp.scaler.state_dict() if self.amp.scaler is not None else None,
             "sparse": self.sparse.state_dict(),
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+            "dcwp": self.dcwp.state_dict() if self.dcwp is not None else None,
             "aug_generator": self.aug_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -396,6 +511,8 @@ class Trainer:
         if self.amp.scaler is not None and state.get("scaler") is not None:
             self.amp.scaler.load_state_dict(state["scaler"])
         self.sparse.load_state_dict(state["sparse"])
+        if self.dcwp is not None and state.get("dcwp") is not None:
+            self.dcwp.load_state_dict(state["dcwp"])
         if state["sampler"] is not None:
             self.sampler = EpochSampler(len(self.data.train), None, self.settings.seed)
             self.sampler.load_state_dict(state["sampler"])
@@ -405,6 +522,10 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.best = dict(state["best"])
         self.best_weights = state.get("best_weights")
+
+
+def _gce_criterion(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, q: float) -> torch.Tensor:
+    return generalized_cross_entropy(logits.float(), y, q)
 
 
 def train(settings: TrainSettings, data: BiasedData | None = None, state: dict | None = None,

@@ -1,0 +1,29 @@
+"""PGD's sample importance (Ahn et al., ICLR 2023): per-sample gradient norms, in closed form.
+
+PGD's code (`trainer/learner.py`, `train_ours`) takes, after training a biased model,
+the gradient of each training sample's cross-entropy with respect to the weight of the
+last (fc) layer, one backward pass per sample, and samples training data with
+probability proportional to its p-norm. For that layer the gradient has a closed form,
+so here it is computed for a whole batch at once, with the same numbers.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def last_layer_grad_norms(logits: torch.Tensor, features: torch.Tensor, y: torch.Tensor, p: float = 0.7) -> torch.Tensor:
+    """Per-sample p-norm of d CE(W h + b, y) / d W, without a backward pass.
+
+    For logits z = W h + b the gradient is the outer product (softmax(z) - onehot(y)) h^T,
+    and the entrywise p-norm of an outer product factorises:
+    ||g h^T||_p = (sum_ij |g_i|^p |h_j|^p)^(1/p) = ||g||_p ||h||_p  (any p > 0).
+    """
+    g = torch.softmax(logits.float(), dim=1) - F.one_hot(y, logits.shape[1]).float()
+    return torch.linalg.vector_norm(g, ord=p, dim=1) * torch.linalg.vector_norm(features.float(), ord=p, dim=1)
+
+
+def importance(norms: torch.Tensor, floor: float = 1e-8) -> torch.Tensor:
+    """Sampling probabilities proportional to the gradient norms (PGD clamps them at 1e-8)."""
+    norms = norms.double().clamp(min=floor)
+    return (norms / norms.sum()).float()
