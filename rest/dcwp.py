@@ -72,3 +72,44 @@ class DCWPState:
 
 def flagged_fraction(flagged: torch.Tensor) -> float:
     return float(flagged.float().mean()) if len(flagged) else math.nan
+
+
+def learn_scores(model, params: dict, train, flagged: torch.Tensor, spec, s, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """DCWP step 3: Adam on one score per weight of `params` (the model's maskable weights),
+    weights frozen, through sampled hard masks; `s` the run's TrainSettings."""
+    import torch.nn.functional as F
+
+    from .batches import AUGMENTATIONS, to_input
+    from .losses import FeatureTap, debiased_contrastive
+    from .reweight import EpochSampler
+
+    device = next(model.parameters()).device
+    scores = initial_scores({n: tuple(p.shape) for n, p in params.items()}, device)
+    optimizer = torch.optim.Adam(list(scores.values()), lr=s.dcwp_mask_lr)
+    sampler = EpochSampler(len(train), torch.where(flagged, float(s.dcwp_prune_upweight), 1.0), s.seed + 5)
+    augment = AUGMENTATIONS[spec.augment]
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    model.train()
+    try:
+        with FeatureTap(model) as tap:
+            for _ in range(s.dcwp_prune_epochs):
+                order = sampler.epoch_indices()
+                for i in range(0, len(order), s.batch_size):
+                    idx = order[i:i + s.batch_size]
+                    images = train.images[idx]
+                    images = augment(images, gen) if augment is not None else images
+                    x = to_input(images.to(device), spec)
+                    y = train.y[idx].to(device)
+                    masked = {n: p * gumbel_sigmoid_mask(scores[n], gen) for n, p in params.items()}
+                    logits = torch.func.functional_call(model, masked, (x,), strict=False)
+                    loss = F.cross_entropy(logits.float(), y) + s.dcwp_con_prune * debiased_contrastive(
+                        tap.features, y, flagged[idx])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return scores

@@ -27,3 +27,21 @@ def importance(norms: torch.Tensor, floor: float = 1e-8) -> torch.Tensor:
     """Sampling probabilities proportional to the gradient norms (PGD clamps them at 1e-8)."""
     norms = norms.double().clamp(min=floor)
     return (norms / norms.sum()).float()
+
+
+@torch.inference_mode()
+def grad_norms(model, split, spec, batch_size: int, p: float) -> torch.Tensor:
+    """Every sample's last-layer gradient p-norm, in eval mode as PGD computes it (batched closed form)."""
+    from .batches import to_input
+    from .losses import FeatureTap
+
+    device = next(model.parameters()).device
+    model.eval()
+    norms = []
+    with FeatureTap(model) as tap:
+        for start in range(0, len(split), batch_size):
+            x = to_input(split.images[start:start + batch_size].to(device), spec)
+            y = split.y[start:start + batch_size].to(device)
+            norms.append(last_layer_grad_norms(model(x), tap.features, y, p).cpu())
+    model.train()
+    return torch.cat(norms)

@@ -26,7 +26,7 @@ from typing import Any
 
 from . import tune_ext
 from .results import flat_config
-from .space import StudySpec, to_tune
+from .space import SpaceError, StudySpec
 
 log = logging.getLogger(__name__)
 
@@ -246,3 +246,33 @@ def search_param_space(spec: StudySpec, fixed: dict) -> dict:
     if spec.search_alg.model_based:
         return dict(fixed)
     return {**fixed, **{k: to_tune(d) for k, d in spec.search.items()}}
+
+
+# ------------------------------------------------------ Ray Tune distributions
+
+def to_tune(dist: dict[str, Any]):
+    """The Ray Tune search object of one validated distribution."""
+    from ray import tune
+
+    (name, args), = dist.items()
+    if name == "grid":
+        return tune.grid_search(list(args))
+    if name == "lookup":
+        return tune.sample_from(_Lookup(args["key"], args["table"]))
+    if name == "choice":
+        return tune.choice(list(args))
+    return getattr(tune, name)(*args)
+
+
+class _Lookup:
+    """Picklable `sample_from` callable: the value of `table` at the trial's `key`."""
+
+    def __init__(self, key: str, table: dict):
+        self.key = key
+        self.table = {float(k): v for k, v in table.items()}
+
+    def __call__(self, spec) -> Any:
+        value = spec.config[self.key]
+        if float(value) not in self.table:
+            raise SpaceError(f"lookup on {self.key}: no entry for {value}; add it to the table")
+        return self.table[float(value)]

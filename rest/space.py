@@ -481,33 +481,5 @@ def load_space(path: str | Path) -> tuple[StudySpec, str]:
     return parse_space(text, str(p)), text
 
 
-def to_tune(dist: dict[str, Any]):
-    """The Ray Tune search object of one validated distribution."""
-    from ray import tune
-
-    (name, args), = dist.items()
-    if name == "grid":
-        return tune.grid_search(list(args))
-    if name == "lookup":
-        return tune.sample_from(_Lookup(args["key"], args["table"]))
-    if name == "choice":
-        return tune.choice(list(args))
-    return getattr(tune, name)(*args)
-
-
-class _Lookup:
-    """Picklable `sample_from` callable: the value of `table` at the trial's `key`."""
-
-    def __init__(self, key: str, table: dict):
-        self.key = key
-        self.table = {float(k): v for k, v in table.items()}
-
-    def __call__(self, spec) -> Any:
-        value = spec.config[self.key]
-        if float(value) not in self.table:
-            raise SpaceError(f"lookup on {self.key}: no entry for {value}; add it to the table")
-        return self.table[float(value)]
-
-
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)

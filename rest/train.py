@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import BiasedData, DataError, DatasetSpec, Split, get_dataset_spec, load_dataset
-from .dcwp import DCWPState, flagged_fraction, gumbel_sigmoid_mask, initial_scores, top_masks
+from .batches import AUGMENTATIONS, to_input
+from .dcwp import DCWPState, flagged_fraction, learn_scores, top_masks
 from .losses import FeatureTap, debiased_contrastive, generalized_cross_entropy
 from .models import build_model
 from . import pgd, selection
@@ -61,36 +62,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SettingsError(f"device '{name}' was asked for but this machine has no CUDA GPU; use --device cpu (or auto)")
     return torch.device(name)
-
-
-# ------------------------------------------------------------ batches (pure)
-
-def to_input(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
-    """uint8 N x C x H x W -> normalised float."""
-    x = images.float().div_(255.0)
-    if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
-        mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
-        x = x.sub_(mean).div_(std)
-    return x
-
-
-def crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Per-sample random crop (zero padding `pad`) and horizontal flip, on uint8 tensors."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(images.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(images.device)
-    flip = torch.rand(n, generator=gen).to(images.device) < 0.5
-    rows = (dy[:, None] + torch.arange(h, device=images.device)[None, :])  # n x h
-    cols = torch.arange(w, device=images.device)[None, :].expand(n, w)
-    cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]  # n x w
-    idx_n = torch.arange(n, device=images.device)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # n x h x w x c
-    return out.permute(0, 3, 1, 2).contiguous()
-
-
-AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None] = {"none": None, "crop_flip": crop_flip}
 
 
 # ----------------------------------------------------------------- precision
@@ -336,19 +307,7 @@ class Trainer:
         for _ in range(s.pgd_epochs):
             fit_epoch(model, optimizer, train, torch.randperm(len(train), generator=gen), self.spec, s.batch_size,
                       aug_gen=gen, amp=amp, criterion=gce)
-        return pgd.importance(self._grad_norms(model, train, s.pgd_norm))
-
-    @torch.inference_mode()
-    def _grad_norms(self, model: nn.Module, split: Split, p: float) -> torch.Tensor:
-        model.eval()
-        norms = []
-        with FeatureTap(model) as tap:
-            for start in range(0, len(split), self.settings.eval_batch_size):
-                x = to_input(split.images[start:start + self.settings.eval_batch_size].to(self.device), self.spec)
-                y = split.y[start:start + self.settings.eval_batch_size].to(self.device)
-                norms.append(pgd.last_layer_grad_norms(model(x), tap.features, y, p).cpu())
-        model.train()
-        return torch.cat(norms)
+        return pgd.importance(pgd.grad_norms(model, train, self.spec, s.eval_batch_size, s.pgd_norm))
 
     def _learn_dcwp_masks(self, train: Split) -> None:
         """DCWP steps 1-3 (rest.dcwp): dense pretraining of the model beside a GCE twin, the
@@ -368,43 +327,9 @@ class Trainer:
         flagged = preds.cpu() != train.y.cpu()
         log.info("DCWP flagged %d of %d training samples (%.1f%%)", int(flagged.sum()), len(flagged), 100 * flagged_fraction(flagged))
         self.dcwp.flagged = flagged
-        scores = self._mask_scores(train, flagged, gen)
+        scores = learn_scores(self.model, self.sparse.params, train, flagged, self.spec, s, gen)
         self.sparse.set_masks(top_masks(scores, self.sparse.counts), self.optimizer)
         self.dcwp.pruned = True
-
-    def _mask_scores(self, train: Split, flagged: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        """DCWP step 3: Adam on one score per weight, weights frozen, through sampled hard masks."""
-        s = self.settings
-        params = self.sparse.params
-        scores = initial_scores({n: tuple(p.shape) for n, p in params.items()}, self.device)
-        optimizer = torch.optim.Adam(list(scores.values()), lr=s.dcwp_mask_lr)
-        sampler = EpochSampler(len(train), torch.where(flagged, float(s.dcwp_prune_upweight), 1.0), s.seed + 5)
-        augment = AUGMENTATIONS[self.spec.augment]
-        frozen = [p for p in self.model.parameters() if p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(False)
-        self.model.train()
-        try:
-            with FeatureTap(self.model) as tap:
-                for _ in range(s.dcwp_prune_epochs):
-                    order = sampler.epoch_indices()
-                    for i in range(0, len(order), s.batch_size):
-                        idx = order[i:i + s.batch_size]
-                        images = train.images[idx]
-                        images = augment(images, gen) if augment is not None else images
-                        x = to_input(images.to(self.device), self.spec)
-                        y = train.y[idx].to(self.device)
-                        masked = {n: p * gumbel_sigmoid_mask(scores[n], gen) for n, p in params.items()}
-                        logits = torch.func.functional_call(self.model, masked, (x,), strict=False)
-                        loss = F.cross_entropy(logits.float(), y) + s.dcwp_con_prune * debiased_contrastive(
-                            tap.features, y, flagged[idx])
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimizer.step()
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
-        return scores
 
     def _criterion(self, tap: FeatureTap | None) -> Criterion | None:
         """DCWP's retraining loss (cross-entropy + its contrastive term); None: cross-entropy."""

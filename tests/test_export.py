@@ -116,7 +116,7 @@ def test_export_model_round_trip_and_exports_never_write_to_storage(smoke_study,
     from rest.export import find_study, load_study, selected_trial, trial_state
     from rest.models import build_model
     from rest.settings import TrainSettings
-    from rest.train import to_input
+    from rest.batches import to_input
 
     storage, run = smoke_study
     assert run.returncode == 0, run.stderr[-2000:]

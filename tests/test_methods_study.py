@@ -5,7 +5,8 @@ from conftest import ROOT
 from rest.export import best_configs, paper_presentable, paper_table
 from rest.results import StudyResults, Trial
 from rest.space import SpaceError, load_space, method_configs, parse_space
-from rest.study import select_method_configs, trial_cell
+from rest.search import trial_cell
+from rest.study import select_method_configs
 
 METHODS = ["ERM", "JTT", "PGD", "DCWP", "oracle (dense)", "REST"]
 

@@ -12,7 +12,8 @@ from rest.data import BiasedData
 from rest.models import MODELS
 from rest.reweight import STRATEGIES
 from rest.sparse import METHODS
-from rest.train import METRICS, Trainer, crop_flip, group_accuracies, make_amp, scaled_step, train
+from rest.batches import crop_flip
+from rest.train import METRICS, Trainer, group_accuracies, make_amp, scaled_step, train
 
 
 def _records(settings, data):
