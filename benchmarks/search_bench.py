@@ -201,6 +201,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=ROOT / "bench-work" / "search", help="studies and cached confirmations")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--seeds", type=int, nargs="+", default=SEEDS, help=f"searcher seeds (default {SEEDS})")
     ap.add_argument("--quick", action="store_true", help="tiny runs (3 x 3 grid, 2 epochs, 400 images, 4 samples): a smoke check")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -228,8 +229,8 @@ def main() -> None:
         logging.info("reference %s%%: %s -> confirmed %.3f", cell, ref[str(cell)]["config"], ref[str(cell)]["confirmed_test_wg"])
 
     runs = []
-    for method in METHODS:
-        for seed in SEEDS:
+    for seed in args.seeds:  # seed-major: every method gets its first seed before any gets a second
+        for method in METHODS:
             name = f"{method.split('+')[0].lower()}_s{seed}"
             study = run(args.work, name, study_file(name, method, seed, args.quick))
             for cell in CELLS:
@@ -249,7 +250,7 @@ def main() -> None:
                      r["trial_epochs_total"])
 
     result = {"settings": {"train": TRAIN if not args.quick else {**TRAIN, "epochs": 2, "subsample": 400},
-                           "asha": ASHA, "grid": GRID, "samples_per_cell": SAMPLES, "seeds": SEEDS,
+                           "asha": ASHA, "grid": GRID, "samples_per_cell": SAMPLES, "seeds": args.seeds,
                            "confirm_seeds": CONFIRM_SEEDS, "tolerance": TOLERANCE, "quick": args.quick},
               "full_grid_trial_epochs_per_cell": full, "reference": ref, "runs": runs,
               "wall_seconds": time.time() - start}
