@@ -64,8 +64,6 @@ def run_study(
     opts = RunOptions(storage=storage, name=name or spec.name, address=address or os.environ.get("RAY_ADDRESS"),
                       cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
                       max_failures=max_failures, data_root=data_root, verbose=verbose)
-    if data_root:
-        spec.train.data_root = data_root
     if study_dir(storage, opts.name).join("manifest.json").is_file():
         path, spec, _ = open_study(storage, opts.name)  # refuses an edited definition
     else:

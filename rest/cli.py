@@ -282,8 +282,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .study import begin_study
 
     spec, text = load_space(args.space)
-    if args.data_root:
-        spec.train.data_root = args.data_root
     check_name(args.name or spec.name)
     storage = resolve_storage(args.storage)
     opts = _options(args, args.name or spec.name, storage, data_root=args.data_root)

@@ -37,7 +37,7 @@ class ResultsError(UserError):
 
 
 def flat_config(config: dict) -> dict:
-    """A trial's training settings (the confirm phase nests them under 'cfg')."""
+    """A trial's training settings. Studies written before confirm configs were flat nest them under 'cfg'."""
     return dict(config.get("cfg", config))
 
 

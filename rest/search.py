@@ -204,6 +204,50 @@ def _per_cell_search_class():
     return PerCellSearch
 
 
+def _fixed_configs_class():
+    from ray.tune.search import Searcher
+
+    class FixedConfigs(Searcher):
+        """Proposes a given list of whole configs, in order, each once; trial configs stay flat.
+
+        For the confirm phase and the expanded grids of a methods study. (Ray's grid_search
+        over dicts nests each config under a key, and BasicVariantGenerator's
+        points_to_evaluate needs every key of every point in the param_space.)
+        """
+
+        def __init__(self, configs: list[dict]):
+            super().__init__(metric=SEARCHER_METRIC, mode=MODE)
+            self.configs = [dict(c) for c in configs]
+            self.issued = 0
+
+        def set_search_properties(self, metric, mode, config, **spec) -> bool:
+            return True
+
+        def suggest(self, trial_id: str):
+            if self.issued >= len(self.configs):
+                return Searcher.FINISHED
+            self.issued += 1
+            return dict(self.configs[self.issued - 1])
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            pass
+
+        def save(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(self.issued, f)
+
+        def restore(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "rb") as f:
+                self.issued = pickle.load(f)
+
+    return FixedConfigs
+
+
+def fixed_configs(configs: list[dict]):
+    """(search_alg, num_samples) that run exactly `configs`, flat, in order."""
+    return _fixed_configs_class()(configs), len(configs)
+
+
 def _saved_bytes(searcher) -> bytes:
     """A Ray searcher's own checkpoint (its `save` writes a file) as bytes."""
     with tempfile.TemporaryDirectory() as d:
@@ -220,6 +264,10 @@ def _restore_bytes(searcher, data: bytes) -> None:
 def make_search_alg(spec: StudySpec):
     """(search_alg, num_samples) for the search phase's TuneConfig."""
     alg = spec.search_alg
+    if spec.methods:  # every method's own grid, expanded into whole configs
+        from .space import method_configs
+
+        return fixed_configs(method_configs(spec, spec.max_epochs))
     if not alg.model_based:
         if alg.type == "grid" and alg.max_concurrent is None:
             return None, spec.num_samples
@@ -243,7 +291,7 @@ def make_search_alg(spec: StudySpec):
 
 def search_param_space(spec: StudySpec, fixed: dict) -> dict:
     """The Tuner's param_space: fixed settings, plus Tune distributions unless a searcher proposes them."""
-    if spec.search_alg.model_based:
+    if spec.search_alg.model_based or spec.methods:  # the searcher proposes every searched value
         return dict(fixed)
     return {**fixed, **{k: to_tune(d) for k, d in spec.search.items()}}
 

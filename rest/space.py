@@ -376,10 +376,10 @@ def _expand(fixed: dict[str, Any], search: dict[str, dict]) -> list[dict[str, An
     return configs
 
 
-def method_configs(spec: StudySpec, epochs: int | None = None, data_root: str | None = None) -> list[dict[str, Any]]:
+def method_configs(spec: StudySpec, epochs: int | None = None) -> list[dict[str, Any]]:
     """The trials of a methods study's search phase: per cell (the shared search), every
     method's own grid over its fixed settings; each config says its method in extra.method."""
-    base = spec.train.replace(epochs=epochs or spec.max_epochs, data_root=data_root or spec.train.data_root).to_dict()
+    base = spec.train.replace(epochs=epochs or spec.max_epochs).to_dict()
     base.pop("extra")
     configs = []
     for shared in _expand(base, spec.search):

@@ -20,6 +20,7 @@ the stall watch) and rest.driver (Ray connection, stop signals, the driver lock)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -29,8 +30,8 @@ from .driver import DriverLock, Interrupted, RunOptions, StopSignals, check_feas
 from .errors import StudyError
 from .manifest import PHASES, create_study, is_complete, read_manifest, refuse_existing, write_manifest
 from .results import Trial, read_phase
-from .search import make_scheduler, make_search_alg, search_param_space
-from .space import StudySpec, method_configs
+from .search import fixed_configs, make_scheduler, make_search_alg, search_param_space
+from .space import StudySpec
 from .storage import Location
 from .tracking import make_callbacks, stall_watch_class
 from .trainable import rest_trainable
@@ -52,18 +53,21 @@ def begin_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str)
     make_callbacks(spec, opts.name, "search")  # a tracker whose package is missing fails now
     connect(opts.address, opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial)
     check_feasible(spec, opts)
-    prepare_data(spec, opts.data_root)  # bad data fails here, before the study directory exists
+    prepare_data(with_options(spec, opts))  # bad data fails here, before the study directory exists
     return create_study(spec, yaml_text, opts, command)
 
 
 # ------------------------------------------------------------------- phases
 
-def search_space(spec: StudySpec, data_root: str | None) -> dict:
-    if spec.methods:  # every method's own grid, expanded here into whole configs
-        from ray import tune
+def with_options(spec: StudySpec, opts: RunOptions) -> StudySpec:
+    """The study as this driver runs it: ``--data-root`` (its only route to training) in the fixed settings."""
+    if not opts.data_root:
+        return spec
+    return dataclasses.replace(spec, train=spec.train.replace(data_root=opts.data_root))
 
-        return {"cfg": tune.grid_search(method_configs(spec, spec.max_epochs, data_root))}
-    fixed = spec.train.replace(epochs=spec.max_epochs, data_root=data_root or spec.train.data_root).to_dict()
+
+def search_space(spec: StudySpec) -> dict:
+    fixed = spec.train.replace(epochs=spec.max_epochs).to_dict()
     fixed.pop("extra")
     return search_param_space(spec, fixed)
 
@@ -173,7 +177,7 @@ def _same_value(v) -> str:
 
 # ------------------------------------------------------------------ running
 
-def prepare_data(spec: StudySpec, data_root: str | None) -> None:
+def prepare_data(spec: StudySpec) -> None:
     """Build or decode every dataset cell of the search grid once, here, before trials start.
 
     Trials on this node then memory-map the cache; other nodes build their own
@@ -185,7 +189,7 @@ def prepare_data(spec: StudySpec, data_root: str | None) -> None:
         dist = spec.search.get(key) or {}
         return list(dist.get("grid") or dist.get("choice") or [getattr(spec.train, key)])
 
-    root = data_root or spec.train.data_root
+    root = spec.train.data_root
     for dataset in values("dataset"):
         for pct in values("conflict_pct"):
             log.info("preparing %s at %g%% conflicting", dataset, pct)
@@ -207,12 +211,11 @@ def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions):
         log.warning("phase %s had no Ray snapshot to restore; starting it afresh (old files moved to %s)", phase, aside)
     if phase == "search":
         search_alg, num_samples = make_search_alg(spec)
-        return _tuner(phase, path, spec, opts, search_space(spec, opts.data_root), make_scheduler(spec),
-                      search_alg, num_samples)
+        return _tuner(phase, path, spec, opts, search_space(spec), make_scheduler(spec), search_alg, num_samples)
     from ray.tune.schedulers import FIFOScheduler
 
-    configs = _confirm_configs(path, spec, opts)
-    return _tuner(phase, path, spec, opts, {"cfg": tune.grid_search(configs)}, FIFOScheduler())
+    search_alg, num_samples = fixed_configs(_confirm_configs(path, spec))
+    return _tuner(phase, path, spec, opts, {}, FIFOScheduler(), search_alg, num_samples)
 
 
 def unfinished_trials(trials: list[Trial], spec: StudySpec, phase: str) -> list[Trial]:
@@ -235,6 +238,7 @@ def run_study(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSigna
     Raises ``Interrupted`` (phase marked interrupted) when a stop signal arrives.
     """
     stop = stop or StopSignals()
+    spec = with_options(spec, opts)
     manifest = read_manifest(path)
     if is_complete(manifest):
         return manifest
@@ -279,7 +283,7 @@ def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSig
     return manifest
 
 
-def _confirm_configs(path: Location, spec: StudySpec, opts: RunOptions) -> list[dict]:
+def _confirm_configs(path: Location, spec: StudySpec) -> list[dict]:
     file = path.join("confirm_configs.json")
     if file.exists():
         return file.read_json()
@@ -287,7 +291,6 @@ def _confirm_configs(path: Location, spec: StudySpec, opts: RunOptions) -> list[
     configs = select(spec, read_phase(path.join("search"), "search"))
     if not configs:
         raise StudyError(f"the search phase of {path.name} has no trial with results to confirm")
-    if opts.data_root:
-        configs = [{**c, "data_root": opts.data_root} for c in configs]
+    configs = [{**c, "data_root": spec.train.data_root} for c in configs]  # where the data is now
     file.write_text(json.dumps(configs, indent=1))
     return configs
