@@ -1,23 +1,21 @@
-"""PGD and DCWP: their maths against independent references, no bias labels, exact masks, exact resume."""
-import json
+"""PGD and DCWP: their maths against independent references, no bias labels, exact masks.
+
+DCWP's bit-exact resume is a case of test_train's resume test.
+"""
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import ROOT
 from rest.data import BiasedData, DataError, Split
 from rest.dcwp import gumbel_sigmoid_mask, top_masks
 from rest.losses import debiased_contrastive, generalized_cross_entropy
 from rest.pgd import importance, last_layer_grad_norms
 from rest.reweight import make_sampler
 from rest.sparse import SparseMask
-from rest.train import Trainer, train
-from test_train import RESUME_SCRIPT
+from rest.train import Trainer
 
 
 @pytest.mark.parametrize("p", [0.7, 1.0, 2.0])
@@ -143,18 +141,3 @@ def test_dcwp_masks_have_the_exact_counts_at_density_0_1_without_bias_labels(tin
         assert p[~trainer.sparse.masks[name]].abs().sum() == 0
     flagged = trainer.dcwp.flagged
     assert flagged.dtype == torch.bool and len(flagged) == len(trainer.data.train)
-
-
-def test_dcwp_resumes_bit_exactly_in_a_new_process(tiny_data, tiny_settings, tmp_path):
-    s = tiny_settings.replace(epochs=2, sparse="dcwp", density=0.1, reweight="jtt", subsample=160)
-    straight = list(train(s, tiny_data))
-    trainer = Trainer(s, tiny_data)
-    first = [trainer.run_epoch()]
-    torch.save(trainer.state_dict(), tmp_path / "ckpt.pt")
-    script = RESUME_SCRIPT.format(tests=str(ROOT / "tests"))
-    out = subprocess.run([sys.executable, "-c", script, json.dumps(s.to_dict()), str(tmp_path / "ckpt.pt")],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
-    resumed = first + [json.loads(line) for line in out.stdout.splitlines()]
-    drop = {"epoch_seconds"}
-    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in straight]

@@ -169,12 +169,16 @@ while trainer.epoch < settings.epochs:
 """
 
 
-@pytest.mark.parametrize("reweight", ["oracle", "jtt"])
-def test_resume_in_a_new_process_is_bitwise_identical(tiny_data, tiny_settings, tmp_path, reweight):
-    s = tiny_settings.replace(epochs=4, sparse="set", reweight=reweight, schedule="cosine", weight_decay=1e-4)
+@pytest.mark.parametrize("changes", [
+    dict(epochs=4, sparse="set", reweight="oracle", schedule="cosine", weight_decay=1e-4),
+    dict(epochs=4, sparse="set", reweight="jtt", schedule="cosine", weight_decay=1e-4),
+    dict(epochs=2, sparse="dcwp", density=0.1, reweight="jtt", subsample=160),  # DCWP's learned masks and flags
+], ids=["set-oracle", "set-jtt", "dcwp"])
+def test_resume_in_a_new_process_is_bitwise_identical(tiny_data, tiny_settings, tmp_path, changes):
+    s = tiny_settings.replace(**changes)
     straight = _records(s, tiny_data)
     trainer = Trainer(s, tiny_data)
-    first = [trainer.run_epoch() for _ in range(2)]
+    first = [trainer.run_epoch() for _ in range(s.epochs // 2)]
     torch.save(trainer.state_dict(), tmp_path / "ckpt.pt")
     script = RESUME_SCRIPT.format(tests=str(ROOT / "tests"))
     out = subprocess.run([sys.executable, "-c", script, json.dumps(s.to_dict()), str(tmp_path / "ckpt.pt")],
