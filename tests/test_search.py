@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, cli, wait_for
+from conftest import cli, wait_for
 from rest.space import SpaceError, parse_space
 from test_resume import driver
 
