@@ -1,0 +1,39 @@
+"""The numba kernel behind ``rest.infer.sparse_conv2d`` (imported only when a sparse layer runs).
+
+Hand-written because no installed library runs an unstructured-sparse convolution faster
+than a dense one at these densities on CPU (``torch.sparse.mm``, COO and scipy's CSR
+product were measured slower; benchmarks/README.md).
+"""
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def sparse_conv_chwn(x, indptr, channel, tap_h, tap_w, values, bias, out, stride_h, stride_w, pad_h, pad_w):
+    """out[o, p, q, :] = bias[o] + sum over nonzeros (o, c, i, j) of w * x[c, p*sh - ph + i, q*sw - pw + j, :].
+
+    x is C x H x W x N and out O x Ho x Wo x N, both C-contiguous float32 (batch innermost),
+    so the innermost loop is one multiply-add over the batch. Output rows p are split
+    between threads; an output position's accumulator (N floats) stays in L1 while the
+    nonzeros of each output channel are summed into it, in index order (deterministic).
+    fastmath stays off so the sums are not reordered beyond that order.
+    """
+    _, h, w, n = x.shape
+    o_count, ho, wo, _ = out.shape
+    for p in prange(ho):
+        acc = np.empty(n, np.float32)
+        for q in range(wo):
+            for o in range(o_count):
+                b = bias[o]
+                for k in range(n):
+                    acc[k] = b
+                for j in range(indptr[o], indptr[o + 1]):
+                    r = p * stride_h - pad_h + tap_h[j]
+                    s = q * stride_w - pad_w + tap_w[j]
+                    if r < 0 or r >= h or s < 0 or s >= w:
+                        continue  # a tap on the zero padding
+                    v = values[j]
+                    src = x[channel[j], r, s]
+                    for k in range(n):
+                        acc[k] += v * src[k]
+                out[o, p, q, :] = acc
