@@ -3,17 +3,21 @@
 Modules: data (datasets), models, sparse (dynamic sparsity), reweight (sampling),
 train (one configuration), space (study files), study (Ray Tune), selection (what
 "best" means), results (the study reader), export (tables, plots, sparse models),
-api (the Python API), cli (the command line). Heavy dependencies load lazily.
+infer (fast sparse inference), api (the Python API), cli (the command line). Heavy dependencies load lazily.
 """
 
 __version__ = "0.1.0"
 
 
-def load_model(path):
-    """Load a sparse model written by `tune_search.py export-model` (eval mode)."""
+def load_model(path, engine="dense"):
+    """Load a sparse model written by `tune_search.py export-model` (eval mode).
+
+    engine="sparse": BatchNorm folded, low-density layers run as sparse CPU kernels
+    (faster, same predictions; see rest.infer).
+    """
     from .export import load_model as _load
 
-    return _load(path)
+    return _load(path, engine)
 
 
 def run_study(space, **options):

@@ -511,24 +511,42 @@ def save_sparse_model(state: dict, path: Path) -> Path:
     return path
 
 
-def load_model(path: str | Path):
-    """A model saved by `export-model`, in eval mode, with its masked weights restored."""
+def read_model_file(path: str | Path) -> dict:
+    """The contents of a model file written by `export-model`: settings, epoch, metrics, weights."""
     import torch
-
-    from .data import get_dataset_spec
-    from .models import build_model
-    from .settings import TrainSettings
 
     # Tensors and plain types only: a file someone sent you cannot run code when loaded.
     try:
         saved = torch.load(Path(path), weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise ExportError(f"{path} does not exist; pass a file written by 'tune_search.py export-model'") from None
+    except IsADirectoryError:
+        raise ExportError(f"{path} is a directory; pass a file written by 'tune_search.py export-model'") from None
     except Exception as exc:  # pickle.UnpicklingError (objects beyond tensors), or not a torch file at all
         raise ExportError(f"{path} is not a plain rest-tune model file ({str(exc).splitlines()[0][:120]}); "
                           f"only files written by 'tune_search.py export-model' load") from None
     if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
         raise ExportError(f"{path} is not a rest-tune sparse model file")
+    return saved
+
+
+def load_model(path: str | Path, engine: str = "dense"):
+    """A model saved by `export-model`, in eval mode, with its masked weights restored.
+
+    engine "dense" gives the PyTorch model itself; "sparse" gives it for fast CPU
+    inference: BatchNorm folded into the convolutions, and layers below the measured
+    crossover density run as sparse kernels (``rest.infer``), with the same predictions.
+    """
+    import torch
+
+    from .data import get_dataset_spec
+    from .infer import ENGINES, make_engine
+    from .models import build_model
+    from .settings import TrainSettings
+
+    if engine not in ENGINES:
+        raise ExportError(f"unknown engine '{engine}'; choose from {', '.join(ENGINES)}")
+    saved = read_model_file(path)
     settings = TrainSettings.from_dict(saved["settings"])
     spec = get_dataset_spec(settings.dataset)
     model = build_model(settings.model or spec.default_model, spec.num_classes, spec.image_size, settings.width, stem=settings.stem)
@@ -540,4 +558,4 @@ def load_model(path: str | Path):
         full[mask] = entry["values"]
         weights[name] = full.view(entry["shape"])
     model.load_state_dict(weights)
-    return model.eval()
+    return make_engine(model.eval(), engine)

@@ -114,9 +114,12 @@ def sparse_conv2d(x: torch.Tensor, csr: CSRWeight, bias: torch.Tensor, out_chann
     wo = (w + 2 * padding[1] - kernel[1]) // stride[1] + 1
     chwn = x.detach().permute(1, 2, 3, 0).contiguous()  # no copy when x came from a sparse layer
     out = torch.empty((out_channels, ho, wo, n), dtype=torch.float32)
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    threads = torch.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     _kernel()(chwn.numpy(), csr.indptr, csr.channel, csr.tap_h, csr.tap_w, csr.values,
               bias.detach().numpy(), out.numpy(), stride[0], stride[1], padding[0], padding[1])
+    if torch.get_num_threads() != threads:  # numba's OpenMP layer starting up resets the shared OpenMP thread count
+        torch.set_num_threads(threads)
     return out.permute(3, 0, 1, 2)
 
 
@@ -225,19 +228,70 @@ def make_engine(model: nn.Module, engine: str) -> nn.Module:
     return ENGINES[engine](model)
 
 
-def throughput(model: nn.Module, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, float]:
-    """Logits of `images` (a float N x C x H x W input) and images per second of the forward passes."""
+def timed_logits(model: nn.Module, images: torch.Tensor, batch_size: int, to_input=lambda x: x) -> tuple[torch.Tensor, float]:
+    """Logits of `images` and images per second of the forward passes alone.
+
+    One untimed pass over the first batch comes first (it compiles or loads the sparse
+    kernel); input conversion (``to_input``) is not timed.
+    """
     import time
 
     outs, seconds = [], 0.0
     with torch.inference_mode():
+        model(to_input(images[:batch_size]))
         for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size]
+            x = to_input(images[start:start + batch_size])
             t0 = time.perf_counter()
             outs.append(model(x))
             seconds += time.perf_counter() - t0
     return torch.cat(outs), len(images) / max(seconds, 1e-12)
 
 
+SPLITS = ("test", "valid", "train")
+
+
+def predict_file(path, engine: str = "dense", batch_size: int = 256, split: str = "test", dataset: str | None = None,
+                 conflict_pct: float | None = None, data_root: str | None = None) -> dict:
+    """Accuracy (the project's group metrics) and throughput of an exported model on a dataset split.
+
+    The dataset defaults to the one the model was trained on (its stored settings).
+    """
+    from .data import DataError, get_dataset_spec, load_dataset
+    from .export import ExportError, load_model, read_model_file
+    from .settings import TrainSettings
+    from .train import group_accuracies, to_input
+
+    if engine not in ENGINES:
+        raise ExportError(f"unknown engine '{engine}'; choose from {', '.join(ENGINES)}")
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}'; choose from {', '.join(SPLITS)}")
+    if batch_size < 1:
+        raise DataError(f"--batch-size {batch_size} must be at least 1")
+    settings = TrainSettings.from_dict(read_model_file(path)["settings"])
+    dataset = dataset or settings.dataset
+    trained = get_dataset_spec(settings.dataset)
+    spec = get_dataset_spec(dataset)
+    if (spec.num_classes, spec.image_size) != (trained.num_classes, trained.image_size):
+        raise ExportError(f"the model was trained on {settings.dataset} ({trained.num_classes} classes, "
+                          f"{trained.image_size} px); {dataset} has {spec.num_classes} classes at {spec.image_size} px: "
+                          f"pass a dataset of the same kind")
+    same = dataset == settings.dataset
+    pct = conflict_pct if conflict_pct is not None else (settings.conflict_pct if same else 1.0)
+    root = data_root or (settings.data_root if same else None)
+    data = load_dataset(dataset, pct, root)
+    part = getattr(data, split)
+    model = load_model(path, engine)
+    logits, speed = timed_logits(model, part.images, batch_size, lambda x: to_input(x, spec))
+    result = {"dataset": dataset, "conflict_pct": pct, "split": split, "engine": engine, "batch_size": batch_size,
+              "samples": len(part), "images_per_s": speed, "threads": torch.get_num_threads()}
+    if part.b is not None:
+        result.update(group_accuracies(logits.argmax(1) == part.y, part.y, part.b))
+    if engine == "sparse":
+        plan = layer_plan(model, min(batch_size, len(part)))
+        result["sparse_layers"] = sum(p["kernel"] == "sparse" for p in plan)
+        result["layers"] = len(plan)
+    return result
+
+
 __all__ = ["CROSSOVER", "ENGINES", "SparseConv2d", "SparseLinear", "crossover", "fold_bn", "layer_plan",
-           "make_engine", "sparse_conv2d", "sparse_engine", "throughput"]
+           "make_engine", "predict_file", "sparse_conv2d", "sparse_engine", "timed_logits"]
