@@ -13,17 +13,22 @@ def sparse_conv_chwn(x, indptr, channel, tap_h, tap_w, values, bias, out, stride
     """out[o, p, q, :] = bias[o] + sum over nonzeros (o, c, i, j) of w * x[c, p*sh - ph + i, q*sw - pw + j, :].
 
     x is C x H x W x N and out O x Ho x Wo x N, both C-contiguous float32 (batch innermost),
-    so the innermost loop is one multiply-add over the batch. Output rows p are split
-    between threads; an output position's accumulator (N floats) stays in L1 while the
+    so the innermost loop is one multiply-add over the batch. Output rows p (and, for
+    maps of fewer than 8 rows, blocks of output channels) are split between threads; an
+    output position's accumulator (N floats) stays in L1 while the
     nonzeros of each output channel are summed into it, in index order (deterministic).
     fastmath stays off so the sums are not reordered beyond that order.
     """
     _, h, w, n = x.shape
     o_count, ho, wo, _ = out.shape
-    for p in prange(ho):
+    blocks = min(o_count, (8 + ho - 1) // ho)  # at least 8 tasks, so small maps (1x1, 2x2) use every thread too
+    per_block = (o_count + blocks - 1) // blocks
+    for task in prange(ho * blocks):
+        p = task // blocks
+        o_start = (task % blocks) * per_block
         acc = np.empty(n, np.float32)
         for q in range(wo):
-            for o in range(o_count):
+            for o in range(o_start, min(o_start + per_block, o_count)):
                 b = bias[o]
                 for k in range(n):
                     acc[k] = b

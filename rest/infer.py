@@ -30,12 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Density at or below which the sparse kernel beats the dense one, by batch size (the
-# smallest batch size a row applies from). Measured with
-# ``benchmarks/sparse_infer_bench.py`` (per layer shape of the CNN at 28 px and ResNet-18
-# at 32 px, 2 threads; results in benchmarks/results/sparse_infer.json, "crossover"):
-# the lowest crossover over the layer shapes is kept, so a layer is never slower than dense.
-CROSSOVER: tuple[tuple[int, float], ...] = ((1, 0.0), (16, 0.1))
+# Density at or below which the sparse kernel beats PyTorch's dense convolution, by batch
+# size (each entry applies from its batch size up to the next). Measured per layer shape
+# of the CNN at 28 px and ResNet-18 at 32 px (both stems) at densities 0.02, 0.05, 0.1,
+# 0.15 and batch sizes 1, 16, 64, 256 (``benchmarks/sparse_infer_bench.py``, part 1,
+# "crossover" in benchmarks/results/sparse_infer.json); the lowest crossover over the
+# shapes is kept, so no layer runs slower than dense: batch 256: 0.1 (every 3x3 shape is
+# >= 1.4x faster sparse at 0.1, one is 0.96x at 0.15); batch 64: 0.05 (>= 1.8x);
+# batch 16: none (a 1x1 stride-2 shortcut is slower sparse even at 0.02); batch 1: none
+# (the batch-innermost kernel has no vector work to do at batch 1).
+CROSSOVER: tuple[tuple[int, float], ...] = ((1, 0.0), (64, 0.05), (256, 0.1))
 
 
 def crossover(batch: int, rule: tuple[tuple[int, float], ...] = CROSSOVER) -> float:
