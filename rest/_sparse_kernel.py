@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath={"contract"}, cache=True)
 def sparse_conv_chwn(x, indptr, channel, tap_h, tap_w, values, bias, out, stride_h, stride_w, pad_h, pad_w):
     """out[o, p, q, :] = bias[o] + sum over nonzeros (o, c, i, j) of w * x[c, p*sh - ph + i, q*sw - pw + j, :].
 
@@ -17,7 +17,7 @@ def sparse_conv_chwn(x, indptr, channel, tap_h, tap_w, values, bias, out, stride
     maps of fewer than 8 rows, blocks of output channels) are split between threads; an
     output position's accumulator (N floats) stays in L1 while the
     nonzeros of each output channel are summed into it, in index order (deterministic).
-    fastmath stays off so the sums are not reordered beyond that order.
+    fastmath allows only fused multiply-adds (more accurate, never reordered sums).
     """
     _, h, w, n = x.shape
     o_count, ho, wo, _ = out.shape
