@@ -266,6 +266,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=None, help="end-to-end repeats (default 5; quick 2)")
     ap.add_argument("--skip-crossover", action="store_true", help="only the end-to-end part")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
+    ap.add_argument("--batches", default=None, help="end-to-end batch sizes, comma-separated (default 1,256; quick 1,32)")
+    ap.add_argument("--single", type=int, default=None, help="images timed one by one at batch 1 (default 64; quick 16)")
     ap.add_argument("--out", type=Path, default=None, help="output directory (default benchmarks/results; quick: temp dir)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -291,7 +293,8 @@ def main() -> int:
         result["crossover"] = cross
         result["crossover_rule_measured"] = crossover_rule(cross)
     log("part 2: end-to-end images/s")
-    rows = end_to_end(names, densities, [1, big_batch], repeats, single=16 if args.quick else 64)
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else [1, big_batch]
+    rows = end_to_end(names, densities, batches, repeats, single=args.single or (16 if args.quick else 64))
     result["end_to_end"] = rows
     result["wall_seconds"] = time.time() - started
     result["load1_end"] = load1()

@@ -31,14 +31,16 @@ import torch.nn.functional as F
 from torch import nn
 
 # Density at or below which the sparse kernel beats PyTorch's dense convolution, by batch
-# size (each entry applies from its batch size up to the next). Measured per layer shape
-# of the CNN at 28 px and ResNet-18 at 32 px (both stems) at densities 0.02, 0.05, 0.1,
-# 0.15 and batch sizes 1, 16, 64, 256 (``benchmarks/sparse_infer_bench.py``, part 1,
-# "crossover" in benchmarks/results/sparse_infer.json); the lowest crossover over the
-# shapes is kept, so no layer runs slower than dense: batch 256: 0.1 (every 3x3 shape is
-# >= 1.4x faster sparse at 0.1, one is 0.96x at 0.15); batch 64: 0.05 (>= 1.8x);
-# batch 16: none (a 1x1 stride-2 shortcut is slower sparse even at 0.02); batch 1: none
-# (the batch-innermost kernel has no vector work to do at batch 1).
+# size (each entry applies from its batch size up to the next). The lowest crossover over
+# the layer shapes is kept, so no layer runs slower than dense. Values from a per-shape
+# measurement of ResNet-18's 3x3 and 1x1 layers (32 px, both stems) at densities 0.02,
+# 0.05, 0.1, 0.15 and batch 1, 16, 64, 256, timed as thread CPU time on one thread
+# because other jobs loaded the machine (load 8-12 on 2 cores) on 2026-11-26: batch 256:
+# 0.1 (every shape >= 1.4x faster sparse at 0.1, one 0.96x at 0.15); batch 64: 0.05 (3x3
+# shapes >= 1.8x); batch 16: none (a 1x1 stride-2 shortcut is 0.68x even at 0.02); batch 1:
+# none (the batch-innermost kernel has no vector work at batch 1). Re-measure with
+# ``benchmarks/sparse_infer_bench.py`` (part 1 prints the per-shape crossovers and the
+# rule they give, and stores them in benchmarks/results/sparse_infer.json).
 CROSSOVER: tuple[tuple[int, float], ...] = ((1, 0.0), (64, 0.05), (256, 0.1))
 
 
