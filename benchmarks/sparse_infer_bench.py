@@ -17,7 +17,7 @@ Two parts, in one process, on ``--threads`` threads (default 2):
    The engines are interleaved within every repeat (order rotated), medians over
    repeats; the largest |logit difference| between the engines is recorded.
 
-    .venv/bin/python benchmarks/sparse_infer_bench.py            # full run, ~10 min on 2 quiet cores
+    .venv/bin/python benchmarks/sparse_infer_bench.py            # full run (aimed at ~10 min on 2 quiet cores)
     .venv/bin/python benchmarks/sparse_infer_bench.py --quick    # smoke check, ~1 min, writes to the temp dir
 
 Progress goes to stderr, markdown tables to stdout, JSON and a plot to benchmarks/results/
