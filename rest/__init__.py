@@ -6,19 +6,23 @@ sparse (dynamic sparsity), reweight (sampling), train (one configuration), space
 search (per-cell ASHA and searchers), trainable (one trial), tracking (trackers),
 driver (Ray connection, signals, lock) and tune_ext (Ray internals), selection (what
 "best" means), results (the study reader), storage (where studies and outputs live),
-tables (the table printer), export (tables, plots, sparse models), api (the Python
-API), cli (the command line).
+tables (the table printer), export (tables, plots, sparse models), infer (fast
+sparse inference), api (the Python API), cli (the command line).
 Heavy dependencies load lazily.
 """
 
 __version__ = "0.1.0"
 
 
-def load_model(path):
-    """Load a sparse model written by `tune_search.py export-model` (eval mode)."""
-    from .export import load_model as _load
+def load_model(path, engine="dense"):
+    """Load a sparse model written by `tune_search.py export-model` (eval mode).
 
-    return _load(path)
+    engine="sparse": BatchNorm folded, low-density layers run as sparse CPU kernels
+    (faster, same predictions; see rest.infer).
+    """
+    from .model_file import load_model as _load
+
+    return _load(path, engine)
 
 
 def run_study(space, **options):

@@ -18,7 +18,7 @@ from typing import Callable
 from .cli_common import PROG, Parser, ProgressBar
 from .cli_prepare import add_parser as add_prepare_parser
 from .errors import UserError
-from .settings import TrainSettings
+from .settings import DATASET_NAMES, TrainSettings
 from .storage import fresh_dir
 
 log = logging.getLogger("rest")
@@ -85,6 +85,18 @@ def build_parser() -> Parser:
                    "(default $REST_TUNE_STORAGE or ./studies)")
     p.add_argument("--out", type=Path, default=None, help="model file (default results/<study>/model-<cell>.pt)")
     p.set_defaults(handler=cmd_export_model)
+
+    p = sub.add_parser("predict", help="accuracy and throughput (images/s) of an exported model, dense or sparse engine")
+    p.add_argument("model", type=Path, help="model file written by export-model")
+    p.add_argument("--dataset", default=None, help=f"dataset: {', '.join(DATASET_NAMES)} (default: the model's)")
+    p.add_argument("--conflict-pct", type=float, default=None, help="conflict ratio of the dataset (default: the model's)")
+    p.add_argument("--data-root", default=None, help="root of an LfF-layout dataset (default: the model's, if it has one)")
+    p.add_argument("--engine", default="dense", help="dense (the PyTorch model) or sparse (BN folded, sparse kernels "
+                   "below the measured crossover density; CPU) (default dense)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--split", default="test", help="test, valid or train (default test)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
+    p.set_defaults(handler=cmd_predict)
 
     add_prepare_parser(sub)
     return parser
@@ -331,7 +343,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_export_model(args: argparse.Namespace) -> int:
-    from .export import find_study, load_study, save_sparse_model, selected_trial, trial_state
+    from .export import find_study, load_study
+    from .model_file import save_sparse_model, selected_trial, trial_state
 
     study = load_study(find_study(args.study, args.storage))
     trial = selected_trial(study, args.cell)
@@ -340,6 +353,25 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     path = save_sparse_model(state, out)
     print(f"saved trial {trial.trial_id} (density {trial.config['density']:g}, epoch {state['best']['best_epoch']}) "
           f"to {path} ({path.stat().st_size / 1e6:.2f} MB); load it with rest.load_model('{path}')")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .model_file import predict_file
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads} must be at least 1")
+        torch.set_num_threads(args.threads)
+    r = predict_file(args.model, args.engine, args.batch_size, args.split, args.dataset, args.conflict_pct, args.data_root)
+    print(f"{args.model}: {r['dataset']} {r['conflict_pct']:g}% {r['split']} split, {r['samples']} images, "
+          f"{r['engine']} engine" + (f" ({r['sparse_layers']} of {r['layers']} layers sparse)" if "layers" in r else ""))
+    if "avg" in r:
+        print(f"accuracy: average {_pct(r['avg'])}%, worst-group {_pct(r['worst'])}%, "
+              f"conflicting {_pct(r['conflict'])}% ({r['conflict_count']}), aligned {_pct(r['align'])}% ({r['align_count']})")
+    print(f"throughput: {r['images_per_s']:.0f} images/s (batch {r['batch_size']}, {r['threads']} threads)")
     return 0
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import selection
 from .errors import UserError
-from .results import StudyResults, aggregate, newest_state, read_study, search_configs
+from .results import StudyResults, aggregate, read_study, search_configs
 from .space import StudySpec
 from .storage import Location, existing_storage, fresh_dir, open_location
 from .tables import float_cell, markdown
@@ -433,110 +433,3 @@ def summary(study: StudyResults, best: pd.DataFrame, how: str) -> str:
     lines += ["## Reproduce", "", "```", m.get("command", ""), "```", "",
               "## Best config per cell", "", to_markdown(presentable(best, spec))]
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------ sparse models
-
-MODEL_FORMAT = "rest-sparse-model-v1"
-
-
-def selected_trial(study: StudyResults, cell: str):
-    """The trial behind a cell's selected config: of its seeds, the one the selection rule ranks first."""
-    spec = study.spec
-    keys = spec.compare_within
-    parts = cell.split(":")
-    if len(parts) != len(keys):
-        raise ExportError(f"--cell {cell} must give {':'.join(k.upper() for k in keys)}, e.g. colored_digits:1")
-    best = best_configs(study)
-    chosen = best[best["status"] != "baseline"] if not best.empty else best
-    match = chosen[[all(_same(r[k], text) for k, text in zip(keys, parts)) for _, r in chosen.iterrows()]]
-    if match.empty:
-        cells = sorted({":".join(format_value(r[k]) for k in keys) for _, r in chosen.iterrows()})
-        raise ExportError(f"unknown cell {cell}; cells with results: {', '.join(cells) or 'none'}")
-    row = match.iloc[0]
-    pool = _pool(study.trials())
-    pool = pool[~pool["role"].isin(list(BASELINE_ROLES))]
-    for key in keys + spec.searched_keys():
-        pool = pool[[_same(v, format_value(row[key])) for v in pool[key]]]
-    primary, prefix = _primary(spec, "val")
-    (index,) = selection.select(pool.to_dict("records"), primary, prefix)
-    trial_id = pool.iloc[index]["trial_id"]
-    return next(t for t in study.all_trials() if t.trial_id == trial_id)
-
-
-def _same(value, text: str) -> bool:
-    try:
-        return float(value) == float(text)
-    except (TypeError, ValueError):
-        return str(value) == text
-
-
-def trial_state(trial) -> dict:
-    state = newest_state(trial.location)
-    if state is None:
-        raise ExportError(f"trial {trial.trial_id} has no readable checkpoint; resume the study first")
-    return state
-
-
-def sparse_model_state(state: dict) -> dict:
-    """The best-epoch weights of a training checkpoint, masked weights stored as bitmap + values."""
-    import torch
-
-    weights = state.get("best_weights") or {"model": state["model"], "masks": state["sparse"]["masks"]}
-    dense, sparse = {}, {}
-    for name, tensor in weights["model"].items():
-        mask = weights["masks"].get(name)
-        if mask is None:
-            dense[name] = tensor
-        else:
-            bits = np.packbits(mask.flatten().numpy())
-            sparse[name] = {"shape": tuple(tensor.shape), "bitmap": torch.from_numpy(bits),
-                            "values": tensor.flatten()[mask.flatten()].clone()}
-    return {"format": MODEL_FORMAT, "settings": state["settings"], "epoch": state["best"].get("best_epoch"),
-            "metrics": state["best"], "dense": dense, "sparse": sparse}
-
-
-def save_sparse_model(state: dict, path: Path) -> Path:
-    import torch
-
-    path = path.expanduser().resolve()
-    if path.exists():
-        raise ExportError(f"{path} already exists; choose another --out (nothing was overwritten)")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(sparse_model_state(state), path)
-    except OSError as exc:
-        raise ExportError(f"cannot write {path} ({exc.strerror}); choose a writable --out") from None
-    return path
-
-
-def load_model(path: str | Path):
-    """A model saved by `export-model`, in eval mode, with its masked weights restored."""
-    import torch
-
-    from .data import get_dataset_spec
-    from .models import build_model
-    from .settings import TrainSettings
-
-    # Tensors and plain types only: a file someone sent you cannot run code when loaded.
-    try:
-        saved = torch.load(Path(path), weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        raise ExportError(f"{path} does not exist; pass a file written by 'tune_search.py export-model'") from None
-    except Exception as exc:  # pickle.UnpicklingError (objects beyond tensors), or not a torch file at all
-        raise ExportError(f"{path} is not a plain rest-tune model file ({str(exc).splitlines()[0][:120]}); "
-                          f"only files written by 'tune_search.py export-model' load") from None
-    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-        raise ExportError(f"{path} is not a rest-tune sparse model file")
-    settings = TrainSettings.from_dict(saved["settings"])
-    spec = get_dataset_spec(settings.dataset)
-    model = build_model(settings.model or spec.default_model, spec.num_classes, spec.image_size, settings.width, stem=settings.stem)
-    weights = dict(saved["dense"])
-    for name, entry in saved["sparse"].items():
-        numel = int(np.prod(entry["shape"]))
-        mask = torch.from_numpy(np.unpackbits(entry["bitmap"].numpy())[:numel].astype(bool))
-        full = torch.zeros(numel, dtype=entry["values"].dtype)
-        full[mask] = entry["values"]
-        weights[name] = full.view(entry["shape"])
-    model.load_state_dict(weights)
-    return model.eval()

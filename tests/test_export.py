@@ -113,7 +113,8 @@ def test_export_model_round_trip_and_exports_never_write_to_storage(smoke_study,
     """The compact model predicts exactly as the checkpoint's best-epoch model, at a fraction of its size."""
     import rest
     from rest.data import get_dataset_spec, load_dataset
-    from rest.export import find_study, load_study, selected_trial, trial_state
+    from rest.export import find_study, load_study
+    from rest.model_file import selected_trial, trial_state
     from rest.models import build_model
     from rest.settings import TrainSettings
     from rest.batches import to_input
@@ -163,7 +164,8 @@ class _Payload:
 
 def test_a_model_file_with_a_pickled_object_is_refused_without_running_it(tmp_path):
     import rest
-    from rest.export import MODEL_FORMAT, ExportError
+    from rest.export import ExportError
+    from rest.model_file import MODEL_FORMAT
 
     marker = tmp_path / "code-ran"
     torch.save({"format": MODEL_FORMAT, "payload": _Payload(marker)}, tmp_path / "evil.pt")

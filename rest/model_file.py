@@ -1,0 +1,186 @@
+"""Compact sparse model files: `export-model` writes a selected trial's weights (values of
+the kept weights plus a bitmap of where they are), `rest.load_model` reads them back exactly.
+
+Files are loaded with ``weights_only=True``: a crafted file cannot run code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import selection
+from .export import BASELINE_ROLES, ExportError, _pool, _primary, best_configs, format_value
+from .results import StudyResults, newest_state
+
+
+MODEL_FORMAT = "rest-sparse-model-v1"
+
+
+def selected_trial(study: StudyResults, cell: str):
+    """The trial behind a cell's selected config: of its seeds, the one the selection rule ranks first."""
+    spec = study.spec
+    keys = spec.compare_within
+    parts = cell.split(":")
+    if len(parts) != len(keys):
+        raise ExportError(f"--cell {cell} must give {':'.join(k.upper() for k in keys)}, e.g. colored_digits:1")
+    best = best_configs(study)
+    chosen = best[best["status"] != "baseline"] if not best.empty else best
+    match = chosen[[all(_same(r[k], text) for k, text in zip(keys, parts)) for _, r in chosen.iterrows()]]
+    if match.empty:
+        cells = sorted({":".join(format_value(r[k]) for k in keys) for _, r in chosen.iterrows()})
+        raise ExportError(f"unknown cell {cell}; cells with results: {', '.join(cells) or 'none'}")
+    row = match.iloc[0]
+    pool = _pool(study.trials())
+    pool = pool[~pool["role"].isin(list(BASELINE_ROLES))]
+    for key in keys + spec.searched_keys():
+        pool = pool[[_same(v, format_value(row[key])) for v in pool[key]]]
+    primary, prefix = _primary(spec, "val")
+    (index,) = selection.select(pool.to_dict("records"), primary, prefix)
+    trial_id = pool.iloc[index]["trial_id"]
+    return next(t for t in study.all_trials() if t.trial_id == trial_id)
+
+
+def _same(value, text: str) -> bool:
+    try:
+        return float(value) == float(text)
+    except (TypeError, ValueError):
+        return str(value) == text
+
+
+def trial_state(trial) -> dict:
+    state = newest_state(trial.location)
+    if state is None:
+        raise ExportError(f"trial {trial.trial_id} has no readable checkpoint; resume the study first")
+    return state
+
+
+def sparse_model_state(state: dict) -> dict:
+    """The best-epoch weights of a training checkpoint, masked weights stored as bitmap + values."""
+    import torch
+
+    weights = state.get("best_weights") or {"model": state["model"], "masks": state["sparse"]["masks"]}
+    dense, sparse = {}, {}
+    for name, tensor in weights["model"].items():
+        mask = weights["masks"].get(name)
+        if mask is None:
+            dense[name] = tensor
+        else:
+            bits = np.packbits(mask.flatten().numpy())
+            sparse[name] = {"shape": tuple(tensor.shape), "bitmap": torch.from_numpy(bits),
+                            "values": tensor.flatten()[mask.flatten()].clone()}
+    return {"format": MODEL_FORMAT, "settings": state["settings"], "epoch": state["best"].get("best_epoch"),
+            "metrics": state["best"], "dense": dense, "sparse": sparse}
+
+
+def save_sparse_model(state: dict, path: Path) -> Path:
+    import torch
+
+    path = path.expanduser().resolve()
+    if path.exists():
+        raise ExportError(f"{path} already exists; choose another --out (nothing was overwritten)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(sparse_model_state(state), path)
+    except OSError as exc:
+        raise ExportError(f"cannot write {path} ({exc.strerror}); choose a writable --out") from None
+    return path
+
+
+def read_model_file(path: str | Path) -> dict:
+    """The contents of a model file written by `export-model`: settings, epoch, metrics, weights."""
+    import torch
+
+    # Tensors and plain types only: a file someone sent you cannot run code when loaded.
+    try:
+        saved = torch.load(Path(path), weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise ExportError(f"{path} does not exist; pass a file written by 'tune_search.py export-model'") from None
+    except IsADirectoryError:
+        raise ExportError(f"{path} is a directory; pass a file written by 'tune_search.py export-model'") from None
+    except Exception as exc:  # pickle.UnpicklingError (objects beyond tensors), or not a torch file at all
+        raise ExportError(f"{path} is not a plain rest-tune model file ({str(exc).splitlines()[0][:120]}); "
+                          f"only files written by 'tune_search.py export-model' load") from None
+    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
+        raise ExportError(f"{path} is not a rest-tune sparse model file")
+    return saved
+
+
+def load_model(path: str | Path, engine: str = "dense"):
+    """A model saved by `export-model`, in eval mode, with its masked weights restored.
+
+    engine "dense" gives the PyTorch model itself; "sparse" gives it for fast CPU
+    inference: BatchNorm folded into the convolutions, and layers below the measured
+    crossover density run as sparse kernels (``rest.infer``), with the same predictions.
+    """
+    import torch
+
+    from .data import get_dataset_spec
+    from .infer import ENGINES, make_engine
+    from .models import build_model
+    from .settings import TrainSettings
+
+    if engine not in ENGINES:
+        raise ExportError(f"unknown engine '{engine}'; choose from {', '.join(ENGINES)}")
+    saved = read_model_file(path)
+    settings = TrainSettings.from_dict(saved["settings"])
+    spec = get_dataset_spec(settings.dataset)
+    model = build_model(settings.model or spec.default_model, spec.num_classes, spec.image_size, settings.width, stem=settings.stem)
+    weights = dict(saved["dense"])
+    for name, entry in saved["sparse"].items():
+        numel = int(np.prod(entry["shape"]))
+        mask = torch.from_numpy(np.unpackbits(entry["bitmap"].numpy())[:numel].astype(bool))
+        full = torch.zeros(numel, dtype=entry["values"].dtype)
+        full[mask] = entry["values"]
+        weights[name] = full.view(entry["shape"])
+    model.load_state_dict(weights)
+    return make_engine(model.eval(), engine)
+
+
+SPLITS = ("test", "valid", "train")
+
+
+def predict_file(path, engine: str = "dense", batch_size: int = 256, split: str = "test", dataset: str | None = None,
+                 conflict_pct: float | None = None, data_root: str | None = None) -> dict:
+    """Accuracy (the project's group metrics) and throughput of an exported model on a dataset split.
+
+    The dataset defaults to the one the model was trained on (its stored settings).
+    """
+    import torch
+
+    from .batches import to_input
+    from .data import DataError, get_dataset_spec, load_dataset
+    from .infer import ENGINES, layer_plan, timed_logits
+    from .settings import TrainSettings
+    from .train import group_accuracies
+
+    if engine not in ENGINES:
+        raise ExportError(f"unknown engine '{engine}'; choose from {', '.join(ENGINES)}")
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}'; choose from {', '.join(SPLITS)}")
+    if batch_size < 1:
+        raise DataError(f"--batch-size {batch_size} must be at least 1")
+    settings = TrainSettings.from_dict(read_model_file(path)["settings"])
+    dataset = dataset or settings.dataset
+    trained = get_dataset_spec(settings.dataset)
+    spec = get_dataset_spec(dataset)
+    if (spec.num_classes, spec.image_size) != (trained.num_classes, trained.image_size):
+        raise ExportError(f"the model was trained on {settings.dataset} ({trained.num_classes} classes, "
+                          f"{trained.image_size} px); {dataset} has {spec.num_classes} classes at {spec.image_size} px: "
+                          f"pass a dataset of the same kind")
+    same = dataset == settings.dataset
+    pct = conflict_pct if conflict_pct is not None else (settings.conflict_pct if same else 1.0)
+    root = data_root or (settings.data_root if same else None)
+    data = load_dataset(dataset, pct, root)
+    part = getattr(data, split)
+    model = load_model(path, engine)
+    logits, speed = timed_logits(model, part.images, batch_size, lambda x: to_input(x, spec))
+    result = {"dataset": dataset, "conflict_pct": pct, "split": split, "engine": engine, "batch_size": batch_size,
+              "samples": len(part), "images_per_s": speed, "threads": torch.get_num_threads()}
+    if part.b is not None:
+        result.update(group_accuracies(logits.argmax(1) == part.y, part.y, part.b))
+    if engine == "sparse":
+        plan = layer_plan(model, min(batch_size, len(part)))
+        result["sparse_layers"] = sum(p["kernel"] == "sparse" for p in plan)
+        result["layers"] = len(plan)
+    return result
