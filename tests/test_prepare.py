@@ -307,7 +307,7 @@ def _start_build(raw: Path, out: Path) -> tuple[subprocess.Popen, Path]:
 def big_raw(tmp_path_factory):
     """Enough images that a build is still running when the test interrupts it."""
     raw = tmp_path_factory.mktemp("big-raw")
-    fake_mnist(raw, n_train=4000, n_test=500)
+    fake_mnist(raw, n_train=12000, n_test=500)  # a build of several seconds even on a busy machine
     return raw
 
 
