@@ -292,8 +292,11 @@ def test_corruption_order_is_lff_type0():
 # -------------------------------------------------------------- interruption
 
 def _start_build(raw: Path, out: Path) -> tuple[subprocess.Popen, Path]:
+    # Ctrl-C's default action, as in a terminal: a test worker may run with SIGINT ignored,
+    # and an ignored signal stays ignored in a child process.
     proc = subprocess.Popen([sys.executable, "-c", RUN, "-q", "prepare-data", "cmnist", "--raw", str(raw), "--out", str(out),
-                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     partial = out.parent / f".{out.name}.partial-{proc.pid}"
     deadline = time.monotonic() + 60
     while not (partial / "test" / "0").is_dir() or not any((partial / "test" / "0").iterdir()):
@@ -307,7 +310,7 @@ def _start_build(raw: Path, out: Path) -> tuple[subprocess.Popen, Path]:
 def big_raw(tmp_path_factory):
     """Enough images that a build is still running when the test interrupts it."""
     raw = tmp_path_factory.mktemp("big-raw")
-    fake_mnist(raw, n_train=12000, n_test=500)  # a build of several seconds even on a busy machine
+    fake_mnist(raw, n_train=4000, n_test=500)
     return raw
 
 
