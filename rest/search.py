@@ -289,10 +289,12 @@ def make_search_alg(spec: StudySpec):
     return searcher, spec.num_samples * len(cells)
 
 
-def search_param_space(spec: StudySpec, fixed: dict) -> dict:
-    """The Tuner's param_space: fixed settings, plus Tune distributions unless a searcher proposes them."""
+def search_param_space(spec: StudySpec) -> dict:
+    """The search phase's param_space: fixed settings, plus Tune distributions unless a searcher proposes them."""
+    fixed = spec.train.replace(epochs=spec.max_epochs).to_dict()
+    fixed.pop("extra")
     if spec.search_alg.model_based or spec.methods:  # the searcher proposes every searched value
-        return dict(fixed)
+        return fixed
     return {**fixed, **{k: to_tune(d) for k, d in spec.search.items()}}
 
 

@@ -66,12 +66,6 @@ def with_options(spec: StudySpec, opts: RunOptions) -> StudySpec:
     return dataclasses.replace(spec, train=spec.train.replace(data_root=opts.data_root))
 
 
-def search_space(spec: StudySpec) -> dict:
-    fixed = spec.train.replace(epochs=spec.max_epochs).to_dict()
-    fixed.pop("extra")
-    return search_param_space(spec, fixed)
-
-
 def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -211,7 +205,7 @@ def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions):
         log.warning("phase %s had no Ray snapshot to restore; starting it afresh (old files moved to %s)", phase, aside)
     if phase == "search":
         search_alg, num_samples = make_search_alg(spec)
-        return _tuner(phase, path, spec, opts, search_space(spec), make_scheduler(spec), search_alg, num_samples)
+        return _tuner(phase, path, spec, opts, search_param_space(spec), make_scheduler(spec), search_alg, num_samples)
     from ray.tune.schedulers import FIFOScheduler
 
     search_alg, num_samples = fixed_configs(_confirm_configs(path, spec))
