@@ -43,31 +43,47 @@ def run_study(
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | None = None,
     max_concurrent: int | None = None,
-    max_failures: int = 2,
+    max_failures: int | None = None,
     data_root: str | None = None,
     verbose: int = 0,
+    autoscaling: bool = False,
+    stall_minutes: float = 10.0,
 ) -> Study:
     """Run the study defined in `space` (a study file), or continue it if `name` exists in storage.
 
+    Options are those of ``tune_search.py run``; None means not given. A study that
+    exists is continued as ``resume`` does: with the options it last ran with (data
+    root, resources, retries) except those given here, each override logged as a
+    warning; a `space` file that differs from the study's definition is refused.
+    ``address``: None (or "local") starts a private Ray, "auto" joins this machine's
+    running cluster, "HOST:PORT" that cluster; ``$RAY_ADDRESS`` stands in for None.
+
     Returns the finished study's results. Raises ``rest.driver.Interrupted`` on Ctrl-C
-    (the study stays resumable: call again with the same arguments) and
-    ``rest.errors.UserError`` on bad input, with a message naming the fix.
+    (the study stays resumable: call again) and ``rest.errors.UserError`` on bad input,
+    with a message naming the fix.
     """
+    from .driver import StopSignals
+    from .manifest import check_name, is_complete, open_study, refuse_edited, study_dir
+    from .options import resolve_options, warn_overrides
     from .space import load_space
-    from .manifest import open_study, study_dir
     from .storage import resolve_storage
-    from .driver import RunOptions, StopSignals
     from .study import begin_study, run_study as run_phases
 
     spec, text = load_space(space)
-    storage = resolve_storage(storage)
-    opts = RunOptions(storage=storage, name=name or spec.name, address=address or os.environ.get("RAY_ADDRESS"),
-                      cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
-                      max_failures=max_failures, data_root=data_root, verbose=verbose)
-    if study_dir(storage, opts.name).join("manifest.json").is_file():
-        path, spec, _ = open_study(storage, opts.name)  # refuses an edited definition
+    storage, name = resolve_storage(storage), check_name(name or spec.name)
+    given = dict(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                 max_concurrent=max_concurrent, max_failures=max_failures, data_root=data_root, verbose=verbose,
+                 autoscaling=autoscaling, stall_minutes=stall_minutes)
+    if study_dir(storage, name).join("manifest.json").is_file():
+        path, spec, manifest = open_study(storage, name)  # refuses an edited study.yaml in storage
+        refuse_edited(os.fspath(space), text, manifest)  # and a `space` that is not the study's definition
+        if is_complete(manifest):
+            return load_study(path.uri)
+        opts, overrides = resolve_options(storage, name, given, manifest["options"])
+        warn_overrides(name, overrides)
     else:
-        path = begin_study(spec, text, opts, f"rest.run_study({os.fspath(space)!r}, name={opts.name!r})")
+        opts, _ = resolve_options(storage, name, given)
+        path = begin_study(spec, text, opts, f"rest.run_study({os.fspath(space)!r}, name={name!r})")
     with StopSignals() as stop:
         run_phases(path, spec, opts, stop)
     return load_study(path.uri)

@@ -59,10 +59,9 @@ def build_parser() -> Parser:
     p.add_argument("space", type=Path, help="study definition, e.g. search_spaces/default.yaml")
     p.add_argument("--name", default=None, help="study name (default: the file's name)")
     _add_cluster_flags(p)
-    p.add_argument("--data-root", default=None, help="dataset root for folder datasets (overrides the study file)")
     p.set_defaults(handler=cmd_run)
 
-    p = sub.add_parser("resume", help="continue an interrupted study where it stopped")
+    p = sub.add_parser("resume", help="continue an interrupted study where it stopped, with the options it ran with")
     p.add_argument("name", help="study name (a directory under --storage)")
     _add_cluster_flags(p)
     p.set_defaults(handler=cmd_resume)
@@ -103,14 +102,20 @@ def build_parser() -> Parser:
 
 
 def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    """The run options of `run` and `resume` (rest.options.RunOptions); resume keeps the study's unless given."""
     p.add_argument("--storage", default=None, help="directory or s3:// / gs:// URI holding studies "
                    "(default $REST_TUNE_STORAGE or ./studies); "
                    "shared by all nodes on a multi-node cluster")
-    p.add_argument("--address", default=None, help="Ray cluster to join: auto or HOST:PORT (default $RAY_ADDRESS, "
-                   "else a local Ray sized to this machine)")
-    p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default: the study file's)")
-    p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractions allowed (default: the study file's)")
-    p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once (default: as resources allow)")
+    p.add_argument("--address", default=None, help="Ray to run on: local (a private Ray started for this driver alone), "
+                   "auto (the cluster 'ray start' started on this machine) or HOST:PORT (default $RAY_ADDRESS, else local)")
+    p.add_argument("--data-root", default=None, help="dataset root for folder datasets (overrides the study file; "
+                   "resume: the study's, unless given)")
+    p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default: the study file's; "
+                   "resume: the study's)")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractions allowed (default: the "
+                   "study file's; resume: the study's)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once (default: as "
+                   "resources allow; resume: the study's)")
     p.add_argument("--autoscaling", action="store_true",
                    help="the cluster adds nodes on demand: do not refuse trials that no current node can run")
     p.add_argument("--stall-minutes", type=float, default=10.0,
@@ -206,27 +211,10 @@ def _train_loop(trainer, out: Path) -> int:
 
 # ------------------------------------------------------------- run, resume
 
-def _options(args: argparse.Namespace, name: str, storage: str, **extra):
-    """The driver's RunOptions from the cluster flags, checked."""
-    import os
-
-    from .manifest import check_name
-    from .driver import RunOptions
-
-    check_name(name)
-    for flag in ("cpus_per_trial", "max_concurrent"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise UserError(f"--{flag.replace('_', '-')} {value:g} must be positive")
-    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
-        raise UserError(f"--gpus-per-trial {args.gpus_per_trial:g} must be >= 0")
-    if args.max_failures is not None and args.max_failures < 0:
-        raise UserError(f"--max-failures {args.max_failures} must be >= 0")
-    return RunOptions(storage=storage, name=name, address=args.address or os.environ.get("RAY_ADDRESS"),
-                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                      max_concurrent=args.max_concurrent, max_failures=2 if args.max_failures is None else args.max_failures,
-                      verbose=args.verbose, autoscaling=args.autoscaling,
-                      stall_minutes=args.stall_minutes, **extra)
+def _given_options(args: argparse.Namespace) -> dict:
+    """The run options the flags give (None: not given), for rest.options.resolve_options."""
+    return {key: getattr(args, key) for key in ("address", "cpus_per_trial", "gpus_per_trial", "max_concurrent",
+                                                "max_failures", "data_root", "verbose", "autoscaling", "stall_minutes")}
 
 
 def _finish(path, spec, manifest: dict, storage: str) -> int:
@@ -290,13 +278,14 @@ def _command_text(args: argparse.Namespace, name: str | None) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from .space import load_space
     from .manifest import check_name
+    from .options import resolve_options
     from .storage import resolve_storage
     from .study import begin_study
 
     spec, text = load_space(args.space)
-    check_name(args.name or spec.name)
+    name = check_name(args.name or spec.name)
     storage = resolve_storage(args.storage)
-    opts = _options(args, args.name or spec.name, storage, data_root=args.data_root)
+    opts, _ = resolve_options(storage, name, _given_options(args))
     path = begin_study(spec, text, opts, _command_text(args, args.name))
     print(f"study {opts.name}: {spec.grid_size()} configurations in the search grid; writing {path}", flush=True)
     return _drive(path, spec, opts, storage)
@@ -304,6 +293,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from .manifest import check_name, is_complete, open_study
+    from .options import resolve_options, warn_overrides
     from .storage import resolve_storage
 
     check_name(args.name)
@@ -312,17 +302,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if is_complete(manifest):
         print(f"study {args.name} is already finished; export it with: {PROG} export {args.name} --storage {storage}")
         return 0
-    saved = manifest["options"]
-    opts = _options(args, args.name, storage, data_root=saved.get("data_root"))
-    overridden = []
-    for key in ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures"):
-        given = getattr(args, key)
-        if given is None:
-            setattr(opts, key, saved.get(key, getattr(opts, key)))
-        elif given != saved.get(key):
-            overridden.append(f"--{key.replace('_', '-')} {given:g} (study: {saved.get(key)})")
-    if overridden:
-        print(f"resume overrides the study's options: {', '.join(overridden)}", flush=True)
+    opts, overrides = resolve_options(storage, args.name, _given_options(args), manifest["options"])
+    warn_overrides(args.name, overrides)
     print(f"resuming study {args.name} from {path}", flush=True)
     return _drive(path, spec, opts, storage)
 

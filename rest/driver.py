@@ -8,32 +8,15 @@ import signal
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from . import tune_ext
 from .errors import StudyError
+from .options import RunOptions
 from .space import StudySpec
 from .storage import Location
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunOptions:
-    """Settings of the driver, as the command line gives them."""
-
-    storage: str
-    name: str
-    address: str | None = None
-    cpus_per_trial: float | None = None
-    gpus_per_trial: float | None = None
-    max_concurrent: int | None = None
-    max_failures: int = 2
-    data_root: str | None = None
-    verbose: int = 1
-    autoscaling: bool = False  # the cluster adds nodes on demand: skip the per-node feasibility check
-    stall_minutes: float = 10.0  # warn once when trials wait this long for resources with none running
 
 
 class Interrupted(KeyboardInterrupt):
@@ -44,28 +27,53 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def connect(address: str | None, gpus_needed: float) -> None:
-    """Join the cluster at `address` (or start a local Ray) and check it can run the trials."""
-    import ray
+def ray_target(address: str | None) -> str:
+    """What ``ray.init`` gets for `address`: "local" (a private Ray), or a HOST:PORT that answers.
 
-    if address and address.startswith("ray://"):
+    None or "local": a Ray started for this driver alone, even when another cluster
+    runs on this machine. "auto": the cluster ``ray start`` last started on this
+    machine. HOST:PORT: that cluster. A cluster that is not there fails in seconds,
+    never by hanging on "Failed to connect to GCS".
+    """
+    if address in (None, "local"):
+        return "local"
+    if address.startswith("ray://"):
         raise StudyError(f"--address {address} is a Ray Client address; run the driver on the cluster instead: "
                          f"'ray job submit -- python tune_search.py run ... --address auto' (docs/cluster.md)")
-    if address and address != "auto":
-        host, _, port = address.rpartition(":")
-        try:
-            socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
-        except (OSError, ValueError) as exc:
-            raise StudyError(f"cannot reach a Ray cluster at {address} ({exc}); check the head node's address and port "
-                             f"('ray status' on the head prints it)") from None
+    if address != "auto":
+        _check_reachable(address, f"a Ray cluster at {address}", "check the head node's address and port ('ray status' "
+                         "on the head prints it)")
+        return address
+    found = tune_ext.current_cluster_address()
+    if not found:
+        raise StudyError("--address auto: no Ray cluster was started on this machine; start one with 'ray start --head', "
+                         "or leave --address out for a private Ray")
+    _check_reachable(found, f"the cluster this machine last started ({found}, --address auto)",
+                     "start it again with 'ray start --head', or leave --address out for a private Ray")
+    return found
+
+
+def _check_reachable(address: str, what: str, fix: str) -> None:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
+    except (OSError, ValueError) as exc:
+        raise StudyError(f"cannot reach {what} ({exc}); {fix}") from None
+
+
+def connect(address: str | None, gpus_needed: float) -> None:
+    """Join the cluster at `address` (None or "local": start a private Ray) and check it can run the trials."""
+    import ray
+
+    target = ray_target(address)
     if not ray.is_initialized():
+        if target == "local":
+            log.info("starting a private Ray for this driver (--address auto joins this machine's cluster)")
         try:
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(address=target, log_to_driver=False, **({"include_dashboard": False} if target == "local" else {}))
         except ConnectionError as exc:
-            raise StudyError(f"cannot connect to Ray at {address}: {str(exc).splitlines()[0]}; start one with 'ray start --head'") from None
+            raise StudyError(f"cannot connect to Ray at {target}: {str(exc).splitlines()[0]}; start one with "
+                             f"'ray start --head', or leave --address out for a private Ray") from None
     gpus = ray.cluster_resources().get("GPU", 0.0)
     if gpus_needed > 0 and gpus < gpus_needed:
         raise StudyError(f"trials ask for {gpus_needed:g} GPU each but the cluster has {gpus:g}; "

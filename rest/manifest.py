@@ -114,11 +114,16 @@ def frozen_spec(location, manifest: dict) -> StudySpec:
                          f"manifest.json)" if original else f"{file} is missing; restore it from a copy") from None
     except UnicodeDecodeError:
         raise StudyError(f"{file} is not a text file; restore the study definition") from None
-    if manifest.get("study_sha256") and _digest(text) != manifest["study_sha256"]:
-        raise StudyError(f"{file} was edited after the study started ({describe_changes(original or '', text)}); "
-                         f"a study's definition is frozen: restore the original (kept under 'study_yaml' in manifest.json) "
-                         f"or run the edited file as a new study with --name")
+    refuse_edited(file, text, manifest)
     return parse_space(text, str(file))
+
+
+def refuse_edited(file, text: str, manifest: dict) -> None:
+    """Refuse a definition `text` (read from `file`) that is not the one the study started with, naming the changes."""
+    if manifest.get("study_sha256") and _digest(text) != manifest["study_sha256"]:
+        raise StudyError(f"{file} was edited after the study started ({describe_changes(manifest.get('study_yaml') or '', text)}); "
+                         f"a study's definition is frozen: restore the original (kept under 'study_yaml' in manifest.json) "
+                         f"or run the edited file as a new study under another name (--name, or name= in rest.run_study)")
 
 
 def open_study(storage: str, name: str) -> tuple[Location, StudySpec, dict]:

@@ -26,9 +26,10 @@ import logging
 import time
 
 from . import selection, tune_ext
-from .driver import DriverLock, Interrupted, RunOptions, StopSignals, check_feasible, connect
+from .driver import DriverLock, Interrupted, StopSignals, check_feasible, connect
 from .errors import StudyError
 from .manifest import PHASES, create_study, is_complete, read_manifest, refuse_existing, write_manifest
+from .options import RunOptions
 from .results import Trial, read_phase
 from .search import fixed_configs, make_scheduler, make_search_alg, search_param_space
 from .space import StudySpec
@@ -75,7 +76,8 @@ def _trainable(spec: StudySpec, opts: RunOptions):
 
     resources = {"cpu": opts.cpus_per_trial or spec.resources.cpus_per_trial,
                  "gpu": opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial}
-    fn = tune.with_parameters(rest_trainable, checkpoint_every=spec.checkpoint_every)
+    # The data root goes to restored trials too (their configs keep the one they started with).
+    fn = tune.with_parameters(rest_trainable, checkpoint_every=spec.checkpoint_every, data_root=opts.data_root)
     return tune.with_resources(fn, resources)
 
 
@@ -238,6 +240,9 @@ def run_study(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSigna
         return manifest
     with DriverLock(path):
         manifest = read_manifest(path)  # as the previous driver left it
+        if manifest.get("options") != dataclasses.asdict(opts):
+            manifest["options"] = dataclasses.asdict(opts)  # what the study last ran with: the next run keeps it
+            write_manifest(path, manifest)
         return _run_phases(path, spec, opts, stop, manifest)
 
 

@@ -42,13 +42,14 @@ def _resume_state(ray_checkpoint) -> dict | None:
         return torch.load(Path(d) / STATE_FILE, weights_only=False, map_location="cpu")
 
 
-def rest_trainable(config: dict, checkpoint_every: int = 1) -> None:
+def rest_trainable(config: dict, checkpoint_every: int = 1, data_root: str | None = None) -> None:
     """Ray Tune function trainable: one REST configuration, checkpointed per epoch.
 
     Each checkpoint holds the full training state and the trial's whole history of
     epoch records (also as a small JSON file, for the study reader), so a trial
     resumed from it reports nothing twice and loses nothing Ray's snapshot missed.
     A trial resumed at or past its last epoch reports its final record again and ends.
+    `data_root`, when given, is where the dataset is now (the driver's, overriding the config's).
     """
     import ray
     import torch
@@ -57,6 +58,8 @@ def rest_trainable(config: dict, checkpoint_every: int = 1) -> None:
     from .train import Trainer
 
     settings = TrainSettings.from_dict({k: v for k, v in flat_config(config).items() if k != "extra"})
+    if data_root:
+        settings = settings.replace(data_root=data_root)
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(round(cpus))))
     trainer = Trainer(settings)

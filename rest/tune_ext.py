@@ -3,8 +3,8 @@
 Ray's public API does not cover a few things this project needs: where the
 current trial stores its checkpoints (to find one newer than Ray hands back),
 whether an experiment directory really holds a snapshot to restore, the graceful
-stop Tune performs on SIGUSR1, and the bookkeeping of Ray's ASHA scheduler that
-the per-cell wrapper routes. They live here, and ``tests/test_tune_ext.py`` checks
+stop Tune performs on SIGUSR1, the bookkeeping of Ray's ASHA scheduler that
+the per-cell wrapper routes, and the file where ``ray start`` leaves its address. They live here, and ``tests/test_tune_ext.py`` checks
 each against the installed Ray, so an upgrade that moves one fails loudly in the
 tests instead of silently weakening resume.
 """
@@ -46,6 +46,16 @@ def trial_storage() -> tuple:
 def request_graceful_stop() -> None:
     """Ask a running ``Tuner.fit()`` in this process to stop after one last forced snapshot."""
     os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def current_cluster_address() -> str | None:
+    """HOST:PORT of the cluster ``ray start`` last started on this machine (Ray's ray_current_cluster file), if any.
+
+    Only the file: Ray's own "auto" also joins any GCS process it finds on the machine.
+    """
+    from ray._private.services import find_bootstrap_address
+
+    return find_bootstrap_address(None) or None
 
 
 def asha_knows(asha, trial) -> bool:
