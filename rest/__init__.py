@@ -4,7 +4,8 @@ Modules: data (datasets), prepare (building and checking dataset trees), models,
 sparse (dynamic sparsity), reweight (sampling), train (one configuration), space
 (study files), study (the phases on Ray Tune) with manifest (the study directory),
 search (per-cell ASHA and searchers), trainable (one trial), tracking (trackers),
-driver (Ray connection, signals, lock) and tune_ext (Ray internals), selection (what
+driver (Ray connection, signals, lock), options (the driver's options, one path for the
+command line and the API) and tune_ext (Ray internals), selection (what
 "best" means), results (the study reader), storage (where studies and outputs live),
 tables (the table printer), export (tables, plots, sparse models), infer (fast
 sparse inference), api (the Python API), cli (the command line).

@@ -47,3 +47,11 @@ def test_trial_storage_reaches_the_trial_directory(ray_cluster, tmp_path):
     tuner = tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=str(tmp_path), name="x", verbose=0))
     (result,) = tuner.fit()
     assert result.metrics["path"] == str(result.path) and result.metrics["fs"] == "LocalFileSystem"
+
+
+def test_the_address_ray_start_leaves_is_where_tune_ext_reads_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # Ray's temp directory, as `ray start` and ray.init() find it
+    assert tune_ext.current_cluster_address() is None
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("10.0.0.1:6379\n")
+    assert tune_ext.current_cluster_address() == "10.0.0.1:6379"
