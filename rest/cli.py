@@ -119,6 +119,12 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
                    help="Ray Tune's progress output: 0 none, 1 status tables (default), 2 every result")
     p.add_argument("--max-failures", type=int, default=None,
                    help="retries of a trial whose worker dies, from its last checkpoint (default 2; resume: the study's)")
+    p.add_argument("--lease-seconds", type=float, default=None,
+                   help="a driver on another host whose lock goes unrenewed this long is taken over; one on this host "
+                   "only once its process is gone (default 60; resume: the study's)")
+    p.add_argument("--heartbeat-seconds", type=float, default=None,
+                   help="how often the driver renews its lock and checks that it still holds it "
+                   "(default 10; resume: the study's)")
 
 
 # ------------------------------------------------------------------ train
@@ -206,6 +212,9 @@ def _train_loop(trainer, out: Path) -> int:
 
 # ------------------------------------------------------------- run, resume
 
+LOCK_FLAGS = ("lease_seconds", "heartbeat_seconds")  # RunOptions fields; unset flags keep their defaults
+
+
 def _options(args: argparse.Namespace, name: str, storage: str, **extra):
     """The driver's RunOptions from the cluster flags, checked."""
     import os
@@ -226,7 +235,8 @@ def _options(args: argparse.Namespace, name: str, storage: str, **extra):
                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                       max_concurrent=args.max_concurrent, max_failures=2 if args.max_failures is None else args.max_failures,
                       verbose=args.verbose, autoscaling=args.autoscaling,
-                      stall_minutes=args.stall_minutes, **extra)
+                      stall_minutes=args.stall_minutes, **extra,
+                      **{k: getattr(args, k) for k in LOCK_FLAGS if getattr(args, k) is not None})
 
 
 def _finish(path, spec, manifest: dict, storage: str) -> int:
@@ -315,7 +325,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     saved = manifest["options"]
     opts = _options(args, args.name, storage, data_root=saved.get("data_root"))
     overridden = []
-    for key in ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures"):
+    for key in ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", *LOCK_FLAGS):
         given = getattr(args, key)
         if given is None:
             setattr(opts, key, saved.get(key, getattr(opts, key)))
