@@ -355,6 +355,7 @@ class DriverLock:
                 log.warning("could not renew the study lock %s (%s); retrying", self.file, str(exc).splitlines()[0])
 
     def __exit__(self, *exc) -> None:
+        self._raised = True  # leaving: a late signal from the heartbeat thread must not raise here
         self._stop.set()
         self._thread.join(timeout=self.heartbeat)  # no beat may rewrite the file after it is deleted below
         if self._saved_handler is not None:
