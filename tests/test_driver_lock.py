@@ -2,9 +2,11 @@
 
 A driver is never taken over on its own host while its process lives, however old
 its heartbeat; on another host it is taken over once its lease ran out, and on
-waking it stops at once (exit 2) without writing to the study again. "Another host"
-is a driver in its own UTS namespace with another host name (`unshare --uts`, root),
-on the same cluster and storage. Leases are 3 s here (the default is 60 s).
+waking it stops at once (exit 2) without writing to the study again. The paused
+driver runs under another host name, in its own UTS namespace (`unshare --uts`,
+root): a driver started under the same name is on its host, one started as the
+tests are is on another host; all share the cluster and the storage. Leases are
+3 s here (the default is 60 s).
 """
 import json
 import os
@@ -18,6 +20,7 @@ import uuid
 import pyarrow.fs as pafs
 import pytest
 
+import rest
 from conftest import ROOT, cli, wait_for
 from rest.driver import DriverLock, LockLost, process_start, this_machine
 from rest.errors import StudyError
@@ -82,18 +85,20 @@ def storage(request, tmp_path):
 @needs_unshare
 @pytest.mark.xdist_group("driver_lock")
 def test_a_paused_driver_keeps_its_study_on_its_host_and_loses_it_past_its_lease_to_another(ray_cluster, tmp_path, storage):
-    space = write_s4(tmp_path / "s4.yaml", train={**S4["train"], "epochs": 3}, search={"density": {"grid": [0.05, 1.0]}},
+    epochs = 4  # trials still run when the driver is woken and paused again
+    space = write_s4(tmp_path / "s4.yaml", train={**S4["train"], "epochs": epochs}, search={"density": {"grid": [0.05, 1.0]}},
                      scheduler={"type": "none"}, confirm=None)
     addr = ["--address", ray_cluster.address]
     study = f"{storage}/s4"
     first = start(["run", str(space), "--storage", storage, *addr, *LEASE], hostname=HOSTNAME)
+    procs = [first]
     try:
         wait_for(lambda: any("/checkpoint_" in k for k in files(study)), 180, "a first trial checkpoint")
         session = wait_for(lambda: re.findall(r"experiment_state-([^ /]+)\.json", " ".join(files(study))), 60, "a snapshot")[0]
 
         # 1. Paused past its lease, on its own host (same name, same machine): never taken over while its pid lives.
         stop_past_lease(first, study)
-        refused = start(["resume", "s4", "--storage", storage, *addr], hostname=HOSTNAME)
+        procs.append(refused := start(["resume", "s4", "--storage", storage, *addr], hostname=HOSTNAME))
         _, stderr = refused.communicate(timeout=120)
         assert refused.returncode == 2, stderr[-3000:]
         assert f"pid {first.pid}" in stderr and "probably paused" in stderr and f"kill -CONT {first.pid}" in stderr
@@ -105,30 +110,31 @@ def test_a_paused_driver_keeps_its_study_on_its_host_and_loses_it_past_its_lease
         # 2. Paused past its lease, seen from another host: taken over. On waking it stops and writes nothing more.
         stop_past_lease(first, study)
         before_takeover = files(study)
-        second = start(["resume", "s4", "--storage", storage, *addr])
+        procs.append(second := start(["resume", "s4", "--storage", storage, *addr]))
         wait_for(lambda: lock(study).get("pid") == second.pid, 120, "the second driver to take the lock")
         wait_for(lambda: files(study)["manifest.json"] != before_takeover["manifest.json"], 120, "its manifest write")
         before = files(study)
         first.send_signal(signal.SIGCONT)
         _, stderr = first.communicate(timeout=60)
         after = files(study)
-    finally:
-        first.kill()
-    assert first.returncode == 2, stderr[-3000:]
-    assert f"error: another driver took over this study (host {os.uname().nodename}, pid {second.pid})" in stderr
-    assert "Traceback" not in stderr
-    assert after["manifest.json"] == before["manifest.json"], "the stopped driver wrote its manifest"
-    assert session_files(after, session) == session_files(before, session), "the stopped driver wrote a snapshot"
+        assert first.returncode == 2, stderr[-3000:]
+        assert f"error: another driver took over this study (host {os.uname().nodename}, pid {second.pid})" in stderr
+        assert "Traceback" not in stderr
+        assert after["manifest.json"] == before["manifest.json"], "the stopped driver wrote its manifest"
+        assert session_files(before, session) and session_files(after, session) == session_files(before, session), \
+            "the stopped driver wrote a snapshot"
 
-    stdout, stderr = second.communicate(timeout=240)
+        # 3. The second driver finishes the study: every trial exactly once.
+        _, stderr = second.communicate(timeout=240)
+    finally:
+        for proc in procs:
+            proc.kill()
     assert second.returncode == 0, stderr[-3000:]
     assert "taking over the study from a driver that is gone" in stderr and f"pid {first.pid}" in stderr
-    import rest
-
     trials = rest.load_study("s4", storage=storage).all_trials()
     trial_dirs = {k.split("/")[1] for k in files(study) if k.startswith("search/trial_")}
     assert len(trials) == len(trial_dirs) == 2, "every trial exactly once"
-    assert all(t.status == "TERMINATED" and [r["epoch"] for r in t.history] == [1, 2, 3] for t in trials)
+    assert all(t.status == "TERMINATED" and [r["epoch"] for r in t.history] == list(range(1, epochs + 1)) for t in trials)
     assert not lock(study), "the finishing driver released the lock"
 
 
