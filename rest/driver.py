@@ -234,7 +234,8 @@ class DriverLock:
         self.name = study.name
         self.lease, self.heartbeat = float(lease), float(heartbeat)
         self.me = {**this_machine(), "pid": os.getpid(), "pid_started": process_start(os.getpid()),
-                   "token": os.urandom(8).hex(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "lease": self.lease}
+                   "token": os.urandom(8).hex(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "lease": self.lease,
+                   "every": self.heartbeat}
         self.lost: dict | None = None
         self._raised = False
         self._stop = self._thread = None
@@ -258,7 +259,8 @@ class DriverLock:
         if holder.get("host") == self.me["host"] and booted and booted != self.me["boot"]:
             return "this host has restarted since"
         if all(holder.get(k) == self.me[k] for k in ("host", "boot", "pidns")):
-            if pid_alive(int(holder.get("pid", 0)), holder.get("pid_started")):
+            pid = holder.get("pid")
+            if isinstance(pid, int) and pid > 0 and pid_alive(pid, holder.get("pid_started")):
                 return None
             return "its process is gone"
         age = time.time() - float(holder.get("heartbeat", 0))
@@ -271,7 +273,7 @@ class DriverLock:
         if host != self.me["host"]:
             how = (f"wait for it to finish or stop it (Ctrl-C, or kill -INT {pid} on {host}); a driver on another host "
                    f"is taken over only when its heartbeat is older than its {lease:g} s lease")
-        elif age > 2 * self.heartbeat:
+        elif age > 2 * float(holder.get("every") or self.heartbeat):
             how = (f"it is probably paused (Ctrl-Z, a debugger, SIGSTOP) and is never taken over while its process "
                    f"lives: continue it (fg, or kill -CONT {pid}) or stop it (kill -INT {pid}; kill -CONT {pid})")
         else:

@@ -155,6 +155,7 @@ def test_who_may_be_taken_over(tmp_path):
         ({**alive, "heartbeat": time.time() - 1000}, "probably paused"),  # old heartbeat, live process: refused
         ({**alive, "pid_started": "1"}, None),  # the pid now belongs to another process
         ({"pid": ended.pid, "pid_started": None}, None),
+        ({"pid": 0}, None),  # a damaged lock names no process (pid 0 would be this process group)
         ({**alive, "boot": "an-earlier-boot"}, None),  # this host has restarted since
         ({**alive, "host": "elsewhere"}, "on elsewhere"),  # another host within its lease
         ({**alive, "host": "elsewhere", "heartbeat": time.time() - 4}, None),  # ... past its 3 s lease
