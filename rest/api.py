@@ -48,6 +48,8 @@ def run_study(
     verbose: int = 0,
     autoscaling: bool = False,
     stall_minutes: float = 10.0,
+    lease_seconds: float | None = None,
+    heartbeat_seconds: float | None = None,
 ) -> Study:
     """Run the study defined in `space` (a study file), or continue it if `name` exists in storage.
 
@@ -73,7 +75,8 @@ def run_study(
     storage, name = resolve_storage(storage), check_name(name or spec.name)
     given = dict(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                  max_concurrent=max_concurrent, max_failures=max_failures, data_root=data_root, verbose=verbose,
-                 autoscaling=autoscaling, stall_minutes=stall_minutes)
+                 autoscaling=autoscaling, stall_minutes=stall_minutes, lease_seconds=lease_seconds,
+                 heartbeat_seconds=heartbeat_seconds)
     if study_dir(storage, name).join("manifest.json").is_file():
         path, spec, manifest = open_study(storage, name)  # refuses an edited study.yaml in storage
         refuse_edited(os.fspath(space), text, manifest)  # and a `space` that is not the study's definition

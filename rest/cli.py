@@ -124,6 +124,12 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
                    help="Ray Tune's progress output: 0 none, 1 status tables (default), 2 every result")
     p.add_argument("--max-failures", type=int, default=None,
                    help="retries of a trial whose worker dies, from its last checkpoint (default 2; resume: the study's)")
+    p.add_argument("--lease-seconds", type=float, default=None,
+                   help="a driver on another host whose lock goes unrenewed this long is taken over; one on this host "
+                   "only once its process is gone (default 60; resume: the study's)")
+    p.add_argument("--heartbeat-seconds", type=float, default=None,
+                   help="how often the driver renews its lock and checks that it still holds it "
+                   "(default 10; resume: the study's)")
 
 
 # ------------------------------------------------------------------ train
@@ -214,7 +220,8 @@ def _train_loop(trainer, out: Path) -> int:
 def _given_options(args: argparse.Namespace) -> dict:
     """The run options the flags give (None: not given), for rest.options.resolve_options."""
     return {key: getattr(args, key) for key in ("address", "cpus_per_trial", "gpus_per_trial", "max_concurrent",
-                                                "max_failures", "data_root", "verbose", "autoscaling", "stall_minutes")}
+                                                "max_failures", "data_root", "verbose", "autoscaling", "stall_minutes",
+                                                "lease_seconds", "heartbeat_seconds")}
 
 
 def _finish(path, spec, manifest: dict, storage: str) -> int:

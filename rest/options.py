@@ -38,10 +38,25 @@ class RunOptions:
     verbose: int = 1
     autoscaling: bool = False  # the cluster adds nodes on demand: skip the per-node feasibility check
     stall_minutes: float = 10.0  # warn once when trials wait this long for resources with none running
+    lease_seconds: float = 60.0  # a driver on another host whose lock is not renewed for this long is taken over
+    heartbeat_seconds: float = 10.0  # how often the driver renews its lock and checks that it still holds it
+
+    def __post_init__(self):
+        check_lock_timing(self.lease_seconds, self.heartbeat_seconds)
+
+
+def check_lock_timing(lease: float, heartbeat: float) -> None:
+    """The lease must outlast a few heartbeats, or a slow storage write would look like a lost driver."""
+    if not (_number(heartbeat) and heartbeat > 0):
+        raise UserError(f"--heartbeat-seconds {heartbeat:g} must be a positive number of seconds (default 10)")
+    if not (_number(lease) and lease >= 2 * heartbeat):
+        raise UserError(f"--lease-seconds {lease:g} must be at least twice --heartbeat-seconds {heartbeat:g} "
+                        f"(defaults 60 and 10)")
 
 
 # The study's own options: an existing study keeps them unless the caller gives another value.
-KEPT = ("data_root", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
+KEPT = ("data_root", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "lease_seconds",
+        "heartbeat_seconds")
 
 
 def _number(v: Any) -> bool:
@@ -64,6 +79,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "verbose": (lambda v: _whole(v) and v in (0, 1, 2), "0, 1 or 2"),
     "autoscaling": (lambda v: isinstance(v, bool), "true or false"),
     "stall_minutes": (lambda v: _number(v) and v > 0, "positive; give minutes, e.g. 10"),
+    "lease_seconds": (lambda v: _number(v) and v > 0, "a positive number of seconds (default 60)"),
+    "heartbeat_seconds": (lambda v: _number(v) and v > 0, "a positive number of seconds (default 10)"),
 }
 
 

@@ -26,7 +26,7 @@ import logging
 import time
 
 from . import selection, tune_ext
-from .driver import DriverLock, Interrupted, StopSignals, check_feasible, connect
+from .driver import DriverLock, Interrupted, LockLost, StopSignals, check_feasible, connect
 from .errors import StudyError
 from .manifest import PHASES, create_study, is_complete, read_manifest, refuse_existing, write_manifest
 from .options import RunOptions
@@ -238,15 +238,34 @@ def run_study(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSigna
     manifest = read_manifest(path)
     if is_complete(manifest):
         return manifest
-    with DriverLock(path):
+    with DriverLock(path, opts.lease_seconds, opts.heartbeat_seconds) as lock:
         manifest = read_manifest(path)  # as the previous driver left it
-        if manifest.get("options") != dataclasses.asdict(opts):
-            manifest["options"] = dataclasses.asdict(opts)  # what the study last ran with: the next run keeps it
-            write_manifest(path, manifest)
-        return _run_phases(path, spec, opts, stop, manifest)
+        try:
+            if manifest.get("options") != dataclasses.asdict(opts):
+                manifest["options"] = dataclasses.asdict(opts)  # what the study last ran with: the next run keeps it
+                lock.check()
+                write_manifest(path, manifest)
+            with tune_ext.guard_snapshots(lock.check):
+                return _run_phases(path, spec, opts, stop, manifest, lock.check)
+        except LockLost as lost:
+            _stop_trials()
+            raise StudyError(str(lost)) from None
 
 
-def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSignals, manifest: dict) -> dict:
+def _stop_trials() -> None:
+    """End this driver's trials without a word to storage: they belong to the driver that took over."""
+    import ray
+
+    ray.shutdown()  # Ray ends the actors this driver owns
+
+
+def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSignals, manifest: dict, check) -> dict:
+    """The phases that are not done; `check()` raises LockLost before any write once another driver holds the study."""
+
+    def save(manifest: dict) -> None:
+        check()
+        write_manifest(path, manifest)
+
     gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial
     connect(opts.address, gpus)
     check_feasible(spec, opts)
@@ -255,9 +274,10 @@ def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSig
         info = manifest["phases"][phase]
         if info["status"] in ("done", "skipped"):
             continue
+        check()  # before the phase's own writes (abandoned files moved aside, confirm configs, tuner.pkl)
         tuner = _phase_tuner(phase, path, spec, opts)
         info["status"] = "running"
-        write_manifest(path, manifest)
+        save(manifest)
         start = time.time()
         try:
             with stop.fitting():
@@ -265,14 +285,14 @@ def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSig
         except KeyboardInterrupt:
             info["wall_seconds"] += time.time() - start
             info["status"] = "interrupted"
-            write_manifest(path, manifest)
+            save(manifest)
             raise
         info["wall_seconds"] += time.time() - start
         trials = read_phase(path.join(phase), phase)
         unfinished = unfinished_trials(trials, spec, phase)
         info.update(trials=len(trials), errors=sum(t.status == "ERROR" for t in trials), unfinished=len(unfinished))
         info["status"] = "interrupted" if (unfinished or stop.received) else "done"
-        write_manifest(path, manifest)
+        save(manifest)
         if stop.received:
             raise Interrupted(stop.received)
         if unfinished:

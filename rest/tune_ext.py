@@ -3,16 +3,21 @@
 Ray's public API does not cover a few things this project needs: where the
 current trial stores its checkpoints (to find one newer than Ray hands back),
 whether an experiment directory really holds a snapshot to restore, the graceful
-stop Tune performs on SIGUSR1, the bookkeeping of Ray's ASHA scheduler that
-the per-cell wrapper routes, and the file where ``ray start`` leaves its address. They live here, and ``tests/test_tune_ext.py`` checks
+stop Tune performs on SIGUSR1, a check before every experiment snapshot (the
+driver lock), the bookkeeping of Ray's ASHA scheduler that the per-cell wrapper
+routes, and the file where ``ray start`` leaves its address. They live here, and
+``tests/test_tune_ext.py`` checks
 each against the installed Ray, so an upgrade that moves one fails loudly in the
 tests instead of silently weakening resume.
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
+from contextlib import contextmanager
 from pathlib import PurePosixPath
+from typing import Callable
 
 # Tune's own SIGINT handler would end `fit()` looking like a finished run; the
 # study driver installs its own (see driver.StopSignals) and asks Tune to stop
@@ -56,6 +61,44 @@ def current_cluster_address() -> str | None:
     from ray._private.services import find_bootstrap_address
 
     return find_bootstrap_address(None) or None
+
+
+_SNAPSHOT_GUARDS: list[Callable[[], None]] = []
+
+
+def _guarded(save_to_dir):
+    @functools.wraps(save_to_dir)
+    def guarded_save_to_dir(self, *args, **kwargs):
+        for guard in list(_SNAPSHOT_GUARDS):
+            guard()
+        return save_to_dir(self, *args, **kwargs)
+
+    guarded_save_to_dir.rest_guarded = True
+    return guarded_save_to_dir
+
+
+@contextmanager
+def guard_snapshots(check: Callable[[], None]):
+    """Within the block, Tune calls `check()` before it saves each experiment snapshot in this process.
+
+    ``TuneController.save_to_dir`` writes the experiment state (trials, searcher,
+    callbacks) to the driver's staging directory, and its only caller,
+    ``TuneController.checkpoint``, then uploads that directory to storage: periodic
+    and forced snapshots alike go through it. `check` raising (a BaseException, so
+    that Tune's own ``except Exception`` does not turn it into a log line) keeps the
+    snapshot from being written or uploaded. (A callback's public ``get_state`` also
+    runs before each snapshot, but a restored experiment takes its callbacks from the
+    pickled run config of the driver that started it: older studies have none.)
+    """
+    from ray.tune.execution.tune_controller import TuneController
+
+    if not getattr(TuneController.save_to_dir, "rest_guarded", False):
+        TuneController.save_to_dir = _guarded(TuneController.save_to_dir)
+    _SNAPSHOT_GUARDS.append(check)
+    try:
+        yield
+    finally:
+        _SNAPSHOT_GUARDS.remove(check)
 
 
 def asha_knows(asha, trial) -> bool:

@@ -1,6 +1,7 @@
 """Contract test: every Ray internal rest.tune_ext relies on exists in the installed Ray."""
 import signal
 
+import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from rest import tune_ext
@@ -55,3 +56,30 @@ def test_the_address_ray_start_leaves_is_where_tune_ext_reads_it(tmp_path, monke
     (tmp_path / "ray").mkdir()
     (tmp_path / "ray" / "ray_current_cluster").write_text("10.0.0.1:6379\n")
     assert tune_ext.current_cluster_address() == "10.0.0.1:6379"
+
+
+def test_a_snapshot_guard_runs_before_every_experiment_snapshot_and_can_prevent_it(ray_cluster, tmp_path):
+    from ray import tune
+
+    class Refused(BaseException):
+        pass
+
+    def trainable(config):
+        tune.report({"x": 1})
+
+    def snapshots(name: str) -> list[str]:
+        return sorted(p.name for p in (tmp_path / name).glob(f"{tune_ext.STATE_PREFIX}*.json"))
+
+    seen = []  # the snapshots on storage at each call of the guard
+    with tune_ext.guard_snapshots(lambda: seen.append(snapshots("ok"))):
+        tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=str(tmp_path), name="ok", verbose=0)).fit()
+    assert seen and seen[0] == [] and snapshots("ok"), "called before the first snapshot, which then reached storage"
+
+    def refuse():
+        raise Refused()
+
+    # A trial that can never start (no node has 1000 CPUs): the guard stops fit() before any actor exists.
+    unstartable = tune.with_resources(trainable, {"cpu": 1000})
+    with pytest.raises(Refused), tune_ext.guard_snapshots(refuse):
+        tune.Tuner(unstartable, run_config=tune.RunConfig(storage_path=str(tmp_path), name="refused", verbose=0)).fit()
+    assert (tmp_path / "refused" / tune_ext.TUNER_FILE).exists() and not snapshots("refused"), "no snapshot written"
