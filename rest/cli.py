@@ -79,8 +79,8 @@ def build_parser() -> Parser:
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("export-model", help="save a cell's selected best-epoch model in compact sparse form")
-    p.add_argument("study", help="study name (under --storage) or path")
-    p.add_argument("--cell", required=True, help="DATASET:CONFLICT_PCT, e.g. colored_digits:1")
+    p.add_argument("study", help="study name (under --storage) or path, or a 'train --out' directory")
+    p.add_argument("--cell", default=None, help="DATASET:CONFLICT_PCT, e.g. colored_digits:1 (a study needs it)")
     p.add_argument("--storage", default=None, help="directory or s3:// / gs:// URI holding studies "
                    "(default $REST_TUNE_STORAGE or ./studies)")
     p.add_argument("--out", type=Path, default=None, help="model file (default results/<study>/model-<cell>.pt)")
@@ -183,7 +183,7 @@ def _train_loop(trainer, out: Path) -> int:
     record = {}
     with open(out / "metrics.jsonl", "a") as metrics, SummaryWriter(str(out)) as board:
         while trainer.epoch < settings.epochs:
-            record = trainer.run_epoch()
+            record = {**trainer.run_epoch(), **trainer.data.describe()}  # the samples it trained on, with each epoch
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
             for key, value in record.items():
@@ -344,14 +344,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_export_model(args: argparse.Namespace) -> int:
     from .export import find_study, load_study
-    from .model_file import save_sparse_model, selected_trial, trial_state
+    from .model_file import is_train_run, run_state, save_sparse_model, selected_trial, trial_state
 
-    study = load_study(find_study(args.study, args.storage))
-    trial = selected_trial(study, args.cell)
-    state = trial_state(trial)
-    out = args.out or Path("results") / study.name / f"model-{args.cell.replace(':', '-')}.pt"
-    path = save_sparse_model(state, out)
-    print(f"saved trial {trial.trial_id} (density {trial.config['density']:g}, epoch {state['best']['best_epoch']}) "
+    if is_train_run(args.study):  # a `train --out` directory: its selected epoch
+        state, what, out = run_state(Path(args.study)), f"run {args.study}", Path(args.study) / "model.pt"
+    elif args.cell is None:
+        raise UserError(f"export-model of study {args.study} needs --cell DATASET:CONFLICT_PCT, e.g. --cell colored_digits:1")
+    else:
+        study = load_study(find_study(args.study, args.storage))
+        trial = selected_trial(study, args.cell)
+        state, what = trial_state(trial), f"trial {trial.trial_id}"
+        out = Path("results") / study.name / f"model-{args.cell.replace(':', '-')}.pt"
+    path = save_sparse_model(state, args.out or out)
+    print(f"saved {what} (density {state['settings']['density']:g}, epoch {state['best']['best_epoch']}) "
           f"to {path} ({path.stat().st_size / 1e6:.2f} MB); load it with rest.load_model('{path}')")
     return 0
 
