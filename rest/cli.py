@@ -95,7 +95,7 @@ def build_parser() -> Parser:
                    "below the measured crossover density; CPU) (default dense)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--split", default="test", help="test, valid or train (default test)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads, at most this machine's CPUs (default: PyTorch's)")
     p.set_defaults(handler=cmd_predict)
 
     add_prepare_parser(sub)
@@ -362,13 +362,16 @@ def cmd_export_model(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import os
+
     import torch
 
     from .model_file import predict_file
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads} must be at least 1")
+        cpus = os.cpu_count() or 1
+        if not 1 <= args.threads <= cpus:  # far too many threads crash PyTorch's thread pool
+            raise UserError(f"--threads {args.threads} is outside 1..{cpus}, the CPUs of this machine; give a count in that range")
         torch.set_num_threads(args.threads)
     r = predict_file(args.model, args.engine, args.batch_size, args.split, args.dataset, args.conflict_pct, args.data_root)
     print(f"{args.model}: {r['dataset']} {r['conflict_pct']:g}% {r['split']} split, {r['samples']} images, "

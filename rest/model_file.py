@@ -216,6 +216,8 @@ def predict_file(path, engine: str = "dense", batch_size: int = 256, split: str 
         raise DataError(f"unknown split '{split}'; choose from {', '.join(SPLITS)}")
     if batch_size < 1:
         raise DataError(f"--batch-size {batch_size} must be at least 1")
+    if conflict_pct is not None and not 0.0 < float(conflict_pct) < 100.0:  # nan and inf too
+        raise DataError(f"--conflict-pct {conflict_pct:g} is outside (0, 100); give a ratio the dataset has, e.g. 1 or 5")
     settings = TrainSettings.from_dict(read_model_file(path)["settings"])
     dataset = dataset or settings.dataset
     trained = get_dataset_spec(settings.dataset)
