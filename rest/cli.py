@@ -71,7 +71,8 @@ def build_parser() -> Parser:
     p.add_argument("study", nargs="+", help="study name (under --storage) or path; several: one merged table")
     p.add_argument("--storage", default=None, help="directory or s3:// / gs:// URI holding studies "
                    "(default $REST_TUNE_STORAGE or ./studies)")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default results/<study name>)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default results/<study name>); it holds "
+                   "this export alone: an earlier export of the same studies there is replaced, other files are refused")
     p.add_argument("--format", default="md,csv,tex", help="comma-separated: md, csv, tex (default md,csv,tex)")
     p.add_argument("--selection", choices=("val", "oracle"), default="val",
                    help="rank configs on validation as the study's selection setting says (default) or, "

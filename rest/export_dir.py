@@ -47,7 +47,7 @@ def claim(out: Path, owner: str, names: list[str]) -> tuple[Path, list[str]]:
     out = Path(out).expanduser().resolve()
     previous, earlier = earlier_export(out) if out.is_dir() else (None, [])
     foreign = sorted(p.name for p in out.iterdir() if p.name not in {MARKER, *earlier}) if out.is_dir() else []
-    listing = f"other files ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})"
+    listing = f"other files ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})" if foreign else f"a damaged {MARKER}"
     held = f"the export of {previous}" if previous not in (None, owner) else listing
     mine = previous == owner and not foreign
     out = fresh_dir(out, what="--out", fix=f"it holds {held}; choose another --out", replace=mine)

@@ -66,7 +66,7 @@ def trial_state(trial) -> dict:
     if not selected:
         raise ExportError(f"trial {trial.trial_id} has no finished epoch; resume the study first")
     epoch, unreadable = int(selected["epoch"]), []
-    for ckpt, state in checkpoint_states(trial.location):
+    for ckpt, state, _ in checkpoint_states(trial.location):
         if state is None:
             unreadable.append(ckpt.name)
         elif weights_epoch(state) == epoch:
