@@ -54,7 +54,7 @@ def main() -> None:
     torch.set_num_threads(2)
     if args.quick:
         args.seeds, args.epochs, args.subsample = args.seeds[:1], 2, 600
-    data = load_dataset("colored_digits", 5.0).head(args.subsample)
+    data = load_dataset("colored_digits", 5.0).subsample(args.subsample)
     base = TrainSettings(dataset="colored_digits", conflict_pct=5.0, model="cnn", epochs=args.epochs, batch_size=128,
                          lr=0.01, schedule="none", subsample=0, precision="fp32", pgd_epochs=args.pgd_epochs)
     out: dict = {"settings": {"epochs": args.epochs, "subsample": args.subsample, "pgd_epochs": args.pgd_epochs,

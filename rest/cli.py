@@ -70,7 +70,8 @@ def build_parser() -> Parser:
     p.add_argument("study", nargs="+", help="study name (under --storage) or path; several: one merged table")
     p.add_argument("--storage", default=None, help="directory or s3:// / gs:// URI holding studies "
                    "(default $REST_TUNE_STORAGE or ./studies)")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default results/<study name>)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default results/<study name>); it holds "
+                   "this export alone: an earlier export of the same studies there is replaced, other files are refused")
     p.add_argument("--format", default="md,csv,tex", help="comma-separated: md, csv, tex (default md,csv,tex)")
     p.add_argument("--selection", choices=("val", "oracle"), default="val",
                    help="rank configs on validation as the study's selection setting says (default) or, "
@@ -78,8 +79,8 @@ def build_parser() -> Parser:
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("export-model", help="save a cell's selected best-epoch model in compact sparse form")
-    p.add_argument("study", help="study name (under --storage) or path")
-    p.add_argument("--cell", required=True, help="DATASET:CONFLICT_PCT, e.g. colored_digits:1")
+    p.add_argument("study", help="study name (under --storage) or path, or a 'train --out' directory")
+    p.add_argument("--cell", default=None, help="DATASET:CONFLICT_PCT, e.g. colored_digits:1 (a study needs it)")
     p.add_argument("--storage", default=None, help="directory or s3:// / gs:// URI holding studies "
                    "(default $REST_TUNE_STORAGE or ./studies)")
     p.add_argument("--out", type=Path, default=None, help="model file (default results/<study>/model-<cell>.pt)")
@@ -94,7 +95,7 @@ def build_parser() -> Parser:
                    "below the measured crossover density; CPU) (default dense)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--split", default="test", help="test, valid or train (default test)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads, at most this machine's CPUs (default: PyTorch's)")
     p.set_defaults(handler=cmd_predict)
 
     add_prepare_parser(sub)
@@ -194,7 +195,7 @@ def _train_loop(trainer, out: Path) -> int:
     record = {}
     with open(out / "metrics.jsonl", "a") as metrics, SummaryWriter(str(out)) as board:
         while trainer.epoch < settings.epochs:
-            record = trainer.run_epoch()
+            record = {**trainer.run_epoch(), **trainer.data.describe()}  # the samples it trained on, with each epoch
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
             for key, value in record.items():
@@ -332,26 +333,34 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_export_model(args: argparse.Namespace) -> int:
     from .export import find_study, load_study
-    from .model_file import save_sparse_model, selected_trial, trial_state
+    from .model_file import is_train_run, run_state, save_sparse_model, selected_trial, trial_state
 
-    study = load_study(find_study(args.study, args.storage))
-    trial = selected_trial(study, args.cell)
-    state = trial_state(trial)
-    out = args.out or Path("results") / study.name / f"model-{args.cell.replace(':', '-')}.pt"
-    path = save_sparse_model(state, out)
-    print(f"saved trial {trial.trial_id} (density {trial.config['density']:g}, epoch {state['best']['best_epoch']}) "
+    if is_train_run(args.study):  # a `train --out` directory: its selected epoch
+        state, what, out = run_state(Path(args.study)), f"run {args.study}", Path(args.study) / "model.pt"
+    elif args.cell is None:
+        raise UserError(f"export-model of study {args.study} needs --cell DATASET:CONFLICT_PCT, e.g. --cell colored_digits:1")
+    else:
+        study = load_study(find_study(args.study, args.storage))
+        trial = selected_trial(study, args.cell)
+        state, what = trial_state(trial), f"trial {trial.trial_id}"
+        out = Path("results") / study.name / f"model-{args.cell.replace(':', '-')}.pt"
+    path = save_sparse_model(state, args.out or out)
+    print(f"saved {what} (density {state['settings']['density']:g}, epoch {state['best']['best_epoch']}) "
           f"to {path} ({path.stat().st_size / 1e6:.2f} MB); load it with rest.load_model('{path}')")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import os
+
     import torch
 
     from .model_file import predict_file
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads} must be at least 1")
+        cpus = os.cpu_count() or 1
+        if not 1 <= args.threads <= cpus:  # far too many threads crash PyTorch's thread pool
+            raise UserError(f"--threads {args.threads} is outside 1..{cpus}, the CPUs of this machine; give a count in that range")
         torch.set_num_threads(args.threads)
     r = predict_file(args.model, args.engine, args.batch_size, args.split, args.dataset, args.conflict_pct, args.data_root)
     print(f"{args.model}: {r['dataset']} {r['conflict_pct']:g}% {r['split']} split, {r['samples']} images, "

@@ -13,19 +13,19 @@ trials.csv, accuracy_vs_density.png and summary.md.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from . import selection
+from . import export_dir, selection
 from .errors import UserError
 from .results import StudyResults, aggregate, read_study, search_configs
 from .space import StudySpec
-from .storage import Location, existing_storage, fresh_dir, open_location
+from .storage import Location, existing_storage, open_location
 from .tables import float_cell, markdown
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,9 @@ TABLE_METRICS = [
 PRIMARY_PREFIX = {"val": "best_val_", "oracle": "best_test_"}
 BINS_PER_DECADE = 4  # by_density's log-scale bins for sampled densities
 BASELINE_ROLES = {"erm_baseline": "ERM (dense)", "dense_reweighted_baseline": "dense reweighted"}
-MARKER = ".rest-export.json"
+
+
+Writer = Callable[[Path], None]  # writes one output file at the path it is given
 
 
 class ExportError(UserError):
@@ -325,79 +327,64 @@ def caption(spec: StudySpec, how: str, what: str) -> str:
     return f"{what}. {rule[0].upper()}{rule[1:]}; test accuracy of each run's selected epoch, mean ± standard error over seeds, in percent."
 
 
-def write_table(table: pd.DataFrame, shown: pd.DataFrame, base: Path, formats: list[str], title: str) -> list[Path]:
+def table_files(table: pd.DataFrame, shown: pd.DataFrame, base: str, formats: list[str], title: str) -> dict[str, Writer]:
     """csv holds the raw columns (fractions); md and tex the presentable ones (percent) with a caption."""
-    written = []
-    for fmt in formats:
-        path = base.with_suffix(f".{fmt}")
-        if fmt == "csv":
-            table.to_csv(path, index=False)
-        elif fmt == "md":
-            path.write_text(f"{title}\n\n{to_markdown(shown)}")
-        elif fmt == "tex":
-            path.write_text(to_latex(shown, title))
-        written.append(path)
-    return written
+    writers: dict[str, Writer] = {
+        "csv": lambda path: table.to_csv(path, index=False),
+        "md": lambda path: path.write_text(f"{title}\n\n{to_markdown(shown)}"),
+        "tex": lambda path: path.write_text(to_latex(shown, title)),
+    }
+    return {f"{base}.{fmt}": writers[fmt] for fmt in formats}
 
 
 FORMATS = ("md", "csv", "tex")
 
 
-def prepare_out(out: Path, owner: str) -> Path:
-    """Create the output directory; refuse one holding another export or other files.
-
-    Re-exporting the same study (or the same list of studies) replaces its files.
-    """
-    marker = Path(out).expanduser().resolve() / MARKER
-    try:
-        previous = json.loads(marker.read_text()).get("study") if marker.is_file() else None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        previous = None
-    held = f"the export of {previous}" if previous else "other files"
-    out = fresh_dir(out, what="--out", fix=f"it holds {held}; choose another --out", replace=previous == owner)
-    try:
-        marker.write_text(json.dumps({"study": owner}))
-    except OSError as exc:
-        raise ExportError(f"cannot write to {out} ({exc.strerror}); choose a writable --out") from None
-    return out
-
-
 def export(studies: list[StudyResults], out: Path, formats: list[str], how: str = "val") -> list[Path]:
-    """Write every table, the plot and the summary of one study (or the merged tables of several)."""
+    """Write every table, the plot and the summary of one study (or the merged tables of several).
+
+    `out` then holds this export alone (``rest.export_dir``): the files of an earlier
+    export of the same studies that this one does not write are removed.
+    """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ExportError(f"unknown format {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
-    out = prepare_out(out, ", ".join(s.name for s in studies))
+    files = export_files(studies, formats, how)
+    owner = ", ".join(s.name for s in studies)
+    out, earlier = export_dir.claim(out, owner, list(files))
+    for name, write in files.items():
+        write(out / name)
+    export_dir.settle(out, owner, list(files), earlier)
+    return [out / name for name in files]
+
+
+def export_files(studies: list[StudyResults], formats: list[str], how: str) -> dict[str, Writer]:
+    """Every output of an export, file name -> the function that writes it there."""
     suffix = "" if how == "val" else "_oracle"
     spec = studies[0].spec
     best = pd.concat([best_configs(s, how).assign(study=s.name) for s in studies], ignore_index=True)
     if len(studies) == 1:
         best = best.drop(columns=["study"])
-    written = write_table(best, presentable(best, spec), out / f"best_configs{suffix}", formats,
-                          caption(spec, how, "Selected config per cell and method" if spec.methods
-                                  else "Selected config per cell and the dense baselines"))
+    files = table_files(best, presentable(best, spec), f"best_configs{suffix}", formats,
+                        caption(spec, how, "Selected config per cell and method" if spec.methods
+                                else "Selected config per cell and the dense baselines"))
     paper = paper_table(studies, how)
-    written += write_table(paper, paper_presentable(paper), out / f"paper_table{suffix}", formats,
-                           caption(spec, how, "Unbiased / conflicting test accuracy per conflict ratio"))
+    files |= table_files(paper, paper_presentable(paper), f"paper_table{suffix}", formats,
+                         caption(spec, how, "Unbiased / conflicting test accuracy per conflict ratio"))
     trials = pd.concat([s.trials().assign(study=s.name) for s in studies], ignore_index=True)
-    written.append(out / "trials.csv")
-    trials.to_csv(written[-1], index=False)
-    if len(studies) == 1 and spec.methods:  # methods differ in more than density: no by-density view
-        written.append(out / "summary.md")
-        written[-1].write_text(summary(studies[0], best, how))
-    elif len(studies) == 1:
+    files["trials.csv"] = lambda path: trials.to_csv(path, index=False)
+    if len(studies) == 1 and not spec.methods:  # methods differ in more than density: no by-density view
         study = studies[0]
         density = by_density(study, how)
-        written += write_table(density, presentable(density, spec), out / f"by_density{suffix}",
-                               [f for f in formats if f in ("csv", "md")],
-                               caption(spec, how, "Search phase: best config per cell and density"))
-        written.append(out / f"accuracy_vs_density{suffix}.png")
+        files |= table_files(density, presentable(density, spec), f"by_density{suffix}",
+                             [f for f in formats if f in ("csv", "md")],
+                             caption(spec, how, "Search phase: best config per cell and density"))
         from .plots import accuracy_vs_density
 
-        accuracy_vs_density(study, density, best, written[-1], how)
-        written.append(out / "summary.md")
-        written[-1].write_text(summary(study, best, how))
-    return written
+        files[f"accuracy_vs_density{suffix}.png"] = lambda path: accuracy_vs_density(study, density, best, path, how)
+    if len(studies) == 1:
+        files["summary.md"] = lambda path: path.write_text(summary(studies[0], best, how))
+    return files
 
 
 def summary(study: StudyResults, best: pd.DataFrame, how: str) -> str:

@@ -11,10 +11,11 @@ import numpy as np
 
 from . import selection
 from .export import BASELINE_ROLES, ExportError, _pool, _primary, best_configs, format_value
-from .results import StudyResults, newest_state
+from .results import StudyResults, checkpoint_states
 
 
 MODEL_FORMAT = "rest-sparse-model-v1"
+PROG = "tune_search.py"  # the command a message tells the user to run
 
 
 def selected_trial(study: StudyResults, cell: str):
@@ -48,11 +49,66 @@ def _same(value, text: str) -> bool:
         return str(value) == text
 
 
+def weights_epoch(state: dict) -> int:
+    """The epoch whose weights ``sparse_model_state`` takes from a training state."""
+    return int(state["best"]["best_epoch"]) if state.get("best_weights") else int(state["epoch"])
+
+
 def trial_state(trial) -> dict:
-    state = newest_state(trial.location)
-    if state is None:
-        raise ExportError(f"trial {trial.trial_id} has no readable checkpoint; resume the study first")
-    return state
+    """The training state that holds the weights of the trial's selected epoch, the one its
+    table rows report; refused, naming the trial and the epoch, when no readable one does.
+
+    The newest checkpoint holds them; an older one does too if it was written at or after
+    that epoch and chose the same one. An older state's best-so-far weights from an
+    earlier epoch are never taken in their place.
+    """
+    selected = trial.selected()
+    if not selected:
+        raise ExportError(f"trial {trial.trial_id} has no finished epoch; resume the study first")
+    epoch, unreadable = int(selected["epoch"]), []
+    for ckpt, state, _ in checkpoint_states(trial.location):
+        if state is None:
+            unreadable.append(ckpt.name)
+        elif weights_epoch(state) == epoch:
+            return state
+        elif int(state["epoch"]) < epoch:
+            break  # written before the selected epoch: neither it nor older ones hold its weights
+    why = f"checkpoint {', '.join(unreadable)} is unreadable" if unreadable else "no checkpoint holds them"
+    out = f"runs/retrain-{trial.trial_id}"
+    raise ExportError(f"the weights of trial {trial.trial_id}'s selected epoch {epoch}, the one the tables report, cannot be "
+                      f"read ({why}); no model file was written. Retrain that config with its stored settings: "
+                      f"{retrain_command(trial.config, out)} ; then: {PROG} export-model {out}")
+
+
+def retrain_command(config: dict, out: str) -> str:
+    """The `train` command that trains a trial's config again: every setting that differs from the default."""
+    import dataclasses
+    import shlex
+
+    from .settings import TrainSettings
+
+    settings = TrainSettings.from_dict({k: v for k, v in config.items() if k != "extra"})
+    default = TrainSettings()
+    flags = [f"--{f.name.replace('_', '-')}={shlex.quote(str(getattr(settings, f.name)))}"
+             for f in dataclasses.fields(settings) if "help" in f.metadata and getattr(settings, f.name) != getattr(default, f.name)]
+    return " ".join([PROG, "train", *flags, "--out", shlex.quote(out)])
+
+
+def is_train_run(path: str) -> bool:
+    """A local `train --out` directory (settings.json and checkpoint.pt, no study manifest)."""
+    folder = Path(path).expanduser()
+    return "://" not in str(path) and (folder / "checkpoint.pt").is_file() and (folder / "settings.json").is_file()
+
+
+def run_state(run: Path) -> dict:
+    """The training state of a `train --out` directory (its last epoch's checkpoint)."""
+    import torch
+
+    try:
+        return torch.load(Path(run) / "checkpoint.pt", weights_only=False, map_location="cpu")  # our own file
+    except Exception as exc:
+        raise ExportError(f"{run}/checkpoint.pt cannot be read ({str(exc).splitlines()[0][:120]}); "
+                          f"train the run again or 'train --resume {run}'") from None
 
 
 def sparse_model_state(state: dict) -> dict:
@@ -160,6 +216,8 @@ def predict_file(path, engine: str = "dense", batch_size: int = 256, split: str 
         raise DataError(f"unknown split '{split}'; choose from {', '.join(SPLITS)}")
     if batch_size < 1:
         raise DataError(f"--batch-size {batch_size} must be at least 1")
+    if conflict_pct is not None and not 0.0 < float(conflict_pct) < 100.0:  # nan and inf too
+        raise DataError(f"--conflict-pct {conflict_pct:g} is outside (0, 100); give a ratio the dataset has, e.g. 1 or 5")
     settings = TrainSettings.from_dict(read_model_file(path)["settings"])
     dataset = dataset or settings.dataset
     trained = get_dataset_spec(settings.dataset)

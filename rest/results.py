@@ -57,8 +57,9 @@ def checkpoint_history(trial: Location) -> list[dict]:
     return []
 
 
-def newest_state(trial: Location, min_epoch: int = 0) -> dict | None:
-    """The newest readable training state in a trial's checkpoints (None if there is none)."""
+def checkpoint_states(trial: Location):
+    """(checkpoint, training state, None) of a trial's checkpoints, newest first; (checkpoint,
+    None, reason) where one cannot be read (a crash mid-write, a damaged file)."""
     import io
 
     import torch
@@ -68,9 +69,21 @@ def newest_state(trial: Location, min_epoch: int = 0) -> dict | None:
             with ckpt.fs.open_input_file(ckpt.join(STATE_FILE).path) as f:
                 state = torch.load(io.BytesIO(f.read()), weights_only=False, map_location="cpu")
         except Exception as exc:  # incomplete checkpoint (crash mid-write): the previous one
-            log.warning("skipping unreadable checkpoint %s: %s", ckpt, exc)
+            yield ckpt, None, exc
             continue
-        if state["epoch"] >= min_epoch:
+        yield ckpt, state, None
+
+
+def newest_state(trial: Location, min_epoch: int = 0) -> dict | None:
+    """The newest readable training state in a trial's checkpoints (None if there is none).
+
+    What a resumed trial continues from. Not what export-model writes: an older state's
+    best-so-far weights need not be the epoch the tables report (``model_file.trial_state``).
+    """
+    for ckpt, state, exc in checkpoint_states(trial):
+        if state is None:
+            log.warning("skipping unreadable checkpoint %s: %s", ckpt, exc)
+        elif state["epoch"] >= min_epoch:
             return state
     return None
 

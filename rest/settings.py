@@ -86,7 +86,8 @@ class TrainSettings:
     device: str = _setting("auto", "auto, cpu, cuda or cuda:N (auto: the GPU if there is one)")
     precision: str = _setting("bf16", f"CUDA autocast: {', '.join(PRECISIONS)}; the CPU always trains in fp32")
     eval_batch_size: int = _setting(256, "batch size of validation and test passes")
-    subsample: int = _setting(0, "use only the first N samples of each split, for quick runs (0: all)")
+    subsample: int = _setting(0, "use N samples of each split, for quick runs: a seeded sample that keeps each split's "
+                                 "class and aligned/conflicting shares, the same for every seed (0: all)")
     extra: dict[str, Any] = field(default_factory=dict)  # bookkeeping of a study (a confirm trial's role); no flag
 
     def validate(self) -> "TrainSettings":

@@ -77,6 +77,7 @@ def rest_trainable(config: dict, checkpoint_every: int = 1, data_root: str | Non
     primary = getattr(settings, "selection", "worst_group")
     while trainer.epoch < settings.epochs:
         record = trainer.run_epoch()
+        record.update(trainer.data.describe())  # what it trained on: the subsample's seed and per-split counts
         record.update(resumed_from_epoch=resumed_from, node_id=node, pid=os.getpid(),
                       val_rank=selection.scalar(record, primary))
         record[SEARCHER_METRIC] = max([record[METRIC]] + [r[METRIC] for r in history if METRIC in r])

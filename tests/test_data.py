@@ -145,3 +145,41 @@ def test_bad_trees_name_the_problem(tmp_path):
 def test_registry_lists_its_entries_in_errors():
     with pytest.raises(DataError, match="choose from colored_digits, cmnist, cifar10c, bffhq"):
         load_dataset("nope", 1.0)
+
+
+# ------------------------------------------------------------------ subsample
+
+@pytest.mark.parametrize("seed", range(20))
+def test_apportion_quotas_are_floor_or_ceiling_and_sum_to_n(seed):
+    from rest.data.sample import apportion
+
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(0, 50, size=rng.integers(1, 12))
+    n = int(rng.integers(0, sizes.sum() + 1))
+    quotas = apportion(sizes, n, rng)
+    exact = n * sizes / max(1, sizes.sum())
+    assert quotas.sum() == n and (quotas >= np.floor(exact)).all() and (quotas <= np.ceil(exact)).all()
+
+
+@pytest.mark.parametrize("n", [10, 13, 37, 100, 250])
+def test_stratified_sample_keeps_every_class_and_the_conflicting_share(n):
+    from rest.data.sample import stratified_indices
+
+    y = np.repeat(np.arange(10), [200, 190, 180, 170, 160, 150, 140, 130, 120, 60])
+    b = assign_bias(y, 2.0, np.random.default_rng(1))
+    y, b = y[::-1].copy(), b[::-1].copy()  # stored class by class, as a folder tree lists them
+    idx = stratified_indices(y, b, n, np.random.default_rng(5))
+    assert len(idx) == len(set(idx)) == n and set(y[idx]) == set(range(10))
+    assert abs(int((y[idx] != b[idx]).sum()) - n * (y != b).mean()) <= 1
+    assert np.array_equal(idx, stratified_indices(y, b, n, np.random.default_rng(5)))
+
+
+def test_subsample_is_recorded_and_small_splits_stay_whole(tiny_data):
+    sub = tiny_data.subsample(120)
+    assert (len(sub.train), len(sub.valid), len(sub.test)) == (120, 120, 100)  # valid 200, test 100 stored
+    assert torch.equal(sub.test.y, tiny_data.test.y)
+    assert sub.describe() == {"data_subsample_seed": 0, "data_train_samples": 120, "data_train_classes": 10,
+                              "data_train_conflicting": 6, "data_valid_samples": 120, "data_valid_classes": 10,
+                              "data_valid_conflicting": 6, "data_test_samples": 100, "data_test_classes": 10,
+                              "data_test_conflicting": int(tiny_data.test.conflicting.sum())}
+    assert tiny_data.describe()["data_subsample_seed"] == -1

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -98,6 +99,31 @@ def test_bad_export_input(tmp_path):
     assert out.returncode == 2 and "unknown cell colored_digits:50; cells with results: colored_digits:1, colored_digits:5" in out.stderr
     out = cli("export", str(FIXTURE), "--out", str(tmp_path / "f"), "--format", "xls")
     assert out.returncode == 2 and "unknown format xls" in out.stderr
+    out = cli("export-model", str(FIXTURE))
+    assert out.returncode == 2 and "needs --cell DATASET:CONFLICT_PCT" in out.stderr
+
+
+def test_an_export_directory_holds_one_export(tmp_path, capsys):
+    """Re-exporting with fewer formats leaves no stale table; files that are not an export's are never touched."""
+    from rest.cli import main
+
+    def export(*formats):  # in-process, as the command line runs it
+        status = main(["-q", "export", str(FIXTURE), "--out", str(out), "--format", ",".join(formats)])
+        return status, capsys.readouterr()
+
+    out = tmp_path / "tables"
+    assert export("md", "csv", "tex")[0] == 0
+    assert (out / "best_configs.md").exists() and (out / "paper_table.tex").exists()
+    status, again = export("csv")
+    assert status == 0, again.err
+    listed = sorted(line.strip() for line in again.out.splitlines()[1:])
+    assert sorted(p.name for p in out.iterdir() if p.name != ".rest-export.json") == listed
+    assert [p.name for p in out.glob("*.md")] == ["summary.md"] and not list(out.glob("*.tex"))  # no stale table
+    assert sorted(json.loads((out / ".rest-export.json").read_text())["files"]) == listed
+    (out / "notes.txt").write_text("mine")  # someone's file: the directory is no longer only our export
+    status, refused = export("md")
+    assert status == 2 and "it holds other files (notes.txt)" in refused.err
+    assert (out / "notes.txt").read_text() == "mine" and (out / "best_configs.csv").exists() and not (out / "best_configs.md").exists()
 
 
 def tree_digest(root) -> str:
@@ -172,3 +198,49 @@ def test_a_model_file_with_a_pickled_object_is_refused_without_running_it(tmp_pa
     with pytest.raises(ExportError, match="is not a plain rest-tune model file"):
         rest.load_model(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+@pytest.mark.xdist_group("smoke_study")
+def test_export_model_writes_the_reported_epoch_or_refuses_with_the_retrain_command(smoke_study, tmp_path, capsys):
+    """A damaged checkpoint never turns into another epoch's weights under the selected config's name."""
+    import shlex
+
+    from rest.cli import main
+    from rest.export import load_study
+    from rest.model_file import read_model_file, selected_trial
+    from rest.results import STATE_FILE, checkpoint_dirs
+    from rest.settings import TrainSettings
+    from rest.storage import local
+
+    def command(*args):  # in-process, as the command line runs it (saves the imports of a subprocess)
+        status = main(["-q", *args])
+        return status, capsys.readouterr().err
+
+    storage, run = smoke_study
+    assert run.returncode == 0, run.stderr[-2000:]
+    study_dir = tmp_path / "smoke"
+    shutil.copytree(storage / "smoke", study_dir)  # the shared study stays intact
+    study = load_study(local(study_dir))
+    trial = selected_trial(study, "colored_digits:5")
+    reported = int(study.trials().set_index("trial_id").loc[trial.trial_id, "best_epoch"])
+    assert command("export-model", str(study_dir), "--cell", "colored_digits:5", "--out", str(tmp_path / "good.pt"))[0] == 0
+    assert read_model_file(tmp_path / "good.pt")["epoch"] == reported
+
+    for ckpt in checkpoint_dirs(trial.location):  # truncate every checkpoint holding the selected epoch
+        state = Path(ckpt.path) / STATE_FILE
+        if torch.load(state, weights_only=False, map_location="cpu")["epoch"] >= reported:
+            state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    status, err = command("export-model", str(study_dir), "--cell", "colored_digits:5", "--out", str(tmp_path / "bad.pt"))
+    assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"trial {trial.trial_id}'s selected epoch {reported}, the one the tables report" in err
+    assert not (tmp_path / "bad.pt").exists()
+
+    # the advice works: its train command retrains the config with the trial's stored settings
+    retrain = shlex.split(err.split("stored settings: ")[1].split(" ; then:")[0])
+    assert retrain[:2] == ["tune_search.py", "train"] and retrain[-2] == "--out"
+    assert command(*retrain[1:-1], str(tmp_path / "retrain"))[0] == 0
+    stored = {k: v for k, v in trial.config.items() if k != "extra"}
+    assert json.loads((tmp_path / "retrain" / "settings.json").read_text()) == TrainSettings.from_dict(stored).to_dict()
+    assert command("export-model", str(tmp_path / "retrain"), "--out", str(tmp_path / "retrained.pt"))[0] == 0
+    last = json.loads((tmp_path / "retrain" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert read_model_file(tmp_path / "retrained.pt")["epoch"] == last["best_epoch"]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import ROOT
@@ -206,6 +207,29 @@ def test_cmnist_colour_noise_is_lffs(cmnist_tree):
     assert channels.mean(0) == pytest.approx(COLOURS[3, 1:], abs=0.5)
     assert channels.std(0) == pytest.approx([0.005 * 255] * 2, rel=0.25, abs=0.3)
     assert json.loads((cmnist_tree / prepare.MANIFEST).read_text())["format_version"] == 2  # trees can be told apart
+
+
+def test_subsample_of_a_built_tree_is_a_stratified_seeded_sample_recorded_per_epoch(cmnist_tree, tmp_path, monkeypatch):
+    """The tree lists its files aligned-first and class by class: `subsample` must not take the first N."""
+    from rest.settings import TrainSettings
+    from rest.train import Trainer
+
+    monkeypatch.setenv("REST_TUNE_CACHE", str(tmp_path / "cache"))
+    full = load_dataset("cmnist", 5.0, str(cmnist_tree))
+    assert set(full.train.y[:30].tolist()) == {0}  # what the first 30 would be
+    settings = dict(dataset="cmnist", conflict_pct=5.0, data_root=str(cmnist_tree), subsample=30, epochs=1, batch_size=32)
+    runs = [Trainer(TrainSettings(**settings, seed=seed)).data for seed in (1, 2)]
+    for split in ("train", "valid", "test"):
+        part, whole = getattr(runs[0], split), getattr(full, split)
+        assert len(part) == 30 and set(part.y.tolist()) == set(whole.y.tolist()) == set(range(10)), split
+        assert abs(int(part.conflicting.sum()) - 30 * float(whole.conflicting.float().mean())) <= 1, split
+        assert torch.equal(part.images, getattr(runs[1], split).images), "the sample must not depend on the training seed"
+    assert int(runs[0].train.conflicting.sum()) == 2  # 20 of 360 conflicting: 1.7 of 30
+    args = ["-q", "train", *[f"--{k.replace('_', '-')}={v}" for k, v in settings.items()], "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert {k: v for k, v in record.items() if k.startswith("data_")} == runs[0].describe()
+    assert record["data_subsample_seed"] == 0 and record["data_train_conflicting"] == 2
 
 
 def test_images_aligned_at_several_ratios_are_written_once_and_linked(cmnist_tree):

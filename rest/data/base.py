@@ -20,8 +20,11 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .sample import SUBSAMPLE_SEED, stratified_indices
 
 log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
 
 
 class DataError(UserError, ValueError):
@@ -47,8 +50,18 @@ class Split:
         """The same samples with no bias labels: what a bias-blind method may see."""
         return Split(self.images, self.y, None)
 
-    def head(self, n: int) -> "Split":
-        return Split(self.images[:n], self.y[:n], None if self.b is None else self.b[:n])
+    def subsample(self, n: int, rng: np.random.Generator) -> "Split":
+        """n samples drawn per class x bias stratum (``sample.stratified_indices``)."""
+        b = None if self.b is None else self.b.cpu().numpy()
+        idx = torch.from_numpy(stratified_indices(self.y.cpu().numpy(), b, n, rng)).to(self.y.device)
+        return Split(self.images[idx], self.y[idx], None if self.b is None else self.b[idx])
+
+    def describe(self, prefix: str) -> dict[str, int]:
+        """Its size, conflicting samples and classes, as flat record fields."""
+        out = {f"{prefix}samples": len(self), f"{prefix}classes": int(torch.unique(self.y).numel())}
+        if self.b is not None:
+            out[f"{prefix}conflicting"] = int(self.conflicting.sum())
+        return out
 
     def to(self, device: torch.device | str) -> "Split":
         b = None if self.b is None else self.b.to(device)
@@ -62,13 +75,34 @@ class BiasedData:
     train: Split
     valid: Split
     test: Split
+    subsample_seed: int | None = None  # set on a subsample: the seed it was drawn with
+
+    def subsample(self, n: int, seed: int = SUBSAMPLE_SEED) -> "BiasedData":
+        """A seeded sample of n from every split that keeps its class x bias shares (``rest.data.sample``).
+
+        Each split keeps its shares of aligned and conflicting samples and of every
+        class, within one sample of rounding, and every class it has (when n allows).
+        The draw depends on `seed`, the split and n only, never on a run's training
+        seed. Splits smaller than n are kept whole.
+        """
+        splits = [getattr(self, s).subsample(n, np.random.default_rng([seed, i])) for i, s in enumerate(SPLITS)]
+        return BiasedData(self.name, self.conflict_pct, *splits, subsample_seed=seed)
 
     def head(self, n: int) -> "BiasedData":
-        """The first n samples of every split (splits are stored shuffled)."""
-        return BiasedData(self.name, self.conflict_pct, self.train.head(n), self.valid.head(n), self.test.head(n))
+        """The same as ``subsample(n)``, by the name rest/train.py calls: a sample, not the first n."""
+        return self.subsample(n)
+
+    def describe(self) -> dict[str, int]:
+        """What a run trained and was tested on, as flat record fields: per split its samples,
+        conflicting samples and classes, and the subsample's seed (-1: no subsample)."""
+        out = {"data_subsample_seed": -1 if self.subsample_seed is None else self.subsample_seed}
+        for s in SPLITS:
+            out.update(getattr(self, s).describe(f"data_{s}_"))
+        return out
 
     def to(self, device: torch.device | str) -> "BiasedData":
-        return BiasedData(self.name, self.conflict_pct, self.train.to(device), self.valid.to(device), self.test.to(device))
+        return BiasedData(self.name, self.conflict_pct, self.train.to(device), self.valid.to(device), self.test.to(device),
+                          self.subsample_seed)
 
 
 @dataclass(frozen=True)
@@ -85,8 +119,6 @@ class DatasetSpec:
     augment: str  # "none" or "crop_flip"
     needs_root: bool
 
-
-SPLITS = ("train", "valid", "test")
 
 
 def cache_dir() -> Path:
