@@ -50,7 +50,10 @@ def run_study(
     """Run the study defined in `space` (a study file), or continue it if `name` exists in storage.
 
     Returns the finished study's results. Raises ``rest.driver.Interrupted`` on Ctrl-C
-    (the study stays resumable: call again with the same arguments) and
+    (the study stays resumable: call again with the same arguments),
+    ``rest.errors.TrialsFailed`` when trials ended in errors after their retries (the
+    phase is failed; the message names each trial, its error and the fix: call again,
+    or resume, once the cause is fixed, and the failed trials run again) and
     ``rest.errors.UserError`` on bad input, with a message naming the fix.
     """
     from .space import load_space

@@ -131,5 +131,11 @@ def open_study(storage: str, name: str) -> tuple[Location, StudySpec, dict]:
     return path, frozen_spec(path, manifest), manifest
 
 
+def phase_complete(info: dict) -> bool:
+    """Done (or skipped) with no failed trial; studies written before failed phases existed
+    recorded trials that errored under 'done', with their count under 'errors'."""
+    return info["status"] in ("done", "skipped") and not info.get("errors")
+
+
 def is_complete(manifest: dict) -> bool:
-    return all(info["status"] in ("done", "skipped") for info in manifest["phases"].values())
+    return all(phase_complete(info) for info in manifest["phases"].values())

@@ -47,3 +47,9 @@ def test_trial_storage_reaches_the_trial_directory(ray_cluster, tmp_path):
     tuner = tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=str(tmp_path), name="x", verbose=0))
     (result,) = tuner.fit()
     assert result.metrics["path"] == str(result.path) and result.metrics["fs"] == "LocalFileSystem"
+
+
+def test_ray_writes_trial_errors_where_tune_ext_reads_them():
+    from ray.air.constants import EXPR_ERROR_FILE
+
+    assert tune_ext.TRIAL_ERROR_FILE == EXPR_ERROR_FILE
