@@ -4,8 +4,10 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 import rest
+from rest.errors import TrialsFailed
 from conftest import ROOT, cli, wait_for, write_png_tree
 
 STUDY = """\
@@ -81,6 +83,11 @@ def test_errored_trials_fail_the_phase_exit_3_and_resume_retries_them(ray_cluste
         assert "2 of 2 configs failed" in (tables / name).read_text(), name
     best = pd.read_csv(tables / "best_configs.csv")
     assert sorted(best["conflict_pct"]) == [1, 2], "a cell whose every trial failed still appears"
+
+    with pytest.raises(TrialsFailed) as failed_again:  # the API drives the same phases: the retried trials fail again
+        rest.run_study(space, storage=str(storage), address=ray_cluster.address, data_root=str(data), max_failures=0)
+    assert str(failed_again.value).splitlines()[1:] == stderr.split("error: ", 1)[1].splitlines()[1:]
+    assert json.loads((study / "manifest.json").read_text())["phases"]["search"]["status"] == "failed"
 
     (data / "2pct.moved").rename(data / "2pct")
     again = cli("resume", "lost", "--storage", str(storage), "--address", ray_cluster.address, "--verbose", "0")
