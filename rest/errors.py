@@ -7,6 +7,10 @@ class UserError(Exception):
     exit_status = 2
 
 
+class SpaceError(UserError):
+    """A study file is invalid; the message names the key (and line). (rest.space re-exports it.)"""
+
+
 class StudyError(UserError):
     """A study cannot be created, opened, continued or read as asked."""
 
