@@ -118,7 +118,8 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="Ray Tune's progress output: 0 none, 1 status tables (default), 2 every result")
     p.add_argument("--max-failures", type=int, default=None,
-                   help="retries of a trial whose worker dies, from its last checkpoint (default 2; resume: the study's)")
+                   help="retries of a failing trial, from its last checkpoint (default 2; resume: the study's); "
+                        "a trial still failing fails its phase: exit 3, and resume runs it again")
 
 
 # ------------------------------------------------------------------ train
