@@ -279,7 +279,10 @@ def _drive(path, spec, opts, storage: str) -> int:
             return 128 + exc.signum
         except TrialsFailed:
             print(f"\nstudy {opts.name} FAILED (incomplete results so far): {path}")
-            _print_best(path, spec)
+            try:
+                _print_best(path, spec)
+            except Exception as exc:  # what ran is a courtesy; the failure below is the message that matters
+                log.warning("cannot summarise the partial results (%s)", exc)
             raise  # main prints the trials, their errors and the fix; exit status 3
     return _finish(path, spec, manifest, storage)
 

@@ -172,3 +172,62 @@ def test_a_model_file_with_a_pickled_object_is_refused_without_running_it(tmp_pa
     with pytest.raises(ExportError, match="is not a plain rest-tune model file"):
         rest.load_model(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+RAY_ERROR = """Failure # 1 (occurred at 2026-12-01_12-34-22)
+\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=9254, ip=192.0.2.2, repr=rest_trainable)
+  File "rest/data/folder.py", line 55, in split_files
+    raise DataError(f"data root {root} does not exist; pass --data-root")
+rest.data.base.DataError: data root /gone does not exist; pass --data-root pointing at an LfF-layout dataset
+"""
+
+
+def _fail_confirm_trials(study, pct):
+    """Make the confirm trials of the `pct` cell end as Ray records a trial that failed before its first epoch."""
+    state = next((study / "confirm").glob("experiment_state-*.json"))
+    data = json.loads(state.read_text())
+    failed = []
+    for entry in data["trial_data"]:
+        trial, meta = json.loads(entry[0]), json.loads(entry[1])
+        if trial["config"]["cfg"]["conflict_pct"] == pct:
+            trial["status"] = "ERROR"
+            meta.update(num_failures=3, error_filename="error.txt")
+            entry[0], entry[1] = json.dumps(trial), json.dumps(meta)
+            folder = study / "confirm" / f"trial_{trial['trial_id']}"
+            shutil.rmtree(folder)
+            folder.mkdir()
+            (folder / "error.txt").write_text(RAY_ERROR * 2)  # every retry appends a block
+            failed.append(trial["trial_id"])
+    state.write_text(json.dumps(data))
+    return failed
+
+
+def test_failed_trials_are_counted_per_cell_and_their_cell_kept(tmp_path):
+    """Every table says how many configs of a cell failed; a cell whose every config failed keeps its row."""
+    from rest import load_study
+    from rest.manifest import is_complete
+
+    study = tmp_path / "failed"
+    shutil.copytree(FIXTURE, study)
+    failed = _fail_confirm_trials(study, 5)
+    assert len(failed) == 3  # the 5 % cell's selected config and both baselines
+    manifest = json.loads((study / "manifest.json").read_text())
+    manifest["phases"]["confirm"]["errors"] = 3  # as studies before failed phases recorded it: "done" with errors
+    (study / "manifest.json").write_text(json.dumps(manifest))
+    assert not is_complete(manifest), "a phase with failed trials is never complete"
+
+    results = load_study(str(study))
+    results.export(tmp_path / "out", formats=("md", "csv"))
+    best = pd.read_csv(tmp_path / "out" / "best_configs.csv")
+    lost = best[best["conflict_pct"] == 5]
+    assert list(lost["row"]) == ["REST (selected)"] and lost["best_test_worst_group_acc"].isna().all()
+    assert lost["status"].iloc[0] == "failed: no config of this cell finished an epoch"
+    assert lost["failed"].iloc[0] == "confirm: 3 of 3 configs failed"
+    assert best[best["conflict_pct"] == 1]["failed"].fillna("").eq("").all()
+    for name in ("best_configs.md", "paper_table.md", "paper_table.csv", "trials.csv", "summary.md"):
+        assert "confirm: 3 of 3 configs failed" in (tmp_path / "out" / name).read_text(), name
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv").set_index("trial_id")
+    assert (trials.loc[failed, "error"] == "DataError: data root /gone does not exist; pass --data-root pointing at an "
+                                           "LfF-layout dataset").all()
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "## Failed trials" in summary and "fix the cause, then: tune_search.py resume smoke --storage studies" in summary
