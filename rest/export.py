@@ -42,6 +42,11 @@ BASELINE_ROLES = {"erm_baseline": "ERM (dense)", "dense_reweighted_baseline": "d
 MARKER = ".rest-export.json"
 
 
+# The columns of a row whose configs all failed (so tables keep their shape when every trial failed).
+NO_RESULT = {"seeds": 0, "deciding_group_size": math.nan, "nonzero_rel": math.nan, "flops_rel": math.nan, "stopped_early": 0,
+             **{f"best_{m}{se}": math.nan for m in TABLE_METRICS for se in ("", "_se")}}
+
+
 class ExportError(UserError):
     pass
 
@@ -168,7 +173,7 @@ def best_per_method(study: StudyResults, how: str = "val") -> pd.DataFrame:
 def _failed_cells(rows: list[dict], trials: pd.DataFrame, spec: StudySpec, keys: list[str], label: str) -> list[dict]:
     """A row for each `keys` group (cell) of the study's trials that has no selected config: none finished an epoch."""
     failures = cell_failures(trials, spec)
-    missing = missing_rows(rows, trials.to_dict("records"), keys, row=label, seeds=0, deciding_group_size=math.nan)
+    missing = missing_rows(rows, trials.to_dict("records"), keys, row=label, **NO_RESULT)
     for row in missing:
         row["status"] = ("failed: no config of this cell finished an epoch" if failures_of(failures, row, spec.compare_within)
                          else "no results yet: no trial finished an epoch")
@@ -212,8 +217,7 @@ def by_density(study: StudyResults, how: str = "val") -> pd.DataFrame:
         keys = spec.compare_within + ["density_bin"]
     primary, prefix = _primary(spec, how)
     chosen = [rows[0] for rows in selection.select_per_cell(groups.to_dict("records"), keys, primary, prefix).values()]
-    chosen += missing_rows(chosen, search.to_dict("records"), keys, seeds=0, deciding_group_size=math.nan,
-                           nonzero_rel=math.nan, flops_rel=math.nan)  # every trial of these failed
+    chosen += missing_rows(chosen, search.to_dict("records"), keys, **NO_RESULT)  # every trial of these failed
     table = _with_failed_cells(pd.DataFrame(chosen), trials, spec)
     return table.sort_values(spec.compare_within + ["density"]).reset_index(drop=True) if not table.empty else table
 
@@ -421,10 +425,11 @@ def export(studies: list[StudyResults], out: Path, formats: list[str], how: str 
         written += write_table(density, presentable(density, spec), out / f"by_density{suffix}",
                                [f for f in formats if f in ("csv", "md")],
                                caption(spec, how, "Search phase: best config per cell and density"))
-        written.append(out / f"accuracy_vs_density{suffix}.png")
-        from .plots import accuracy_vs_density
+        if density["best_test_worst_group_acc"].notna().any():  # no plot when every trial failed
+            written.append(out / f"accuracy_vs_density{suffix}.png")
+            from .plots import accuracy_vs_density
 
-        accuracy_vs_density(study, density, best, written[-1], how)
+            accuracy_vs_density(study, density, best, written[-1], how)
         written.append(out / "summary.md")
         written[-1].write_text(summary(study, best, how))
     return written

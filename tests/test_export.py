@@ -182,18 +182,18 @@ rest.data.base.DataError: data root /gone does not exist; pass --data-root point
 """
 
 
-def _fail_confirm_trials(study, pct):
-    """Make the confirm trials of the `pct` cell end as Ray records a trial that failed before its first epoch."""
-    state = next((study / "confirm").glob("experiment_state-*.json"))
+def _fail_trials(study, phase, pct=None):
+    """Make the `phase` trials of the `pct` cell (all: None) end as Ray records a trial that failed before its first epoch."""
+    state = next((study / phase).glob("experiment_state-*.json"))
     data = json.loads(state.read_text())
     failed = []
     for entry in data["trial_data"]:
         trial, meta = json.loads(entry[0]), json.loads(entry[1])
-        if trial["config"]["cfg"]["conflict_pct"] == pct:
+        if pct is None or trial["config"].get("cfg", trial["config"])["conflict_pct"] == pct:
             trial["status"] = "ERROR"
             meta.update(num_failures=3, error_filename="error.txt")
             entry[0], entry[1] = json.dumps(trial), json.dumps(meta)
-            folder = study / "confirm" / f"trial_{trial['trial_id']}"
+            folder = study / phase / f"trial_{trial['trial_id']}"
             shutil.rmtree(folder)
             folder.mkdir()
             (folder / "error.txt").write_text(RAY_ERROR * 2)  # every retry appends a block
@@ -209,7 +209,7 @@ def test_failed_trials_are_counted_per_cell_and_their_cell_kept(tmp_path):
 
     study = tmp_path / "failed"
     shutil.copytree(FIXTURE, study)
-    failed = _fail_confirm_trials(study, 5)
+    failed = _fail_trials(study, "confirm", 5)
     assert len(failed) == 3  # the 5 % cell's selected config and both baselines
     manifest = json.loads((study / "manifest.json").read_text())
     manifest["phases"]["confirm"]["errors"] = 3  # as studies before failed phases recorded it: "done" with errors
@@ -231,3 +231,21 @@ def test_failed_trials_are_counted_per_cell_and_their_cell_kept(tmp_path):
                                            "LfF-layout dataset").all()
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "## Failed trials" in summary and "fix the cause, then: tune_search.py resume smoke --storage studies" in summary
+
+
+def test_a_study_whose_every_trial_failed_still_exports_every_cell(tmp_path):
+    from rest import load_study
+
+    study = tmp_path / "all_failed"
+    shutil.copytree(FIXTURE, study)
+    for phase in ("search", "confirm"):
+        _fail_trials(study, phase)
+    out = tmp_path / "out"
+    written = load_study(str(study)).export(out, formats=("md", "csv"))
+    assert "accuracy_vs_density.png" not in {p.name for p in written}  # nothing to plot
+    best = pd.read_csv(out / "best_configs.csv")
+    assert list(best["conflict_pct"]) == [1, 5] and best["best_test_worst_group_acc"].isna().all()
+    assert list(best["failed"]) == ["search: 4 of 4 configs failed; confirm: 3 of 3 configs failed"] * 2
+    density = pd.read_csv(out / "by_density.csv")
+    assert len(density) == 4 and (density["failed"] == best["failed"].iloc[0]).all()
+    assert "search: 4 of 4 configs failed" in (out / "paper_table.md").read_text()
