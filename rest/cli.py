@@ -256,7 +256,7 @@ def _print_best(path, spec) -> None:
         cell = ", ".join(format_value(row[k]) for k in spec.compare_within)
         flag = "  [small deciding group]" if row.get("small_deciding_group") else ""
         flag += f"  [{row['failed']}]" if row.get("failed") else ""
-        if str(row["status"]).startswith("failed"):
+        if str(row["status"]).startswith(("failed", "no results")):  # a cell without a selected config
             print(f"  [{cell}] {row['row']:>17}: {row['status']}{flag}")
             continue
         keys = dict.fromkeys(searched + own.get(row["row"], []))
