@@ -91,7 +91,7 @@ def failed_message(name: str, storage: str, spec: StudySpec, phase: str, trials:
     `trials` are rest.results.Trial objects of the phase (failed or not).
     """
     failed = [t for t in trials if t.status == "ERROR"]
-    keys = [*spec.compare_within, *(k for k in spec.searched_keys() if k not in spec.compare_within)]
+    keys = spec.compare_within + spec.searched_keys()
     lines = [f"study {name}: {len(failed)} of {len(trials)} trials of the {phase} phase failed after their retries, "
              f"so the phase is failed and its results incomplete:"]
     for t in failed[:SHOWN]:
