@@ -118,7 +118,7 @@ def frozen_spec(location, manifest: dict) -> StudySpec:
         raise StudyError(f"{file} was edited after the study started ({describe_changes(original or '', text)}); "
                          f"a study's definition is frozen: restore the original (kept under 'study_yaml' in manifest.json) "
                          f"or run the edited file as a new study with --name")
-    return parse_space(text, str(file))
+    return parse_space(text, str(file), frozen=True)
 
 
 def open_study(storage: str, name: str) -> tuple[Location, StudySpec, dict]:

@@ -189,16 +189,21 @@ class _Checker:
         return kind(value)
 
 
-def parse_space(text: str, source: str = "<study>") -> StudySpec:
-    """Validate a study definition (YAML text); raises SpaceError naming the key and line."""
+def parse_space(text: str, source: str = "<study>", frozen: bool = False) -> StudySpec:
+    """Validate a study definition (YAML text); raises SpaceError naming the key and line.
+
+    `frozen`: the definition of an existing study, accepted when it started. Checks added
+    since (every value a search can reach, keys given twice) are not applied, so a study
+    started before them can still be exported and resumed (its failed trials say why).
+    """
     try:
-        return _parse(text, source)
+        return _parse(text, source, frozen)
     except RecursionError:
         raise SpaceError(f"{source}: a YAML anchor refers to itself; write the values out instead") from None
 
 
-def _parse(text: str, source: str) -> StudySpec:
-    node, raw = read_yaml(text, source)
+def _parse(text: str, source: str, frozen: bool) -> StudySpec:
+    node, raw = read_yaml(text, source, unique_keys=not frozen)
     c = _Checker(key_lines(node), source)
     raw = c.mapping(raw, "", TOP_LEVEL)
 
@@ -231,7 +236,8 @@ def _parse(text: str, source: str) -> StudySpec:
             raise c.fail(f"search.{key}", f"lookup on {args['key']} has no entry for {', '.join(map(str, missing))}; "
                                           f"add {'it' if len(missing) == 1 else 'them'} to the table")
     base = _fixed_settings(c, train_values, raw)
-    check_values(c, train_values, search)  # every value a trial can draw is valid: refused now, not mid-study
+    if not frozen:
+        check_values(c, train_values, search)  # every value a trial can draw is valid: refused now, not mid-study
 
     sched = c.mapping(raw.get("scheduler"), "scheduler", {f.name for f in dataclasses.fields(Scheduler)})
     scheduler = Scheduler(**sched)

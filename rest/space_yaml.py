@@ -46,11 +46,11 @@ def load(text: str) -> Any:
     return yaml.load(text, Loader=UniqueKeyLoader)
 
 
-def read_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+def read_yaml(text: str, source: str, unique_keys: bool = True) -> tuple[yaml.Node | None, Any]:
     """(composed node, for key lines; the document) of a study file, or SpaceError naming the line."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        return node, load(text)
+        return node, load(text) if unique_keys else yaml.safe_load(text)
     except DuplicateKey as exc:
         path = path_at(key_lines(node), exc.line, exc.key)
         raise SpaceError(f"{source}:{exc.line}: '{path}' is given twice (first on line {exc.first_line}); YAML would keep "

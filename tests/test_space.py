@@ -149,3 +149,12 @@ def test_paper_studies_train_on_a_tiny_tree(tmp_path, name):
     settings = spec.train.replace(**values, data_root=str(tmp_path), epochs=1, width=4, batch_size=16)
     (record,) = train(settings.validate())
     assert math.isfinite(record["train_loss"]) and record["density"] < 0.05  # tiny layers keep >= 1 weight each
+
+
+def test_an_existing_studys_definition_is_read_as_it_was_accepted():
+    """A study started before the reach and duplicate-key checks can still be exported and resumed."""
+    text = "train: {epochs: 2}\nsearch:\n  density: {loguniform: [0.5, 4.0]}\ntrain: {epochs: 3}\n"
+    with pytest.raises(SpaceError, match="'train' is given twice"):
+        parse_space(text)
+    spec = parse_space(text, frozen=True)
+    assert spec.train.epochs == 3 and spec.search["density"] == {"loguniform": [0.5, 4.0]}
