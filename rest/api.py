@@ -61,8 +61,11 @@ def run_study(
     running cluster, "HOST:PORT" that cluster; ``$RAY_ADDRESS`` stands in for None.
 
     Returns the finished study's results. Raises ``rest.driver.Interrupted`` on Ctrl-C
-    (the study stays resumable: call again) and ``rest.errors.UserError`` on bad input,
-    with a message naming the fix.
+    (the study stays resumable: call again with the same arguments),
+    ``rest.errors.TrialsFailed`` when trials ended in errors after their retries (the
+    phase is failed; the message names each trial, its error and the fix: call again,
+    or resume, once the cause is fixed, and the failed trials run again) and
+    ``rest.errors.UserError`` on bad input, with a message naming the fix.
     """
     from .driver import StopSignals
     from .manifest import check_name, is_complete, open_study, refuse_edited, study_dir

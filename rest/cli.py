@@ -124,7 +124,8 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="Ray Tune's progress output: 0 none, 1 status tables (default), 2 every result")
     p.add_argument("--max-failures", type=int, default=None,
-                   help="retries of a trial whose worker dies, from its last checkpoint (default 2; resume: the study's)")
+                   help="retries of a failing trial, from its last checkpoint (default 2; resume: the study's); "
+                        "a trial still failing fails its phase: exit 3, and resume runs it again")
     p.add_argument("--lease-seconds", type=float, default=None,
                    help="a driver on another host whose lock goes unrenewed this long is taken over; one on this host "
                    "only once its process is gone (default 60; resume: the study's)")
@@ -226,18 +227,23 @@ def _given_options(args: argparse.Namespace) -> dict:
 
 
 def _finish(path, spec, manifest: dict, storage: str) -> int:
-    from .export import best_configs, format_value
-    from .results import read_study
-
     name = manifest["name"]
     stopped = [p for p, info in manifest["phases"].items() if info["status"] == "interrupted"]
     if stopped:
         print(f"study {name}: the {stopped[0]} phase has trials that ended before their planned epochs; "
               f"continue with: {PROG} resume {name} --storage {storage}")
         return 1
-    study = read_study(path, spec)
-    best = best_configs(study)
     print(f"\nstudy {name} finished: {path}")
+    _print_best(path, spec)
+    return 0
+
+
+def _print_best(path, spec) -> None:
+    """The selected config of every cell, as the tables say it; a cell with failed configs says how many."""
+    from .export import best_configs, format_value
+    from .results import read_study
+
+    best = best_configs(read_study(path, spec))
     print(f"best config per cell ({best['selection'].iloc[0] if not best.empty else 'no results'}; "
           f"test numbers of the selected epochs, mean over seeds):")
     searched = spec.searched_keys()
@@ -245,20 +251,20 @@ def _finish(path, spec, manifest: dict, storage: str) -> int:
     for _, row in best.iterrows():
         cell = ", ".join(format_value(row[k]) for k in spec.compare_within)
         flag = "  [small deciding group]" if row.get("small_deciding_group") else ""
+        flag += f"  [{row['failed']}]" if row.get("failed") else ""
+        if str(row["status"]).startswith(("failed", "no results")):  # a cell without a selected config
+            print(f"  [{cell}] {row['row']:>17}: {row['status']}{flag}")
+            continue
         keys = dict.fromkeys(searched + own.get(row["row"], []))
         config = ", ".join(f"{k} {format_value(row[k])}" for k in keys if k in row)
         print(f"  [{cell}] {row['row']:>17}: {config} -> test worst-group {_pct(row['best_test_worst_group_acc'])}%, "
               f"unbiased {_pct(row['best_test_unbiased_acc'])}% ({row['seeds']} seed{'s' if row['seeds'] > 1 else ''}){flag}")
-    errors = sum(info.get("errors", 0) for info in manifest["phases"].values())
-    if errors:
-        print(f"warning: {errors} trial(s) failed after all retries (error.txt in their trial directories); "
-              f"the tables leave them out")
-    return 0
 
 
 def _drive(path, spec, opts, storage: str) -> int:
     """Run the study's pending phases under the driver's stop signals; exit status for the user."""
     from .driver import Interrupted, StopSignals
+    from .errors import TrialsFailed
     from .study import run_study
 
     with StopSignals() as stop:
@@ -267,6 +273,13 @@ def _drive(path, spec, opts, storage: str) -> int:
         except Interrupted as exc:
             print(f"interrupted; continue with: {PROG} resume {opts.name} --storage {storage}", flush=True)
             return 128 + exc.signum
+        except TrialsFailed:
+            print(f"\nstudy {opts.name} FAILED (incomplete results so far): {path}")
+            try:
+                _print_best(path, spec)
+            except Exception as exc:  # what ran is a courtesy; the failure below is the message that matters
+                log.warning("cannot summarise the partial results (%s)", exc)
+            raise  # main prints the trials, their errors and the fix; exit status 3
     return _finish(path, spec, manifest, storage)
 
 
@@ -381,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")
-        return 2
+        return exc.exit_status  # 2: bad input; 3: trials failed (errors.TrialsFailed)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130

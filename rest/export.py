@@ -23,6 +23,7 @@ import pandas as pd
 
 from . import export_dir, selection
 from .errors import UserError
+from .failures import FIX, add_failed_column, cell_failures, failures_of, missing_rows
 from .results import StudyResults, aggregate, read_study, search_configs
 from .space import StudySpec
 from .storage import Location, existing_storage, open_location
@@ -41,6 +42,11 @@ BASELINE_ROLES = {"erm_baseline": "ERM (dense)", "dense_reweighted_baseline": "d
 
 
 Writer = Callable[[Path], None]  # writes one output file at the path it is given
+
+
+# The columns of a row whose configs all failed (so tables keep their shape when every trial failed).
+NO_RESULT = {"seeds": 0, "deciding_group_size": math.nan, "nonzero_rel": math.nan, "flops_rel": math.nan, "stopped_early": 0,
+             **{f"best_{m}{se}": math.nan for m in TABLE_METRICS for se in ("", "_se")}}
 
 
 class ExportError(UserError):
@@ -64,7 +70,7 @@ def load_study(location: Location) -> StudyResults:
     trials = study.trials()
     if trials.empty:
         raise ExportError(f"study {study.name} has no trials yet; run or resume it first")
-    if not (trials["epochs_run"] > 0).any():
+    if not ((trials["epochs_run"] > 0) | (trials["status"] == "ERROR")).any():
         raise ExportError(f"study {study.name} has no trial with a finished epoch yet; resume it first")
     return study
 
@@ -106,7 +112,7 @@ def best_configs(study: StudyResults, how: str = "val") -> pd.DataFrame:
     trials = study.trials()
     pool = _pool(trials)
     confirmed = (pool["phase"] == "confirm").any()
-    groups = aggregate(pool, cells + spec.searched_keys() + ["role"])
+    groups = aggregate(pool, cells + spec.searched_keys() + ["role"]) if not pool.empty else pd.DataFrame(columns=["role"])
     primary, prefix = _primary(spec, how)
     candidates = groups[~groups["role"].isin(list(BASELINE_ROLES))]
     rows = []
@@ -128,23 +134,24 @@ def best_configs(study: StudyResults, how: str = "val") -> pd.DataFrame:
             if base is not None:
                 baseline_rows.append(base.to_dict() | {"row": label, "status": "baseline"})
         rows += [chosen.to_dict()] + baseline_rows
-    table = pd.DataFrame(rows)
+    table = _with_failed_cells(pd.DataFrame(rows + _failed_cells(rows, trials, spec, cells, "REST (selected)")), trials, spec)
     if table.empty:
         return table
     table["selection"] = _selection_label(spec, how)
     table["small_deciding_group"] = table["deciding_group_size"] < selection.SMALL_GROUP
     first = ["row", *cells, *spec.searched_keys(), "seeds", "selection", "status"]
-    return table[first + [c for c in table.columns if c not in first and c != "role"]]
+    return table.reindex(columns=first + [c for c in table.columns if c not in first and c != "role"])
 
 
 def best_per_method(study: StudyResults, how: str = "val") -> pd.DataFrame:
     """A methods study: per cell, each method's selected config (mean over confirm seeds), in the study's method order."""
     spec = study.spec
     cells = spec.compare_within
-    pool = _pool(study.trials())
+    trials = study.trials()
+    pool = _pool(trials)
     confirmed = (pool["phase"] == "confirm").any()
     primary, prefix = _primary(spec, how)
-    groups = aggregate(pool, cells + ["method"] + spec.method_keys())
+    groups = aggregate(pool, cells + ["method"] + spec.method_keys()) if not pool.empty else pd.DataFrame()
     order = {m.name: i for i, m in enumerate(spec.methods)}
     rows = []
     for _, (chosen,) in selection.select_per_cell(groups.to_dict("records"), cells + ["method"], primary, prefix).items():
@@ -153,7 +160,8 @@ def best_per_method(study: StudyResults, how: str = "val") -> pd.DataFrame:
         status = "complete" if complete else (f"incomplete: {chosen['trials_finished']} of {expected} seeds finished"
                                               if confirmed else "incomplete: search phase only")
         rows.append({**chosen, "row": chosen["method"], "status": status})
-    table = pd.DataFrame(rows)
+    rows += [r | {"row": r["method"]} for r in _failed_cells(rows, trials, spec, cells + ["method"], "")]
+    table = _with_failed_cells(pd.DataFrame(rows), trials, spec)
     if table.empty:
         return table
     table = table.sort_values([*cells, "method"], key=lambda col: col.map(order) if col.name == "method" else col,
@@ -161,7 +169,21 @@ def best_per_method(study: StudyResults, how: str = "val") -> pd.DataFrame:
     table["selection"] = _selection_label(spec, how)
     table["small_deciding_group"] = table["deciding_group_size"] < selection.SMALL_GROUP
     first = ["row", *cells, *spec.searched_keys(), "seeds", "selection", "status"]
-    return table[first + [c for c in table.columns if c not in first and c != "method"]]
+    return table.reindex(columns=first + [c for c in table.columns if c not in first and c != "method"])
+
+
+def _failed_cells(rows: list[dict], trials: pd.DataFrame, spec: StudySpec, keys: list[str], label: str) -> list[dict]:
+    """A row for each `keys` group (cell) of the study's trials that has no selected config: none finished an epoch."""
+    failures = cell_failures(trials, spec)
+    missing = missing_rows(rows, trials.to_dict("records"), keys, row=label, **NO_RESULT)
+    for row in missing:
+        row["status"] = ("failed: no config of this cell finished an epoch" if failures_of(failures, row, spec.compare_within)
+                         else "no results yet: no trial finished an epoch")
+    return missing
+
+
+def _with_failed_cells(table: pd.DataFrame, trials: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
+    return add_failed_column(table, spec.compare_within, cell_failures(trials, spec))
 
 
 def _selection_label(spec: StudySpec, how: str) -> str:
@@ -172,6 +194,8 @@ def _selection_label(spec: StudySpec, how: str) -> str:
 
 def density_bin(density: float, per_decade: int = BINS_PER_DECADE) -> str:
     """The log-scale bin (lo, hi] of a density: `per_decade` bins per factor of 10, the top one ending at 1."""
+    if not density > 0:  # a failed trial's config may hold anything
+        return "n/a"
     i = math.ceil(round(math.log10(density) * per_decade, 9))
     return f"({10 ** ((i - 1) / per_decade):.3g}, {10 ** (i / per_decade):.3g}]"
 
@@ -184,14 +208,19 @@ def by_density(study: StudyResults, how: str = "val") -> pd.DataFrame:
     """
     spec = study.spec
     groups = search_configs(study)
+    trials = study.trials()
+    search = trials[trials["phase"] == "search"] if not trials.empty else trials
     keys = spec.compare_within + ["density"]
     if "density" in spec.sampled_keys():
-        groups.insert(0, "density_bin", [density_bin(d) for d in groups["density"]])
-        groups = groups.sort_values("density")
+        search = search.assign(density_bin=[density_bin(d) for d in search["density"]])
+        if not groups.empty:
+            groups.insert(0, "density_bin", [density_bin(d) for d in groups["density"]])
+            groups = groups.sort_values("density")
         keys = spec.compare_within + ["density_bin"]
     primary, prefix = _primary(spec, how)
-    chosen = selection.select_per_cell(groups.to_dict("records"), keys, primary, prefix)
-    table = pd.DataFrame([rows[0] for rows in chosen.values()])
+    chosen = [rows[0] for rows in selection.select_per_cell(groups.to_dict("records"), keys, primary, prefix).values()]
+    chosen += missing_rows(chosen, search.to_dict("records"), keys, **NO_RESULT)  # every trial of these failed
+    table = _with_failed_cells(pd.DataFrame(chosen), trials, spec)
     return table.sort_values(spec.compare_within + ["density"]).reset_index(drop=True) if not table.empty else table
 
 
@@ -205,7 +234,7 @@ def paper_table(studies: list[StudyResults], how: str = "val") -> pd.DataFrame:
                          "unbiased": 100 * r["best_test_unbiased_acc"], "unbiased_se": 100 * r["best_test_unbiased_acc_se"],
                          "conflicting": 100 * r["best_test_conflict_acc"],
                          "conflicting_se": 100 * r["best_test_conflict_acc_se"], "seeds": r["seeds"],
-                         "status": r["status"]})
+                         "status": r["status"], **({"failed": r["failed"]} if "failed" in r else {})})
     return pd.DataFrame(rows)
 
 
@@ -237,8 +266,8 @@ def presentable(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
     for metric in TABLE_METRICS:
         if f"best_{metric}" in table:
             out[f"{metric} (%)"] = [_fmt(100 * m, 100 * s) for m, s in zip(table[f"best_{metric}"], table[f"best_{metric}_se"])]
-    out["nonzero params (rel.)"] = [f"{x:.3f}" for x in table["nonzero_rel"]]
-    out["FLOPs (rel.)"] = [f"{x:.3f}" for x in table["flops_rel"]]
+    out["nonzero params (rel.)"] = [format(x, ".3f") if x == x else "n/a" for x in table["nonzero_rel"]]
+    out["FLOPs (rel.)"] = [format(x, ".3f") if x == x else "n/a" for x in table["flops_rel"]]
     for suffix in ("erm", "dense_reweighted"):
         if f"gain_over_{suffix}" in table:
             out[f"gain over {suffix.replace('_', ' ')} (points)"] = [
@@ -247,7 +276,7 @@ def presentable(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
     if "deciding_group_size" in table:
         out["deciding val group (n)"] = [("n/a" if n != n else f"{n:.0f}" + (" (small)" if n < selection.SMALL_GROUP else ""))
                                          for n in table["deciding_group_size"]]
-    for col in ("epochs_run", "stopped_early", "status"):
+    for col in ("epochs_run", "stopped_early", "status", "failed"):
         if col in table:
             out[col] = table[col].values
     return out
@@ -280,6 +309,10 @@ def paper_presentable(table: pd.DataFrame) -> pd.DataFrame:
             out.append({"method": "REST: selected density", **{
                 f"{col} {part} (%)": (format_value(sub[sub["column"] == col].iloc[0]["density"]) if part == "unbiased" else "")
                 if not sub[sub["column"] == col].empty else "" for col in columns for part in ("unbiased", "conflicting")}})
+    if "failed" in table and table["failed"].fillna("").astype(bool).any():  # per column: its cell's failed configs
+        failed = table.drop_duplicates("column").set_index("column")["failed"].fillna("")
+        out.append({"method": "failed configs", **{f"{col} {part} (%)": failed[col] if part == "unbiased" else ""
+                                                   for col in columns for part in ("unbiased", "conflicting")}})
     return pd.DataFrame(out)
 
 
@@ -371,7 +404,8 @@ def export_files(studies: list[StudyResults], formats: list[str], how: str) -> d
     paper = paper_table(studies, how)
     files |= table_files(paper, paper_presentable(paper), f"paper_table{suffix}", formats,
                          caption(spec, how, "Unbiased / conflicting test accuracy per conflict ratio"))
-    trials = pd.concat([s.trials().assign(study=s.name) for s in studies], ignore_index=True)
+    trials = pd.concat([add_failed_column(s.trials(), s.spec.compare_within, cell_failures(s.trials(), s.spec),
+                                          "cell_failed").assign(study=s.name) for s in studies], ignore_index=True)
     files["trials.csv"] = lambda path: trials.to_csv(path, index=False)
     if len(studies) == 1 and not spec.methods:  # methods differ in more than density: no by-density view
         study = studies[0]
@@ -379,9 +413,10 @@ def export_files(studies: list[StudyResults], formats: list[str], how: str) -> d
         files |= table_files(density, presentable(density, spec), f"by_density{suffix}",
                              [f for f in formats if f in ("csv", "md")],
                              caption(spec, how, "Search phase: best config per cell and density"))
-        from .plots import accuracy_vs_density
+        if density["best_test_worst_group_acc"].notna().any():  # no plot when every trial failed
+            from .plots import accuracy_vs_density
 
-        files[f"accuracy_vs_density{suffix}.png"] = lambda path: accuracy_vs_density(study, density, best, path, how)
+            files[f"accuracy_vs_density{suffix}.png"] = lambda path: accuracy_vs_density(study, density, best, path, how)
     if len(studies) == 1:
         files["summary.md"] = lambda path: path.write_text(summary(studies[0], best, how))
     return files
@@ -407,8 +442,9 @@ def summary(study: StudyResults, best: pd.DataFrame, how: str) -> str:
               f"{int(search['stopped_early'].sum())} trials stopped early by ASHA",
               f"- confirm trial-epochs: {int(t[t['phase'] == 'confirm']['epochs_run'].sum())}",
               f"- failed trials: {int((t['status'] == 'ERROR').sum())}; trials retried after a worker failure: "
-              f"{int((t['retries'] > 0).sum())}",
+              f"{int(((t['retries'] > 0) & (t['status'] != 'ERROR')).sum())}",
               f"- trial training time: {t['train_seconds'].sum() / 60:.1f} min", ""]
+    lines += _failed_section(study)
     stalls = study.location.join("stalls.log")
     if stalls.exists():
         lines += ["## Waits for resources", "", *[f"- {line}" for line in stalls.read_text().splitlines()], ""]
@@ -420,3 +456,18 @@ def summary(study: StudyResults, best: pd.DataFrame, how: str) -> str:
     lines += ["## Reproduce", "", "```", m.get("command", ""), "```", "",
               "## Best config per cell", "", to_markdown(presentable(best, spec))]
     return "\n".join(lines)
+
+
+def _failed_section(study: StudyResults) -> list[str]:
+    """Summary lines naming each cell's failed configs and each failed trial's error, with the fix."""
+    t, spec = study.trials(), study.spec
+    failures = cell_failures(t, spec)
+    if not failures:
+        return []
+    lines = ["## Failed trials", "", "**The results are incomplete:** trials below ended in an error after their retries.", ""]
+    for cell, text in failures.items():
+        lines.append(f"- cell {', '.join(v if v[:1].isalpha() else format_value(float(v)) for v in cell)}: {text}")
+    for _, row in t[t["status"] == "ERROR"].iterrows():
+        lines.append(f"- trial {row['trial_id']} ({row['phase']}): {row['error']}")
+    options = study.manifest.get("options", {})
+    return lines + ["", FIX.format(name=study.name, storage=options.get("storage", "<storage>")), ""]

@@ -115,7 +115,7 @@ def frozen_spec(location, manifest: dict) -> StudySpec:
     except UnicodeDecodeError:
         raise StudyError(f"{file} is not a text file; restore the study definition") from None
     refuse_edited(file, text, manifest)
-    return parse_space(text, str(file))
+    return parse_space(text, str(file), frozen=True)
 
 
 def refuse_edited(file, text: str, manifest: dict) -> None:
@@ -136,5 +136,11 @@ def open_study(storage: str, name: str) -> tuple[Location, StudySpec, dict]:
     return path, frozen_spec(path, manifest), manifest
 
 
+def phase_complete(info: dict) -> bool:
+    """Done (or skipped) with no failed trial; studies written before failed phases existed
+    recorded trials that errored under 'done', with their count under 'errors'."""
+    return info["status"] in ("done", "skipped") and not info.get("errors")
+
+
 def is_complete(manifest: dict) -> bool:
-    return all(info["status"] in ("done", "skipped") for info in manifest["phases"].values())
+    return all(phase_complete(info) for info in manifest["phases"].values())

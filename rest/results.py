@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from . import selection
+from . import selection, tune_ext
 from .errors import UserError
 from .manifest import PHASES, frozen_spec
 from .space import StudySpec
@@ -88,6 +89,26 @@ def newest_state(trial: Location, min_epoch: int = 0) -> dict | None:
     return None
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)(: |$)")  # 'rest.data.base.DataError: ...'
+NAMED = re.compile(r"^[A-Za-z_][\w.]*: \S")
+
+
+def error_line(text: str) -> str:
+    """The first line of the last error in a Ray error file, without the module path of its type.
+
+    Ray appends a 'Failure # N' block per failure, each a remote traceback; its last
+    line that names an exception type is what the trial raised ('DataError: data root ...').
+    """
+    block = text.rsplit("Failure # ", 1)[-1]
+    lines = [ANSI.sub("", line).rstrip() for line in block.splitlines()[1:]]
+    raised = [line for line in lines if RAISED.match(line)] or [line for line in lines if NAMED.match(line)]
+    if raised:
+        kind, _, message = raised[-1].partition(": ")
+        return f"{kind.rsplit('.', 1)[-1]}: {message}".rstrip(": ")
+    return next((line.strip() for line in lines if line.strip()), "no error message recorded")
+
+
 def merge_history(reported: list[dict], kept: list[dict]) -> list[dict]:
     """One record per epoch, in epoch order: Ray's reported records, gaps filled from the checkpoint."""
     by_epoch: dict[int, dict] = {int(r["epoch"]): r for r in kept if "epoch" in r}
@@ -121,6 +142,17 @@ class Trial:
     @property
     def primary(self) -> str:
         return self.config.get("selection") or "worst_group"
+
+    def error(self) -> str:
+        """The first line of the error that ended this trial ('' unless it failed), from Ray's error file."""
+        if self.status != "ERROR":
+            return ""
+        if self.location is None:
+            return "no error file"
+        try:
+            return error_line(self.location.join(tune_ext.TRIAL_ERROR_FILE).read_text())
+        except (OSError, UnicodeDecodeError) as exc:  # FileNotFoundError among them
+            return f"no readable error file in {self.location} ({exc.__class__.__name__})"
 
     def selected(self) -> dict | None:
         """The epoch record the selection rule picks from this trial's history."""
@@ -213,7 +245,7 @@ def trial_row(t: Trial, spec: StudySpec) -> dict:
         "phase": t.phase, "trial_id": t.trial_id, "status": t.status, "role": t.role,
         "epochs_run": t.epochs_run, "epochs_planned": planned,
         "stopped_early": t.status == "TERMINATED" and 0 < t.epochs_run < planned,
-        "finished": finished, "retries": t.failures,
+        "finished": finished, "retries": t.failures, "error": t.error(),
     }  # fmt: skip
     for key in dict.fromkeys((*CONFIG_KEYS, *spec.search, *spec.method_keys())):
         row[key] = t.config.get(key)

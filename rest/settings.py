@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,8 @@ class TrainSettings:
         for name in ("epochs", "batch_size", "update_frequency", "eval_batch_size", "width"):
             if int(getattr(self, name)) < 1:
                 raise SettingsError(f"{name} {getattr(self, name)} is below 1; give a positive integer")
+        if not -(2**62) <= int(self.seed) <= 2**62:  # torch's generators take 64 bits; trials add small offsets
+            raise SettingsError(f"seed {self.seed} is out of range; use an integer such as 42")
         if int(self.subsample) < 0:
             raise SettingsError(f"subsample {self.subsample} is negative; use 0 for all samples")
         if self.reweight == "jtt" and int(self.jtt_epochs) < 1:
@@ -178,14 +181,27 @@ def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
 _SCALARS = {"int": int, "float": float, "str": str}
 
 
+def _real(value: Any) -> bool:
+    """A real number, numpy's included (registered with the numbers ABCs), bools excluded."""
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
-    """Ray Tune samples numpy scalars and YAML gives ints for floats; make them plain."""
+    """Ray Tune samples numpy scalars and YAML gives ints for floats; make them plain.
+
+    Only numbers become numbers and only text becomes text: `true` or "0.5" for a
+    number would pass float() yet reach the tables as another type.
+    """
     kind = str(f.type).split(" |")[0]
     if value is None or kind not in _SCALARS:
         return value
+    if not (isinstance(value, (str, os.PathLike)) if kind == "str" else _real(value)):
+        raise SettingsError(f"setting {f.name} must be {'text' if kind == 'str' else kind}, got {value!r}")
     if kind == "int" and isinstance(value, float) and not value.is_integer():
         raise SettingsError(f"setting {f.name} must be an integer, got {value}")
     try:
-        return _SCALARS[kind](value)
+        return os.fspath(value) if kind == "str" else _SCALARS[kind](value)
     except (TypeError, ValueError):
         raise SettingsError(f"setting {f.name} must be {kind}, got {value!r}") from None

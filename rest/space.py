@@ -25,23 +25,18 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .errors import SpaceError
 from .settings import SettingsError, TrainSettings
+from .space_values import check_distribution, check_values
+from .space_values import is_number as _is_number
+from .space_yaml import key_lines, read_yaml
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainSettings)} - {"extra"}
 
 
-class SpaceError(UserError):
-    """A study file is invalid; the message names the key (and line)."""
-
-
-# Distribution name -> number of arguments (None: a non-empty list of values; 0: a
-# lookup table). `lookup` ties one setting to another, as REST pairs lambda with the
-# conflict ratio: {lookup: {key: conflict_pct, table: {0.5: 10, 1: 30, 2: 50, 5: 80}}}.
-DISTRIBUTIONS: dict[str, int | None] = {
-    "grid": None, "choice": None, "uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2, "qrandint": 3,
-    "lookup": 0,
-}  # fmt: skip
+# DISTRIBUTIONS (rest.space_values): distribution name -> number of arguments. `lookup`
+# ties one setting to another, as REST pairs lambda with the conflict ratio:
+# {lookup: {key: conflict_pct, table: {0.5: 10, 1: 30, 2: 50, 5: 80}}}.
 
 
 @dataclass
@@ -166,17 +161,6 @@ METHOD_KEYS = {"train", "search"}
 METHOD_DISTRIBUTIONS = ("grid", "lookup")
 
 
-def _lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
-    """Dotted key path -> 1-based YAML line, for error messages."""
-    out: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            path = f"{prefix}{key.value}"
-            out[path] = key.start_mark.line + 1
-            out.update(_lines(value, path + "."))
-    return out
-
-
 class _Checker:
     def __init__(self, lines: dict[str, int], source: str):
         self.lines = lines
@@ -205,34 +189,35 @@ class _Checker:
         return kind(value)
 
 
-def parse_space(text: str, source: str = "<study>") -> StudySpec:
-    """Validate a study definition (YAML text); raises SpaceError naming the key and line."""
+def parse_space(text: str, source: str = "<study>", frozen: bool = False) -> StudySpec:
+    """Validate a study definition (YAML text); raises SpaceError naming the key and line.
+
+    `frozen`: the definition of an existing study, accepted when it started. Checks added
+    since (every value a search can reach, keys given twice) are not applied, so a study
+    started before them can still be exported and resumed (its failed trials say why).
+    """
     try:
-        return _parse(text, source)
+        return _parse(text, source, frozen)
     except RecursionError:
         raise SpaceError(f"{source}: a YAML anchor refers to itself; write the values out instead") from None
 
 
-def _parse(text: str, source: str) -> StudySpec:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise SpaceError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    c = _Checker(_lines(node) if node is not None else {}, source)
+def _parse(text: str, source: str, frozen: bool) -> StudySpec:
+    node, raw = read_yaml(text, source, unique_keys=not frozen)
+    c = _Checker(key_lines(node), source)
     raw = c.mapping(raw, "", TOP_LEVEL)
 
     train_values = dict(c.mapping(raw.get("train"), "train", TRAIN_FIELDS))
     for key in ("dataset", "data_root", "model"):
         if key in raw:
+            if key in train_values:
+                raise c.fail(key, f"is given both here and as train.{key}; keep one")
             train_values[key] = raw[key]
     search = c.mapping(raw.get("search"), "search", TRAIN_FIELDS)
     if not search and not raw.get("methods"):
         raise c.fail("search", "is missing or empty; give at least one searched setting, e.g. density: {grid: [0.05, 1.0]}")
     for key, dist in search.items():
-        _check_distribution(c, f"search.{key}", dist)
+        check_distribution(c, f"search.{key}", dist)
         if key in train_values:
             raise c.fail(f"search.{key}", "is also fixed under train; keep it in one place")
     for key, dist in search.items():  # a lookup must cover every value its key can take: checked now, not mid-study
@@ -240,6 +225,9 @@ def _parse(text: str, source: str) -> StudySpec:
         if name != "lookup":
             continue
         source_dist = search.get(args["key"], {})
+        if source_dist and next(iter(source_dist)) not in ("grid", "choice"):
+            raise c.fail(f"search.{key}", f"looks up {args['key']}, which is drawn from a {next(iter(source_dist))}; "
+                                          f"a lookup needs its key listed with grid or choice")
         values = source_dist.get("grid") or source_dist.get("choice") or (
             [] if source_dist else [train_values.get(args["key"], getattr(TrainSettings(), args["key"]))])
         table = {float(k) if _is_number(k) else k for k in args["table"]}
@@ -247,16 +235,9 @@ def _parse(text: str, source: str) -> StudySpec:
         if missing:
             raise c.fail(f"search.{key}", f"lookup on {args['key']} has no entry for {', '.join(map(str, missing))}; "
                                           f"add {'it' if len(missing) == 1 else 'them'} to the table")
-    try:
-        base = TrainSettings.from_dict(train_values)
-        for key, dist in search.items():  # every listed value must be a valid setting
-            (name, args), = dist.items()
-            values = args if name in ("grid", "choice") else list(args["table"].values()) if name == "lookup" else []
-            for value in values:
-                TrainSettings.from_dict({**train_values, key: value}).validate()
-        base.validate()
-    except SettingsError as exc:
-        raise SpaceError(f"{source}: {exc}") from None
+    base = _fixed_settings(c, train_values, raw)
+    if not frozen:
+        check_values(c, train_values, search)  # every value a trial can draw is valid: refused now, not mid-study
 
     sched = c.mapping(raw.get("scheduler"), "scheduler", {f.name for f in dataclasses.fields(Scheduler)})
     scheduler = Scheduler(**sched)
@@ -271,18 +252,16 @@ def _parse(text: str, source: str) -> StudySpec:
                                                f"lower it or set scheduler.type: none")
 
     compare = raw.get("compare_within", ["dataset", "conflict_pct"])
-    if not isinstance(compare, list) or any(k not in TRAIN_FIELDS for k in compare):
+    if not isinstance(compare, list) or any(not isinstance(k, str) or k not in TRAIN_FIELDS for k in compare):
         raise c.fail("compare_within", f"must be a list of training settings, e.g. [dataset, conflict_pct]; got {compare!r}")
+    if len(set(compare)) != len(compare):
+        raise c.fail("compare_within", f"lists a setting twice ({compare!r}); give each once")
 
     confirm: Confirm | None = None
     if raw.get("confirm", {}) is not None and raw.get("confirm") is not False:
         conf = c.mapping(raw.get("confirm"), "confirm", {f.name for f in dataclasses.fields(Confirm)})
         confirm = Confirm(**conf)
-        c.number(confirm.top_k, "confirm.top_k", int, 1)
-        if not isinstance(confirm.seeds, list) or not confirm.seeds or not all(isinstance(s, int) for s in confirm.seeds):
-            raise c.fail("confirm.seeds", f"must be a non-empty list of integers, got {confirm.seeds!r}")
-        if confirm.epochs is not None:
-            c.number(confirm.epochs, "confirm.epochs", int, 1)
+        _check_confirm(c, confirm)
 
     res = c.mapping(raw.get("resources"), "resources", {f.name for f in dataclasses.fields(Resources)})
     resources = Resources(**res)
@@ -318,6 +297,41 @@ def _parse(text: str, source: str) -> StudySpec:
     )
 
 
+def _check_confirm(c: _Checker, confirm: Confirm) -> None:
+    c.number(confirm.top_k, "confirm.top_k", int, 1)
+    seeds = confirm.seeds
+    if not isinstance(seeds, list) or not seeds or not all(_is_number(s) and isinstance(s, int) for s in seeds):
+        raise c.fail("confirm.seeds", f"must be a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise c.fail("confirm.seeds", f"lists a seed twice ({seeds!r}); each seed is one more run of a config")
+    for seed in seeds:
+        if not _valid({"seed": seed}):
+            raise c.fail("confirm.seeds", f"holds {seed}, not a valid seed; use integers such as 41, 42, 43")
+    if not isinstance(confirm.baseline, bool):
+        raise c.fail("confirm.baseline", f"must be true or false, got {confirm.baseline!r}")
+    if confirm.epochs is not None:
+        c.number(confirm.epochs, "confirm.epochs", int, 1)
+
+
+def _fixed_settings(c: _Checker, values: dict[str, Any], raw: dict) -> TrainSettings:
+    """The fixed training settings, valid; an invalid one is named (train.<key>, or <key> given at the top)."""
+    try:
+        return TrainSettings.from_dict(values).validate()
+    except SettingsError as exc:
+        culprit = next((k for k, v in values.items() if not _valid({k: v})), None)
+        if culprit is None:  # a rule across several fixed settings
+            raise SpaceError(f"{c.source}: {exc}") from None
+        raise c.fail(culprit if culprit in raw else f"train.{culprit}", f"is invalid: {exc}") from None
+
+
+def _valid(values: dict[str, Any]) -> bool:
+    try:
+        TrainSettings.from_dict(values).validate()
+        return True
+    except SettingsError:
+        return False
+
+
 def _methods(c: _Checker, value: Any, train_values: dict, search: dict, cells: list[str]) -> list[Method]:
     """Validate `methods:` (label -> {train: {...}, search: {key: {grid: [...]}}}): every config valid."""
     if value is None:
@@ -343,7 +357,7 @@ def _methods(c: _Checker, value: Any, train_values: dict, search: dict, cells: l
                 raise c.fail(f"{where}.{'train' if key in fixed else 'search'}.{key}",
                              f"is a cell key (compare_within: {', '.join(cells)}); cells are shared by every method")
         for key, dist in own.items():
-            _check_distribution(c, f"{where}.search.{key}", dist)
+            check_distribution(c, f"{where}.search.{key}", dist)
             if next(iter(dist)) not in METHOD_DISTRIBUTIONS:
                 raise c.fail(f"{where}.search.{key}", f"uses '{next(iter(dist))}'; a method's search is a grid (or lookup)")
             if key in fixed:
@@ -448,27 +462,6 @@ def _callbacks(c: _Checker, value: Any) -> list[str]:
     return list(dict.fromkeys(value))
 
 
-def _check_distribution(c: _Checker, key: str, dist: Any) -> None:
-    if not isinstance(dist, dict) or len(dist) != 1:
-        raise c.fail(key, f"must be one distribution such as {{grid: [...]}}; choose from {', '.join(DISTRIBUTIONS)}")
-    (name, args), = dist.items()
-    if name not in DISTRIBUTIONS:
-        raise c.fail(key, f"uses unknown distribution '{name}'; choose from {', '.join(DISTRIBUTIONS)}")
-    n = DISTRIBUTIONS[name]
-    if n == 0:
-        if not (isinstance(args, dict) and set(args) == {"key", "table"} and args["key"] in TRAIN_FIELDS
-                and isinstance(args["table"], dict) and args["table"]):
-            raise c.fail(key, "lookup needs {key: <setting>, table: {<value>: <result>, ...}}")
-        return
-    if not isinstance(args, list) or (n is None and not args) or (n is not None and len(args) != n):
-        need = "a non-empty list" if n is None else f"a list of {n} numbers"
-        raise c.fail(key, f"{name} needs {need}, got {args!r}")
-    if n is not None and not (all(isinstance(a, (int, float)) for a in args) and args[0] < args[1]):
-        raise c.fail(key, f"{name} needs numbers [low, high{', q' if n == 3 else ''}] with low < high, got {args!r}")
-    if name == "loguniform" and args[0] <= 0:
-        raise c.fail(key, f"loguniform needs a positive lower bound, got {args[0]}")
-
-
 def load_space(path: str | Path) -> tuple[StudySpec, str]:
     """(spec, original YAML text) of a study file."""
     p = Path(path)
@@ -479,7 +472,3 @@ def load_space(path: str | Path) -> tuple[StudySpec, str]:
     except UnicodeDecodeError:
         raise SpaceError(f"study file {p} is not a text (YAML) file; pass a .yaml study definition") from None
     return parse_space(text, str(p)), text
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -11,8 +11,11 @@ A study lives in ``<storage>/<name>/``:
 ``run_study`` runs whichever phase is not done, restoring a phase's experiment with
 ``Tuner.restore`` when it has a snapshot, so a fresh run and a resume take the same
 path. A phase is done only when every one of its trials, read back from storage,
-ended at its planned epochs, was stopped by ASHA, or failed; an interrupted
-phase (Ctrl-C, SIGTERM, a crash) is resumed, never taken as finished.
+ended at its planned epochs or was stopped by ASHA; an interrupted phase (Ctrl-C,
+SIGTERM, a crash) is resumed, never taken as finished. A phase with a trial that
+ended in an error after its retries is ``failed``: ``run_study`` raises
+``TrialsFailed`` naming the trials and their errors, the next phase does not start,
+and a resume retries those trials (after the user fixed the cause).
 
 The pieces it puts together: rest.manifest (the study directory), rest.search
 (per-cell ASHA and searchers), rest.trainable (one trial), rest.tracking (trackers,
@@ -27,8 +30,9 @@ import time
 
 from . import selection, tune_ext
 from .driver import DriverLock, Interrupted, LockLost, StopSignals, check_feasible, connect
-from .errors import StudyError
-from .manifest import PHASES, create_study, is_complete, read_manifest, refuse_existing, write_manifest
+from .errors import StudyError, TrialsFailed
+from .failures import failed_message
+from .manifest import PHASES, create_study, is_complete, phase_complete, read_manifest, refuse_existing, write_manifest
 from .options import RunOptions
 from .results import Trial, read_phase
 from .search import fixed_configs, make_scheduler, make_search_alg, search_param_space
@@ -215,23 +219,32 @@ def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions):
 
 
 def unfinished_trials(trials: list[Trial], spec: StudySpec, phase: str) -> list[Trial]:
-    """Trials of a phase that neither ended at their planned epochs, nor were stopped by ASHA, nor failed."""
+    """Trials of a phase that neither ended at their planned epochs nor were stopped by ASHA (failed ones among them)."""
     asha = phase == "search" and spec.scheduler.type == "asha"
     out = []
     for t in trials:
         planned = int(t.config.get("epochs", spec.max_epochs))
-        if t.status == "ERROR":
-            continue
         if t.status == "TERMINATED" and (t.epochs_run >= planned or (asha and t.epochs_run >= spec.scheduler.grace_period)):
             continue
         out.append(t)
     return out
 
 
+def phase_status(trials: list[Trial], unfinished: list[Trial], stopped: bool) -> str:
+    """interrupted (a stop signal, or trials cut short), failed (a trial errored after its retries) or done."""
+    if stopped:
+        return "interrupted"
+    if any(t.status == "ERROR" for t in trials):
+        return "failed"
+    return "interrupted" if unfinished else "done"
+
+
 def run_study(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSignals | None = None) -> dict:
     """Run every phase that is not done. Returns the manifest.
 
-    Raises ``Interrupted`` (phase marked interrupted) when a stop signal arrives.
+    Raises ``Interrupted`` (phase marked interrupted) when a stop signal arrives, and
+    ``TrialsFailed`` (phase marked failed, later phases not started) when a trial
+    ended in an error after its retries.
     """
     stop = stop or StopSignals()
     spec = with_options(spec, opts)
@@ -272,7 +285,7 @@ def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSig
     stop.install()
     for phase in PHASES:
         info = manifest["phases"][phase]
-        if info["status"] in ("done", "skipped"):
+        if phase_complete(info):
             continue
         check()  # before the phase's own writes (abandoned files moved aside, confirm configs, tuner.pkl)
         tuner = _phase_tuner(phase, path, spec, opts)
@@ -291,10 +304,12 @@ def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSig
         trials = read_phase(path.join(phase), phase)
         unfinished = unfinished_trials(trials, spec, phase)
         info.update(trials=len(trials), errors=sum(t.status == "ERROR" for t in trials), unfinished=len(unfinished))
-        info["status"] = "interrupted" if (unfinished or stop.received) else "done"
+        info["status"] = phase_status(trials, unfinished, bool(stop.received))
         save(manifest)
         if stop.received:
             raise Interrupted(stop.received)
+        if info["status"] == "failed":  # the next phase would build on incomplete results
+            raise TrialsFailed(failed_message(opts.name, opts.storage, spec, phase, trials))
         if unfinished:
             log.warning("phase %s: %d trial(s) ended before their planned epochs: %s", phase, len(unfinished),
                         ", ".join(f"{t.trial_id} at epoch {t.epochs_run}" for t in unfinished[:5]))

@@ -25,6 +25,7 @@ from typing import Callable
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 TUNER_FILE = "tuner.pkl"
+TRIAL_ERROR_FILE = "error.txt"  # Ray appends each failure of a trial here, in the trial's directory
 STATE_PREFIX = "experiment_state-"
 
 

@@ -244,3 +244,80 @@ def test_export_model_writes_the_reported_epoch_or_refuses_with_the_retrain_comm
     assert command("export-model", str(tmp_path / "retrain"), "--out", str(tmp_path / "retrained.pt"))[0] == 0
     last = json.loads((tmp_path / "retrain" / "metrics.jsonl").read_text().splitlines()[-1])
     assert read_model_file(tmp_path / "retrained.pt")["epoch"] == last["best_epoch"]
+
+
+RAY_ERROR = """Failure # 1 (occurred at 2026-12-01_12-34-22)
+\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=9254, ip=192.0.2.2, repr=rest_trainable)
+  File "rest/data/folder.py", line 55, in split_files
+    raise DataError(f"data root {root} does not exist; pass --data-root")
+rest.data.base.DataError: data root /gone does not exist; pass --data-root pointing at an LfF-layout dataset
+"""
+
+
+def _fail_trials(study, phase, pct=None):
+    """Make the `phase` trials of the `pct` cell (all: None) end as Ray records a trial that failed before its first epoch."""
+    state = next((study / phase).glob("experiment_state-*.json"))
+    data = json.loads(state.read_text())
+    failed = []
+    for entry in data["trial_data"]:
+        trial, meta = json.loads(entry[0]), json.loads(entry[1])
+        if pct is None or trial["config"].get("cfg", trial["config"])["conflict_pct"] == pct:
+            trial["status"] = "ERROR"
+            meta.update(num_failures=3, error_filename="error.txt")
+            entry[0], entry[1] = json.dumps(trial), json.dumps(meta)
+            folder = study / phase / f"trial_{trial['trial_id']}"
+            shutil.rmtree(folder)
+            folder.mkdir()
+            (folder / "error.txt").write_text(RAY_ERROR * 2)  # every retry appends a block
+            failed.append(trial["trial_id"])
+    state.write_text(json.dumps(data))
+    return failed
+
+
+def test_failed_trials_are_counted_per_cell_and_their_cell_kept(tmp_path):
+    """Every table says how many configs of a cell failed; a cell whose every config failed keeps its row."""
+    from rest import load_study
+    from rest.manifest import is_complete
+
+    study = tmp_path / "failed"
+    shutil.copytree(FIXTURE, study)
+    failed = _fail_trials(study, "confirm", 5)
+    assert len(failed) == 3  # the 5 % cell's selected config and both baselines
+    manifest = json.loads((study / "manifest.json").read_text())
+    manifest["phases"]["confirm"]["errors"] = 3  # as studies before failed phases recorded it: "done" with errors
+    (study / "manifest.json").write_text(json.dumps(manifest))
+    assert not is_complete(manifest), "a phase with failed trials is never complete"
+
+    results = load_study(str(study))
+    results.export(tmp_path / "out", formats=("md", "csv"))
+    best = pd.read_csv(tmp_path / "out" / "best_configs.csv")
+    lost = best[best["conflict_pct"] == 5]
+    assert list(lost["row"]) == ["REST (selected)"] and lost["best_test_worst_group_acc"].isna().all()
+    assert lost["status"].iloc[0] == "failed: no config of this cell finished an epoch"
+    assert lost["failed"].iloc[0] == "confirm: 3 of 3 configs failed"
+    assert best[best["conflict_pct"] == 1]["failed"].fillna("").eq("").all()
+    for name in ("best_configs.md", "paper_table.md", "paper_table.csv", "trials.csv", "summary.md"):
+        assert "confirm: 3 of 3 configs failed" in (tmp_path / "out" / name).read_text(), name
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv").set_index("trial_id")
+    assert (trials.loc[failed, "error"] == "DataError: data root /gone does not exist; pass --data-root pointing at an "
+                                           "LfF-layout dataset").all()
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "## Failed trials" in summary and "fix the cause, then: tune_search.py resume smoke --storage studies" in summary
+
+
+def test_a_study_whose_every_trial_failed_still_exports_every_cell(tmp_path):
+    from rest import load_study
+
+    study = tmp_path / "all_failed"
+    shutil.copytree(FIXTURE, study)
+    for phase in ("search", "confirm"):
+        _fail_trials(study, phase)
+    out = tmp_path / "out"
+    written = load_study(str(study)).export(out, formats=("md", "csv"))
+    assert "accuracy_vs_density.png" not in {p.name for p in written}  # nothing to plot
+    best = pd.read_csv(out / "best_configs.csv")
+    assert list(best["conflict_pct"]) == [1, 5] and best["best_test_worst_group_acc"].isna().all()
+    assert list(best["failed"]) == ["search: 4 of 4 configs failed; confirm: 3 of 3 configs failed"] * 2
+    density = pd.read_csv(out / "by_density.csv")
+    assert len(density) == 4 and (density["failed"] == best["failed"].iloc[0]).all()
+    assert "search: 4 of 4 configs failed" in (out / "paper_table.md").read_text()

@@ -60,6 +60,63 @@ def test_bad_study_files_name_the_key(text, message):
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [  # every value a trial can draw must be valid: refused before anything starts, naming the key
+        ("search:\n  density: {loguniform: [0.5, 4.0]}\n",
+         "<study>:2: 'search.density' loguniform [0.5, 4.0] reaches 4: density 4.0 is outside (0, 1]"),
+        ("search:\n  density: {uniform: [0, 0.5]}\n", "'search.density' uniform [0, 0.5] reaches 0: density 0.0 is outside"),
+        ("search:\n  lambda_upweight: {uniform: [0.5, 10]}\n", "'search.lambda_upweight' uniform [0.5, 10] reaches 0.5: lambda_upweight 0.5 is below 1"),
+        ("search:\n  epochs: {randint: [0, 4]}\n", "'search.epochs' randint [0, 4] reaches 0: epochs 0 is below 1"),
+        ("search:\n  width: {qrandint: [0, 64, 8]}\n", "'search.width' qrandint [0, 64, 8] reaches 0: width 0 is below 1"),
+        ("search:\n  density: {quniform: [0.05, 1.0, 0.1]}\n", "'search.density' quniform [0.05, 1.0, 0.1] reaches 0:"),
+        ("search:\n  t_end: {uniform: [0.5, 1.5]}\n", "'search.t_end' uniform [0.5, 1.5] reaches 1.5: t_end 1.5 is outside (0, 1]"),
+        ("search:\n  density: {quniform: [0.31, 0.39, 0.1]}\n", "has no multiple of q=0.1 between 0.31 and 0.39"),
+        ("search:\n  lr: {grid: [0.1, -0.1]}\n", "'search.lr' grid value -0.1: lr -0.1 must be positive"),
+        ("search:\n  epochs: {uniform: [1, 5]}\n", "'search.epochs' uses uniform, which draws fractions, but epochs is an integer"),
+        ("search:\n  dataset: {uniform: [0, 1]}\n", "'search.dataset' uses uniform, a range of numbers, but dataset is text"),
+        ("search:\n  density: {grid: [0.05, 0.05]}\n", "'search.density' grid lists 0.05 twice"),
+        ("search:\n  density: {grid: [true]}\n", "setting density must be float, got True"),
+        ("search:\n  density: {grid: ['0.5']}\n", "setting density must be float, got '0.5'"),
+        ("search:\n  drop_rate: {grid: [0.1, 0.5]}\n  drop_rate_min: {grid: [0.0, 0.2]}\n  density: {grid: [0.1]}\n",
+         "'search' reaches the combination drop_rate 0.1, drop_rate_min 0.2, density 0.1, which is invalid: drop_rate_min 0.2 is not below"),
+        ("search:\n  lambda_upweight: {lookup: {key: conflict_pct, table: {1: 0.5}}}\n  conflict_pct: {grid: [1]}\n",
+         "'search.lambda_upweight' lookup value 0.5: lambda_upweight 0.5 is below 1"),
+        ("search:\n  lambda_upweight: {lookup: {key: conflict_pct, table: {1: 10}}}\n  conflict_pct: {uniform: [1, 2]}\n",
+         "looks up conflict_pct, which is drawn from a uniform; a lookup needs its key listed with grid or choice"),
+        ("train: {density: 4}\nsearch: {lr: {grid: [0.1]}}\n", "<study>:1: 'train.density' is invalid: density 4.0 is outside"),
+        ("dataset: cmnist\ntrain: {dataset: cmnist}\nsearch: {lr: {grid: [0.1]}}\n", "'dataset' is given both here and as train.dataset"),
+        ("search: {lr: {grid: [0.1]}}\nconfirm: {seeds: [41, 41]}\n", "'confirm.seeds' lists a seed twice"),
+        ("search: {lr: {grid: [0.1]}}\nconfirm: {seeds: [true]}\n", "'confirm.seeds' must be a non-empty list of integers"),
+        ("search: {lr: {grid: [0.1]}}\nconfirm: {baseline: 'yes'}\n", "'confirm.baseline' must be true or false"),
+        ("search: {lr: {grid: [0.1]}}\ncompare_within: [dataset, dataset]\n", "'compare_within' lists a setting twice"),
+        # a key given twice would silently replace the first, at any depth
+        ("train:\n  epochs: 2\n  batch_size: 128\n  epochs: 3\nsearch: {lr: {grid: [0.1]}}\n",
+         "<study>:4: 'train.epochs' is given twice (first on line 2)"),
+        ("train: {subsample: 200}\nsearch: {lr: {grid: [0.1]}}\ntrain: {subsample: 0}\n", "<study>:3: 'train' is given twice (first on line 1)"),
+        ("search:\n  lambda_upweight: {lookup: {key: conflict_pct, table: {1: 10, 1.0: 20}}}\n  conflict_pct: {grid: [1]}\n",
+         "'search.lambda_upweight.lookup.table.1.0' is given twice"),
+    ],
+)
+def test_values_a_trial_could_not_run_are_refused_naming_the_key(text, message):
+    with pytest.raises(SpaceError) as err:
+        parse_space(text)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [  # what the checks must still accept
+        "search:\n  density: {quniform: [0.05, 1.0, 0.05]}\n  lr: {loguniform: [0.001, 0.1]}\n",
+        "search:\n  epochs: {randint: [1, 5]}\n  width: {qrandint: [8, 64, 8]}\n  seed: {randint: [0, 1000]}\n",
+        "train: {<<: {epochs: 2}, epochs: 3}\nsearch: {lr: {grid: [0.1]}}\n",  # a merge key may be overridden
+        "search:\n  drop_rate: {uniform: [0.3, 0.6]}\n  drop_rate_min: {grid: [0.0, 0.1]}\n",
+    ],
+)
+def test_valid_ranges_and_merge_keys_are_accepted(text):
+    assert parse_space(text).search
+
+
 def test_bad_study_file_through_the_cli(tmp_path):
     import subprocess
     import sys
@@ -92,3 +149,12 @@ def test_paper_studies_train_on_a_tiny_tree(tmp_path, name):
     settings = spec.train.replace(**values, data_root=str(tmp_path), epochs=1, width=4, batch_size=16)
     (record,) = train(settings.validate())
     assert math.isfinite(record["train_loss"]) and record["density"] < 0.05  # tiny layers keep >= 1 weight each
+
+
+def test_an_existing_studys_definition_is_read_as_it_was_accepted():
+    """A study started before the reach and duplicate-key checks can still be exported and resumed."""
+    text = "train: {epochs: 2}\nsearch:\n  density: {loguniform: [0.5, 4.0]}\ntrain: {epochs: 3}\n"
+    with pytest.raises(SpaceError, match="'train' is given twice"):
+        parse_space(text)
+    spec = parse_space(text, frozen=True)
+    assert spec.train.epochs == 3 and spec.search["density"] == {"loguniform": [0.5, 4.0]}

@@ -151,6 +151,10 @@ def test_worker_killed_by_signal_is_retried_from_its_checkpoint(ray_cluster, tmp
         (["run", str(ROOT / "tests" / "fixtures" / "recursive.yaml")], "a YAML anchor refers to itself"),
         (["run", str(ROOT / "tests" / "fixtures" / "repeats.yaml")], "every repeat trains the same trials"),
         (["run", str(SMOKE), "--address", "ray://127.0.0.1:10001"], "is a Ray Client address"),
+        (["run", str(ROOT / "tests" / "fixtures" / "density_range.yaml")],
+         "density_range.yaml:6: 'search.density' loguniform [0.5, 4.0] reaches 4: density 4.0 is outside (0, 1]"),
+        (["run", str(ROOT / "tests" / "fixtures" / "duplicate_key.yaml")],
+         "duplicate_key.yaml:6: 'train' is given twice (first on line 3)"),
     ],
 )
 def test_bad_study_input_is_one_line_exit_2(tmp_path, args, message):

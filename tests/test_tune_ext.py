@@ -83,3 +83,9 @@ def test_a_snapshot_guard_runs_before_every_experiment_snapshot_and_can_prevent_
     with pytest.raises(Refused), tune_ext.guard_snapshots(refuse):
         tune.Tuner(unstartable, run_config=tune.RunConfig(storage_path=str(tmp_path), name="refused", verbose=0)).fit()
     assert (tmp_path / "refused" / tune_ext.TUNER_FILE).exists() and not snapshots("refused"), "no snapshot written"
+
+
+def test_ray_writes_trial_errors_where_tune_ext_reads_them():
+    from ray.air.constants import EXPR_ERROR_FILE
+
+    assert tune_ext.TRIAL_ERROR_FILE == EXPR_ERROR_FILE
