@@ -26,14 +26,14 @@ from torch import nn
 
 from .data import BiasedData, DataError, DatasetSpec, Split, get_dataset_spec, load_dataset
 from .batches import AUGMENTATIONS, to_input
-from .device import (PRECISIONS, Amp, backward_step, data_placement, make_amp, memory_format, resolve_device,  # noqa: F401
-                     resolve_precision, rng_state, scaled_step, set_rng_state, to_device)
+from .device import (Amp, backward_step, data_placement, make_amp, memory_format, resolve_device, resolve_precision,
+                     rng_state, set_rng_state, to_device)
 from .dcwp import DCWPState, flagged_fraction, learn_scores, top_masks
 from .losses import FeatureTap, debiased_contrastive, generalized_cross_entropy
 from .models import build_model
 from . import pgd, selection
 from .reweight import EpochSampler, make_sampler
-from .settings import SettingsError, TrainSettings
+from .settings import TrainSettings
 from .sparse import LEARNED, SparseMask, output_positions
 
 log = logging.getLogger(__name__)

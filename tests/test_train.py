@@ -13,7 +13,8 @@ from rest.models import MODELS
 from rest.reweight import STRATEGIES
 from rest.sparse import METHODS
 from rest.batches import crop_flip
-from rest.train import METRICS, Trainer, group_accuracies, make_amp, scaled_step, train
+from rest.device import make_amp, scaled_step
+from rest.train import METRICS, Trainer, group_accuracies, train
 
 
 def _records(settings, data):
