@@ -371,7 +371,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        self._load_scaler(state)
+        self._load_precision(state)
         self.sparse.load_state_dict(state["sparse"])
         if self.dcwp is not None and state.get("dcwp") is not None:
             self.dcwp.load_state_dict(state["dcwp"])
@@ -384,15 +384,20 @@ class Trainer:
         self.best_weights = state.get("best_weights")
 
 
-    def _load_scaler(self, state: dict) -> None:
-        """The loss scaler's state, when both runs have one.
+    def _load_precision(self, state: dict) -> None:
+        """The checkpoint's precision and loss scaler.
 
         A checkpoint resumes in another precision too: weights and optimizer state are
         fp32 in every precision, so they carry over; a loss scaler the checkpoint lacks
-        starts afresh, and one it holds but this run does not use is dropped.
+        starts afresh, and one it holds but this run does not use is dropped. A
+        checkpoint without a precision predates CPU autocast and stays fp32 on the CPU.
         """
         saved = state.get("precision")
-        if saved is not None and saved != self.precision:
+        if saved is None and self.device.type == "cpu" and self.precision != "fp32":
+            # written before CPU autocast existed, when the CPU trained in fp32 whatever the setting
+            log.warning("this checkpoint predates CPU autocast: it trained in fp32 on the CPU and continues in fp32")
+            self.precision, self.amp = "fp32", make_amp("fp32", self.device)
+        elif saved is not None and saved != self.precision:
             log.warning("resuming a %s checkpoint in %s after epoch %d: weights and optimizer state carry over%s",
                         saved, self.precision, self.epoch, "; the loss scaler starts afresh" if self.amp.scaler else "")
         if self.amp.scaler is not None and state.get("scaler"):

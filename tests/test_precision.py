@@ -111,6 +111,21 @@ def test_a_checkpoint_resumes_in_another_precision(tiny_data, caplog, saved, now
     assert_sparse_invariants(resumed)
 
 
+def test_a_checkpoint_from_before_cpu_autocast_continues_in_fp32(tiny_data, caplog):
+    """Checkpoints without a precision were written when the CPU always trained in fp32 (the old
+    default setting, bf16, was CUDA-only): they resume on the CPU in fp32, bit for bit."""
+    s = BASE.replace(**METHODS["rest-rigl"])
+    trainer = Trainer(s.replace(precision="fp32"), tiny_data)
+    trainer.run_epoch()
+    state = _roundtrip(trainer.state_dict())
+    del state["precision"]
+    resumed = Trainer(s.replace(precision="bf16"), tiny_data)
+    with caplog.at_level(logging.WARNING, logger="rest.train"):
+        resumed.load_state_dict(state)
+    assert "predates CPU autocast" in caplog.text and resumed.precision == "fp32" and resumed.amp.dtype is None
+    assert _timeless(resumed.run_epoch()) == _timeless(trainer.run_epoch())
+
+
 def test_a_bf16_trained_model_exports_and_both_engines_agree(tiny_data, tmp_path):
     """The model file of a bf16 run holds fp32 weights. Run in bf16 it gives exactly the test
     accuracy training reported; the dense and sparse engines (BN folded, every layer on the sparse
