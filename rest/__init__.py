@@ -1,7 +1,9 @@
 """rest-tune: REST (reweighted sparse training) as a Ray Tune hyperparameter study.
 
 Modules: data (datasets), prepare (building and checking dataset trees), models,
-sparse (dynamic sparsity), reweight (sampling), train (one configuration), space
+sparse (dynamic sparsity), reweight (sampling), train (one configuration), device
+(CPU/CUDA choices: precision, loss scaler, memory format, data placement), memory
+(bytes a trial puts on its device), space
 (study files), study (the phases on Ray Tune) with manifest (the study directory),
 search (per-cell ASHA and searchers), trainable (one trial), tracking (trackers),
 driver (Ray connection, signals, lock), options (the driver's options, one path for the

@@ -158,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     (out / "settings.json").write_text(json.dumps(settings.to_dict(), indent=1))
     print(f"training {settings.dataset} at {settings.conflict_pct:g}% conflicting, density {settings.density:g} "
           f"({settings.sparse}), reweight {settings.reweight} x{settings.lambda_upweight:g}, {settings.epochs} epochs "
-          f"on {trainer.device}; writing {out}", flush=True)  # fmt: skip
+          f"on {trainer.device} in {trainer.precision}; writing {out}", flush=True)  # fmt: skip
     return _train_loop(trainer, out)
 
 

@@ -74,15 +74,22 @@ def flagged_fraction(flagged: torch.Tensor) -> float:
     return float(flagged.float().mean()) if len(flagged) else math.nan
 
 
-def learn_scores(model, params: dict, train, flagged: torch.Tensor, spec, s, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def learn_scores(model, params: dict, train, flagged: torch.Tensor, spec, s, gen: torch.Generator,
+                 amp=None) -> dict[str, torch.Tensor]:
     """DCWP step 3: Adam on one score per weight of `params` (the model's maskable weights),
-    weights frozen, through sampled hard masks; `s` the run's TrainSettings."""
+    weights frozen, through sampled hard masks; `s` the run's TrainSettings.
+
+    Scores, masks and the masked weights are fp32; under `amp` (a ``rest.device.Amp``) the
+    forward pass autocasts them, and in fp16 the score gradients go through its own loss scaler.
+    """
     import torch.nn.functional as F
 
     from .batches import AUGMENTATIONS, to_input
+    from .device import Amp, backward_step, to_device
     from .losses import FeatureTap, debiased_contrastive
     from .reweight import EpochSampler
 
+    amp = amp or Amp()
     device = next(model.parameters()).device
     scores = initial_scores({n: tuple(p.shape) for n, p in params.items()}, device)
     optimizer = torch.optim.Adam(list(scores.values()), lr=s.dcwp_mask_lr)
@@ -100,15 +107,15 @@ def learn_scores(model, params: dict, train, flagged: torch.Tensor, spec, s, gen
                     idx = order[i:i + s.batch_size]
                     images = train.images[idx]
                     images = augment(images, gen) if augment is not None else images
-                    x = to_input(images.to(device), spec)
-                    y = train.y[idx].to(device)
+                    x = to_input(to_device(images, device), spec)
+                    y = to_device(train.y[idx], device)
                     masked = {n: p * gumbel_sigmoid_mask(scores[n], gen) for n, p in params.items()}
-                    logits = torch.func.functional_call(model, masked, (x,), strict=False)
+                    with amp.autocast(device):  # the forward only; the losses in fp32
+                        logits = torch.func.functional_call(model, masked, (x,), strict=False)
                     loss = F.cross_entropy(logits.float(), y) + s.dcwp_con_prune * debiased_contrastive(
                         tap.features, y, flagged[idx])
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    backward_step(amp, loss, optimizer)
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -60,8 +60,11 @@ def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d)
 
         bn(conv(x)) = s * (W * x + b - mean) + beta,  s = gamma / sqrt(var + eps)
                     = (s W) * x + (beta + s (b - mean))
+
+    The result is at least fp32: a bf16 or fp16 model's folded weights keep the product's
+    precision rather than being rounded to the model's dtype a second time.
     """
-    dtype = weight.dtype
+    dtype = torch.promote_types(weight.dtype, torch.float32)
     s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
     b = torch.zeros_like(s) if bias is None else bias.double()
     folded_w = weight.double() * s.view(-1, *([1] * (weight.dim() - 1)))

@@ -30,18 +30,26 @@ def importance(norms: torch.Tensor, floor: float = 1e-8) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def grad_norms(model, split, spec, batch_size: int, p: float) -> torch.Tensor:
-    """Every sample's last-layer gradient p-norm, in eval mode as PGD computes it (batched closed form)."""
+def grad_norms(model, split, spec, batch_size: int, p: float, amp=None) -> torch.Tensor:
+    """Every sample's last-layer gradient p-norm, in eval mode as PGD computes it (batched closed form).
+
+    The forward pass runs in the run's precision (`amp`, a ``rest.device.Amp``); the
+    norms themselves are computed in fp32 from its logits and features, whatever their dtype.
+    """
     from .batches import to_input
+    from .device import Amp, to_device
     from .losses import FeatureTap
 
+    amp = amp or Amp()
     device = next(model.parameters()).device
     model.eval()
     norms = []
     with FeatureTap(model) as tap:
         for start in range(0, len(split), batch_size):
-            x = to_input(split.images[start:start + batch_size].to(device), spec)
-            y = split.y[start:start + batch_size].to(device)
-            norms.append(last_layer_grad_norms(model(x), tap.features, y, p).cpu())
+            x = to_input(to_device(split.images[start:start + batch_size], device), spec)
+            y = to_device(split.y[start:start + batch_size], device)
+            with amp.autocast(device):
+                logits = model(x)
+            norms.append(last_layer_grad_norms(logits, tap.features, y, p).cpu())
     model.train()
     return torch.cat(norms)

@@ -24,7 +24,8 @@ REWEIGHT_NAMES = ("none", "oracle", "jtt", "pgd")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("plateau", "cosine", "none")
 STEMS = ("auto", "imagenet", "cifar")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 # The primary validation metric of model selection: REST selects its reweighted (dense)
 # runs on validation worst-group accuracy and its sparse runs on validation average accuracy.
 SELECTIONS = ("worst_group", "average")
@@ -85,7 +86,13 @@ class TrainSettings:
     selection: str = _setting("worst_group", f"validation metric that selects the epoch: {', '.join(SELECTIONS)} "
                                              "(REST: worst_group for reweighted runs, average for sparse ones)")
     device: str = _setting("auto", "auto, cpu, cuda or cuda:N (auto: the GPU if there is one)")
-    precision: str = _setting("bf16", f"CUDA autocast: {', '.join(PRECISIONS)}; the CPU always trains in fp32")
+    precision: str = _setting("auto", f"autocast precision: {', '.join(PRECISIONS)} (fp16 with a loss scaler); auto: bf16 "
+                                      "on CUDA, fp32 on CPU (CPU autocast is slower; bf16/fp16 there are for testing)")
+    memory_format: str = _setting("auto", f"weight and activation layout: {', '.join(MEMORY_FORMATS)} "
+                                          "(auto: channels_last on CUDA, contiguous on CPU)")
+    data_device_fraction: float = _setting(0.25, "the dataset goes onto the device when it takes at most this fraction "
+                                                 "of the device's memory; else it stays in host memory and batches are "
+                                                 "streamed (0: always stream)")
     eval_batch_size: int = _setting(256, "batch size of validation and test passes")
     subsample: int = _setting(0, "use N samples of each split, for quick runs: a seeded sample that keeps each split's "
                                  "class and aligned/conflicting shares, the same for every seed (0: all)")
@@ -103,6 +110,7 @@ class TrainSettings:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("stem", self.stem, STEMS)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("memory_format", self.memory_format, MEMORY_FORMATS)
         _choice("selection", self.selection, SELECTIONS)
         if not 0.0 < float(self.density) <= 1.0:
             raise SettingsError(f"density {self.density} is outside (0, 1]; use e.g. 0.05 for 5% of weights")
@@ -113,6 +121,9 @@ class TrainSettings:
                 raise SettingsError(f"{name} {getattr(self, name)} is below 1; give a positive integer")
         if not -(2**62) <= int(self.seed) <= 2**62:  # torch's generators take 64 bits; trials add small offsets
             raise SettingsError(f"seed {self.seed} is out of range; use an integer such as 42")
+        if not 0.0 <= float(self.data_device_fraction) <= 1.0:
+            raise SettingsError(f"data_device_fraction {self.data_device_fraction} is outside [0, 1]; "
+                                "use 0.25 (the default) or 0 to always stream")
         if int(self.subsample) < 0:
             raise SettingsError(f"subsample {self.subsample} is negative; use 0 for all samples")
         if self.reweight == "jtt" and int(self.jtt_epochs) < 1:

@@ -18,7 +18,6 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -27,12 +26,14 @@ from torch import nn
 
 from .data import BiasedData, DataError, DatasetSpec, Split, get_dataset_spec, load_dataset
 from .batches import AUGMENTATIONS, to_input
+from .device import (Amp, backward_step, data_placement, make_amp, memory_format, resolve_device, resolve_precision,
+                     rng_state, set_rng_state, to_device)
 from .dcwp import DCWPState, flagged_fraction, learn_scores, top_masks
 from .losses import FeatureTap, debiased_contrastive, generalized_cross_entropy
 from .models import build_model
 from . import pgd, selection
 from .reweight import EpochSampler, make_sampler
-from .settings import SettingsError, TrainSettings
+from .settings import TrainSettings
 from .sparse import LEARNED, SparseMask, output_positions
 
 log = logging.getLogger(__name__)
@@ -54,64 +55,6 @@ EPOCH_METRICS = (
 METRICS = EPOCH_METRICS + ("best_epoch",) + tuple(f"best_{k}" for k in EPOCH_METRICS if k.startswith(SPLITS)) + (
     "density", "nonzero_params", "dense_params", "inference_flops", "dense_inference_flops", "lr", "epoch_seconds",
 )  # fmt: skip
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SettingsError(f"device '{name}' was asked for but this machine has no CUDA GPU; use --device cpu (or auto)")
-    return torch.device(name)
-
-
-# ----------------------------------------------------------------- precision
-
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class Amp:
-    """Mixed precision of one run: the autocast dtype (None: plain fp32) and fp16's loss scaler."""
-
-    dtype: torch.dtype | None = None
-    scaler: torch.amp.GradScaler | None = None
-
-    def autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
-
-
-@functools.lru_cache(maxsize=None)
-def _note_cpu_precision(precision: str) -> None:
-    log.info("precision %s applies on CUDA only; training on CPU in fp32", precision)
-
-
-def make_amp(precision: str, device: torch.device) -> Amp:
-    """Autocast on CUDA in the asked dtype. On CPU always fp32: CPU runs are the
-    reproducible reference (tests compare them bit for bit), whatever a study file asks."""
-    dtype = PRECISIONS[precision]
-    if device.type != "cuda":
-        if dtype is not torch.float32:
-            _note_cpu_precision(precision)
-        return Amp()
-    if dtype is torch.float32:
-        return Amp()
-    # fp16's narrow exponent flushes small gradients to zero: scale the loss. bf16 has fp32's range.
-    return Amp(dtype, torch.amp.GradScaler("cuda") if dtype is torch.float16 else None)
-
-
-def scaled_step(scaler: torch.amp.GradScaler, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
-    """Backward and optimizer step through a loss scaler; False if the step was skipped.
-
-    The gradients are unscaled in place before the step, so that RigL's regrowth,
-    which reads ``p.grad`` after the step, sees true gradients. The scaler skips a step
-    whose gradients hold inf or nan, and exactly then lowers its scale.
-    """
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    scale = scaler.get_scale()
-    scaler.step(optimizer)
-    scaler.update()
-    return scaler.get_scale() >= scale
 
 
 # ---------------------------------------------------------------- evaluation
@@ -155,8 +98,8 @@ def predict(model: nn.Module, split: Split, spec: DatasetSpec, batch_size: int,
     preds, loss = [], 0.0
     device = next(model.parameters()).device
     for start in range(0, len(split), batch_size):
-        x = to_input(split.images[start:start + batch_size].to(device, non_blocking=True), spec)
-        y = split.y[start:start + batch_size].to(device)
+        x = to_input(to_device(split.images[start:start + batch_size], device), spec)
+        y = to_device(split.y[start:start + batch_size], device)
         with amp.autocast(device):
             logits = model(x)
         loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
@@ -216,17 +159,12 @@ def fit_epoch(
         images = split.images[idx]
         if augment is not None:
             images = augment(images, aug_gen)
-        x = to_input(images.to(device, non_blocking=True), spec)
-        y = split.y[idx].to(device, non_blocking=True)
-        with amp.autocast(device):
-            logits = model(x)
-            loss = F.cross_entropy(logits, y) if criterion is None else criterion(logits, y, idx)
-        if amp.scaler is None:
-            loss.backward()
-            optimizer.step()
-            stepped = True
-        else:
-            stepped = scaled_step(amp.scaler, loss, optimizer)
+        x = to_input(to_device(images, device), spec)
+        y = to_device(split.y[idx], device)
+        with amp.autocast(device):  # the model's forward only: losses are computed in fp32, outside autocast
+            logits = model(x).float()
+        loss = F.cross_entropy(logits, y) if criterion is None else criterion(logits, y, idx)
+        stepped = backward_step(amp, loss, optimizer)
         if sparse is not None and stepped:  # the mask schedule counts optimizer steps taken
             sparse.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
@@ -243,11 +181,14 @@ class Trainer:
         self.settings = s = settings.validate()
         self.spec = get_dataset_spec(s.dataset)
         self.device = resolve_device(s.device)
+        self.precision = resolve_precision(s.precision, self.device)
         data = data if data is not None else load_dataset(s.dataset, s.conflict_pct, s.data_root)
-        data = data.head(s.subsample) if s.subsample else data
-        self.data = data.to(self.device) if self.device.type == "cuda" else data
+        data = data.subsample(s.subsample) if s.subsample else data
+        # the whole dataset on the device when it fits the budget; else batches are streamed from host memory
+        self.placement = data_placement(data_bytes(data), self.device, s.data_device_fraction)
+        self.data = data.to(self.device) if self.placement == "device" else data
         self.progress = progress
-        self.amp = make_amp(s.precision, self.device)
+        self.amp = make_amp(self.precision, self.device)
 
         torch.manual_seed(s.seed)
         self.model = self._new_model()
@@ -271,10 +212,7 @@ class Trainer:
     def _new_model(self) -> nn.Module:
         s = self.settings
         model = build_model(s.model or self.spec.default_model, self.spec.num_classes, self.spec.image_size, s.width, stem=s.stem)
-        model = model.to(self.device)
-        if self.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return model.to(self.device, memory_format=memory_format(s.memory_format, self.device))
 
     def _identify_errors(self, train: Split) -> torch.Tensor:
         """JTT stage 1: a dense ERM model trained jtt_epochs; its training errors.
@@ -286,7 +224,7 @@ class Trainer:
             return self.dcwp.flagged
         model = self._new_model()
         optimizer = OPTIMIZERS[s.optimizer](list(model.parameters()), s)
-        amp = make_amp(s.precision, self.device)  # its own loss scaler: this model's gradients differ
+        amp = make_amp(self.precision, self.device)  # its own loss scaler: this model's gradients differ
         gen = torch.Generator().manual_seed(s.seed + 2)
         for _ in range(s.jtt_epochs):
             fit_epoch(model, optimizer, train, torch.randperm(len(train), generator=gen), self.spec, s.batch_size,
@@ -301,13 +239,13 @@ class Trainer:
         s = self.settings
         model = self._new_model()
         optimizer = OPTIMIZERS[s.optimizer](list(model.parameters()), s)
-        amp = make_amp(s.precision, self.device)
+        amp = make_amp(self.precision, self.device)
         gen = torch.Generator().manual_seed(s.seed + 3)
         gce = functools.partial(_gce_criterion, q=s.gce_q)
         for _ in range(s.pgd_epochs):
             fit_epoch(model, optimizer, train, torch.randperm(len(train), generator=gen), self.spec, s.batch_size,
                       aug_gen=gen, amp=amp, criterion=gce)
-        return pgd.importance(pgd.grad_norms(model, train, self.spec, s.eval_batch_size, s.pgd_norm))
+        return pgd.importance(pgd.grad_norms(model, train, self.spec, s.eval_batch_size, s.pgd_norm, amp))
 
     def _learn_dcwp_masks(self, train: Split) -> None:
         """DCWP steps 1-3 (rest.dcwp): dense pretraining of the model beside a GCE twin, the
@@ -317,7 +255,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(s.seed + 4)
         twin = self._new_model()
         optimizers = [OPTIMIZERS[s.optimizer](list(m.parameters()), s) for m in (self.model, twin)]
-        amps = [make_amp(s.precision, self.device) for _ in range(2)]  # each model its own loss scaler
+        amps = [make_amp(self.precision, self.device) for _ in range(3)]  # model, twin, scores: each its own loss scaler
         gce = functools.partial(_gce_criterion, q=s.gce_q)
         for _ in range(s.dcwp_pretrain_epochs):  # both models see the same batch order, as DCWP trains them side by side
             order = torch.randperm(len(train), generator=gen)
@@ -327,7 +265,7 @@ class Trainer:
         flagged = preds.cpu() != train.y.cpu()
         log.info("DCWP flagged %d of %d training samples (%.1f%%)", int(flagged.sum()), len(flagged), 100 * flagged_fraction(flagged))
         self.dcwp.flagged = flagged
-        scores = learn_scores(self.model, self.sparse.params, train, flagged, self.spec, s, gen)
+        scores = learn_scores(self.model, self.sparse.params, train, flagged, self.spec, s, gen, amps[2])
         self.sparse.set_masks(top_masks(scores, self.sparse.counts), self.optimizer)
         self.dcwp.pruned = True
 
@@ -339,7 +277,7 @@ class Trainer:
         flagged = self.dcwp.flagged
 
         def loss(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(logits, y) + s.dcwp_con_retrain * debiased_contrastive(tap.features, y, flagged[idx.cpu()])
+            return F.cross_entropy(logits.float(), y) + s.dcwp_con_retrain * debiased_contrastive(tap.features, y, flagged[idx.cpu()])
 
         return loss
 
@@ -420,9 +358,9 @@ class Trainer:
             "sparse": self.sparse.state_dict(),
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
             "dcwp": self.dcwp.state_dict() if self.dcwp is not None else None,
+            "precision": self.precision,
             "aug_generator": self.aug_gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            **rng_state(self.device),
             "best": dict(self.best),
             "best_weights": self.best_weights,
         }
@@ -433,8 +371,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        if self.amp.scaler is not None and state.get("scaler") is not None:
-            self.amp.scaler.load_state_dict(state["scaler"])
+        self._load_precision(state)
         self.sparse.load_state_dict(state["sparse"])
         if self.dcwp is not None and state.get("dcwp") is not None:
             self.dcwp.load_state_dict(state["dcwp"])
@@ -442,11 +379,35 @@ class Trainer:
             self.sampler = EpochSampler(len(self.data.train), None, self.settings.seed)
             self.sampler.load_state_dict(state["sampler"])
         self.aug_gen.set_state(state["aug_generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        set_rng_state(state, self.device)
         self.best = dict(state["best"])
         self.best_weights = state.get("best_weights")
+
+
+    def _load_precision(self, state: dict) -> None:
+        """The checkpoint's precision and loss scaler.
+
+        A checkpoint resumes in another precision too: weights and optimizer state are
+        fp32 in every precision, so they carry over; a loss scaler the checkpoint lacks
+        starts afresh, and one it holds but this run does not use is dropped. A
+        checkpoint without a precision predates CPU autocast and stays fp32 on the CPU.
+        """
+        saved = state.get("precision")
+        if saved is None and self.device.type == "cpu" and self.precision != "fp32":
+            # written before CPU autocast existed, when the CPU trained in fp32 whatever the setting
+            log.warning("this checkpoint predates CPU autocast: it trained in fp32 on the CPU and continues in fp32")
+            self.precision, self.amp = "fp32", make_amp("fp32", self.device)
+        elif saved is not None and saved != self.precision:
+            log.warning("resuming a %s checkpoint in %s after epoch %d: weights and optimizer state carry over%s",
+                        saved, self.precision, self.epoch, "; the loss scaler starts afresh" if self.amp.scaler else "")
+        if self.amp.scaler is not None and state.get("scaler"):
+            self.amp.scaler.load_state_dict(state["scaler"])
+
+
+def data_bytes(data: BiasedData) -> int:
+    """Bytes of a dataset's tensors: uint8 images, int64 labels."""
+    splits = (data.train, data.valid, data.test)
+    return sum(t.nbytes for sp in splits for t in (sp.images, sp.y, sp.b) if t is not None)
 
 
 def _gce_criterion(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, q: float) -> torch.Tensor:

@@ -11,7 +11,7 @@ import pytest
 
 def _pairs() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """name -> (the cheap copy, the real registry's keys, in registry order)."""
-    from rest import cli_prepare, reweight, selection, settings, sparse, train
+    from rest import cli_prepare, device, reweight, selection, settings, sparse, train
     from rest.data import DATASETS
     from rest.models import MODELS, STEMS
 
@@ -24,7 +24,8 @@ def _pairs() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
         "settings.OPTIMIZERS": (settings.OPTIMIZERS, tuple(train.OPTIMIZERS)),
         "settings.SCHEDULES": (settings.SCHEDULES, tuple(train.SCHEDULES)),
         "settings.STEMS": (settings.STEMS, tuple(STEMS)),
-        "settings.PRECISIONS": (settings.PRECISIONS, tuple(train.PRECISIONS)),
+        "settings.PRECISIONS": (settings.PRECISIONS, ("auto", *device.PRECISIONS)),  # auto: the device's choice
+        "settings.MEMORY_FORMATS": (settings.MEMORY_FORMATS, ("auto", *device.MEMORY_FORMATS)),
         "settings.SELECTIONS": (settings.SELECTIONS, tuple(selection.PRIMARY)),
         "cli_prepare.CHECK_DATASETS": (cli_prepare.CHECK_DATASETS, tuple(n for n, s in DATASETS.items() if s.needs_root)),
     }
@@ -33,7 +34,7 @@ def _pairs() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
 NAMES = [
     "settings.DATASET_NAMES", "settings.MODEL_NAMES", "settings.SPARSE_METHODS", "settings.DISTRIBUTIONS",
     "settings.REWEIGHT_NAMES", "settings.OPTIMIZERS", "settings.SCHEDULES", "settings.STEMS", "settings.PRECISIONS",
-    "settings.SELECTIONS", "cli_prepare.CHECK_DATASETS",
+    "settings.MEMORY_FORMATS", "settings.SELECTIONS", "cli_prepare.CHECK_DATASETS",
 ]  # fmt: skip
 
 

@@ -6,13 +6,15 @@ from rest.settings import SettingsError, TrainSettings
 
 def test_defaults_keep_the_previous_behaviour():
     s = TrainSettings().validate()
-    assert (s.stem, s.plateau_patience, s.drop_rate_min, s.precision, s.selection) == ("auto", 10, 0.0, "bf16", "worst_group")
+    assert (s.stem, s.plateau_patience, s.drop_rate_min, s.precision, s.selection) == ("auto", 10, 0.0, "auto", "worst_group")
 
 
 @pytest.mark.parametrize("change, message", [
     ({"stem": "tiny"}, "unknown stem 'tiny'; choose from auto, imagenet, cifar"),
-    ({"precision": "fp8"}, "unknown precision 'fp8'; choose from fp32, bf16, fp16"),
+    ({"precision": "fp8"}, "unknown precision 'fp8'; choose from auto, fp32, bf16, fp16"),
     ({"selection": "best"}, "unknown selection 'best'; choose from worst_group, average"),
+    ({"memory_format": "nhwc"}, "unknown memory_format 'nhwc'; choose from auto, channels_last, contiguous"),
+    ({"data_device_fraction": 1.5}, "data_device_fraction 1.5 is outside [0, 1]; use 0.25 (the default) or 0 to always stream"),
     ({"plateau_patience": -1}, "plateau_patience -1 is negative"),
     ({"drop_rate_min": -0.1}, "drop_rate_min -0.1 is negative"),
     ({"density": 0.1, "drop_rate": 0.3, "drop_rate_min": 0.3}, "drop_rate_min 0.3 is not below drop_rate 0.3; lower drop_rate_min"),

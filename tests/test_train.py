@@ -13,7 +13,8 @@ from rest.models import MODELS
 from rest.reweight import STRATEGIES
 from rest.sparse import METHODS
 from rest.batches import crop_flip
-from rest.train import METRICS, Trainer, group_accuracies, make_amp, scaled_step, train
+from rest.device import make_amp, scaled_step
+from rest.train import METRICS, Trainer, group_accuracies, train
 
 
 def _records(settings, data):
@@ -113,21 +114,15 @@ def test_settings_reach_the_model_scheduler_and_masks(tiny_data, tiny_settings):
     assert Trainer(tiny_settings, tiny_data).scheduler.patience == 10  # default: PyTorch's
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_cpu_training_is_fp32_whatever_the_precision(tiny_data, tiny_settings, precision, caplog):
-    import logging
-
-    from rest import train as train_module
-
-    train_module._note_cpu_precision.cache_clear()
-    with caplog.at_level(logging.INFO, logger="rest.train"):
-        a = _records(tiny_settings.replace(epochs=1, device="cpu", precision=precision), tiny_data)
-        _records(tiny_settings.replace(epochs=1, device="cpu", precision=precision), tiny_data)
-    b = _records(tiny_settings.replace(epochs=1, device="cpu", precision="fp32"), tiny_data)
-    assert a[0]["train_loss"] == b[0]["train_loss"]
-    notes = [r for r in caplog.records if "applies on CUDA only" in r.getMessage()]
-    assert len(notes) == (0 if precision == "fp32" else 1)  # logged once, not per run or batch
-    assert make_amp(precision, torch.device("cpu")).dtype is None
+def test_precision_auto_trains_in_fp32_on_cpu_and_bf16_is_honoured(tiny_data, tiny_settings):
+    """The shipped default (auto) is fp32 on the CPU, bit for bit; bf16 asked for autocasts there too
+    (tests/test_precision.py trains every method that way)."""
+    auto = _records(tiny_settings.replace(epochs=1, device="cpu", precision="auto"), tiny_data)
+    fp32 = _records(tiny_settings.replace(epochs=1, device="cpu", precision="fp32"), tiny_data)
+    assert auto[0]["train_loss"] == fp32[0]["train_loss"]
+    cpu = torch.device("cpu")
+    assert make_amp("auto", cpu).dtype is None and make_amp("bf16", cpu).dtype is torch.bfloat16
+    assert make_amp("fp16", cpu).scaler is not None and make_amp("bf16", cpu).scaler is None
 
 
 def test_scaled_step_unscales_gradients_and_reports_skipped_steps():

@@ -88,10 +88,6 @@ class BiasedData:
         splits = [getattr(self, s).subsample(n, np.random.default_rng([seed, i])) for i, s in enumerate(SPLITS)]
         return BiasedData(self.name, self.conflict_pct, *splits, subsample_seed=seed)
 
-    def head(self, n: int) -> "BiasedData":
-        """The same as ``subsample(n)``, by the name rest/train.py calls: a sample, not the first n."""
-        return self.subsample(n)
-
     def describe(self) -> dict[str, int]:
         """What a run trained and was tested on, as flat record fields: per split its samples,
         conflicting samples and classes, and the subsample's seed (-1: no subsample)."""
