@@ -123,7 +123,7 @@ def test_pgd_trains_with_bias_labels_withheld_and_upweights_conflicting_samples(
     settings = tiny_settings.replace(reweight="pgd", density=1.0, epochs=1, subsample=160, pgd_epochs=8, batch_size=32)
     trainer = Trainer(settings, _blind(tiny_data))
     assert math.isfinite(trainer.run_epoch()["train_loss"])
-    conflicting = tiny_data.head(160).train.conflicting  # read here only, after training
+    conflicting = tiny_data.subsample(160).train.conflicting  # read here only, after training
     weights = trainer.sampler.weights
     assert weights.sum() == pytest.approx(1.0, rel=1e-4)
     assert weights[conflicting].mean() > weights[~conflicting].mean()  # misfit samples have the larger gradients

@@ -200,7 +200,6 @@ def test_data_above_the_device_budget_is_streamed_with_the_same_metrics(tiny_dat
     s = BASE.replace(**METHODS["rest-rigl"], epochs=1)
     on_device, streamed = Trainer(s, tiny_data), Trainer(s.replace(data_device_fraction=0.0), tiny_data)
     assert (on_device.placement, streamed.placement) == ("device", "host")
-    assert streamed.data.train.images.data_ptr() == tiny_data.train.images.data_ptr()
     assert _timeless(on_device.run_epoch()) == _timeless(streamed.run_epoch())
 
 
@@ -215,7 +214,7 @@ def test_pgd_gradient_norms_under_autocast_are_fp32(tiny_data, precision):
 
     torch.manual_seed(0)
     model = build_model("resnet18", 10, 28, 2, stem="cifar")
-    split, spec = tiny_data.train.head(32), get_dataset_spec("colored_digits")
+    split, spec = tiny_data.subsample(32).train, get_dataset_spec("colored_digits")
     exact = pgd.grad_norms(model, split, spec, 64, 0.7)
     low = pgd.grad_norms(model, split, spec, 64, 0.7, make_amp(precision, torch.device("cpu")))
     assert low.dtype == torch.float32 and torch.isfinite(low).all()
