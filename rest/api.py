@@ -46,24 +46,32 @@ def run_study(
     max_failures: int = 2,
     data_root: str | None = None,
     verbose: int = 0,
+    storage_retry_seconds: float = 300.0,
 ) -> Study:
     """Run the study defined in `space` (a study file), or continue it if `name` exists in storage.
 
     Returns the finished study's results. Raises ``rest.driver.Interrupted`` on Ctrl-C
     (the study stays resumable: call again with the same arguments) and
     ``rest.errors.UserError`` on bad input, with a message naming the fix.
+
+    storage_retry_seconds: how long reads and writes to object storage are retried
+    while it does not answer, before a trial or the driver counts them as failed.
     """
     from .space import load_space
     from .manifest import open_study, study_dir
     from .storage import resolve_storage
     from .driver import RunOptions, StopSignals
     from .study import begin_study, run_study as run_phases
+    from .errors import UserError
 
+    if not 0 <= storage_retry_seconds < float("inf"):
+        raise UserError(f"storage_retry_seconds={storage_retry_seconds!r} must be a number of seconds >= 0")
     spec, text = load_space(space)
     storage = resolve_storage(storage)
     opts = RunOptions(storage=storage, name=name or spec.name, address=address or os.environ.get("RAY_ADDRESS"),
                       cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
-                      max_failures=max_failures, data_root=data_root, verbose=verbose)
+                      max_failures=max_failures, data_root=data_root, verbose=verbose,
+                      storage_retry_seconds=storage_retry_seconds)
     if study_dir(storage, opts.name).join("manifest.json").is_file():
         path, spec, _ = open_study(storage, opts.name)  # refuses an edited definition
     else:

@@ -119,6 +119,9 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
                    help="Ray Tune's progress output: 0 none, 1 status tables (default), 2 every result")
     p.add_argument("--max-failures", type=int, default=None,
                    help="retries of a trial whose worker dies, from its last checkpoint (default 2; resume: the study's)")
+    p.add_argument("--storage-retry-seconds", type=float, default=None,
+                   help="how long reads and writes to object storage (s3://, gs://) are retried while it does not "
+                   "answer, before a trial or the driver fails (default 300; resume: the study's; 0: no retries)")
 
 
 # ------------------------------------------------------------------ train
@@ -222,11 +225,16 @@ def _options(args: argparse.Namespace, name: str, storage: str, **extra):
         raise UserError(f"--gpus-per-trial {args.gpus_per_trial:g} must be >= 0")
     if args.max_failures is not None and args.max_failures < 0:
         raise UserError(f"--max-failures {args.max_failures} must be >= 0")
-    return RunOptions(storage=storage, name=name, address=args.address or os.environ.get("RAY_ADDRESS"),
+    if args.storage_retry_seconds is not None and not 0 <= args.storage_retry_seconds < float("inf"):
+        raise UserError(f"--storage-retry-seconds {args.storage_retry_seconds:g} must be a number of seconds >= 0")
+    opts = RunOptions(storage=storage, name=name, address=args.address or os.environ.get("RAY_ADDRESS"),
                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                       max_concurrent=args.max_concurrent, max_failures=2 if args.max_failures is None else args.max_failures,
                       verbose=args.verbose, autoscaling=args.autoscaling,
                       stall_minutes=args.stall_minutes, **extra)
+    if args.storage_retry_seconds is not None:
+        opts.storage_retry_seconds = args.storage_retry_seconds
+    return opts
 
 
 def _finish(path, spec, manifest: dict, storage: str) -> int:
@@ -315,7 +323,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     saved = manifest["options"]
     opts = _options(args, args.name, storage, data_root=saved.get("data_root"))
     overridden = []
-    for key in ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures"):
+    for key in ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "storage_retry_seconds"):
         given = getattr(args, key)
         if given is None:
             setattr(opts, key, saved.get(key, getattr(opts, key)))

@@ -34,6 +34,7 @@ class RunOptions:
     verbose: int = 1
     autoscaling: bool = False  # the cluster adds nodes on demand: skip the per-node feasibility check
     stall_minutes: float = 10.0  # warn once when trials wait this long for resources with none running
+    storage_retry_seconds: float = 300.0  # object storage that does not answer is retried this long before an error
 
 
 class Interrupted(KeyboardInterrupt):

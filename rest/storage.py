@@ -46,6 +46,23 @@ class Location:
     def __str__(self) -> str:
         return self.uri
 
+    def retrying(self, seconds: float) -> "Location":
+        """This directory through a filesystem that waits out object-storage stalls for up to `seconds`.
+
+        Local and NFS paths are returned as they are: their errors are not transient
+        (a hard NFS mount blocks by itself). See ``rest.storage_retry``.
+        """
+        if self.is_local or seconds <= 0:
+            return self
+        from .storage_retry import retrying
+
+        return Location(retrying(self.fs, seconds), self.path, self.scheme)
+
+    @property
+    def ray_storage(self) -> tuple[str, object]:
+        """(path, filesystem) as Ray Tune takes them: a local path alone, or object storage through our filesystem."""
+        return (self.uri, None) if self.is_local else (self.path, self.fs)
+
     def exists(self) -> bool:
         import pyarrow.fs as pafs
 

@@ -83,9 +83,11 @@ def _tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, param_
            search_alg=None, num_samples: int = 1):
     from ray import tune
 
+    storage_path, storage_filesystem = path.ray_storage
     run_config = tune.RunConfig(
         name=phase,
-        storage_path=path.uri,
+        storage_path=storage_path,
+        storage_filesystem=storage_filesystem,  # trial workers get the storage retries through it
         callbacks=make_callbacks(spec, opts.name, phase) + [stall_watch_class()(opts.stall_minutes * 60, path)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
@@ -197,7 +199,9 @@ def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions):
     experiment = path.join(phase)
     if tune_ext.experiment_restorable(experiment.fs, experiment.path):
         log.info("restoring phase %s from %s", phase, experiment)
-        return tune.Tuner.restore(experiment.uri, _trainable(spec, opts), resume_unfinished=True, resume_errored=True)
+        where, fs = experiment.ray_storage
+        return tune.Tuner.restore(where, _trainable(spec, opts), resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=fs)
     if experiment.exists():
         # A driver stopped before Ray's first snapshot: nothing there can be restored.
         aside = path.join(f".{phase}-abandoned-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -233,6 +237,7 @@ def run_study(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSigna
     """
     stop = stop or StopSignals()
     spec = with_options(spec, opts)
+    path = path.retrying(opts.storage_retry_seconds)  # the driver's reads and writes, Ray's and the trials'
     manifest = read_manifest(path)
     if is_complete(manifest):
         return manifest
