@@ -45,6 +45,10 @@ class Location:
     def name(self) -> str:
         return PurePosixPath(self.path).name
 
+    @property
+    def parent(self) -> "Location":
+        return Location(self.fs, str(PurePosixPath(self.path).parent), self.scheme)
+
     def __str__(self) -> str:
         return self.uri
 

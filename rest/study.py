@@ -28,11 +28,11 @@ import time
 from . import selection, tune_ext
 from .driver import DriverLock, Interrupted, RunOptions, StopSignals, check_feasible, connect
 from .errors import StudyError
-from .manifest import PHASES, create_study, is_complete, read_manifest, refuse_existing, write_manifest
+from .manifest import PHASES, create_study, is_complete, read_manifest, refuse_existing, resume_after_full_disk, write_manifest
 from .results import Trial, read_phase
 from .search import fixed_configs, make_scheduler, make_search_alg, search_param_space
 from .space import StudySpec
-from .storage import Location
+from .storage import Location, writing
 from .tracking import make_callbacks, stall_watch_class
 from .trainable import rest_trainable
 
@@ -255,12 +255,14 @@ def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSig
         info = manifest["phases"][phase]
         if info["status"] in ("done", "skipped"):
             continue
-        tuner = _phase_tuner(phase, path, spec, opts)
+        experiment, fix = path.join(phase), resume_after_full_disk(path)  # where Ray writes the phase
+        with writing(experiment, fix):
+            tuner = _phase_tuner(phase, path, spec, opts)
         info["status"] = "running"
         write_manifest(path, manifest)
         start = time.time()
         try:
-            with stop.fitting():
+            with stop.fitting(), writing(experiment, fix):
                 tuner.fit()
         except KeyboardInterrupt:
             info["wall_seconds"] += time.time() - start
@@ -291,5 +293,6 @@ def _confirm_configs(path: Location, spec: StudySpec) -> list[dict]:
     if not configs:
         raise StudyError(f"the search phase of {path.name} has no trial with results to confirm")
     configs = [{**c, "data_root": spec.train.data_root} for c in configs]  # where the data is now
-    file.write_text(json.dumps(configs, indent=1))
+    with writing(file, resume_after_full_disk(path)):
+        file.write_text(json.dumps(configs, indent=1))
     return configs
