@@ -143,6 +143,8 @@ def test_worker_killed_by_signal_is_retried_from_its_checkpoint(ray_cluster, tmp
         (["run", str(SMOKE), "--address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
         (["run", str(SMOKE), "--storage", "/proc/forbidden"], "is not writable"),
         (["run", str(SMOKE), "--cpus-per-trial", "0"], "--cpus-per-trial 0 must be positive"),
+        (["run", str(SMOKE), "--storage-retry-seconds", "-1"], "--storage-retry-seconds -1 must be a number of seconds >= 0"),
+        (["run", str(SMOKE), "--storage-retry-seconds", "inf"], "--storage-retry-seconds inf must be a number of seconds"),
         (["run", str(ROOT / "tests" / "fixtures" / "lookup_gap.yaml")], "lookup on conflict_pct has no entry for 5"),
         (["run", str(SMOKE), "--name", "../escape"], "study name '../escape' is not allowed"),
         (["run", str(SMOKE), "--name", "a b/c"], "study name 'a b/c' is not allowed"),
