@@ -50,6 +50,7 @@ def run_study(
     stall_minutes: float = 10.0,
     lease_seconds: float | None = None,
     heartbeat_seconds: float | None = None,
+    storage_retry_seconds: float | None = None,
 ) -> Study:
     """Run the study defined in `space` (a study file), or continue it if `name` exists in storage.
 
@@ -66,6 +67,9 @@ def run_study(
     phase is failed; the message names each trial, its error and the fix: call again,
     or resume, once the cause is fixed, and the failed trials run again) and
     ``rest.errors.UserError`` on bad input, with a message naming the fix.
+
+    storage_retry_seconds: how long reads and writes to object storage are retried
+    while it does not answer, before a trial or the driver counts them as failed.
     """
     from .driver import StopSignals
     from .manifest import check_name, is_complete, open_study, refuse_edited, study_dir
@@ -73,13 +77,12 @@ def run_study(
     from .space import load_space
     from .storage import resolve_storage
     from .study import begin_study, run_study as run_phases
-
     spec, text = load_space(space)
     storage, name = resolve_storage(storage), check_name(name or spec.name)
     given = dict(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                  max_concurrent=max_concurrent, max_failures=max_failures, data_root=data_root, verbose=verbose,
                  autoscaling=autoscaling, stall_minutes=stall_minutes, lease_seconds=lease_seconds,
-                 heartbeat_seconds=heartbeat_seconds)
+                 heartbeat_seconds=heartbeat_seconds, storage_retry_seconds=storage_retry_seconds)
     if study_dir(storage, name).join("manifest.json").is_file():
         path, spec, manifest = open_study(storage, name)  # refuses an edited study.yaml in storage
         refuse_edited(os.fspath(space), text, manifest)  # and a `space` that is not the study's definition

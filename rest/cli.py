@@ -19,7 +19,7 @@ from .cli_common import PROG, Parser, ProgressBar
 from .cli_prepare import add_parser as add_prepare_parser
 from .errors import UserError
 from .settings import DATASET_NAMES, TrainSettings
-from .storage import fresh_dir
+from .storage import fresh_dir, local, writing
 
 log = logging.getLogger("rest")
 
@@ -132,6 +132,9 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat-seconds", type=float, default=None,
                    help="how often the driver renews its lock and checks that it still holds it "
                    "(default 10; resume: the study's)")
+    p.add_argument("--storage-retry-seconds", type=float, default=None,
+                   help="how long reads and writes to object storage (s3://, gs://) are retried while it does not "
+                   "answer, before a trial or the driver fails (default 300; resume: the study's; 0: no retries)")
 
 
 # ------------------------------------------------------------------ train
@@ -155,7 +158,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     trainer = Trainer(settings, progress=ProgressBar("batches", log_from=None))  # loads data: bad input fails first
     out = fresh_dir(out, what="--out", fix="choose another --out")
-    (out / "settings.json").write_text(json.dumps(settings.to_dict(), indent=1))
+    with writing(out / "settings.json", "free space and run the command again"):
+        local(out / "settings.json").write_text(json.dumps(settings.to_dict(), indent=1))  # no partial file left
     print(f"training {settings.dataset} at {settings.conflict_pct:g}% conflicting, density {settings.density:g} "
           f"({settings.sparse}), reweight {settings.reweight} x{settings.lambda_upweight:g}, {settings.epochs} epochs "
           f"on {trainer.device} in {trainer.precision}; writing {out}", flush=True)  # fmt: skip
@@ -166,7 +170,6 @@ def _resume_train(args: argparse.Namespace) -> int:
     """Continue `train --out DIR` from its last epoch checkpoint; records after it are trained again."""
     import torch
 
-    from .storage import local
     from .train import Trainer
 
     given = [flag for flag, field, _, _ in TRAIN_FLAGS if getattr(args, field) is not None] + (["--out"] if args.out else [])
@@ -179,31 +182,63 @@ def _resume_train(args: argparse.Namespace) -> int:
     trainer = Trainer(settings, progress=ProgressBar("batches", log_from=None))
     trainer.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=False, map_location="cpu"))  # our own file
     kept = [line for line in (out / "metrics.jsonl").read_text().splitlines() if json.loads(line)["epoch"] <= trainer.epoch]
-    local(out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    with writing(out / "metrics.jsonl", _carry_on(out)):
+        local(out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
     print(f"resuming {out} after epoch {trainer.epoch} of {settings.epochs}", flush=True)
     return _train_loop(trainer, out)
 
 
-def _train_loop(trainer, out: Path) -> int:
-    """Train to the last epoch: one printed line, one jsonl record, TensorBoard scalars and a checkpoint per epoch."""
+def _carry_on(out: Path) -> str:
+    """What to do after a full disk: resume from the last checkpoint, or start afresh when there is none yet."""
+    if (out / "checkpoint.pt").is_file():
+        return f"free space and `{PROG} train --resume {out}`"
+    return f"free space, remove {out} and run the command again"
+
+
+def _append_record(path: Path, record: dict) -> None:
+    """One line of metrics.jsonl; a line cut short by a full disk is taken back, so every line stays whole."""
+    import os
+
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with writing(path, _carry_on(path.parent)), open(path, "a") as metrics:
+            metrics.write(json.dumps(record) + "\n")
+    except UserError:
+        os.truncate(path, size)
+        raise
+
+
+def _save_checkpoint(trainer, out: Path) -> None:
+    """checkpoint.pt through a temporary file: a kill or a full disk mid-write leaves the previous one whole."""
     import os
 
     import torch
+
+    tmp = out / "checkpoint.pt.tmp"
+    try:
+        with writing(out / "checkpoint.pt", _carry_on(out)):
+            torch.save(trainer.state_dict(), tmp)
+    except UserError:
+        tmp.unlink(missing_ok=True)  # give back the space the partial file took
+        raise
+    os.replace(tmp, out / "checkpoint.pt")
+
+
+def _train_loop(trainer, out: Path) -> int:
+    """Train to the last epoch: one printed line, one jsonl record, TensorBoard scalars and a checkpoint per epoch."""
     from tensorboardX import SummaryWriter  # a Ray Tune dependency; the same event files a study's trials have
 
     settings = trainer.settings
     print("epoch  loss   val-worst val-avg  test-worst test-unbiased test-conflict  density   sec", flush=True)
     record = {}
-    with open(out / "metrics.jsonl", "a") as metrics, SummaryWriter(str(out)) as board:
+    with SummaryWriter(str(out)) as board:
         while trainer.epoch < settings.epochs:
             record = {**trainer.run_epoch(), **trainer.data.describe()}  # the samples it trained on, with each epoch
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
+            _append_record(out / "metrics.jsonl", record)
             for key, value in record.items():
                 if key != "epoch" and isinstance(value, (int, float)) and value == value:
                     board.add_scalar(key, value, record["epoch"])
-            torch.save(trainer.state_dict(), out / "checkpoint.pt.tmp")  # a kill mid-write keeps the previous one
-            os.replace(out / "checkpoint.pt.tmp", out / "checkpoint.pt")
+            _save_checkpoint(trainer, out)
             print(f"{record['epoch']:5d} {record['train_loss']:6.3f}  {_pct(record['val_worst_group_acc'])}     "
                   f"{_pct(record['val_avg_acc'])}    {_pct(record['test_worst_group_acc'])}      "
                   f"{_pct(record['test_unbiased_acc'])}         {_pct(record['test_conflict_acc'])}      "
@@ -223,7 +258,8 @@ def _given_options(args: argparse.Namespace) -> dict:
     """The run options the flags give (None: not given), for rest.options.resolve_options."""
     return {key: getattr(args, key) for key in ("address", "cpus_per_trial", "gpus_per_trial", "max_concurrent",
                                                 "max_failures", "data_root", "verbose", "autoscaling", "stall_minutes",
-                                                "lease_seconds", "heartbeat_seconds")}
+                                                "lease_seconds", "heartbeat_seconds",
+                                                "storage_retry_seconds")}
 
 
 def _finish(path, spec, manifest: dict, storage: str) -> int:

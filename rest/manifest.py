@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from .errors import StudyError
+from .errors import StudyError, UserError
 from .space import StudySpec, parse_space
-from .storage import Location, fresh_dir, open_location
+from .storage import Location, fresh_dir, open_location, writing
 
 PHASES = ("search", "confirm")
 
@@ -44,8 +44,15 @@ def read_manifest(path: Location) -> dict:
         raise StudyError(f"{path.join('manifest.json')} is damaged (not JSON); restore it from a copy") from None
 
 
-def write_manifest(path: Location, manifest: dict) -> None:
-    path.join("manifest.json").write_text(json.dumps(manifest, indent=1))
+def resume_after_full_disk(path: Location) -> str:
+    return f"free space and `tune_search.py resume {path.name} --storage {path.parent}`"
+
+
+def write_manifest(path: Location, manifest: dict, fix: str | None = None) -> None:
+    """manifest.json; a full disk is one line naming `fix` (default: resume the study)."""
+    file = path.join("manifest.json")
+    with writing(file, fix or resume_after_full_disk(path)):
+        file.write_text(json.dumps(manifest, indent=1))
 
 
 def refuse_existing(storage: str, name: str) -> None:
@@ -63,7 +70,6 @@ def create_study(spec: StudySpec, yaml_text: str, opts, command: str) -> Locatio
     refuse_existing(opts.storage, opts.name)
     path = study_dir(opts.storage, opts.name)
     path.mkdir()  # exist_ok: an empty directory left by a refused start is reused
-    path.join("study.yaml").write_text(yaml_text)
     manifest = {
         "name": opts.name,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -76,7 +82,14 @@ def create_study(spec: StudySpec, yaml_text: str, opts, command: str) -> Locatio
     }
     if spec.confirm is None:
         manifest["phases"]["confirm"]["status"] = "skipped"
-    write_manifest(path, manifest)
+    again = "free space and run the command again"
+    try:
+        with writing(path.join("study.yaml"), again):
+            path.join("study.yaml").write_text(yaml_text)
+        write_manifest(path, manifest, fix=again)
+    except UserError:  # a full disk: no half-made study is left behind (the directory was empty or absent)
+        path.fs.delete_dir(path.path)
+        raise
     return path
 
 

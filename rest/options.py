@@ -40,6 +40,7 @@ class RunOptions:
     stall_minutes: float = 10.0  # warn once when trials wait this long for resources with none running
     lease_seconds: float = 60.0  # a driver on another host whose lock is not renewed for this long is taken over
     heartbeat_seconds: float = 10.0  # how often the driver renews its lock and checks that it still holds it
+    storage_retry_seconds: float = 300.0  # object storage that does not answer is retried this long before an error
 
     def __post_init__(self):
         check_lock_timing(self.lease_seconds, self.heartbeat_seconds)
@@ -56,7 +57,7 @@ def check_lock_timing(lease: float, heartbeat: float) -> None:
 
 # The study's own options: an existing study keeps them unless the caller gives another value.
 KEPT = ("data_root", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "lease_seconds",
-        "heartbeat_seconds")
+        "heartbeat_seconds", "storage_retry_seconds")
 
 
 def _number(v: Any) -> bool:
@@ -81,6 +82,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "stall_minutes": (lambda v: _number(v) and v > 0, "positive; give minutes, e.g. 10"),
     "lease_seconds": (lambda v: _number(v) and v > 0, "a positive number of seconds (default 60)"),
     "heartbeat_seconds": (lambda v: _number(v) and v > 0, "a positive number of seconds (default 10)"),
+    "storage_retry_seconds": (lambda v: _number(v) and v >= 0, "a number of seconds >= 0 (default 300; 0: no retries)"),
 }
 
 

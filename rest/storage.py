@@ -7,8 +7,10 @@ wherever it is stored.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -43,8 +45,29 @@ class Location:
     def name(self) -> str:
         return PurePosixPath(self.path).name
 
+    @property
+    def parent(self) -> "Location":
+        return Location(self.fs, str(PurePosixPath(self.path).parent), self.scheme)
+
     def __str__(self) -> str:
         return self.uri
+
+    def retrying(self, seconds: float) -> "Location":
+        """This directory through a filesystem that waits out object-storage stalls for up to `seconds`.
+
+        Local and NFS paths are returned as they are: their errors are not transient
+        (a hard NFS mount blocks by itself). See ``rest.storage_retry``.
+        """
+        if self.is_local or seconds <= 0:
+            return self
+        from .storage_retry import retrying
+
+        return Location(retrying(self.fs, seconds), self.path, self.scheme)
+
+    @property
+    def ray_storage(self) -> tuple[str, object]:
+        """(path, filesystem) as Ray Tune takes them: a local path alone, or object storage through our filesystem."""
+        return (self.uri, None) if self.is_local else (self.path, self.fs)
 
     def exists(self) -> bool:
         import pyarrow.fs as pafs
@@ -77,7 +100,11 @@ class Location:
         """
         if self.is_local:
             tmp = Path(self.path).with_name(Path(self.path).name + ".tmp")
-            tmp.write_text(text)
+            try:
+                tmp.write_text(text)
+            except OSError:
+                tmp.unlink(missing_ok=True)  # a full disk: give back what the partial file took
+                raise
             os.replace(tmp, self.path)
             return
         with self.fs.open_output_stream(self.path) as f:
@@ -115,6 +142,34 @@ def open_location(location: str | Path) -> Location:
             raise StorageError(f"cannot open storage {text} ({str(exc).splitlines()[0]}); check the URI") from None
         return Location(fs, path.rstrip("/"), text.split("://", 1)[0])
     return local(text)
+
+
+# ------------------------------------------------------------ a full disk
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})  # no space, a file-size limit, a quota
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a failed write failed for want of space.
+
+    OSErrors say so by errno. ``torch.save`` does not: its zip writer only notices that
+    fewer bytes landed than it wrote, and raises a RuntimeError "[enforce fail at
+    inline_container.cc:...] unexpected pos ..." (or "... file write failed").
+    """
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL
+    return isinstance(exc, RuntimeError) and "inline_container.cc" in str(exc)
+
+
+@contextmanager
+def writing(path, fix: str):
+    """Writes to `path` in the block; a full disk or a file-size limit becomes one line naming the file and `fix`."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if not is_disk_full(exc):
+            raise
+        raise UserError(f"no space left on device writing {path}; {fix}") from None
 
 
 # ------------------------------------------------------------ output directories

@@ -32,12 +32,13 @@ from . import selection, tune_ext
 from .driver import DriverLock, Interrupted, LockLost, StopSignals, check_feasible, connect
 from .errors import StudyError, TrialsFailed
 from .failures import failed_message
-from .manifest import PHASES, create_study, is_complete, phase_complete, read_manifest, refuse_existing, write_manifest
+from .manifest import (PHASES, create_study, is_complete, phase_complete, read_manifest, refuse_existing,
+                       resume_after_full_disk, write_manifest)
 from .options import RunOptions
 from .results import Trial, read_phase
 from .search import fixed_configs, make_scheduler, make_search_alg, search_param_space
 from .space import StudySpec
-from .storage import Location
+from .storage import Location, writing
 from .tracking import make_callbacks, stall_watch_class
 from .trainable import rest_trainable
 
@@ -89,9 +90,11 @@ def _tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, param_
            search_alg=None, num_samples: int = 1):
     from ray import tune
 
+    storage_path, storage_filesystem = path.ray_storage
     run_config = tune.RunConfig(
         name=phase,
-        storage_path=path.uri,
+        storage_path=storage_path,
+        storage_filesystem=storage_filesystem,  # trial workers get the storage retries through it
         callbacks=make_callbacks(spec, opts.name, phase) + [stall_watch_class()(opts.stall_minutes * 60, path)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
@@ -203,7 +206,9 @@ def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions):
     experiment = path.join(phase)
     if tune_ext.experiment_restorable(experiment.fs, experiment.path):
         log.info("restoring phase %s from %s", phase, experiment)
-        return tune.Tuner.restore(experiment.uri, _trainable(spec, opts), resume_unfinished=True, resume_errored=True)
+        where, fs = experiment.ray_storage
+        return tune.Tuner.restore(where, _trainable(spec, opts), resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=fs)
     if experiment.exists():
         # A driver stopped before Ray's first snapshot: nothing there can be restored.
         aside = path.join(f".{phase}-abandoned-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -248,6 +253,7 @@ def run_study(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSigna
     """
     stop = stop or StopSignals()
     spec = with_options(spec, opts)
+    path = path.retrying(opts.storage_retry_seconds)  # the driver's reads and writes, Ray's and the trials'
     manifest = read_manifest(path)
     if is_complete(manifest):
         return manifest
@@ -288,12 +294,14 @@ def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSig
         if phase_complete(info):
             continue
         check()  # before the phase's own writes (abandoned files moved aside, confirm configs, tuner.pkl)
-        tuner = _phase_tuner(phase, path, spec, opts)
+        experiment, fix = path.join(phase), resume_after_full_disk(path)  # where Ray writes the phase
+        with writing(experiment, fix):
+            tuner = _phase_tuner(phase, path, spec, opts)
         info["status"] = "running"
         save(manifest)
         start = time.time()
         try:
-            with stop.fitting():
+            with stop.fitting(), writing(experiment, fix):
                 tuner.fit()
         except KeyboardInterrupt:
             info["wall_seconds"] += time.time() - start
@@ -326,5 +334,6 @@ def _confirm_configs(path: Location, spec: StudySpec) -> list[dict]:
     if not configs:
         raise StudyError(f"the search phase of {path.name} has no trial with results to confirm")
     configs = [{**c, "data_root": spec.train.data_root} for c in configs]  # where the data is now
-    file.write_text(json.dumps(configs, indent=1))
+    with writing(file, resume_after_full_disk(path)):
+        file.write_text(json.dumps(configs, indent=1))
     return configs

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -124,8 +126,11 @@ def wait_for(predicate, timeout, what):
 
 
 @pytest.fixture(scope="session")
-def s3_bucket():
-    """A real S3-protocol server (moto's standalone server) on 127.0.0.1 with one bucket; yields its URI."""
+def s3_server():
+    """A real S3-protocol server (moto's standalone server) on 127.0.0.1; yields its process.
+
+    Shared by the session: a test that pauses it (SIGSTOP) resumes it (SIGCONT) in a `finally`.
+    """
     import socket
     import subprocess
     import sys
@@ -143,9 +148,29 @@ def s3_bucket():
                 server.kill()
                 raise RuntimeError("moto's S3 server did not start")
             time.sleep(0.2)
+    yield server
+    server.send_signal(signal.SIGCONT)
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server):
+    """One bucket on the S3-protocol server; returns its URI."""
     import boto3
 
     boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket="rest-tune")
-    yield "s3://rest-tune"
-    server.terminate()
-    server.wait(timeout=10)
+    return "s3://rest-tune"
+
+
+@contextmanager
+def paused(server, seconds: float):
+    """The process `server` stopped (SIGSTOP) for `seconds`, as a storage outage; always continued after."""
+    import time
+
+    server.send_signal(signal.SIGSTOP)
+    try:
+        yield
+        time.sleep(seconds)
+    finally:
+        server.send_signal(signal.SIGCONT)

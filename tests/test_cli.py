@@ -156,3 +156,46 @@ def test_every_training_setting_has_a_train_flag():
     for name in fields:
         assert f"--{name.replace('_', '-')}" in help_text
         assert f"`{name}`" in docs, f"docs/search_spaces.md lists every setting: {name} is missing"
+
+
+def file_size_limit(limit: int):
+    """preexec_fn: files the process writes may not grow past `limit` bytes; writes past it fail with EFBIG."""
+    import resource
+    import signal
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process instead of failing the write
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_mid_run_is_one_line_and_train_resumes(tmp_path):
+    """A checkpoint write that hits the file-size limit: exit 2, one line naming the file and the fix, the previous
+    checkpoint intact and no partial file left; `train --resume` without the limit then finishes the run."""
+    import os
+    import signal
+
+    from conftest import wait_for
+
+    out = tmp_path / "run"
+    args = ["train", "--subsample", "300", "--epochs", "3", "--batch-size", "64", "--density", "0.1",
+            "--update-frequency", "5", "--out", str(out)]
+    run = subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), *args], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: (out / "checkpoint.pt").exists(), 180, "the first epoch checkpoint")
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    checkpoint = (out / "checkpoint.pt").read_bytes()
+
+    full = subprocess.run([sys.executable, str(ROOT / "tune_search.py"), "-q", "train", "--resume", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(len(checkpoint) // 2))
+    assert full.returncode == 2, full.stderr[-2000:]
+    assert full.stderr == (f"error: no space left on device writing {out}/checkpoint.pt; "
+                           f"free space and `tune_search.py train --resume {out}`\n")
+    assert (out / "checkpoint.pt").read_bytes() == checkpoint and not (out / "checkpoint.pt.tmp").exists()
+    assert all(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
+
+    done = run_cli("train", "--resume", str(out), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

@@ -1,7 +1,7 @@
 """Studies in object storage: a real S3-protocol server on 127.0.0.1 (moto), a real 2-node Ray cluster.
 
 run, kill -9 of the driver, resume, export and export-model all go straight to and
-from s3://; bad storage is one line with exit 2.
+from s3://; a pause of the server costs no trial a retry; bad storage is one line with exit 2.
 """
 import json
 import signal
@@ -9,7 +9,7 @@ import signal
 import pyarrow.fs as pafs
 import pytest
 
-from conftest import cli, wait_for
+from conftest import cli, paused, wait_for
 from test_resume import S4, driver, write_s4
 
 
@@ -56,6 +56,42 @@ def test_study_in_s3_survives_kill_9_and_exports_from_s3(ray_cluster, s3_bucket,
     study = rest.load_study("s4", storage=storage)
     assert all(t.status == "TERMINATED" and t.epochs_run == int(t.config["epochs"]) for t in study.all_trials())
     assert [r["epoch"] for t in study.phases["search"] for r in t.history] == [1, 2, 3]
+
+
+def stall_warnings(ray_cluster) -> list[str]:
+    """The storage-stall warnings that Ray's trial workers logged (their stderr, in the cluster's logs)."""
+    from pathlib import Path
+
+    logs = Path(ray_cluster.head_node.get_session_dir_path()) / "logs"
+    return [line for f in logs.glob("worker-*.err") for line in f.read_text(errors="replace").splitlines()
+            if line.startswith("object storage not answering")]
+
+
+def test_a_storage_stall_costs_no_trial_retry(ray_cluster, s3_server, s3_bucket, tmp_path):
+    """The S3 server paused for 20 s mid-search, twice as long as a trial's storage call takes to fail
+    without retries: the study finishes with exit 0 and no trial failed, even with --max-failures 0."""
+    storage = f"{s3_bucket}/stall"
+    space = write_s4(tmp_path / "s4.yaml", train={**S4["train"], "epochs": 2, "subsample": 200},
+                     search={"density": {"grid": [0.05, 1.0]}}, scheduler={"type": "none"}, confirm=None)
+    warned_before = len(stall_warnings(ray_cluster))
+    run = driver(["run", str(space), "--storage", storage, "--address", ray_cluster.address, "--max-failures", "0",
+                  "--storage-retry-seconds", "60", "--verbose", "0"])
+    try:
+        wait_for(lambda: any("/checkpoint_" in k for k in s3_files(storage)), 180, "a checkpoint in S3")
+        with paused(s3_server, 20):
+            pass
+        stdout, stderr = run.communicate(timeout=300)
+    finally:
+        run.kill()
+    assert run.returncode == 0, stderr[-3000:]
+    assert "object storage not answering" in stderr and "retrying for up to 60 s" in stderr  # the driver waited
+    assert len(stall_warnings(ray_cluster)) > warned_before, "a trial worker waited for storage, and no trial failed:"
+
+    import rest
+
+    study = rest.load_study("s4", storage=storage)
+    assert [(t.status, t.failures, t.epochs_run) for t in study.all_trials()] == [("TERMINATED", 0, 2)] * 2
+    assert not [k for k in s3_files(storage) if k.endswith("error.txt")]
 
 
 @pytest.mark.parametrize("storage, message", [

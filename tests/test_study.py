@@ -143,6 +143,8 @@ def test_worker_killed_by_signal_is_retried_from_its_checkpoint(ray_cluster, tmp
         (["run", str(SMOKE), "--address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
         (["run", str(SMOKE), "--storage", "/proc/forbidden"], "is not writable"),
         (["run", str(SMOKE), "--cpus-per-trial", "0"], "--cpus-per-trial 0 must be positive"),
+        (["run", str(SMOKE), "--storage-retry-seconds", "-1"], "--storage-retry-seconds -1 must be a number of seconds >= 0"),
+        (["run", str(SMOKE), "--storage-retry-seconds", "inf"], "--storage-retry-seconds inf must be a number of seconds"),
         (["run", str(ROOT / "tests" / "fixtures" / "lookup_gap.yaml")], "lookup on conflict_pct has no entry for 5"),
         (["run", str(SMOKE), "--name", "../escape"], "study name '../escape' is not allowed"),
         (["run", str(SMOKE), "--name", "a b/c"], "study name 'a b/c' is not allowed"),
@@ -207,3 +209,29 @@ def test_a_wait_for_resources_is_said_once_and_kept_in_the_summary(ray_cluster, 
     assert stderr.count("waited") == 1 and "for resources with none running" in stderr
     out = cli("export", "wait", "--storage", str(tmp_path), "--out", str(tmp_path / "tables"))
     assert out.returncode == 0 and "## Waits for resources" in (tmp_path / "tables" / "summary.md").read_text()
+
+
+def test_a_full_disk_in_the_driver_is_one_line_and_resume_finishes(ray_cluster, tmp_path):
+    """The driver's writes under a file-size limit (EFBIG, as ENOSPC): its own manifest, then Ray's experiment files.
+    Each is one line naming the file and the fix, no traceback; a study not made is not left half-made."""
+    from rest.data import load_dataset
+    from test_cli import file_size_limit
+
+    load_dataset("colored_digits", 1)  # the dataset cache, written without the limit
+    space = write_space(tmp_path / "full.yaml", name="full", scheduler={"type": "none"}, confirm=None,
+                        train={"epochs": 1, "subsample": 200, "conflict_pct": 1}, search={"density": {"grid": [0.05, 1.0]}})
+    run = ["-q", "run", str(space), "--storage", str(tmp_path), "--address", ray_cluster.address, "--verbose", "0"]
+
+    out = cli(*run, preexec_fn=file_size_limit(600))  # study.yaml fits, the manifest (about 1 KB) does not
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert (f"error: no space left on device writing {tmp_path}/full/manifest.json; free space and run the command "
+            f"again") in out.stderr.splitlines() and "Traceback" not in out.stderr
+    assert not (tmp_path / "full").exists()
+
+    out = cli(*run, preexec_fn=file_size_limit(3000))  # the manifest fits, Ray's tuner.pkl does not
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert (f"error: no space left on device writing {tmp_path}/full/search; free space and `tune_search.py resume "
+            f"full --storage {tmp_path}`") in out.stderr.splitlines() and "Traceback" not in out.stderr
+
+    done = cli("resume", "full", "--storage", str(tmp_path), "--address", ray_cluster.address, "--verbose", "0")
+    assert done.returncode == 0 and "study full finished" in done.stdout, done.stderr[-3000:]
