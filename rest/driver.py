@@ -133,8 +133,7 @@ class StopSignals:
     def _handle(self, signum: int, frame) -> None:
         first = self.received is None
         self.received = self.received or signum
-        tune_listens = callable(signal.getsignal(signal.SIGUSR1))  # Tune installs its handler inside fit()
-        if first and self._fitting and tune_listens:
+        if first and self._fitting and tune_ext.fit_listens():
             log.warning("stopping: saving the study state first (signal again to stop at once)")
             tune_ext.request_graceful_stop()
             return
@@ -340,7 +339,12 @@ class DriverLock:
                 holder = self._holder()
                 if not self._mine(holder):
                     self.lost = holder or {}
-                    if self._saved_handler is not None:  # LockLost in the main thread, wherever it is
+                    if tune_ext.fit_listens():
+                        # Inside Tune's fit the main thread may sit in Ray's C code, where an exception raised
+                        # by a signal handler turns into a SystemError: let Tune stop; the snapshot guard
+                        # (or the next manifest write) then raises LockLost before anything is written.
+                        tune_ext.request_graceful_stop()
+                    elif self._saved_handler is not None:  # LockLost in the main thread, wherever it is
                         signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR2)
                     else:
                         log.warning("%s", self._lost_error())  # raised at the next check

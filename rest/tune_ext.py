@@ -54,6 +54,11 @@ def request_graceful_stop() -> None:
     os.kill(os.getpid(), signal.SIGUSR1)
 
 
+def fit_listens() -> bool:
+    """Whether a ``Tuner.fit()`` runs in this process with its SIGUSR1 handler (installed inside fit) in place."""
+    return callable(signal.getsignal(signal.SIGUSR1))
+
+
 def current_cluster_address() -> str | None:
     """HOST:PORT of the cluster ``ray start`` last started on this machine (Ray's ray_current_cluster file), if any.
 
