@@ -47,3 +47,10 @@ def test_trial_storage_reaches_the_trial_directory(ray_cluster, tmp_path):
     tuner = tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=str(tmp_path), name="x", verbose=0))
     (result,) = tuner.fit()
     assert result.metrics["path"] == str(result.path) and result.metrics["fs"] == "LocalFileSystem"
+
+
+def test_a_stopped_paused_trial_can_be_marked_for_the_snapshot():
+    from ray.tune.execution.tune_controller import TrialRunnerWrapper, TuneController
+
+    assert callable(TuneController._mark_trial_to_checkpoint) and callable(TuneController.stop_trial)
+    assert "_tune_controller" in TrialRunnerWrapper.__init__.__code__.co_names
