@@ -23,8 +23,9 @@ back and, if it continues, starts again from the checkpoint it wrote at the rung
 (the trainable checkpoints at every rung epoch and, resumed there, reports that epoch
 once more, so the cut is known before it trains on). ``choose_trial_to_run`` starts
 pending trials first and then the promoted ones, so no slot idles while work is left.
-Every cut is written to ``<phase dir>/rungs.json`` before it is acted on; a resumed
-driver replays the stored cuts and never takes one again.
+Every cut is written to ``<study>/search_rungs.json`` before it is acted on; a resumed
+driver replays the stored cuts and never takes one again (the book names trials by their
+search position, so the cuts hold even for a phase that had to start afresh).
 
 Why not Ray's own pieces: Ray's synchronous ``HyperBandScheduler`` has global brackets
 (a strong cell would stop a weak cell's trials), fills them with trials in the order they
@@ -52,7 +53,9 @@ from .storage import Location
 
 log = logging.getLogger(__name__)
 
-BOOK_FILE = "rungs.json"
+# In the study directory, not Ray's experiment directory: a resumed Tune copies that one
+# down to its staging directory and back up, which would put back an older copy.
+BOOK_FILE = "search_rungs.json"
 TIME_ATTR = "epoch"
 OVER = (Trial.ERROR, Trial.TERMINATED)
 

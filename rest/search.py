@@ -165,8 +165,8 @@ def _position(config: dict) -> int | None:
     return (flat_config(config).get("extra") or {}).get("position")
 
 
-def make_scheduler(spec: StudySpec, experiment=None, max_active: int | None = None):
-    """The search phase's scheduler; `experiment` (a Location) keeps deterministic halving's cuts."""
+def make_scheduler(spec: StudySpec, study=None, max_active: int | None = None):
+    """The search phase's scheduler; deterministic halving keeps its cuts in the `study` directory (a Location)."""
     from ray.tune.schedulers import FIFOScheduler
 
     if spec.scheduler.type == "none":
@@ -176,21 +176,21 @@ def make_scheduler(spec: StudySpec, experiment=None, max_active: int | None = No
 
         return DeterministicHalving(TrialGroups(spec), list(rung_epochs(spec)), spec.scheduler.reduction_factor,
                                     getattr(spec.train, "selection", "worst_group"), METRIC,
-                                    experiment.join(BOOK_FILE) if experiment is not None else None, max_active)
+                                    study.join(BOOK_FILE) if study is not None else None, max_active)
     return _per_cell_scheduler_class()(
         spec.compare_within, time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=spec.max_epochs,
         grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
     )  # fmt: skip
 
 
-def search_phase(spec: StudySpec, experiment=None, max_concurrent: int | None = None) -> tuple:
+def search_phase(spec: StudySpec, study=None, max_concurrent: int | None = None) -> tuple:
     """(scheduler, search_alg, num_samples, max_concurrent_trials) of the search phase's Tuner.
 
     Deterministic halving pauses trials at rungs, and Ray's concurrency limits count a
     paused trial as live; there `--max-concurrent` caps running trials through
     ``rungs.ActiveTrialLimit`` instead, and Tune gets no limit of its own.
     """
-    scheduler = make_scheduler(spec, experiment, max_concurrent)
+    scheduler = make_scheduler(spec, study, max_concurrent)
     search_alg, num_samples = make_search_alg(spec)
     if not rung_epochs(spec):
         return scheduler, search_alg, num_samples, max_concurrent

@@ -5,7 +5,7 @@ A study lives in ``<storage>/<name>/``:
     study.yaml            copy of the study definition (frozen: manifest.json keeps its hash and text)
     manifest.json         options and the status of each phase
     search/               Ray Tune experiment: ASHA over the search space
-    search/rungs.json     deterministic ASHA's rung cuts, stored before they are acted on (rest/rungs.py)
+    search_rungs.json     deterministic ASHA's rung cuts, stored before they are acted on (rest/rungs.py)
     confirm_configs.json  top-k configs per cell (+ both baselines) x confirm seeds
     confirm/              Ray Tune experiment: those configs to full epochs, no early stopping
 
@@ -205,7 +205,7 @@ def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions):
         experiment.move_to(aside)
         log.warning("phase %s had no Ray snapshot to restore; starting it afresh (old files moved to %s)", phase, aside)
     if phase == "search":
-        scheduler, search_alg, num_samples, limit = search_phase(spec, experiment, opts.max_concurrent)
+        scheduler, search_alg, num_samples, limit = search_phase(spec, path, opts.max_concurrent)
         return _tuner(phase, path, spec, opts, search_param_space(spec), scheduler, search_alg, num_samples, limit)
     from ray.tune.schedulers import FIFOScheduler
 
