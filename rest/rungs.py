@@ -127,11 +127,12 @@ class DeterministicHalving(TrialScheduler):
         self.trials: dict[str, Trial] = {}
         self.records: dict[str, dict[int, dict]] = {}  # trial id -> rung -> its record there
         self.promoted: set[str] = set()  # paused trials a cut let continue
+        self.failed: set[str] = set()  # trials that failed for good (Tune says so before it marks them ERROR)
         self.pauses = 0
 
     def __getstate__(self) -> dict:
         """tuner.pkl keeps the settings; a resumed driver rebuilds the rest from the book and the re-added trials."""
-        return {**self.__dict__, "trials": {}, "records": {}, "promoted": set(), "pauses": 0}
+        return {**self.__dict__, "trials": {}, "records": {}, "promoted": set(), "failed": set(), "pauses": 0}
 
     # -------------------------------------------------------------- bookkeeping
 
@@ -163,6 +164,7 @@ class DeterministicHalving(TrialScheduler):
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         self.trials[trial.trial_id] = trial
+        self.failed.discard(trial.trial_id)  # a failed trial that resume runs again
         if self.pauses == 0:
             self.pauses = self.book.pauses  # a resumed driver goes on counting
 
@@ -183,7 +185,8 @@ class DeterministicHalving(TrialScheduler):
                                 trial.trial_id, epoch, rung)
                 self.records.setdefault(trial.trial_id, {})[rung] = {k: v for k, v in result.items()
                                                                       if k.startswith("val_") or k == TIME_ATTR}
-                return self._settle(tune_controller, group, rung, trial)
+                last = epoch >= int(trial.config.get("epochs") or epoch + 1)  # a method's own, shorter training
+                return self._settle(tune_controller, group, rung, trial, wait=not last) or TrialScheduler.CONTINUE
             if self._labels(self._members(group))[trial.trial_id] not in decided["continue"]:
                 return TrialScheduler.STOP  # a stored cut, replayed
         return TrialScheduler.CONTINUE
@@ -193,17 +196,21 @@ class DeterministicHalving(TrialScheduler):
         earlier = [r for r in self.rungs if r < rung]
         before = self.book.get(group, earlier[-1]) if earlier else None
         return [t for t in members if (before is None or labels[t.trial_id] in before["continue"])
-                and not (t.status in OVER and rung not in self.records.get(t.trial_id, {}))]
+                and not ((t.status in OVER or t.trial_id in self.failed) and rung not in self.records.get(t.trial_id, {}))]
 
-    def _settle(self, tune_controller, group: str, rung: int, current: Trial | None, force: bool = False) -> str | None:
-        """Cut `rung` of `group` if the whole group is there; else pause `current` (None: nothing to say)."""
+    def _settle(self, tune_controller, group: str, rung: int, current: Trial | None, force: bool = False,
+                wait: bool = True) -> str | None:
+        """Cut `rung` of `group` if the whole group is there; else pause `current` if it may `wait` (else None).
+
+        A trial at its last epoch ranks at the rung like the others but never waits: it ends anyway.
+        """
         members = self._members(group)
         labels = self._labels(members)
         contenders = self._contenders(group, rung, members, labels)
         complete = len(members) >= self.groups.size(json.loads(group)) and all(
             rung in self.records.get(t.trial_id, {}) for t in contenders)
         if not (complete or force):
-            if current is None:
+            if current is None or not wait:
                 return None
             self.promoted.discard(current.trial_id)
             self.pauses += 1
@@ -226,7 +233,7 @@ class DeterministicHalving(TrialScheduler):
                 action = TrialScheduler.CONTINUE if wins else TrialScheduler.STOP
             elif wins:
                 self.promoted.add(t.trial_id)
-            elif t.status not in OVER:
+            elif t.status not in OVER and t.trial_id not in self.failed:
                 tune_ext.stop_trial(tune_controller, t)
         return action
 
@@ -241,6 +248,7 @@ class DeterministicHalving(TrialScheduler):
         self._recheck(tune_controller, trial)
 
     def on_trial_error(self, tune_controller, trial: Trial) -> None:
+        self.failed.add(trial.trial_id)
         self._recheck(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller, trial: Trial) -> None:

@@ -70,8 +70,8 @@ def test_tpe_proposes_numbered_batches_and_learns_from_trials_stopped_while_paus
     assert searcher.suggest("t6") in (None, Searcher.FINISHED)
 
 
-def run_fake(storage: Path, max_concurrent: int | None, sleep: float = 0.05) -> dict:
-    """The GRID study with instant trials ((5, 3) four times slower); (cell, lambda) -> its records."""
+def run_fake(storage: Path, max_concurrent: int | None, sleep: float = 0.05, fail: tuple | None = None) -> dict:
+    """The GRID study with instant trials ((5, 3) four times slower, `fail` failing); (cell, lambda) -> its records."""
     from ray import tune
 
     def fake_trial(config):
@@ -82,6 +82,8 @@ def run_fake(storage: Path, max_concurrent: int | None, sleep: float = 0.05) -> 
             with checkpoint.as_directory() as d:
                 start = json.loads(Path(d, "state.json").read_text())["epoch"]
         score = SCORES[config["conflict_pct"]][config["lambda_upweight"]]
+        if [config["conflict_pct"], config["lambda_upweight"]] == config["fail"]:
+            raise RuntimeError("this trial fails for good")
 
         def record(epoch):
             return {"epoch": epoch, "val_worst_group_acc": score, "val_rank": score, "resumed_from": start,
@@ -100,17 +102,19 @@ def run_fake(storage: Path, max_concurrent: int | None, sleep: float = 0.05) -> 
     tuner = tune.Tuner(
         fake_trial,
         param_space={"dataset": "colored_digits", "conflict_pct": tune.grid_search([0.5, 5]),
-                     "lambda_upweight": tune.grid_search([4, 3, 2, 1]), "sleep": sleep, "rungs": list(rung_epochs(spec))},
+                     "lambda_upweight": tune.grid_search([4, 3, 2, 1]), "sleep": sleep, "rungs": list(rung_epochs(spec)),
+                     "fail": list(fail or [])},
         tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=search_alg, num_samples=num_samples,
                                     max_concurrent_trials=limit, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(storage), name="fake", verbose=0),
     )
     grid = tuner.fit()
-    assert not grid.errors
+    assert len(grid.errors) == (1 if fail else 0)
     out = {}
-    for trial in (storage / "fake").glob("*/result.json"):
-        records = [json.loads(line) for line in trial.read_text().splitlines()]
-        params = json.loads((trial.parent / "params.json").read_text())
+    for trial in (storage / "fake").glob("*/params.json"):
+        result = trial.parent / "result.json"
+        records = [json.loads(line) for line in result.read_text().splitlines()] if result.exists() else []
+        params = json.loads(trial.read_text())
         out[(params["conflict_pct"], params["lambda_upweight"])] = records
     return out
 
@@ -160,6 +164,15 @@ def test_a_stored_cut_is_replayed_never_taken_again(ray_cluster, tmp_path):
     assert max(r["epoch"] for r in runs[(0.5, 3)]) == 8, "the other cell is decided as usual"
     book = json.loads((storage / "search_rungs.json").read_text())
     assert book["groups"]['["colored_digits", 5]']["1"] == forced
+
+
+def test_a_trial_that_fails_for_good_drops_out_of_its_rung(ray_cluster, tmp_path):
+    """The 0.5 % cell's rung 1 is cut among the three trials left, with nothing left waiting."""
+    runs = run_fake(tmp_path, 2, sleep=0.0, fail=(0.5, 3))
+    assert runs[(0.5, 3)] == []
+    assert {lam: max(r["epoch"] for r in runs[(0.5, lam)]) for lam in (4, 2, 1)} == {4: 1, 2: 8, 1: 2}
+    book = json.loads((tmp_path / "search_rungs.json").read_text())
+    assert book["groups"]['["colored_digits", 0.5]']["1"]["continue"] == ["[2]", "[3]"]
 
 
 @pytest.mark.parametrize("rule, config, seconds", [
