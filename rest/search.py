@@ -5,7 +5,11 @@ dataset at one conflict ratio): a 5 % cell scores higher than a 1 % one whatever
 the config, so a global scheduler or searcher would favour the easy cell. Both
 pieces here therefore keep one Ray Tune instance per cell:
 
-- ``PerCellASHA``: one Ray ``AsyncHyperBandScheduler`` per cell.
+- ``rungs.DeterministicHalving`` (``scheduler.mode: deterministic``, the default):
+  synchronous successive halving per cell, cut by the selection rule in a fixed trial
+  order, so the trials it stops do not depend on arrival order (the rule is in rest/rungs.py).
+  ``TrialGroups`` says who competes with whom and in which order.
+- ``PerCellASHA`` (``scheduler.mode: async``): one Ray ``AsyncHyperBandScheduler`` per cell.
 - ``PerCellSearch``: one Ray searcher (``OptunaSearch`` or ``HyperOptSearch``, each
   under a ``ConcurrencyLimiter``) per cell, each with its own budget of
   ``num_samples`` trials over the space outside the cells. With ASHA this is
@@ -18,9 +22,11 @@ already per cell when the cells are grid keys.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -91,15 +97,112 @@ def _per_cell_scheduler_class():
     return PerCellASHA
 
 
-def make_scheduler(spec: StudySpec):
+def deterministic(spec: StudySpec) -> bool:
+    return spec.scheduler.type == "asha" and spec.scheduler.mode == "deterministic"
+
+
+def rung_epochs(spec: StudySpec) -> tuple[int, ...]:
+    """Epochs at which deterministic halving cuts (none for async ASHA or no scheduler).
+
+    ``ceil(grace_period x reduction_factor^k)`` below the last epoch: at the last one
+    every trial ends anyway. The trainable checkpoints at each of them.
+    """
+    sched = spec.scheduler
+    if not deterministic(spec):
+        return ()
+    epochs, k = [], 0
+    while math.ceil(sched.grace_period * sched.reduction_factor ** k - 1e-9) < spec.max_epochs:
+        epochs.append(math.ceil(sched.grace_period * sched.reduction_factor ** k - 1e-9))
+        k += 1
+    return tuple(sorted(set(epochs)))
+
+
+class TrialGroups:
+    """For deterministic halving: each trial's group, the group's size, and the trial's place in the search order.
+
+    A group is a cell (``trial_cell``); with optuna/hyperopt it is one batch of
+    ``search_alg.max_concurrent`` consecutive trials of a cell (its searcher proposes
+    the next batch once this one ended). The order is a function of the config alone:
+    the position a model-based searcher or a methods study wrote into ``extra.position``,
+    else, key by key in the study file's order, the index of the value in its grid (or
+    choice) list, or the sampled value itself.
+    """
+
+    def __init__(self, spec: StudySpec):
+        self.cell_keys = list(spec.compare_within)
+        alg = spec.search_alg
+        self.batch = (alg.max_concurrent or 1) if alg.model_based else None
+        self.keys = [(k, list(args) if name in ("grid", "choice") else None)
+                     for k, d in spec.search.items() for name, args in d.items()
+                     if k not in self.cell_keys and name != "lookup"]
+        if spec.methods:
+            from .space import method_configs
+
+            self.sizes = dict(Counter(trial_cell(c, self.cell_keys) for c in method_configs(spec)))
+        else:
+            per_cell = spec.num_samples if alg.model_based else spec.grid_size() // len(spec.cells())
+            self.sizes = {trial_cell(c, self.cell_keys): per_cell for c in spec.cells()}
+
+    def group(self, config: dict) -> tuple:
+        cell = trial_cell(config, self.cell_keys)
+        return cell if self.batch is None else cell + (_position(config) // self.batch,)
+
+    def size(self, group) -> int:
+        group = tuple(group)
+        if self.batch is None:
+            return self.sizes.get(group, 0)
+        *cell, batch = group
+        return max(0, min(self.batch, self.sizes.get(tuple(cell), 0) - batch * self.batch))
+
+    def order(self, config: dict) -> list:
+        if _position(config) is not None:
+            return [_position(config)]
+        flat = flat_config(config)
+        return [values.index(flat[k]) if values and flat[k] in values else flat[k] for k, values in self.keys]
+
+
+def _position(config: dict) -> int | None:
+    return (flat_config(config).get("extra") or {}).get("position")
+
+
+def make_scheduler(spec: StudySpec, study=None, max_active: int | None = None):
+    """The search phase's scheduler; deterministic halving keeps its cuts in the `study` directory (a Location)."""
     from ray.tune.schedulers import FIFOScheduler
 
     if spec.scheduler.type == "none":
         return FIFOScheduler()
+    if deterministic(spec):
+        from .rungs import BOOK_FILE, DeterministicHalving
+
+        return DeterministicHalving(TrialGroups(spec), list(rung_epochs(spec)), spec.scheduler.reduction_factor,
+                                    getattr(spec.train, "selection", "worst_group"), METRIC,
+                                    study.join(BOOK_FILE) if study is not None else None, max_active)
     return _per_cell_scheduler_class()(
         spec.compare_within, time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=spec.max_epochs,
         grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
     )  # fmt: skip
+
+
+def search_phase(spec: StudySpec, study=None, max_concurrent: int | None = None) -> tuple:
+    """(scheduler, search_alg, num_samples, max_concurrent_trials) of the search phase's Tuner.
+
+    Deterministic halving pauses trials at rungs, and Ray's concurrency limits count a
+    paused trial as live; there `--max-concurrent` caps running trials through
+    ``rungs.ActiveTrialLimit`` instead, and Tune gets no limit of its own.
+    """
+    scheduler = make_scheduler(spec, study, max_concurrent)
+    search_alg, num_samples = make_search_alg(spec)
+    if not rung_epochs(spec):
+        return scheduler, search_alg, num_samples, max_concurrent
+    if max_concurrent is None:
+        return scheduler, search_alg, num_samples, None
+    from ray.tune.search import BasicVariantGenerator, SearchGenerator
+
+    from .rungs import ActiveTrialLimit
+
+    inner = search_alg or BasicVariantGenerator()
+    inner = SearchGenerator(inner) if not isinstance(inner, (BasicVariantGenerator, SearchGenerator)) else inner
+    return scheduler, ActiveTrialLimit(inner, max_concurrent, scheduler), num_samples, None
 
 
 # -------------------------------------------------------------- searchers
@@ -134,6 +237,11 @@ def _per_cell_search_class():
         (round robin), so cells progress together and a cell at its concurrency limit
         does not block the others. Results go to the searcher of the trial's cell.
 
+        With `batch` (deterministic halving), each cell proposes batches of `max_concurrent`
+        trials, numbered in ``extra.position``; its searcher learns from a batch, and
+        proposes the next, once every trial of the batch ended (Ray's ConcurrencyLimiter
+        with batch=True), so every proposal depends on the seed and earlier batches only.
+
         Saved and restored whole (every cell's searcher through its own save/restore,
         its ConcurrencyLimiter's live trials, the per-cell counts): Ray's ConcurrencyLimiter
         saves only the searcher it wraps, so after a driver crash it would forget its live
@@ -142,18 +250,20 @@ def _per_cell_search_class():
         """
 
         def __init__(self, cells: list[dict], space: dict, lookups: dict[str, tuple[str, dict]], per_cell: int,
-                     kind: str, seed: int | None, n_initial: int, max_concurrent: int):
+                     kind: str, seed: int | None, n_initial: int, max_concurrent: int, batch: bool = False):
             super().__init__(metric=SEARCHER_METRIC, mode=MODE)
             self.cells = [dict(c) for c in cells]
             self.lookups = lookups
             self.per_cell = per_cell
             self.searchers = [
                 ConcurrencyLimiter(MODEL_SEARCHERS[kind](space, None if seed is None else seed + i, n_initial),
-                                   max_concurrent=max_concurrent)
+                                   max_concurrent=max_concurrent, batch=batch)
                 for i in range(len(cells))
             ]
+            self.batch = batch
             self.issued = [0] * len(cells)
             self.trial_cell: dict[str, int] = {}
+            self.last: dict[str, dict] = {}  # trial id -> its newest result the searcher learns from
             self.next_cell = 0
 
         def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -169,10 +279,10 @@ def _per_cell_search_class():
                 proposal = self.searchers[i].suggest(trial_id)
                 if proposal in (None, Searcher.FINISHED):
                     continue
+                config = {**self.cells[i], **proposal, **({"extra": {"position": self.issued[i]}} if self.batch else {})}
                 self.issued[i] += 1
                 self.trial_cell[trial_id] = i
                 self.next_cell = (i + 1) % len(self.cells)
-                config = {**self.cells[i], **proposal}
                 for key, (source, table) in self.lookups.items():
                     config[key] = table[float(config[source])]
                 return config
@@ -180,14 +290,18 @@ def _per_cell_search_class():
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if trial_id in self.trial_cell:
+                self.last[trial_id] = {k: result[k] for k in (SEARCHER_METRIC, "training_iteration") if k in result}
                 self.searchers[self.trial_cell[trial_id]].on_trial_result(trial_id, result)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            # Tune passes no result for a trial stopped while paused at a rung: it counts with its newest one.
+            result = result or (None if error else self.last.get(trial_id))
             if trial_id in self.trial_cell:
                 self.searchers[self.trial_cell[trial_id]].on_trial_complete(trial_id, result=result, error=error)
+            self.last.pop(trial_id, None)
 
         def save(self, checkpoint_path: str) -> None:
-            state = {k: getattr(self, k) for k in ("issued", "trial_cell", "next_cell")}
+            state = {k: getattr(self, k) for k in ("issued", "trial_cell", "next_cell", "last")}
             state["limiters"] = [limiter.get_state() for limiter in self.searchers]
             state["searchers"] = [_saved_bytes(limiter.searcher) for limiter in self.searchers]
             with open(checkpoint_path, "wb") as f:
@@ -267,7 +381,10 @@ def make_search_alg(spec: StudySpec):
     if spec.methods:  # every method's own grid, expanded into whole configs
         from .space import method_configs
 
-        return fixed_configs(method_configs(spec, spec.max_epochs))
+        configs = method_configs(spec, spec.max_epochs)
+        if deterministic(spec):  # deterministic halving orders a method's trials by their place in its grid
+            configs = [{**c, "extra": {**c["extra"], "position": i}} for i, c in enumerate(configs)]
+        return fixed_configs(configs)
     if not alg.model_based:
         if alg.type == "grid" and alg.max_concurrent is None:
             return None, spec.num_samples
@@ -285,7 +402,7 @@ def make_search_alg(spec: StudySpec):
         else:
             space[key] = to_tune(dist)
     searcher = _per_cell_search_class()(cells, space, lookups, spec.num_samples, alg.type, alg.seed, alg.n_initial,
-                                        alg.max_concurrent or 1)
+                                        alg.max_concurrent or 1, batch=deterministic(spec))
     return searcher, spec.num_samples * len(cells)
 
 

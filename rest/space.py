@@ -39,9 +39,13 @@ TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainSettings)} - {"extra"}
 # {lookup: {key: conflict_pct, table: {0.5: 10, 1: 30, 2: 50, 5: 80}}}.
 
 
+SCHEDULER_MODES = ("deterministic", "async")  # rungs filled before they are cut | Ray's ASHA (rest/rungs.py)
+
+
 @dataclass
 class Scheduler:
     type: str = "asha"  # asha | none
+    mode: str = "deterministic"
     grace_period: int = 1
     reduction_factor: float = 3.0
     max_epochs: int | None = None  # default: the training epochs
@@ -131,8 +135,6 @@ class StudySpec:
 
     def cells(self) -> list[dict[str, Any]]:
         """The cells' values of `compare_within` keys, for studies whose cells are grids or fixed."""
-        import itertools
-
         options = []
         for key in self.compare_within:
             dist = self.search.get(key)
@@ -239,10 +241,11 @@ def _parse(text: str, source: str, frozen: bool) -> StudySpec:
     if not frozen:
         check_values(c, train_values, search)  # every value a trial can draw is valid: refused now, not mid-study
 
-    sched = c.mapping(raw.get("scheduler"), "scheduler", {f.name for f in dataclasses.fields(Scheduler)})
-    scheduler = Scheduler(**sched)
+    scheduler = Scheduler(**c.mapping(raw.get("scheduler"), "scheduler", {f.name for f in dataclasses.fields(Scheduler)}))
     if scheduler.type not in ("asha", "none"):
         raise c.fail("scheduler.type", f"is '{scheduler.type}'; choose from asha, none")
+    if scheduler.mode not in SCHEDULER_MODES:
+        raise c.fail("scheduler.mode", f"is '{scheduler.mode}'; choose from {', '.join(SCHEDULER_MODES)}")
     c.number(scheduler.grace_period, "scheduler.grace_period", int, 1)
     c.number(scheduler.reduction_factor, "scheduler.reduction_factor", float, 1.01)
     if scheduler.max_epochs is not None:
@@ -279,6 +282,8 @@ def _parse(text: str, source: str, frozen: bool) -> StudySpec:
         raise c.fail("search_alg", "cannot be combined with methods (a methods study expands every method's grid "
                                    "itself); remove search_alg or run each method as its own study")
     search_alg = _search_alg(c, raw.get("search_alg"), search, list(compare))
+    if scheduler.type == "asha" and scheduler.mode == "deterministic" and not search_alg.model_based:
+        _check_rungs_fill(c, search_alg, search, list(compare))
     return StudySpec(
         methods=methods,
         name=str(raw.get("name") or Path(source).stem),
@@ -450,6 +455,16 @@ def _search_alg(c: _Checker, value: Any, search: dict, cells: list[str]) -> Sear
         raise c.fail("search", f"has nothing for search_alg {alg.type} to sample outside the cells; "
                                f"add e.g. density: {{loguniform: [0.01, 1.0]}}")
     return alg
+
+
+def _check_rungs_fill(c: _Checker, alg: SearchAlg, search: dict, cells: list[str]) -> None:
+    """Deterministic halving cuts a rung when the whole cell reached it: cell sizes known, live trials uncapped."""
+    if alg.max_concurrent is not None:
+        raise c.fail("search_alg.max_concurrent", "counts trials paused at a rung as live, so a deterministic rung could "
+                                                  "never fill; pass --max-concurrent instead, or set scheduler.mode: async")
+    for key in (k for k in cells if k in search and next(iter(search[k])) != "grid"):
+        raise c.fail(f"search.{key}", "is a cell key and deterministic halving needs cell sizes in advance; make it a "
+                                      "grid, or set scheduler.mode: async")
 
 
 # Experiment trackers a study can log to (Ray Tune's own logger callbacks; see tracking.CALLBACKS).

@@ -5,6 +5,7 @@ A study lives in ``<storage>/<name>/``:
     study.yaml            copy of the study definition (frozen: manifest.json keeps its hash and text)
     manifest.json         options and the status of each phase
     search/               Ray Tune experiment: ASHA over the search space
+    search_rungs.json     deterministic ASHA's rung cuts, stored before they are acted on (rest/rungs.py)
     confirm_configs.json  top-k configs per cell (+ both baselines) x confirm seeds
     confirm/              Ray Tune experiment: those configs to full epochs, no early stopping
 
@@ -36,11 +37,11 @@ from .manifest import (PHASES, create_study, is_complete, phase_complete, read_m
                        resume_after_full_disk, write_manifest)
 from .options import RunOptions
 from .results import Trial, read_phase
-from .search import fixed_configs, make_scheduler, make_search_alg, search_param_space
+from .search import fixed_configs, search_param_space, search_phase
 from .space import StudySpec
 from .storage import Location, writing
 from .tracking import make_callbacks, stall_watch_class
-from .trainable import rest_trainable
+from .trainable import rest_trainable, trainable_options
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,12 @@ def _trainable(spec: StudySpec, opts: RunOptions):
     resources = {"cpu": opts.cpus_per_trial or spec.resources.cpus_per_trial,
                  "gpu": opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial}
     # The data root goes to restored trials too (their configs keep the one they started with).
-    fn = tune.with_parameters(rest_trainable, checkpoint_every=spec.checkpoint_every, data_root=opts.data_root)
+    fn = tune.with_parameters(rest_trainable, **trainable_options(spec), data_root=opts.data_root)
     return tune.with_resources(fn, resources)
 
 
 def _tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, param_space: dict, scheduler,
-           search_alg=None, num_samples: int = 1):
+           search_alg=None, num_samples: int = 1, max_concurrent: int | None = None):
     from ray import tune
 
     storage_path, storage_filesystem = path.ray_storage
@@ -104,7 +105,7 @@ def _tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, param_
         scheduler=scheduler,
         search_alg=search_alg,
         num_samples=num_samples,
-        max_concurrent_trials=opts.max_concurrent,
+        max_concurrent_trials=max_concurrent,
         trial_dirname_creator=trial_dirname,
         reuse_actors=True,  # keeps torch imported between trials: a new worker costs seconds
     )
@@ -215,12 +216,12 @@ def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions):
         experiment.move_to(aside)
         log.warning("phase %s had no Ray snapshot to restore; starting it afresh (old files moved to %s)", phase, aside)
     if phase == "search":
-        search_alg, num_samples = make_search_alg(spec)
-        return _tuner(phase, path, spec, opts, search_param_space(spec), make_scheduler(spec), search_alg, num_samples)
+        scheduler, search_alg, num_samples, limit = search_phase(spec, path, opts.max_concurrent)
+        return _tuner(phase, path, spec, opts, search_param_space(spec), scheduler, search_alg, num_samples, limit)
     from ray.tune.schedulers import FIFOScheduler
 
     search_alg, num_samples = fixed_configs(_confirm_configs(path, spec))
-    return _tuner(phase, path, spec, opts, {}, FIFOScheduler(), search_alg, num_samples)
+    return _tuner(phase, path, spec, opts, {}, FIFOScheduler(), search_alg, num_samples, opts.max_concurrent)
 
 
 def unfinished_trials(trials: list[Trial], spec: StudySpec, phase: str) -> list[Trial]:

@@ -3,6 +3,10 @@
 Each report carries the epoch record, the selection rule as one number (`val_rank`,
 ASHA's metric) and its best value so far (`best_val_rank`, what a model-based
 searcher learns from). Checkpoints hold the trainer's state and the trial's history.
+
+Test-only: ``REST_TUNE_TEST_DELAY="density=0.05,lambda_upweight=10:20"`` in the driver's
+environment makes every trial whose config matches all the given values sleep 20 s
+before each epoch (tests make one trial slow to change arrival order).
 """
 from __future__ import annotations
 
@@ -10,15 +14,42 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from . import selection, tune_ext
 from .results import HISTORY_FILE, STATE_FILE, flat_config, newest_state
 from .search import METRIC, SEARCHER_METRIC
+from .search import rung_epochs as study_rung_epochs
 from .settings import TrainSettings
 from .storage import Location
 
 log = logging.getLogger(__name__)
+
+TEST_DELAY_ENV = "REST_TUNE_TEST_DELAY"
+
+
+def trainable_options(spec) -> dict:
+    """``rest_trainable``'s keyword arguments for a study (read in the driver, sent with the trainable)."""
+    return {"checkpoint_every": spec.checkpoint_every, "rung_epochs": study_rung_epochs(spec),
+            "test_delay": os.environ.get(TEST_DELAY_ENV)}
+
+
+def delay_seconds(rule: str | None, config: dict) -> float:
+    """Seconds to sleep before each epoch under a ``TEST_DELAY_ENV`` rule ("key=value,...:seconds"); 0 if no match."""
+    if not rule:
+        return 0.0
+    match, _, seconds = rule.rpartition(":")
+    for pair in match.split(","):
+        key, _, text = pair.partition("=")
+        value = config.get(key.strip())
+        try:
+            same = float(value) == float(text)
+        except (TypeError, ValueError):
+            same = str(value) == text
+        if not same:
+            return 0.0
+    return float(seconds)
 
 
 def _resume_state(ray_checkpoint) -> dict | None:
@@ -42,15 +73,21 @@ def _resume_state(ray_checkpoint) -> dict | None:
         return torch.load(Path(d) / STATE_FILE, weights_only=False, map_location="cpu")
 
 
-def rest_trainable(config: dict, checkpoint_every: int = 1, data_root: str | None = None) -> None:
+def rest_trainable(config: dict, checkpoint_every: int = 1, rung_epochs: tuple = (), test_delay: str | None = None,
+                   data_root: str | None = None) -> None:
     """Ray Tune function trainable: one REST configuration, checkpointed per epoch.
 
     Each checkpoint holds the full training state and the trial's whole history of
     epoch records (also as a small JSON file, for the study reader), so a trial
-    resumed from it reports nothing twice and loses nothing Ray's snapshot missed.
-    A trial resumed at or past its last epoch reports its final record again and ends.
+    resumed from it loses nothing Ray's snapshot missed. It also checkpoints at every
+    deterministic-halving rung epoch; resumed at one (a paused trial, or a driver
+    restart), it reports that epoch's record again before training on, so the scheduler
+    cuts (or replays) the rung first. A trial resumed at or past its last epoch reports
+    its final record again and ends. The first record after a resume says how long the
+    setup and checkpoint load took (``restore_seconds``).
     `data_root`, when given, is where the dataset is now (the driver's, overriding the config's).
     """
+    started = time.perf_counter()
     import ray
     import torch
     from ray import tune
@@ -72,17 +109,24 @@ def rest_trainable(config: dict, checkpoint_every: int = 1, data_root: str | Non
     if trainer.epoch >= settings.epochs and history:
         tune.report(history[-1])  # finished before the crash: let Ray and the scheduler see the end
         return
+    if trainer.epoch in rung_epochs and history:
+        tune.report(history[-1])  # paused at a rung: the scheduler sees it (and may stop us) before we train on
     resumed_from = trainer.epoch
+    restore_seconds = time.perf_counter() - started if state is not None else None
+    delay = delay_seconds(test_delay, flat_config(config))
     node = ray.get_runtime_context().get_node_id()
     primary = getattr(settings, "selection", "worst_group")
     while trainer.epoch < settings.epochs:
+        time.sleep(delay)
         record = trainer.run_epoch()
         record.update(trainer.data.describe())  # what it trained on: the subsample's seed and per-split counts
         record.update(resumed_from_epoch=resumed_from, node_id=node, pid=os.getpid(),
                       val_rank=selection.scalar(record, primary))
+        if restore_seconds is not None:
+            record["restore_seconds"], restore_seconds = restore_seconds, None
         record[SEARCHER_METRIC] = max([record[METRIC]] + [r[METRIC] for r in history if METRIC in r])
         history.append(record)
-        if trainer.epoch % checkpoint_every == 0 or trainer.epoch == settings.epochs:
+        if trainer.epoch % checkpoint_every == 0 or trainer.epoch == settings.epochs or trainer.epoch in rung_epochs:
             with tempfile.TemporaryDirectory() as d:
                 torch.save({**trainer.state_dict(), "history": history}, Path(d) / STATE_FILE)
                 (Path(d) / HISTORY_FILE).write_text(json.dumps(history))

@@ -5,8 +5,8 @@ current trial stores its checkpoints (to find one newer than Ray hands back),
 whether an experiment directory really holds a snapshot to restore, the graceful
 stop Tune performs on SIGUSR1, a check before every experiment snapshot (the
 driver lock), the bookkeeping of Ray's ASHA scheduler that the per-cell wrapper
-routes, and the file where ``ray start`` leaves its address. They live here, and
-``tests/test_tune_ext.py`` checks
+routes, recording a paused trial that a scheduler stops, and the file where
+``ray start`` leaves its address. They live here, and ``tests/test_tune_ext.py`` checks
 each against the installed Ray, so an upgrade that moves one fails loudly in the
 tests instead of silently weakening resume.
 """
@@ -118,3 +118,14 @@ def asha_forget(asha, trial) -> None:
 
 def asha_stopped(asha) -> int:
     return int(asha._num_stopped)
+
+
+def stop_trial(tune_controller, trial) -> None:
+    """Stop `trial` (paused or running) from a scheduler, and have Tune's next snapshot record it.
+
+    Tune's ``stop_trial`` ends a PAUSED trial, but as the trial has no actor it never
+    marks it for the experiment snapshot: storage would keep it PAUSED, and the phase
+    would look unfinished. Schedulers get the controller wrapped (``_tune_controller``).
+    """
+    tune_controller.stop_trial(trial)
+    getattr(tune_controller, "_tune_controller", tune_controller)._mark_trial_to_checkpoint(trial)

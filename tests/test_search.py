@@ -119,7 +119,8 @@ def test_per_cell_searcher_budgets_concurrency_lookups_and_state(kind, tmp_path)
     from rest.search import SEARCHER_METRIC, make_search_alg
 
     search = {**TPE["search"], "jtt_epochs": {"lookup": {"key": "conflict_pct", "table": {1: 3, 5: 1}}}}
-    spec = parse_space(space_text(search=search, search_alg={"type": kind, "seed": 3, "max_concurrent": 2}))
+    spec = parse_space(space_text(search=search, search_alg={"type": kind, "seed": 3, "max_concurrent": 2},
+                                  scheduler={**TPE["scheduler"], "mode": "async"}))  # live trials, not batches
     searcher, total = make_search_alg(spec)
     assert total == 6
     first = [searcher.suggest(f"t{i}") for i in range(5)]
@@ -140,3 +141,25 @@ def test_per_cell_searcher_budgets_concurrency_lookups_and_state(kind, tmp_path)
     assert fresh.issued == [3, 3]
     densities = [c["density"] for c in first[:4] + proposals[:1] + last[:1]]
     assert len(set(densities)) == 6 and all(0.01 <= d <= 1.0 for d in densities)
+
+
+@pytest.mark.xdist_group("tpe_determinism")
+def test_deterministic_asha_with_per_cell_tpe_gives_the_same_trials_and_stops_twice(ray_cluster, tmp_path):
+    """Per-cell TPE proposing batches of 2, each halved at epoch 1: the same seed gives the same trials and stops,
+    one trial at a time or two."""
+    space = tmp_path / "tpe.yaml"
+    space.write_text(space_text(num_samples=4, search_alg={"type": "optuna", "seed": 7, "n_initial": 2, "max_concurrent": 2}))
+    outcomes = []
+    for max_concurrent in ("1", "2"):
+        storage = tmp_path / max_concurrent
+        out = cli("run", str(space), "--storage", str(storage), "--address", ray_cluster.address,
+                  "--max-concurrent", max_concurrent)
+        assert out.returncode == 0, out.stderr[-3000:]
+        trials = _search_trials(storage)
+        outcomes.append({(t.config["conflict_pct"], t.config["extra"]["position"], t.config["density"],
+                          t.config["lambda_upweight"], t.epochs_run) for t in trials})
+        assert len(trials) == 8 and {t.status for t in trials} == {"TERMINATED"}
+    assert outcomes[0] == outcomes[1]
+    for pct in (1, 5):
+        batches = sorted((position // 2, epochs) for cell, position, _, _, epochs in outcomes[0] if cell == pct)
+        assert batches == [(0, 1), (0, 2), (1, 1), (1, 2)], "each batch of 2: one stopped at rung 1, one to the end"

@@ -44,6 +44,10 @@ def test_default_study_covers_density_lambda_and_two_ratios():
         ("search: {density: {loguniform: [0, 1]}}\n", "loguniform needs a positive lower bound"),
         ("search: {lr: {grid: [0.1]}}\nscheduler: {type: hyperband}\n", "'scheduler.type' is 'hyperband'; choose from asha, none"),
         ("search: {lr: {grid: [0.1]}}\nscheduler: {grace_period: 0}\n", "'scheduler.grace_period' is 0, outside"),
+        ("search: {lr: {grid: [0.1]}}\nscheduler: {mode: sync}\n", "'scheduler.mode' is 'sync'; choose from deterministic, async"),
+        ("search: {lr: {grid: [0.1]}}\nsearch_alg: {max_concurrent: 2}\n", "a deterministic rung could never fill"),
+        ("search: {lr: {grid: [0.1]}, conflict_pct: {choice: [1, 5]}}\nsearch_alg: {type: random}\n",
+         "'search.conflict_pct' is a cell key and deterministic halving needs cell sizes"),
         ("search: {lr: {grid: [0.1]}}\nconfirm: {seeds: []}\n", "'confirm.seeds' must be a non-empty list"),
         ("search: {lr: {grid: [0.1]}}\ncompare_within: [colour]\n", "'compare_within' must be a list of training settings"),
         ("search: {lr: {grid: [0.1]}}\nresources: {gpus_per_trial: -1}\n", "'resources.gpus_per_trial' is -1"),
@@ -126,7 +130,7 @@ def test_bad_study_file_through_the_cli(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "tune_search.py"), "run", str(bad), "--storage", str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2
-    assert out.stderr.strip() == f"error: {bad}:4: 'scheduler.grace' is not a known key; known: grace_period, max_epochs, reduction_factor, type"
+    assert out.stderr.strip() == f"error: {bad}:4: 'scheduler.grace' is not a known key; known: grace_period, max_epochs, mode, reduction_factor, type"
     assert not (tmp_path / "bad").exists()
 
 

@@ -95,10 +95,10 @@ def test_asha_compares_trials_only_within_a_cell(ray_cluster, tmp_path):
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
     from rest.space import parse_space
-    from rest.study import make_scheduler
+    from rest.search import make_scheduler
 
     spec = parse_space("search: {conflict_pct: {grid: [0.5, 5]}}\ntrain: {epochs: 8}\n"
-                       "scheduler: {grace_period: 1, reduction_factor: 2}\n")
+                       "scheduler: {grace_period: 1, reduction_factor: 2, mode: async}\n")
     epochs = _fake_study(make_scheduler(spec), tmp_path / "per_cell")
     for pct in (0.5, 5):
         assert epochs[(pct, 4)] == 8, f"the best trial of the {pct}% cell must run to the end"

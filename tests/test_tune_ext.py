@@ -89,3 +89,10 @@ def test_ray_writes_trial_errors_where_tune_ext_reads_them():
     from ray.air.constants import EXPR_ERROR_FILE
 
     assert tune_ext.TRIAL_ERROR_FILE == EXPR_ERROR_FILE
+
+
+def test_a_stopped_paused_trial_can_be_marked_for_the_snapshot():
+    from ray.tune.execution.tune_controller import TrialRunnerWrapper, TuneController
+
+    assert callable(TuneController._mark_trial_to_checkpoint) and callable(TuneController.stop_trial)
+    assert "_tune_controller" in TrialRunnerWrapper.__init__.__code__.co_names
