@@ -13,7 +13,8 @@ The rule (also in docs/search_spaces.md and docs/fidelity.md):
    (each trial's position in the search order, taken from its config, never Ray's trial id
    or arrival), ranked by ``rest.selection`` (validation primary metric, then average
    accuracy, then loss; equal records keep the listed order). The top
-   ``ceil(n / reduction_factor)`` continue, the others stop.
+   ``floor(n / reduction_factor)`` (at least one; Hyperband's rule, Li et al. 2018,
+   Algorithm 1) continue, the others stop.
 
 A cut is therefore a function of the group's results at its rung, and of nothing else:
 not of which trial finished first, the concurrency, a slow node, a retry or a resume.
@@ -66,7 +67,7 @@ def cut(records: list[dict], primary: str, reduction_factor: float) -> tuple[lis
     `records` hold one record per trial at the rung epoch, in the group's fixed order;
     ``selection.rank`` is stable, so equal records keep that order.
     """
-    return selection.rank(records, primary), max(1, math.ceil(len(records) / reduction_factor))
+    return selection.rank(records, primary), max(1, math.floor(len(records) / reduction_factor + 1e-9))
 
 
 class RungBook:

@@ -33,6 +33,7 @@ def test_rung_epochs_and_the_cut():
     assert cut(records, "worst_group", 2) == ([1, 3, 0, 2], 2), "primary, then loss, then the listed order"
     assert cut(records, "average", 4) == ([3, 0, 2, 1], 1)
     assert cut(records[:3], "worst_group", 4)[1] == 1, "at least one trial continues"
+    assert cut(records * 2 + records[:1], "worst_group", 4)[1] == 2, "floor(9 / 4), as in Hyperband"
 
 
 def test_groups_sizes_and_search_order():
