@@ -153,7 +153,7 @@ def test_deterministic_asha_with_per_cell_tpe_gives_the_same_trials_and_stops_tw
     for max_concurrent in ("1", "2"):
         storage = tmp_path / max_concurrent
         out = cli("run", str(space), "--storage", str(storage), "--address", ray_cluster.address,
-                  "--max-concurrent", max_concurrent)
+                  "--max-concurrent", max_concurrent, timeout=600)  # 81-93 s here; a loaded machine took over 300
         assert out.returncode == 0, out.stderr[-3000:]
         trials = _search_trials(storage)
         outcomes.append({(t.config["conflict_pct"], t.config["extra"]["position"], t.config["density"],
