@@ -77,6 +77,7 @@ def run_study(
     from .space import load_space
     from .storage import resolve_storage
     from .study import begin_study, run_study as run_phases
+
     spec, text = load_space(space)
     storage, name = resolve_storage(storage), check_name(name or spec.name)
     given = dict(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,

@@ -233,7 +233,7 @@ def _train_loop(trainer, out: Path) -> int:
     record = {}
     with SummaryWriter(str(out)) as board:
         while trainer.epoch < settings.epochs:
-            record = {**trainer.run_epoch(), **trainer.data.describe()}  # the samples it trained on, with each epoch
+            record = {**trainer.run_epoch(), **trainer.data_fields}  # the samples it trained on, with each epoch
             _append_record(out / "metrics.jsonl", record)
             for key, value in record.items():
                 if key != "epoch" and isinstance(value, (int, float)) and value == value:
@@ -256,10 +256,9 @@ def _train_loop(trainer, out: Path) -> int:
 
 def _given_options(args: argparse.Namespace) -> dict:
     """The run options the flags give (None: not given), for rest.options.resolve_options."""
-    return {key: getattr(args, key) for key in ("address", "cpus_per_trial", "gpus_per_trial", "max_concurrent",
-                                                "max_failures", "data_root", "verbose", "autoscaling", "stall_minutes",
-                                                "lease_seconds", "heartbeat_seconds",
-                                                "storage_retry_seconds")}
+    from .options import CHECKS  # every run option, by RunOptions field; run and resume have a flag for each
+
+    return {key: getattr(args, key) for key in CHECKS}
 
 
 def _finish(path, spec, manifest: dict, storage: str) -> int:

@@ -187,6 +187,7 @@ class Trainer:
         # the whole dataset on the device when it fits the budget; else batches are streamed from host memory
         self.placement = data_placement(data_bytes(data), self.device, s.data_device_fraction)
         self.data = data.to(self.device) if self.placement == "device" else data
+        self.data_fields = data.describe()  # what the run trains and is tested on, once: callers add it to records
         self.progress = progress
         self.amp = make_amp(self.precision, self.device)
 

@@ -119,7 +119,7 @@ def rest_trainable(config: dict, checkpoint_every: int = 1, rung_epochs: tuple =
     while trainer.epoch < settings.epochs:
         time.sleep(delay)
         record = trainer.run_epoch()
-        record.update(trainer.data.describe())  # what it trained on: the subsample's seed and per-split counts
+        record.update(trainer.data_fields)  # what it trained on: the subsample's seed and per-split counts
         record.update(resumed_from_epoch=resumed_from, node_id=node, pid=os.getpid(),
                       val_rank=selection.scalar(record, primary))
         if restore_seconds is not None:
