@@ -13,11 +13,14 @@ tests instead of silently weakening resume.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import Callable
+
+log = logging.getLogger(__name__)
 
 # Tune's own SIGINT handler would end `fit()` looking like a finished run; the
 # study driver installs its own (see driver.StopSignals) and asks Tune to stop
@@ -72,34 +75,70 @@ def current_cluster_address() -> str | None:
 _SNAPSHOT_GUARDS: list[Callable[[], None]] = []
 
 
+def _check_guards() -> None:
+    for guard in list(_SNAPSHOT_GUARDS):
+        guard()
+
+
 def _guarded(save_to_dir):
     @functools.wraps(save_to_dir)
     def guarded_save_to_dir(self, *args, **kwargs):
-        for guard in list(_SNAPSHOT_GUARDS):
-            guard()
+        _check_guards()
         return save_to_dir(self, *args, **kwargs)
 
     guarded_save_to_dir.rest_guarded = True
     return guarded_save_to_dir
 
 
+def _guarded_upload(sync_up_command):
+    """The syncer's upload, checked again in its own thread just before it starts.
+
+    Tune uploads a saved snapshot in a background thread; a driver paused between
+    the save and the upload would otherwise upload after waking. A failed check
+    skips the upload (logged): the main thread stops on its own next check.
+    """
+    @functools.wraps(sync_up_command)
+    def guarded_sync_up_command(self, *args, **kwargs):
+        upload, upload_kwargs = sync_up_command(self, *args, **kwargs)
+
+        def checked_upload(**kw):
+            try:
+                _check_guards()
+            except BaseException as exc:  # noqa: BLE001 - this thread has no caller to raise to
+                log.warning("experiment snapshot not uploaded: %s", exc)
+                return None
+            return upload(**kw)
+
+        return checked_upload, upload_kwargs
+
+    guarded_sync_up_command.rest_guarded = True
+    return guarded_sync_up_command
+
+
 @contextmanager
 def guard_snapshots(check: Callable[[], None]):
-    """Within the block, Tune calls `check()` before it saves each experiment snapshot in this process.
+    """Within the block, Tune calls `check()` before it saves each experiment snapshot in this process,
+    and again, in the upload thread, before it uploads the snapshot to storage.
 
     ``TuneController.save_to_dir`` writes the experiment state (trials, searcher,
     callbacks) to the driver's staging directory, and its only caller,
-    ``TuneController.checkpoint``, then uploads that directory to storage: periodic
-    and forced snapshots alike go through it. `check` raising (a BaseException, so
-    that Tune's own ``except Exception`` does not turn it into a log line) keeps the
-    snapshot from being written or uploaded. (A callback's public ``get_state`` also
-    runs before each snapshot, but a restored experiment takes its callbacks from the
-    pickled run config of the driver that started it: older studies have none.)
+    ``TuneController.checkpoint``, then has the syncer upload that directory in a
+    background thread: periodic and forced snapshots alike go through both. `check`
+    raising (a BaseException, so that Tune's own ``except Exception`` does not turn
+    it into a log line) keeps the snapshot from being written or uploaded. An upload
+    already under way when the driver is paused can still land when it wakes: storage
+    without conditional writes cannot refuse it (docs/cluster.md). (A callback's
+    public ``get_state`` also runs before each snapshot, but a restored experiment
+    takes its callbacks from the pickled run config of the driver that started it:
+    older studies have none.)
     """
+    from ray.train._internal.storage import _FilesystemSyncer
     from ray.tune.execution.tune_controller import TuneController
 
     if not getattr(TuneController.save_to_dir, "rest_guarded", False):
         TuneController.save_to_dir = _guarded(TuneController.save_to_dir)
+    if not getattr(_FilesystemSyncer._sync_up_command, "rest_guarded", False):
+        _FilesystemSyncer._sync_up_command = _guarded_upload(_FilesystemSyncer._sync_up_command)
     _SNAPSHOT_GUARDS.append(check)
     try:
         yield

@@ -85,6 +85,24 @@ def test_a_snapshot_guard_runs_before_every_experiment_snapshot_and_can_prevent_
     assert (tmp_path / "refused" / tune_ext.TUNER_FILE).exists() and not snapshots("refused"), "no snapshot written"
 
 
+def test_the_snapshot_guard_runs_again_in_the_upload_thread_and_a_refusal_there_skips_the_upload(ray_cluster, tmp_path):
+    import threading
+
+    from ray import tune
+
+    def trainable(config):
+        tune.report({"x": 1})
+
+    def refuse_uploads():
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("lock lost")
+
+    # fit() then finds no snapshot on storage to build its results from.
+    with pytest.raises(ValueError, match="No experiment snapshot"), tune_ext.guard_snapshots(refuse_uploads):
+        tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=str(tmp_path), name="kept", verbose=0)).fit()
+    assert not list((tmp_path / "kept").glob(f"{tune_ext.STATE_PREFIX}*.json")), "saved, never uploaded"
+
+
 def test_ray_writes_trial_errors_where_tune_ext_reads_them():
     from ray.air.constants import EXPR_ERROR_FILE
 
