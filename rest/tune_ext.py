@@ -4,9 +4,10 @@ Ray's public API does not cover a few things this project needs: where the
 current trial stores its checkpoints (to find one newer than Ray hands back),
 whether an experiment directory really holds a snapshot to restore, the graceful
 stop Tune performs on SIGUSR1, the bookkeeping of Ray's ASHA scheduler that
-the per-cell wrapper routes, and recording a paused trial that a scheduler stops. They live here, and ``tests/test_tune_ext.py`` checks
-each against the installed Ray, so an upgrade that moves one fails loudly in the
-tests instead of silently weakening resume.
+the per-cell wrapper routes, and recording a paused trial that a scheduler stops.
+They live here, and ``tests/test_tune_ext.py`` checks each against the installed
+Ray, so an upgrade that moves one fails loudly in the tests instead of silently
+weakening resume.
 """
 from __future__ import annotations
 
