@@ -109,10 +109,10 @@ def rest_trainable(config: dict, checkpoint_every: int = 1, rung_epochs: tuple =
     if trainer.epoch >= settings.epochs and history:
         tune.report(history[-1])  # finished before the crash: let Ray and the scheduler see the end
         return
+    restore_seconds = time.perf_counter() - started if state is not None else None
     if trainer.epoch in rung_epochs and history:
         tune.report(history[-1])  # paused at a rung: the scheduler sees it (and may stop us) before we train on
     resumed_from = trainer.epoch
-    restore_seconds = time.perf_counter() - started if state is not None else None
     delay = delay_seconds(test_delay, flat_config(config))
     node = ray.get_runtime_context().get_node_id()
     primary = getattr(settings, "selection", "worst_group")
