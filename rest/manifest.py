@@ -21,6 +21,8 @@ from .space import StudySpec, parse_space
 from .storage import Location, fresh_dir, open_location, writing
 
 PHASES = ("search", "confirm")
+# Deterministic halving's rung cuts, in the study directory (written by rest/rungs.py, read by rest/status.py).
+RUNGS_FILE = "search_rungs.json"
 
 NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
 

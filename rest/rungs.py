@@ -50,13 +50,14 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import SearchAlgorithm
 
 from . import selection, tune_ext
+from .manifest import RUNGS_FILE
 from .storage import Location
 
 log = logging.getLogger(__name__)
 
 # In the study directory, not Ray's experiment directory: a resumed Tune copies that one
 # down to its staging directory and back up, which would put back an older copy.
-BOOK_FILE = "search_rungs.json"
+BOOK_FILE = RUNGS_FILE
 TIME_ATTR = "epoch"
 OVER = (Trial.ERROR, Trial.TERMINATED)
 
