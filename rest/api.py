@@ -5,6 +5,7 @@
     study.best_configs()            # pandas DataFrame, the table `export` writes
     study.trials()                  # one row per trial, selected-epoch metrics
     study.export("results/smoke")   # every table, the plot and the summary
+    study.status()                  # progress per phase and cell, read from storage now
 
     study = rest.load_study("smoke", storage="studies")   # read-only, no Ray needed
 
@@ -32,6 +33,17 @@ class Study(StudyResults):
         from .export import export
 
         return export([self], Path(out), list(formats), selection)
+
+    def status(self):
+        """Progress per phase and cell, read from storage now (``rest.status.StudyStatus``; no Ray needed).
+
+        Trials done / running / pending / errored / stopped by the scheduler, trial-epochs
+        done of planned, the best config so far, an ETA, stalls and the driver's heartbeat:
+        what ``tune_search.py status`` shows. Call it again for fresh numbers while the study runs.
+        """
+        from .status import study_status
+
+        return study_status(self.location, self.spec)
 
 
 def run_study(

@@ -17,6 +17,7 @@ from typing import Callable
 
 from .cli_common import PROG, Parser, ProgressBar
 from .cli_prepare import add_parser as add_prepare_parser
+from .cli_status import add_parser as add_status_parser
 from .errors import UserError
 from .settings import DATASET_NAMES, TrainSettings
 from .storage import fresh_dir, local, writing
@@ -65,6 +66,8 @@ def build_parser() -> Parser:
     p.add_argument("name", help="study name (a directory under --storage)")
     _add_cluster_flags(p)
     p.set_defaults(handler=cmd_resume)
+
+    add_status_parser(sub)
 
     p = sub.add_parser("export", help="best-config tables, a plot and a summary from a study directory")
     p.add_argument("study", nargs="+", help="study name (under --storage) or path; several: one merged table")
