@@ -34,16 +34,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.watch is not None and not (math.isfinite(args.watch) and args.watch > 0):
         raise UserError(f"--watch {args.watch:g} is not a positive number of seconds; give e.g. --watch 10")
     study = find(args.study, args.storage)
-    while True:
-        status = study_status(study)
-        print(render(status), flush=True)
-        if args.watch is None or status.finished:
-            return 0
-        try:
+    try:
+        while True:
+            status = study_status(study)
+            print(render(status), flush=True)
+            if args.watch is None or status.finished:
+                return 0
             time.sleep(args.watch)
-        except KeyboardInterrupt:
-            return 0
-        print(flush=True)
+            print(flush=True)
+    except KeyboardInterrupt:  # Ctrl-C ends watching; nothing was being written
+        return 0
 
 
 # ------------------------------------------------------------------ rendering
