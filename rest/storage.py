@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -91,7 +92,16 @@ class Location:
             return f.read().decode()
 
     def read_json(self):
-        return json.loads(self.read_text())
+        """The file's JSON. On object storage a read that overlaps a rewrite of the file can take its size
+        from one version and its bytes from the other (a HEAD, then a ranged GET); such a read does not
+        parse and is read again, up to ten times in all (about a second)."""
+        for attempt in range(10):
+            try:
+                return json.loads(self.read_text())
+            except ValueError:  # also a UnicodeDecodeError: pyarrow may hand back bytes the GET never filled
+                if self.is_local or attempt == 9:
+                    raise
+                time.sleep(0.02 * (attempt + 1))
 
     def write_text(self, text: str) -> None:
         """Write a whole file; locally through a temporary file and a rename, so a crash leaves the old one.

@@ -2,6 +2,8 @@
 paths and on Locations (a real pyarrow local filesystem, and a real S3-protocol server)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rest.errors import UserError
@@ -64,3 +66,30 @@ def test_a_location_in_object_storage(s3_bucket):
     with pytest.raises(UserError, match=f"{s3_bucket}/fresh already exists and is not empty"):
         fresh_dir(target, what="study")
     assert fresh_dir(target, replace=True) is target
+
+
+def test_json_rewritten_on_object_storage_while_it_is_read_is_read_whole(s3_bucket):
+    """A lock or manifest renewed by one thread while another reads it: each read is one whole version."""
+    import threading
+    import time
+
+    file = open_location(f"{s3_bucket}/rewritten").join("lock.json")
+    versions = [json.dumps({"n": "x" * k}) for k in (1, 40, 3, 90)]  # lengths differ, as a heartbeat's digits do
+    file.write_text(versions[0])
+    stop, seen = threading.Event(), []
+
+    def rewrite():
+        while not stop.is_set():
+            for text in versions:
+                file.write_text(text)
+                time.sleep(0.01)  # a rewrite every 10 ms: a hundred times a heartbeat's pace
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        for _ in range(150):
+            seen.append(file.read_json())
+    finally:
+        stop.set()
+        writer.join()
+    assert {json.dumps(v) for v in seen} <= set(versions)
