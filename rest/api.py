@@ -13,6 +13,7 @@ The command line is a thin layer over the same calls.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -82,10 +83,15 @@ def run_study(
 
     storage_retry_seconds: how long reads and writes to object storage are retried
     while it does not answer, before a trial or the driver counts them as failed.
+
+    verbose: 0 (default) nothing from Ray; 1 a progress line per phase (trials done,
+    running, pending, best so far, ETA) logged at INFO by the ``rest.progress`` logger
+    at most every 10 s; 2 Ray Tune's own tables and every result.
     """
     from .driver import StopSignals
     from .manifest import check_name, is_complete, open_study, refuse_edited, study_dir
     from .options import resolve_options, warn_overrides
+    from .progress import Every
     from .space import load_space
     from .storage import resolve_storage
     from .study import begin_study, run_study as run_phases
@@ -106,8 +112,9 @@ def run_study(
     else:
         opts, _ = resolve_options(storage, name, given)
         path = begin_study(spec, text, opts, f"rest.run_study({os.fspath(space)!r}, name={name!r})")
+    progress = Every(logging.getLogger("rest.progress").info) if opts.verbose == 1 else None  # 0: silent, 2: Ray's own
     with StopSignals() as stop:
-        run_phases(path, spec, opts, stop)
+        run_phases(path, spec, opts, stop, progress)
     return load_study(path.uri)
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .cli_common import PROG, Parser, ProgressBar
+from .cli_common import PROG, Parser, ProgressBar, StudyProgress
 from .cli_prepare import add_parser as add_prepare_parser
 from .cli_status import add_parser as add_status_parser
 from .errors import UserError
@@ -125,7 +125,9 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stall-minutes", type=float, default=10.0,
                    help="say so when trials wait this long for resources with none running (default 10)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                   help="Ray Tune's progress output: 0 none, 1 status tables (default), 2 every result")
+                   help="console output: 0 none from Ray (only warnings, errors and the summary), 1 one progress "
+                   "line per phase: trials done/running/pending, best so far, ETA (default), 2 Ray Tune's own "
+                   "tables and every result")
     p.add_argument("--max-failures", type=int, default=None,
                    help="retries of a failing trial, from its last checkpoint (default 2; resume: the study's); "
                         "a trial still failing fails its phase: exit 3, and resume runs it again")
@@ -305,9 +307,14 @@ def _drive(path, spec, opts, storage: str) -> int:
     from .errors import TrialsFailed
     from .study import run_study
 
+    progress = StudyProgress() if opts.verbose == 1 else None
     with StopSignals() as stop:
         try:
-            manifest = run_study(path, spec, opts, stop)
+            try:
+                manifest = run_study(path, spec, opts, stop, progress)
+            finally:
+                if progress is not None:
+                    progress.close()  # a bar cut short by a stop or a failure ends its line before the messages
         except Interrupted as exc:
             print(f"interrupted; continue with: {PROG} resume {opts.name} --storage {storage}", flush=True)
             return 128 + exc.signum

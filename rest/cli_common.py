@@ -1,5 +1,5 @@
 """What every command of the command line shares: the program name, the argument
-parser class and the progress bar.
+parser class and the progress bars (of a long job, and of a study's phases).
 
 Imported by ``rest.cli`` and by each command module, never the other way round,
 so the command modules do not import one another. Nothing heavy is imported at
@@ -54,6 +54,47 @@ class ProgressBar:
             self.bar = tqdm(total=total, unit=f" {self.what}", file=self.stream, leave=False, dynamic_ncols=True)
         self.bar.update(done - self.bar.n)
         if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class StudyProgress:
+    """The progress function of ``run`` / ``resume`` (``--verbose 1``): one line per phase on stderr.
+
+    On a terminal, a tqdm bar per phase redrawn in place (trials done of all, running,
+    pending, best so far, time left) and kept when the phase ends; elsewhere (logs, CI)
+    the same line printed at most every `every` seconds.
+    """
+
+    def __init__(self, stream=None, every: float = 10.0):
+        from .progress import Every
+
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.bar = None
+        self.phase = None
+        self.printed = Every(lambda line: print(line, file=self.stream, flush=True), every)
+
+    def __call__(self, p) -> None:
+        if not self.tty:
+            self.printed(p)
+            return
+        from tqdm import tqdm
+
+        from .progress import describe
+
+        if self.bar is not None and self.phase != p.phase:
+            self.close()
+        if self.bar is None:
+            self.bar = tqdm(total=p.total, file=self.stream, dynamic_ncols=True, bar_format="{desc} |{bar:20}|")
+            self.phase = p.phase
+        self.bar.total, self.bar.n = p.total, p.done
+        self.bar.set_description_str(describe(p))  # redraws
+        if not (p.running + p.pending):
             self.close()
 
     def close(self) -> None:

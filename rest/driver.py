@@ -63,8 +63,12 @@ def _check_reachable(address: str, what: str, fix: str) -> None:
         raise StudyError(f"cannot reach {what} ({exc}); {fix}") from None
 
 
-def connect(address: str | None, gpus_needed: float) -> None:
-    """Join the cluster at `address` (None or "local": start a private Ray) and check it can run the trials."""
+def connect(address: str | None, gpus_needed: float, quiet: bool = False) -> None:
+    """Join the cluster at `address` (None or "local": start a private Ray) and check it can run the trials.
+
+    Trial workers' output is never forwarded to the driver (it is in the trials' logs); `quiet`
+    keeps Ray's own INFO lines (the start-up banner) from the console too.
+    """
     import ray
 
     target = ray_target(address)
@@ -72,7 +76,8 @@ def connect(address: str | None, gpus_needed: float) -> None:
         if target == "local":
             log.info("starting a private Ray for this driver (--address auto joins this machine's cluster)")
         try:
-            ray.init(address=target, log_to_driver=False, **({"include_dashboard": False} if target == "local" else {}))
+            ray.init(address=target, log_to_driver=False, logging_level=logging.WARNING if quiet else logging.INFO,
+                     **({"include_dashboard": False} if target == "local" else {}))
         except ConnectionError as exc:
             raise StudyError(f"cannot connect to Ray at {target}: {str(exc).splitlines()[0]}; start one with "
                              f"'ray start --head', or leave --address out for a private Ray") from None

@@ -40,7 +40,8 @@ from .results import Trial, read_phase
 from .search import fixed_configs, search_param_space, search_phase
 from .space import StudySpec
 from .storage import Location, writing
-from .tracking import make_callbacks, stall_watch_class
+from .progress import Progress
+from .tracking import make_callbacks, progress_watch_class, stall_watch_class
 from .trainable import rest_trainable, trainable_options
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def begin_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str)
     """Everything that can fail on bad input, then the study directory: nothing is created before."""
     refuse_existing(opts.storage, opts.name)  # before paying for Ray start-up
     make_callbacks(spec, opts.name, "search")  # a tracker whose package is missing fails now
-    connect(opts.address, opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial)
+    connect(opts.address, opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial,
+            quiet=opts.verbose < 2)
     check_feasible(spec, opts)
     prepare_data(with_options(spec, opts))  # bad data fails here, before the study directory exists
     return create_study(spec, yaml_text, opts, command)
@@ -87,8 +89,22 @@ def _trainable(spec: StudySpec, opts: RunOptions):
     return tune.with_resources(fn, resources)
 
 
-def _tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, param_space: dict, scheduler,
-           search_alg=None, num_samples: int = 1, max_concurrent: int | None = None):
+def ray_verbose(verbose: int) -> int:
+    """Ray Tune's verbosity under ours: 2 is Ray's own output (tables, every result); below, Ray says nothing."""
+    return 2 if verbose >= 2 else 0
+
+
+def _callbacks(phase: str, path: Location, spec: StudySpec, opts: RunOptions, progress: Progress | None) -> list:
+    """The trackers, the stall watch and, given a progress function, the progress watch of one phase."""
+    callbacks = make_callbacks(spec, opts.name, phase) + [stall_watch_class()(opts.stall_minutes * 60, path)]
+    if progress is not None:
+        planned = (spec.confirm.epochs or spec.train.epochs) if phase == "confirm" else spec.max_epochs
+        callbacks.append(progress_watch_class()(progress, phase, planned, getattr(spec.train, "selection", "worst_group")))
+    return callbacks
+
+
+def _tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, progress: Progress | None, param_space: dict,
+           scheduler, search_alg=None, num_samples: int = 1, max_concurrent: int | None = None):
     from ray import tune
 
     storage_path, storage_filesystem = path.ray_storage
@@ -96,10 +112,10 @@ def _tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, param_
         name=phase,
         storage_path=storage_path,
         storage_filesystem=storage_filesystem,  # trial workers get the storage retries through it
-        callbacks=make_callbacks(spec, opts.name, phase) + [stall_watch_class()(opts.stall_minutes * 60, path)],
+        callbacks=_callbacks(phase, path, spec, opts, progress),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-        verbose=opts.verbose,
+        verbose=ray_verbose(opts.verbose),
     )
     tune_config = tune.TuneConfig(
         scheduler=scheduler,
@@ -200,16 +216,18 @@ def prepare_data(spec: StudySpec) -> None:
             load_dataset(dataset, pct, root)
 
 
-def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions):
-    """Restore the phase's experiment if Ray snapshotted it; else start it afresh."""
+def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, progress: Progress | None = None):
+    """Restore the phase's experiment if Ray snapshotted it (with this run's verbosity and callbacks); else start it afresh."""
     from ray import tune
 
     experiment = path.join(phase)
     if tune_ext.experiment_restorable(experiment.fs, experiment.path):
         log.info("restoring phase %s from %s", phase, experiment)
         where, fs = experiment.ray_storage
-        return tune.Tuner.restore(where, _trainable(spec, opts), resume_unfinished=True, resume_errored=True,
-                                  storage_filesystem=fs)
+        tuner = tune.Tuner.restore(where, _trainable(spec, opts), resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=fs)
+        tune_ext.use_run_config(tuner, ray_verbose(opts.verbose), _callbacks(phase, path, spec, opts, progress))
+        return tuner
     if experiment.exists():
         # A driver stopped before Ray's first snapshot: nothing there can be restored.
         aside = path.join(f".{phase}-abandoned-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -217,11 +235,11 @@ def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions):
         log.warning("phase %s had no Ray snapshot to restore; starting it afresh (old files moved to %s)", phase, aside)
     if phase == "search":
         scheduler, search_alg, num_samples, limit = search_phase(spec, path, opts.max_concurrent)
-        return _tuner(phase, path, spec, opts, search_param_space(spec), scheduler, search_alg, num_samples, limit)
+        return _tuner(phase, path, spec, opts, progress, search_param_space(spec), scheduler, search_alg, num_samples, limit)
     from ray.tune.schedulers import FIFOScheduler
 
     search_alg, num_samples = fixed_configs(_confirm_configs(path, spec))
-    return _tuner(phase, path, spec, opts, {}, FIFOScheduler(), search_alg, num_samples, opts.max_concurrent)
+    return _tuner(phase, path, spec, opts, progress, {}, FIFOScheduler(), search_alg, num_samples, opts.max_concurrent)
 
 
 def unfinished_trials(trials: list[Trial], spec: StudySpec, phase: str) -> list[Trial]:
@@ -245,8 +263,13 @@ def phase_status(trials: list[Trial], unfinished: list[Trial], stopped: bool) ->
     return "interrupted" if unfinished else "done"
 
 
-def run_study(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSignals | None = None) -> dict:
+def run_study(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSignals | None = None,
+              progress: Progress | None = None) -> dict:
     """Run every phase that is not done. Returns the manifest.
+
+    `progress`, if given, is called with a ``rest.progress.PhaseProgress`` as trials
+    start, report and end (the caller shows it); below ``opts.verbose`` 2 Ray itself
+    prints nothing in this process.
 
     Raises ``Interrupted`` (phase marked interrupted) when a stop signal arrives, and
     ``TrialsFailed`` (phase marked failed, later phases not started) when a trial
@@ -265,8 +288,8 @@ def run_study(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSigna
                 manifest["options"] = dataclasses.asdict(opts)  # what the study last ran with: the next run keeps it
                 lock.check()
                 write_manifest(path, manifest)
-            with tune_ext.guard_snapshots(lock.check):
-                return _run_phases(path, spec, opts, stop, manifest, lock.check)
+            with tune_ext.guard_snapshots(lock.check), tune_ext.quiet_ray(opts.verbose < 2):
+                return _run_phases(path, spec, opts, stop, manifest, lock.check, progress)
         except LockLost as lost:
             _stop_trials()
             raise StudyError(str(lost)) from None
@@ -279,7 +302,8 @@ def _stop_trials() -> None:
     ray.shutdown()  # Ray ends the actors this driver owns
 
 
-def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSignals, manifest: dict, check) -> dict:
+def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSignals, manifest: dict, check,
+                progress: Progress | None = None) -> dict:
     """The phases that are not done; `check()` raises LockLost before any write once another driver holds the study."""
 
     def save(manifest: dict) -> None:
@@ -287,7 +311,7 @@ def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSig
         write_manifest(path, manifest)
 
     gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial
-    connect(opts.address, gpus)
+    connect(opts.address, gpus, quiet=opts.verbose < 2)
     check_feasible(spec, opts)
     stop.install()
     for phase in PHASES:
@@ -297,7 +321,7 @@ def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSig
         check()  # before the phase's own writes (abandoned files moved aside, confirm configs, tuner.pkl)
         experiment, fix = path.join(phase), resume_after_full_disk(path)  # where Ray writes the phase
         with writing(experiment, fix):
-            tuner = _phase_tuner(phase, path, spec, opts)
+            tuner = _phase_tuner(phase, path, spec, opts, progress)
         info["status"] = "running"
         save(manifest)
         start = time.time()

@@ -1,8 +1,9 @@
-"""What a study reports besides its files: experiment trackers and the stall watch.
+"""What a study reports besides its files: experiment trackers, the stall watch and the progress watch.
 
 Trackers are Ray Tune's own logger callbacks, chosen by the study file's `callbacks:`
 list; the stall watch says once, in the log and in stalls.log, when trials wait for
-resources that never come.
+resources that never come; the progress watch hands the caller's progress function
+a ``rest.progress.PhaseProgress`` as trials start, report and end.
 """
 from __future__ import annotations
 
@@ -86,3 +87,64 @@ def make_callbacks(spec: StudySpec, study: str, phase: str) -> list:
     except ImportError as exc:
         raise StudyError(f"the study file asks for a tracker whose package is missing ({exc.name}); "
                          f"pip install {exc.name} or remove it from 'callbacks'") from None
+
+
+def progress_watch_class():
+    from ray.tune import Callback
+
+    from .progress import PhaseProgress, count_trials, epochs_left, eta_seconds
+    from .selection import PRIMARY
+
+    class ProgressWatch(Callback):
+        """Calls `report(PhaseProgress)` when a trial starts, reports or ends: the caller decides what to show.
+
+        The function is the caller's (a console, a notebook widget): it is not pickled
+        with the tuner (Ray saves its callbacks in tuner.pkl), so a restored one is silent.
+        """
+
+        def __init__(self, report, phase: str, planned_epochs: int, primary: str = "worst_group"):
+            self.report, self.phase, self.planned = report, phase, planned_epochs
+            self.metric = f"val_{PRIMARY[primary]}"
+            self.label = "val " + PRIMARY[primary].removesuffix("_acc").replace("_", "-")  # val worst-group, val avg
+            self.total, self.best, self.peak = 0, None, 1
+            self.timed = [0.0, 0]  # seconds and count of epochs trained in this run
+
+        def __getstate__(self):
+            return {**self.__dict__, "report": None}
+
+        def setup(self, total_num_samples: int = 0, **info):
+            self.total = total_num_samples
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._emit(trials)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            value = result.get(self.metric)
+            if isinstance(value, (int, float)) and value == value and (self.best is None or value > self.best):
+                self.best = float(value)
+            if result.get("time_this_iter_s"):
+                self.timed = [self.timed[0] + result["time_this_iter_s"], self.timed[1] + 1]
+            self._emit(trials)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._emit(trials)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._emit(trials)
+
+        def on_experiment_end(self, trials, **info):
+            self._emit(trials)
+
+        def _emit(self, trials) -> None:
+            if self.report is None:
+                return
+            done, running, pending, failed = count_trials([t.status for t in trials], self.total)
+            self.peak = max(self.peak, running)
+            left = epochs_left([(t.status, int((t.last_result or {}).get("epoch", 0)),
+                                 int(t.config.get("epochs") or self.planned)) for t in trials],
+                               self.total - len(trials), self.planned)
+            pace = self.timed[0] / self.timed[1] if self.timed[1] else None
+            eta = eta_seconds(left, pace, min(self.peak, running + pending))
+            self.report(PhaseProgress(self.phase, done, running, pending, failed, self.best, self.label, eta))
+
+    return ProgressWatch

@@ -5,8 +5,9 @@ current trial stores its checkpoints (to find one newer than Ray hands back),
 whether an experiment directory really holds a snapshot to restore, the graceful
 stop Tune performs on SIGUSR1, a check before every experiment snapshot (the
 driver lock), the bookkeeping of Ray's ASHA scheduler that the per-cell wrapper
-routes, recording a paused trial that a scheduler stops, and the file where
-``ray start`` leaves its address. They live here, and ``tests/test_tune_ext.py`` checks
+routes, recording a paused trial that a scheduler stops, the file where
+``ray start`` leaves its address, the run config a restored tuner runs with, and
+the switches that keep Ray quiet in the driver. They live here, and ``tests/test_tune_ext.py`` checks
 each against the installed Ray, so an upgrade that moves one fails loudly in the
 tests instead of silently weakening resume.
 """
@@ -70,6 +71,43 @@ def current_cluster_address() -> str | None:
     from ray._private.services import find_bootstrap_address
 
     return find_bootstrap_address(None) or None
+
+
+def use_run_config(tuner, verbose: int, callbacks: list) -> None:
+    """Give a restored Tuner this driver's verbosity and callbacks; it would run with those pickled in tuner.pkl."""
+    config = tuner._local_tuner.get_run_config()
+    config.verbose, config.callbacks = verbose, callbacks
+
+
+# Below --verbose 2 the driver shows none of Ray's output. Ray's legacy output engine is silent at
+# verbose 0 (the default engine still prints a configuration table and paths); Tune's traceback per
+# failed trial is left to the study's own failure summary (error.txt keeps it); its warning about
+# frequent snapshots (every checkpoint of a trial with few epochs forces one) is not the user's to fix;
+# the "ray" logger's INFO lines (start-up, "Wrote the latest version...") go. Other warnings stay.
+QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
+             "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+
+
+@contextmanager
+def quiet_ray(quiet: bool):
+    """Ray's console output in this process held to its warnings and errors while inside, if `quiet`."""
+    if not quiet:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in QUIET_ENV}
+    ray_log = logging.getLogger("ray")
+    level = ray_log.level
+    os.environ.update(QUIET_ENV)
+    ray_log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        ray_log.setLevel(level)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 _SNAPSHOT_GUARDS: list[Callable[[], None]] = []

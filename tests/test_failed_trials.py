@@ -74,6 +74,7 @@ def test_errored_trials_fail_the_phase_exit_3_and_resume_retries_them(ray_cluste
     assert "conflict ratio 2% is missing under" in stderr
     assert f"resume lost --storage {storage}" in stderr
     assert "2 of 2 configs failed" in stdout  # the CLI's summary of what ran
+    assert "Traceback" not in stdout + stderr and "Trial task failed" not in stderr, "--verbose 0: no Ray traceback per trial"
 
     tables = tmp_path / "tables"  # what `export` writes (the command is a thin layer over this call)
     rest.load_study("lost", storage=str(storage)).export(tables, formats=("md", "csv"))
@@ -90,8 +91,9 @@ def test_errored_trials_fail_the_phase_exit_3_and_resume_retries_them(ray_cluste
     assert json.loads((study / "manifest.json").read_text())["phases"]["search"]["status"] == "failed"
 
     (data / "2pct.moved").rename(data / "2pct")
-    again = cli("resume", "lost", "--storage", str(storage), "--address", ray_cluster.address, "--verbose", "0")
+    again = cli("resume", "lost", "--storage", str(storage), "--address", ray_cluster.address, "--verbose", "2")
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "Trial status" in again.stdout, "--verbose 2: Ray's own tables (a restored phase too)"
     manifest = json.loads((study / "manifest.json").read_text())
     assert {p: i["status"] for p, i in manifest["phases"].items()} == {"search": "done", "confirm": "done"}
     finished = rest.load_study("lost", storage=str(storage))

@@ -29,6 +29,16 @@ def write_space(path: Path, **changes) -> Path:
     return path
 
 
+RAY_TABLE = ("Trial status", "Trial name", "│", "╭")
+
+
+def assert_no_ray_output(out) -> None:
+    """Neither Ray Tune's tables nor Ray's log lines (``<time> INFO file.py:N -- ...``) on the console."""
+    both = out.stdout + out.stderr
+    assert not [mark for mark in RAY_TABLE if mark in both], both[-3000:]
+    assert not [line for line in both.splitlines() if " INFO " in line], both[-3000:]
+
+
 def results(experiment: Path) -> dict[str, list[dict]]:
     """trial dir name -> every record it reported, in order (read from Ray's result.json)."""
     out = {}
@@ -43,6 +53,10 @@ def test_smoke_study_end_to_end_on_two_nodes(ray_cluster, smoke_study):
     tmp_path, out = smoke_study
     assert out.returncode == 0, out.stderr[-3000:]
     assert "best config per cell" in out.stdout
+    # the default console: our progress line per phase instead of Ray's tables and log lines
+    assert any(line.startswith("search: ") and " done, " in line for line in out.stderr.splitlines()), out.stderr[-2000:]
+    assert "confirm: 6/6 done" in out.stderr
+    assert_no_ray_output(out)
     study = tmp_path / "smoke"
     manifest = json.loads((study / "manifest.json").read_text())
     assert {p: i["status"] for p, i in manifest["phases"].items()} == {"search": "done", "confirm": "done"}
@@ -235,3 +249,5 @@ def test_a_full_disk_in_the_driver_is_one_line_and_resume_finishes(ray_cluster, 
 
     done = cli("resume", "full", "--storage", str(tmp_path), "--address", ray_cluster.address, "--verbose", "0")
     assert done.returncode == 0 and "study full finished" in done.stdout, done.stderr[-3000:]
+    assert_no_ray_output(done)
+    assert " done, " not in done.stderr, "--verbose 0: no progress line either"
