@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import signal
+import threading
 from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import Callable
@@ -140,17 +141,41 @@ def _guarded_upload(sync_up_command):
         upload, upload_kwargs = sync_up_command(self, *args, **kwargs)
 
         def checked_upload(**kw):
+            with _UPLOADS:
+                _UPLOADS.running += 1
             try:
                 _check_guards()
             except BaseException as exc:  # noqa: BLE001 - this thread has no caller to raise to
                 log.warning("experiment snapshot not uploaded: %s", exc)
                 return None
-            return upload(**kw)
+            else:
+                return upload(**kw)
+            finally:
+                with _UPLOADS:
+                    _UPLOADS.running -= 1
+                    _UPLOADS.notify_all()
 
         return checked_upload, upload_kwargs
 
     guarded_sync_up_command.rest_guarded = True
     return guarded_sync_up_command
+
+
+class _Uploads(threading.Condition):
+    running = 0
+
+
+_UPLOADS = _Uploads()  # snapshot uploads under way in Tune's syncer threads
+
+
+def wait_for_uploads(seconds: float) -> bool:
+    """Wait up to `seconds` for snapshot uploads under way to end; whether none is left.
+
+    The syncer's threads are daemons whose pyarrow copy calls back into Python: a process
+    that exits while one runs can die in the interpreter's shutdown (SIGABRT).
+    """
+    with _UPLOADS:
+        return _UPLOADS.wait_for(lambda: _UPLOADS.running == 0, timeout=seconds)
 
 
 @contextmanager
@@ -182,6 +207,8 @@ def guard_snapshots(check: Callable[[], None]):
         yield
     finally:
         _SNAPSHOT_GUARDS.remove(check)
+        if not wait_for_uploads(60):
+            log.warning("an experiment snapshot upload still runs after 60 s; leaving it")
 
 
 def asha_knows(asha, trial) -> bool:
