@@ -30,6 +30,7 @@ import logging
 import time
 
 from . import selection, tune_ext
+from .compact import compact_finished, compaction_callback
 from .driver import DriverLock, Interrupted, LockLost, StopSignals, check_feasible, connect
 from .errors import StudyError, TrialsFailed
 from .failures import failed_message
@@ -96,7 +97,8 @@ def _tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, param_
         name=phase,
         storage_path=storage_path,
         storage_filesystem=storage_filesystem,  # trial workers get the storage retries through it
-        callbacks=make_callbacks(spec, opts.name, phase) + [stall_watch_class()(opts.stall_minutes * 60, path)],
+        callbacks=make_callbacks(spec, opts.name, phase) + [stall_watch_class()(opts.stall_minutes * 60, path),
+                                                            compaction_callback()],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         verbose=opts.verbose,
@@ -314,6 +316,10 @@ def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSig
         unfinished = unfinished_trials(trials, spec, phase)
         info.update(trials=len(trials), errors=sum(t.status == "ERROR" for t in trials), unfinished=len(unfinished))
         info["status"] = phase_status(trials, unfinished, bool(stop.received))
+        if not stop.received:  # what a crash left uncompacted (the callback compacts trials as they end)
+            check()
+            cut = {t.trial_id for t in unfinished}
+            compact_finished(experiment, [trial_dirname(t) for t in trials if t.status == "TERMINATED" and t.trial_id not in cut])
         save(manifest)
         if stop.received:
             raise Interrupted(stop.received)
