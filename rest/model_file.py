@@ -11,7 +11,7 @@ import numpy as np
 
 from . import selection
 from .export import BASELINE_ROLES, ExportError, _pool, _primary, best_configs, format_value
-from .results import StudyResults, checkpoint_states
+from .results import COMPACT_FORMAT, StudyResults, checkpoint_states, is_compact
 
 
 MODEL_FORMAT = "rest-sparse-model-v1"
@@ -51,6 +51,8 @@ def _same(value, text: str) -> bool:
 
 def weights_epoch(state: dict) -> int:
     """The epoch whose weights ``sparse_model_state`` takes from a training state."""
+    if is_compact(state):
+        return int(state["weights_epoch"])
     return int(state["best"]["best_epoch"]) if state.get("best_weights") else int(state["epoch"])
 
 
@@ -115,6 +117,9 @@ def sparse_model_state(state: dict) -> dict:
     """The best-epoch weights of a training checkpoint, masked weights stored as bitmap + values."""
     import torch
 
+    if is_compact(state):
+        return state["model_file"]  # made by this function when the trial was compacted
+
     weights = state.get("best_weights") or {"model": state["model"], "masks": state["sparse"]["masks"]}
     dense, sparse = {}, {}
     for name, tensor in weights["model"].items():
@@ -127,6 +132,16 @@ def sparse_model_state(state: dict) -> dict:
                             "values": tensor.flatten()[mask.flatten()].clone()}
     return {"format": MODEL_FORMAT, "settings": state["settings"], "epoch": state["best"].get("best_epoch"),
             "metrics": state["best"], "dense": dense, "sparse": sparse}
+
+
+def compact_state(state: dict) -> dict:
+    """What a finished trial keeps of its training state: the model file ``export-model`` writes
+    from it, the epoch its weights are from, its best-so-far metrics and its final record (what
+    a resumed trial reports again). No optimizer state, no non-best weights."""
+    history = state.get("history") or []
+    return {"format": COMPACT_FORMAT, "settings": state["settings"], "epoch": int(state["epoch"]),
+            "best": dict(state["best"]), "weights_epoch": weights_epoch(state),
+            "final_record": history[-1] if history else None, "model_file": sparse_model_state(state)}
 
 
 def save_sparse_model(state: dict, path: Path) -> Path:

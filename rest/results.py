@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
+# A finished trial's checkpoint, compacted by the driver (rest.compact): no optimizer state, the
+# best-epoch weights in model-file form. Read before STATE_FILE in the same checkpoint directory.
+COMPACT_FILE = "compact.pt"
+COMPACT_FORMAT = "rest-compact-checkpoint-v1"
 CONFIG_KEYS = ("dataset", "conflict_pct", "density", "lambda_upweight", "reweight", "sparse", "seed", "selection")
 
 
@@ -58,17 +62,31 @@ def checkpoint_history(trial: Location) -> list[dict]:
     return []
 
 
-def checkpoint_states(trial: Location):
-    """(checkpoint, training state, None) of a trial's checkpoints, newest first; (checkpoint,
-    None, reason) where one cannot be read (a crash mid-write, a damaged file)."""
+def is_compact(state: dict) -> bool:
+    """Whether a checkpoint's state is a finished trial's compact one (it cannot be trained on)."""
+    return state.get("format") == COMPACT_FORMAT
+
+
+def read_checkpoint(ckpt: Location) -> dict:
+    """The state in one checkpoint directory: its compact file if it has one, else its training state."""
     import io
 
     import torch
 
+    try:
+        f = ckpt.fs.open_input_file(ckpt.join(COMPACT_FILE).path)
+    except FileNotFoundError:
+        f = ckpt.fs.open_input_file(ckpt.join(STATE_FILE).path)
+    with f:
+        return torch.load(io.BytesIO(f.read()), weights_only=False, map_location="cpu")
+
+
+def checkpoint_states(trial: Location):
+    """(checkpoint, training state, None) of a trial's checkpoints, newest first; (checkpoint,
+    None, reason) where one cannot be read (a crash mid-write, a damaged file)."""
     for ckpt in checkpoint_dirs(trial):
         try:
-            with ckpt.fs.open_input_file(ckpt.join(STATE_FILE).path) as f:
-                state = torch.load(io.BytesIO(f.read()), weights_only=False, map_location="cpu")
+            state = read_checkpoint(ckpt)
         except Exception as exc:  # incomplete checkpoint (crash mid-write): the previous one
             yield ckpt, None, exc
             continue

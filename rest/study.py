@@ -30,6 +30,7 @@ import logging
 import time
 
 from . import selection, tune_ext
+from .compact import compact_finished, compaction_callback
 from .driver import DriverLock, Interrupted, LockLost, StopSignals, check_feasible, connect
 from .errors import StudyError, TrialsFailed
 from .failures import failed_message
@@ -95,8 +96,9 @@ def ray_verbose(verbose: int) -> int:
 
 
 def _callbacks(phase: str, path: Location, spec: StudySpec, opts: RunOptions, progress: Progress | None) -> list:
-    """The trackers, the stall watch and, given a progress function, the progress watch of one phase."""
-    callbacks = make_callbacks(spec, opts.name, phase) + [stall_watch_class()(opts.stall_minutes * 60, path)]
+    """The trackers, the stall watch, the compaction of ended trials and, given a progress function, the progress watch of one phase."""
+    callbacks = make_callbacks(spec, opts.name, phase) + [stall_watch_class()(opts.stall_minutes * 60, path),
+                                                          compaction_callback()]
     if progress is not None:
         planned = (spec.confirm.epochs or spec.train.epochs) if phase == "confirm" else spec.max_epochs
         callbacks.append(progress_watch_class()(progress, phase, planned, getattr(spec.train, "selection", "worst_group")))
@@ -338,6 +340,10 @@ def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSig
         unfinished = unfinished_trials(trials, spec, phase)
         info.update(trials=len(trials), errors=sum(t.status == "ERROR" for t in trials), unfinished=len(unfinished))
         info["status"] = phase_status(trials, unfinished, bool(stop.received))
+        if not stop.received:  # what a crash left uncompacted (the callback compacts trials as they end)
+            check()
+            cut = {t.trial_id for t in unfinished}
+            compact_finished(experiment, [trial_dirname(t) for t in trials if t.status == "TERMINATED" and t.trial_id not in cut])
         save(manifest)
         if stop.received:
             raise Interrupted(stop.received)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import selection, tune_ext
-from .results import HISTORY_FILE, STATE_FILE, flat_config, newest_state
+from .results import HISTORY_FILE, STATE_FILE, flat_config, is_compact, newest_state, read_checkpoint
 from .search import METRIC, SEARCHER_METRIC
 from .search import rung_epochs as study_rung_epochs
 from .settings import TrainSettings
@@ -60,8 +60,6 @@ def _resume_state(ray_checkpoint) -> dict | None:
     none at all). Looking at the trial directory itself means no finished epoch with
     a checkpoint is ever trained again.
     """
-    import torch
-
     try:
         fs, trial_path = tune_ext.trial_storage()
         return newest_state(Location(fs, trial_path))
@@ -69,8 +67,10 @@ def _resume_state(ray_checkpoint) -> dict | None:
         log.warning("could not list this trial's checkpoints (%s); using Ray's", exc)
     if ray_checkpoint is None:
         return None
+    from .storage import local
+
     with ray_checkpoint.as_directory() as d:
-        return torch.load(Path(d) / STATE_FILE, weights_only=False, map_location="cpu")
+        return read_checkpoint(local(d))
 
 
 def rest_trainable(config: dict, checkpoint_every: int = 1, rung_epochs: tuple = (), test_delay: str | None = None,
@@ -83,7 +83,8 @@ def rest_trainable(config: dict, checkpoint_every: int = 1, rung_epochs: tuple =
     deterministic-halving rung epoch; resumed at one (a paused trial, or a driver
     restart), it reports that epoch's record again before training on, so the scheduler
     cuts (or replays) the rung first. A trial resumed at or past its last epoch reports
-    its final record again and ends. The first record after a resume says how long the
+    its final record again and ends, and so does one whose checkpoint was compacted when it
+    ended (rest.compact: it finished, or the scheduler stopped it). The first record after a resume says how long the
     setup and checkpoint load took (``restore_seconds``).
     `data_root`, when given, is where the dataset is now (the driver's, overriding the config's).
     """
@@ -101,6 +102,10 @@ def rest_trainable(config: dict, checkpoint_every: int = 1, rung_epochs: tuple =
     torch.set_num_threads(max(1, int(round(cpus))))
     trainer = Trainer(settings)
     state = _resume_state(tune.get_checkpoint())
+    if state is not None and is_compact(state):  # compacted when it ended (finished, or stopped by the scheduler)
+        if state.get("final_record"):
+            tune.report(state["final_record"])
+        return
     history: list[dict] = []
     if state is not None:
         trainer.load_state_dict(state)

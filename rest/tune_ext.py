@@ -54,6 +54,11 @@ def trial_storage() -> tuple:
     return storage.storage_filesystem, storage.trial_fs_path
 
 
+def trial_location(trial) -> tuple:
+    """(pyarrow filesystem, trial directory) of a trial, in the driver (where it is after a restore too)."""
+    return trial.storage.storage_filesystem, trial.path
+
+
 def request_graceful_stop() -> None:
     """Ask a running ``Tuner.fit()`` in this process to stop after one last forced snapshot."""
     os.kill(os.getpid(), signal.SIGUSR1)

@@ -168,7 +168,7 @@ def test_export_model_round_trip_and_exports_never_write_to_storage(smoke_study,
     spec = get_dataset_spec(settings.dataset)
     reference = build_model(settings.model or spec.default_model, spec.num_classes, spec.image_size, settings.width,
                             stem=settings.stem)
-    reference.load_state_dict(state["best_weights"]["model"])
+    reference.load_state_dict(checkpoint_weights(state))
     x = to_input(load_dataset(settings.dataset, settings.conflict_pct).test.images[:512], spec)
     with torch.no_grad():
         assert torch.equal(model(x), reference.eval()(x))
@@ -176,6 +176,23 @@ def test_export_model_round_trip_and_exports_never_write_to_storage(smoke_study,
     assert (tmp_path / "m.pt").stat().st_size <= settings.density * dense_bytes + 0.1 * dense_bytes
     again = cli("export-model", str(storage / "smoke"), "--cell", cell, "--out", str(tmp_path / "m.pt"))
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def checkpoint_weights(state: dict) -> dict:
+    """The best-epoch weights a checkpoint holds: a training state's, or a compacted trial's bitmap + values."""
+    import numpy as np
+
+    if "best_weights" in state:
+        return state["best_weights"]["model"]
+    saved = state["model_file"]
+    weights = dict(saved["dense"])
+    for name, part in saved["sparse"].items():
+        n = int(np.prod(part["shape"]))
+        mask = torch.from_numpy(np.unpackbits(part["bitmap"].numpy())[:n].astype(bool))
+        flat = torch.zeros(n, dtype=part["values"].dtype)
+        flat[mask] = part["values"]
+        weights[name] = flat.reshape(part["shape"])
+    return weights
 
 
 class _Payload:
@@ -208,7 +225,7 @@ def test_export_model_writes_the_reported_epoch_or_refuses_with_the_retrain_comm
     from rest.cli import main
     from rest.export import load_study
     from rest.model_file import read_model_file, selected_trial
-    from rest.results import STATE_FILE, checkpoint_dirs
+    from rest.results import COMPACT_FILE, STATE_FILE, checkpoint_dirs
     from rest.settings import TrainSettings
     from rest.storage import local
 
@@ -227,8 +244,8 @@ def test_export_model_writes_the_reported_epoch_or_refuses_with_the_retrain_comm
     assert read_model_file(tmp_path / "good.pt")["epoch"] == reported
 
     for ckpt in checkpoint_dirs(trial.location):  # truncate every checkpoint holding the selected epoch
-        state = Path(ckpt.path) / STATE_FILE
-        if torch.load(state, weights_only=False, map_location="cpu")["epoch"] >= reported:
+        state = next((p for p in (Path(ckpt.path) / COMPACT_FILE, Path(ckpt.path) / STATE_FILE) if p.exists()), None)
+        if state is not None and torch.load(state, weights_only=False, map_location="cpu")["epoch"] >= reported:
             state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     status, err = command("export-model", str(study_dir), "--cell", "colored_digits:5", "--out", str(tmp_path / "bad.pt"))
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, err
