@@ -459,8 +459,6 @@ def export_only_s3(local_study: Path, out: Path) -> dict:
     """Upload a kept local study to the S3 server; time export and load_study there."""
     import pyarrow.fs as pafs
 
-    if not (local_study / "manifest.json").is_file():
-        sys.exit(f"error: {local_study} is not a study directory (no manifest.json); pass a study kept with --keep")
     with s3_server() as storage:
         say(f"uploading {local_study} to {storage} ...")
         fs, path = pafs.FileSystem.from_uri(storage)
@@ -497,6 +495,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.export_only_s3:
+        if not (args.export_only_s3 / "manifest.json").is_file():
+            sys.stderr.write(f"error: {args.export_only_s3} is not a study directory (no manifest.json); "
+                             f"pass a study kept with --keep, e.g. DIR/local/scale_grid_1000\n")
+            return 2
         result = json.loads(args.out.read_text()) if args.out.exists() else {"runs": [], "series": {}}
         entry = export_only_s3(args.export_only_s3, args.out)
         result["export_only_s3"] = [e for e in result.get("export_only_s3", []) if e["study"] != entry["study"]] + [entry]

@@ -89,3 +89,10 @@ def test_scale_bench_quick_mode_reports_every_figure_against_its_target(tmp_path
     assert "| grid/local | 8 |" in (tmp_path / "scale_bench.md").read_text()
     assert (tmp_path / "scale_bench.png").stat().st_size > 10_000
     assert (committed.stat().st_mtime if committed.exists() else None) == before
+
+
+def test_scale_bench_export_only_s3_of_a_non_study_is_refused(scale_bench, tmp_path, capsys):
+    out = tmp_path / "out" / "scale_bench.json"
+    assert scale_bench.main(["--export-only-s3", str(tmp_path), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path} is not a study directory (no manifest.json); pass a study")
+    assert not out.parent.exists()
