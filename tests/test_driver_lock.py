@@ -86,6 +86,7 @@ def session_files(listing: dict, session: str) -> dict:
 
 
 def stop_past_lease(proc: subprocess.Popen, study: str) -> None:
+    assert proc.poll() is None and lock(study), f"the driver ended early ({proc.poll()}): {proc.stderr.read()[-3000:]}"
     proc.send_signal(signal.SIGSTOP)
     wait_for(lambda: lock_age(study) > 3.5, 30, "the paused driver's lease to run out")
 
@@ -108,7 +109,7 @@ def test_a_paused_driver_keeps_its_study_on_its_host_and_loses_it_past_its_lease
     first = start(["run", str(space), "--storage", storage, *addr, *LEASE], hostname=HOSTNAME)
     procs = [first]
     try:
-        wait_for(lambda: any("/checkpoint_" in k for k in files(study)), 180, "a first trial checkpoint")
+        wait_for(lambda: any("/checkpoint_" in k for k in files(study)), 300, "a first trial checkpoint")
         session = wait_for(lambda: re.findall(r"experiment_state-([^ /]+)\.json", " ".join(files(study))), 60, "a snapshot")[0]
 
         # 1. Paused past its lease, on its own host (same name, same machine): never taken over while its pid lives.
