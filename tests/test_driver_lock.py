@@ -86,7 +86,9 @@ def session_files(listing: dict, session: str) -> dict:
 
 
 def stop_past_lease(proc: subprocess.Popen, study: str) -> None:
-    assert proc.poll() is None and lock(study), f"the driver ended early ({proc.poll()}): {proc.stderr.read()[-3000:]}"
+    if proc.poll() is not None:
+        raise AssertionError(f"the driver ended before its pause (exit {proc.returncode}): {proc.stderr.read()[-3000:]}")
+    assert lock(study), "the running driver holds no lock"
     proc.send_signal(signal.SIGSTOP)
     wait_for(lambda: lock_age(study) > 3.5, 30, "the paused driver's lease to run out")
 
