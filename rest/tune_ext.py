@@ -1,7 +1,8 @@
 """Every use of Ray Tune internals, behind one small door.
 
 Ray's public API does not cover a few things this project needs: where the
-current trial stores its checkpoints (to find one newer than Ray hands back),
+current trial stores its checkpoints (to find one newer than Ray hands back, and
+to write its history file), an experiment's trials without every trial's records,
 whether an experiment directory really holds a snapshot to restore, the graceful
 stop Tune performs on SIGUSR1, a check before every experiment snapshot (the
 driver lock), the bookkeeping of Ray's ASHA scheduler that the per-cell wrapper
@@ -50,6 +51,36 @@ def trial_storage() -> tuple:
 
     storage = tune.get_context().get_storage()
     return storage.storage_filesystem, storage.trial_fs_path
+
+
+def experiment_analysis(path: str, fs):
+    """Ray's ``ExperimentAnalysis`` of an experiment (its trials: status, config, failures) without
+    reading every trial's reported records.
+
+    Its constructor reads each trial's ``result.json``, one trial after another; the study
+    reader reads each trial's own history file instead, in parallel, and asks for Ray's
+    records (``reported_frame``) only of trials that have none (studies from before it).
+    """
+    from ray.tune import ExperimentAnalysis
+
+    class TrialsOnly(ExperimentAnalysis):
+        def _fetch_trial_dataframes(self) -> dict:
+            return {}
+
+    return TrialsOnly(path, storage_filesystem=fs)
+
+
+def reported_frame(analysis, trial):
+    """Every record `trial` reported to Ray (its ``result.json``) as a DataFrame; empty if there is none."""
+    import pandas as pd
+
+    try:
+        return analysis._fetch_trial_dataframe(trial)
+    except FileNotFoundError:  # it reported nothing yet, or its files are gone
+        return pd.DataFrame()
+    except Exception as exc:  # noqa: BLE001 - a damaged result.json: its checkpoint's history stands in
+        log.warning("cannot read the records trial %s reported (%s)", trial.trial_id, exc)
+        return pd.DataFrame()
 
 
 def request_graceful_stop() -> None:
