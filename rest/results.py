@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import selection, tune_ext
@@ -276,10 +277,11 @@ def trial_row(t: Trial, spec: StudySpec) -> dict:
 
 def mean_se(values: pd.Series) -> tuple[float, float]:
     """Mean and standard error (sample std / sqrt(n)) of the non-missing values; se is nan for n < 2."""
-    v = pd.to_numeric(values, errors="coerce").dropna().astype(float)
-    if v.empty:
+    v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)  # numpy: export calls this per config and metric
+    v = v[~np.isnan(v)]
+    if v.size == 0:
         return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
 
 
 def aggregate(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

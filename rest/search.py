@@ -50,6 +50,9 @@ REPORTED = (TIME_ATTR, METRIC, SEARCHER_METRIC, *selection.RANKED, "node_id", "p
             "restore_seconds")
 
 
+STATISTICS = (TIME_ATTR, METRIC, SEARCHER_METRIC)  # keys Tune keeps running statistics of (tune_ext)
+
+
 def reported(record: dict) -> dict:
     """The part of an epoch record a trial reports to Ray."""
     return {k: record[k] for k in REPORTED if k in record}

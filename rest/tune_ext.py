@@ -2,7 +2,8 @@
 
 Ray's public API does not cover a few things this project needs: where the
 current trial stores its checkpoints (to find one newer than Ray hands back, and
-to write its history file), an experiment's trials without every trial's records,
+to write its history file), an experiment's trials without every trial's records, fewer per-metric statistics
+in Tune's snapshot,
 whether an experiment directory really holds a snapshot to restore, the graceful
 stop Tune performs on SIGUSR1, a check before every experiment snapshot (the
 driver lock), the bookkeeping of Ray's ASHA scheduler that the per-cell wrapper
@@ -81,6 +82,32 @@ def reported_frame(analysis, trial):
     except Exception as exc:  # noqa: BLE001 - a damaged result.json: its checkpoint's history stands in
         log.warning("cannot read the records trial %s reported (%s)", trial.trial_id, exc)
         return pd.DataFrame()
+
+
+def keep_statistics_only_of(metrics) -> None:
+    """Have Tune keep its running statistics (min, max, mean, last-5 and last-10 means) of `metrics` only
+    (None: of every numeric key again).
+
+    Tune keeps them for every numeric key of every result, per trial, and writes them all
+    into every experiment snapshot (~650 bytes a key and trial; its own keys, e.g.
+    ``time_total_s``, among them). Only Ray's ``ExperimentAnalysis.get_best_trial`` reads
+    them, for the metric it is asked about; this project reads none.
+    """
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    update = getattr(_TrainingRunMetadata.update_metric, "rest_original", _TrainingRunMetadata.update_metric)
+    if metrics is None:  # every key again, as Tune does
+        _TrainingRunMetadata.update_metric = update
+        return
+    kept = frozenset(metrics)
+
+    @functools.wraps(update)
+    def update_metric(self, metric, value, step=1):
+        if metric in kept:
+            update(self, metric, value, step)
+
+    update_metric.rest_original = update
+    _TrainingRunMetadata.update_metric = update_metric
 
 
 def request_graceful_stop() -> None:

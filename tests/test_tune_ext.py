@@ -133,3 +133,20 @@ def test_experiment_trials_load_without_their_records_which_come_one_trial_at_a_
     (tmp_path / "e" / trial.storage.trial_dir_name / "result.json").unlink()
     (tmp_path / "e" / trial.storage.trial_dir_name / "progress.csv").unlink()
     assert tune_ext.reported_frame(analysis, trial).empty
+
+
+def test_tune_keeps_statistics_of_the_kept_metrics_only():
+    from ray.tune.experiment import Trial
+
+    def statistics(result: dict) -> set:
+        trial = Trial("fake", stub=True)
+        trial.update_last_result(dict(result))
+        return set(trial.metric_analysis) & set(result)
+
+    result = {"val_rank": 0.5, "train_loss": 2.0, "time_total_s": 1.0, "training_iteration": 1}
+    tune_ext.keep_statistics_only_of(["val_rank"])
+    try:
+        assert statistics(result) == {"val_rank"}
+    finally:
+        tune_ext.keep_statistics_only_of(None)
+    assert statistics(result) == set(result)
