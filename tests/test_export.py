@@ -14,7 +14,7 @@ from conftest import ROOT
 
 FIXTURE = ROOT / "tests" / "fixtures" / "smoke_study"
 GOLDEN = ROOT / "tests" / "golden"
-SNAPSHOT_BYTES_PER_TRIAL = 20_000  # was ~63 KB with full records; Ray keeps ~5 KB of its own per trial (config x2)
+SNAPSHOT_BYTES_PER_TRIAL = 25_000  # was 63-68 KB with full records; what is left is mostly Ray's own (config x3, kept checkpoints)
 
 
 def cli(*args):
