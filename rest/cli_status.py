@@ -10,7 +10,6 @@ import argparse
 import math
 import time
 
-from .cli_common import Parser
 from .errors import UserError
 
 COLUMNS = ("phase", "cell", "trials", "done", "run", "pend", "err", "stop", "epochs", "best so far")

@@ -1,10 +1,13 @@
 """The one reader of a study: trials, per-epoch histories and checkpoints, read-only.
 
-Built on Ray Tune's public ``ExperimentAnalysis`` (trial status, config, failure
-count and the ``result.json`` records) plus the history each trial keeps in its
-own checkpoints: after a driver crash Ray's snapshot can miss the last epochs a
-trial finished, while the checkpoint written with those epochs holds them all, so
-the history here is the union of the two, one record per epoch.
+Built on Ray Tune's ``ExperimentAnalysis`` (trial status, config, failure count)
+plus each trial's history file (``<trial_dir>/history.json``, every epoch record,
+rewritten by the trial after each epoch), one read per trial, in parallel on object
+storage. Studies written before trials kept that file fall back to Ray's reported
+records (``result.json``) merged with the history in the trial's newest checkpoint:
+after a driver crash Ray's snapshot can miss the last epochs a trial finished, while
+the checkpoint written with those epochs holds them all, so the history there is the
+union of the two, one record per epoch.
 
 Nothing here writes: export and export-model read a study through this module and
 leave its storage exactly as it was.
@@ -15,9 +18,11 @@ import json
 import logging
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import selection, tune_ext
@@ -34,6 +39,7 @@ HISTORY_FILE = "history.json"
 # best-epoch weights in model-file form. Read before STATE_FILE in the same checkpoint directory.
 COMPACT_FILE = "compact.pt"
 COMPACT_FORMAT = "rest-compact-checkpoint-v1"
+READERS = 32  # trials read at once from object storage (each read mostly waits on the network)
 CONFIG_KEYS = ("dataset", "conflict_pct", "density", "lambda_upweight", "reweight", "sparse", "seed", "selection")
 
 
@@ -128,10 +134,25 @@ def error_line(text: str) -> str:
 
 
 def merge_history(reported: list[dict], kept: list[dict]) -> list[dict]:
-    """One record per epoch, in epoch order: Ray's reported records, gaps filled from the checkpoint."""
-    by_epoch: dict[int, dict] = {int(r["epoch"]): r for r in kept if "epoch" in r}
-    by_epoch.update({int(r["epoch"]): r for r in reported if "epoch" in r and r.get("epoch") == r.get("epoch")})
+    """One record per epoch, in epoch order: Ray's reported records over the checkpoint's, key by key
+    (so an epoch Ray missed, or a key it was not sent, comes from the checkpoint)."""
+    by_epoch: dict[int, dict] = {int(r["epoch"]): dict(r) for r in kept if "epoch" in r}
+    for r in reported:
+        if "epoch" in r and r.get("epoch") == r.get("epoch"):
+            by_epoch.setdefault(int(r["epoch"]), {}).update(r)
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def trial_history(trial: Location, reported) -> list[dict]:
+    """A trial's epoch records: its history file, else (older studies) `reported()`, Ray's records,
+    merged with the newest checkpoint's history."""
+    try:
+        return merge_history(trial.join(HISTORY_FILE).read_json(), [])
+    except FileNotFoundError:
+        pass
+    except (ValueError, UnicodeDecodeError) as exc:  # damaged: Ray's records and the checkpoint still hold it
+        log.warning("%s/%s is damaged (%s); reading Ray's records and the checkpoint instead", trial, HISTORY_FILE, exc)
+    return merge_history(reported(), checkpoint_history(trial))
 
 
 @dataclass
@@ -224,27 +245,17 @@ def read_study(location: Location, spec: StudySpec | None = None) -> StudyResult
 
 def read_phase(experiment: Location, phase: str) -> list[Trial]:
     """Every trial of one phase's Ray experiment ([] if the phase has no snapshot yet)."""
-    from ray.tune import ExperimentAnalysis
-
-    if not any(c.name.startswith("experiment_state-") for c in experiment.children()):
+    if not any(c.name.startswith(tune_ext.STATE_PREFIX) for c in experiment.children()):
         return []
-    # Trials that have not reported yet (pending, or interrupted in epoch 1) have no
-    # result.json; Ray warns about each, which is noise here: they simply have no history.
-    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        analysis = ExperimentAnalysis(experiment.path, storage_filesystem=experiment.fs)
-        reported = analysis.trial_dataframes  # trial_id -> records from result.json
-    finally:
-        quiet.setLevel(level)
-    trials = []
-    for t in analysis.trials:
+    analysis = tune_ext.experiment_analysis(experiment.path, experiment.fs)
+
+    def read(t) -> Trial:
         trial_dir = experiment.join(f"trial_{t.trial_id}")
-        frame = reported.get(t.trial_id)
-        records = _records(frame) if frame is not None else []
-        history = merge_history(records, checkpoint_history(trial_dir))
-        trials.append(Trial(phase, t.trial_id, t.status, flat_config(t.config), int(t.num_failures), history, trial_dir))
+        history = trial_history(trial_dir, lambda: _records(tune_ext.reported_frame(analysis, t)))
+        return Trial(phase, t.trial_id, t.status, flat_config(t.config), int(t.num_failures), history, trial_dir)
+
+    with ThreadPoolExecutor(1 if experiment.is_local else READERS) as pool:
+        trials = list(pool.map(read, analysis.trials))
     return sorted(trials, key=lambda tr: tr.trial_id)
 
 
@@ -284,10 +295,11 @@ def trial_row(t: Trial, spec: StudySpec) -> dict:
 
 def mean_se(values: pd.Series) -> tuple[float, float]:
     """Mean and standard error (sample std / sqrt(n)) of the non-missing values; se is nan for n < 2."""
-    v = pd.to_numeric(values, errors="coerce").dropna().astype(float)
-    if v.empty:
+    v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)  # numpy: export calls this per config and metric
+    v = v[~np.isnan(v)]
+    if v.size == 0:
         return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
 
 
 def aggregate(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

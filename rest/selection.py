@@ -28,6 +28,7 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 PRIMARY = {"worst_group": "worst_group_acc", "average": "avg_acc"}
+RANKED = tuple(f"val_{m}" for m in (*PRIMARY.values(), "loss"))  # the validation keys rank_key reads
 SMALL_GROUP = 30  # a deciding validation group below this is flagged in tables
 
 

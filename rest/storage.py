@@ -134,6 +134,13 @@ class Location:
         self.fs.delete_dir(self.path)
 
 
+def on_filesystem(fs, path: str) -> Location:
+    """A directory on a pyarrow filesystem handed over by Ray (a trial's storage): local if the filesystem is."""
+    import pyarrow.fs as pafs
+
+    return Location(fs, path, "" if isinstance(fs, pafs.LocalFileSystem) else fs.type_name.rsplit("+", 1)[-1])
+
+
 def local(path: str | Path) -> Location:
     import pyarrow.fs as pafs
 

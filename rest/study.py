@@ -38,7 +38,7 @@ from .manifest import (PHASES, create_study, is_complete, phase_complete, read_m
                        resume_after_full_disk, write_manifest)
 from .options import RunOptions
 from .results import Trial, read_phase
-from .search import fixed_configs, search_param_space, search_phase
+from .search import STATISTICS, fixed_configs, search_param_space, search_phase
 from .space import StudySpec
 from .storage import Location, writing
 from .progress import Progress
@@ -322,6 +322,7 @@ def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSig
             continue
         check()  # before the phase's own writes (abandoned files moved aside, confirm configs, tuner.pkl)
         experiment, fix = path.join(phase), resume_after_full_disk(path)  # where Ray writes the phase
+        tune_ext.keep_statistics_only_of(STATISTICS)  # a small snapshot (rest.search.REPORTED)
         with writing(experiment, fix):
             tuner = _phase_tuner(phase, path, spec, opts, progress)
         info["status"] = "running"

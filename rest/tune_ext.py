@@ -1,7 +1,9 @@
 """Every use of Ray Tune internals, behind one small door.
 
 Ray's public API does not cover a few things this project needs: where the
-current trial stores its checkpoints (to find one newer than Ray hands back),
+current trial stores its checkpoints (to find one newer than Ray hands back, and
+to write its history file), an experiment's trials without every trial's records, fewer per-metric statistics
+in Tune's snapshot,
 whether an experiment directory really holds a snapshot to restore, the graceful
 stop Tune performs on SIGUSR1, a check before every experiment snapshot (the
 driver lock), the bookkeeping of Ray's ASHA scheduler that the per-cell wrapper
@@ -57,6 +59,62 @@ def trial_storage() -> tuple:
 def trial_location(trial) -> tuple:
     """(pyarrow filesystem, trial directory) of a trial, in the driver (where it is after a restore too)."""
     return trial.storage.storage_filesystem, trial.path
+
+
+def experiment_analysis(path: str, fs):
+    """Ray's ``ExperimentAnalysis`` of an experiment (its trials: status, config, failures) without
+    reading every trial's reported records.
+
+    Its constructor reads each trial's ``result.json``, one trial after another; the study
+    reader reads each trial's own history file instead, in parallel, and asks for Ray's
+    records (``reported_frame``) only of trials that have none (studies from before it).
+    """
+    from ray.tune import ExperimentAnalysis
+
+    class TrialsOnly(ExperimentAnalysis):
+        def _fetch_trial_dataframes(self) -> dict:
+            return {}
+
+    return TrialsOnly(path, storage_filesystem=fs)
+
+
+def reported_frame(analysis, trial):
+    """Every record `trial` reported to Ray (its ``result.json``) as a DataFrame; empty if there is none."""
+    import pandas as pd
+
+    try:
+        return analysis._fetch_trial_dataframe(trial)
+    except FileNotFoundError:  # it reported nothing yet, or its files are gone
+        return pd.DataFrame()
+    except Exception as exc:  # noqa: BLE001 - a damaged result.json: its checkpoint's history stands in
+        log.warning("cannot read the records trial %s reported (%s)", trial.trial_id, exc)
+        return pd.DataFrame()
+
+
+def keep_statistics_only_of(metrics) -> None:
+    """Have Tune keep its running statistics (min, max, mean, last-5 and last-10 means) of `metrics` only
+    (None: of every numeric key again).
+
+    Tune keeps them for every numeric key of every result, per trial, and writes them all
+    into every experiment snapshot (~650 bytes a key and trial; its own keys, e.g.
+    ``time_total_s``, among them). Only Ray's ``ExperimentAnalysis.get_best_trial`` reads
+    them, for the metric it is asked about; this project reads none.
+    """
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    update = getattr(_TrainingRunMetadata.update_metric, "rest_original", _TrainingRunMetadata.update_metric)
+    if metrics is None:  # every key again, as Tune does
+        _TrainingRunMetadata.update_metric = update
+        return
+    kept = frozenset(metrics)
+
+    @functools.wraps(update)
+    def update_metric(self, metric, value, step=1):
+        if metric in kept:
+            update(self, metric, value, step)
+
+    update_metric.rest_original = update
+    _TrainingRunMetadata.update_metric = update_metric
 
 
 def request_graceful_stop() -> None:

@@ -14,6 +14,7 @@ from conftest import ROOT
 
 FIXTURE = ROOT / "tests" / "fixtures" / "smoke_study"
 GOLDEN = ROOT / "tests" / "golden"
+SNAPSHOT_BYTES_PER_TRIAL = 25_000  # was 63-68 KB with full records; what is left is mostly Ray's own (config x3, kept checkpoints)
 
 
 def cli(*args):
@@ -338,3 +339,39 @@ def test_a_study_whose_every_trial_failed_still_exports_every_cell(tmp_path):
     density = pd.read_csv(out / "by_density.csv")
     assert len(density) == 4 and (density["failed"] == best["failed"].iloc[0]).all()
     assert "search: 4 of 4 configs failed" in (out / "paper_table.md").read_text()
+
+
+def _copy_without(study: Path, dest: Path, pattern: str) -> Path:
+    shutil.copytree(study, dest)
+    for path in dest.glob(pattern):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return dest
+
+
+@pytest.mark.xdist_group("smoke_study")
+def test_trials_send_ray_a_few_keys_and_the_reader_takes_every_record_from_the_history_file(smoke_study, tmp_path):
+    """Ray's snapshot stays small (slim reports); the tables come whole from each trial's history.json,
+    and, for a study without it (older ones), from Ray's records and the checkpoints, equally."""
+    from rest.results import read_study
+    from rest.search import REPORTED
+    from rest.storage import local
+
+    study = smoke_study[0] / "smoke"
+    for trial in study.glob("*/trial_*"):
+        history = json.loads((trial / "history.json").read_text())
+        sent = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+        assert {r["epoch"] for r in sent} == {r["epoch"] for r in history}
+        assert {"train_loss", "test_worst_group_acc", "nonzero_params", "epoch_seconds"} <= set(history[-1])
+        assert not any(k.startswith(("test_", "train_")) for r in sent for k in r), "only REPORTED goes to Ray"
+        assert set(REPORTED) - {"restore_seconds"} <= set(sent[-1])
+    for phase in ("search", "confirm"):
+        (snapshot,) = (study / phase).glob("experiment_state-*.json")
+        per_trial = snapshot.stat().st_size / len(list((study / phase).glob("trial_*")))
+        assert per_trial <= SNAPSHOT_BYTES_PER_TRIAL, f"{phase}: {per_trial:.0f} bytes per trial"
+
+    full = read_study(local(study)).trials()
+    assert full["best_test_worst_group_acc"].notna().all()
+    history_only = read_study(local(_copy_without(study, tmp_path / "compacted", "*/trial_*/checkpoint_*"))).trials()
+    older = read_study(local(_copy_without(study, tmp_path / "older", "*/trial_*/history.json"))).trials()
+    pd.testing.assert_frame_equal(history_only, full)
+    pd.testing.assert_frame_equal(older, full)

@@ -114,3 +114,39 @@ def test_a_stopped_paused_trial_can_be_marked_for_the_snapshot():
 
     assert callable(TuneController._mark_trial_to_checkpoint) and callable(TuneController.stop_trial)
     assert "_tune_controller" in TrialRunnerWrapper.__init__.__code__.co_names
+
+
+def test_experiment_trials_load_without_their_records_which_come_one_trial_at_a_time(ray_cluster, tmp_path):
+    from ray import tune
+
+    def trainable(config):
+        tune.report({"epoch": 1, "x": config["x"]})
+
+    tune.Tuner(trainable, param_space={"x": tune.grid_search([1, 2])},
+               run_config=tune.RunConfig(storage_path=str(tmp_path), name="e", verbose=0)).fit()
+    analysis = tune_ext.experiment_analysis(str(tmp_path / "e"), local(tmp_path).fs)
+    assert sorted(t.config["x"] for t in analysis.trials) == [1, 2] and {t.status for t in analysis.trials} == {"TERMINATED"}
+    assert analysis.trial_dataframes == {}, "no trial's records were read"
+    trial = analysis.trials[0]
+    (tmp_path / "e" / trial.storage.trial_dir_name / "result.json").write_text('{"epoch": 1, "x": 7}\n')
+    assert tune_ext.reported_frame(analysis, trial).to_dict("records") == [{"epoch": 1, "x": 7}]
+    (tmp_path / "e" / trial.storage.trial_dir_name / "result.json").unlink()
+    (tmp_path / "e" / trial.storage.trial_dir_name / "progress.csv").unlink()
+    assert tune_ext.reported_frame(analysis, trial).empty
+
+
+def test_tune_keeps_statistics_of_the_kept_metrics_only():
+    from ray.tune.experiment import Trial
+
+    def statistics(result: dict) -> set:
+        trial = Trial("fake", stub=True)
+        trial.update_last_result(dict(result))
+        return set(trial.metric_analysis) & set(result)
+
+    result = {"val_rank": 0.5, "train_loss": 2.0, "time_total_s": 1.0, "training_iteration": 1}
+    tune_ext.keep_statistics_only_of(["val_rank"])
+    try:
+        assert statistics(result) == {"val_rank"}
+    finally:
+        tune_ext.keep_statistics_only_of(None)
+    assert statistics(result) == set(result)
