@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from .errors import SpaceError
 from .settings import SettingsError, TrainSettings
 from .space_values import check_distribution, check_values
