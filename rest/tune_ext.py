@@ -192,6 +192,27 @@ def _guarded(save_to_dir):
     return guarded_save_to_dir
 
 
+def _checked_upload(upload: Callable, **kwargs):
+    """`upload(**kwargs)` unless a snapshot guard refuses (then skipped, logged: this thread has no caller).
+
+    Module-level (with ``functools.partial``) because Ray pickles the syncer's current command
+    with the search algorithm's state: a closure would take this module's locks along.
+    """
+    with _UPLOADS:
+        _UPLOADS.running += 1
+    try:
+        _check_guards()
+    except BaseException as exc:  # noqa: BLE001 - this thread has no caller to raise to
+        log.warning("experiment snapshot not uploaded: %s", exc)
+        return None
+    else:
+        return upload(**kwargs)
+    finally:
+        with _UPLOADS:
+            _UPLOADS.running -= 1
+            _UPLOADS.notify_all()
+
+
 def _guarded_upload(sync_up_command):
     """The syncer's upload, checked again in its own thread just before it starts.
 
@@ -202,23 +223,7 @@ def _guarded_upload(sync_up_command):
     @functools.wraps(sync_up_command)
     def guarded_sync_up_command(self, *args, **kwargs):
         upload, upload_kwargs = sync_up_command(self, *args, **kwargs)
-
-        def checked_upload(**kw):
-            with _UPLOADS:
-                _UPLOADS.running += 1
-            try:
-                _check_guards()
-            except BaseException as exc:  # noqa: BLE001 - this thread has no caller to raise to
-                log.warning("experiment snapshot not uploaded: %s", exc)
-                return None
-            else:
-                return upload(**kw)
-            finally:
-                with _UPLOADS:
-                    _UPLOADS.running -= 1
-                    _UPLOADS.notify_all()
-
-        return checked_upload, upload_kwargs
+        return functools.partial(_checked_upload, upload), upload_kwargs
 
     guarded_sync_up_command.rest_guarded = True
     return guarded_sync_up_command

@@ -150,3 +150,12 @@ def test_tune_keeps_statistics_of_the_kept_metrics_only():
     finally:
         tune_ext.keep_statistics_only_of(None)
     assert statistics(result) == set(result)
+
+
+def test_the_guarded_upload_command_pickles_as_ray_pickles_it_with_the_search_state():
+    from ray import cloudpickle
+    from ray.train._internal.storage import _FilesystemSyncer
+
+    with tune_ext.guard_snapshots(lambda: None):
+        command, kwargs = _FilesystemSyncer(storage_filesystem=None)._sync_up_command(local_path="/a", uri="/b")
+    assert callable(cloudpickle.loads(cloudpickle.dumps(command)))
