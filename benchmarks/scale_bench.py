@@ -199,7 +199,7 @@ def _bare(spec_file: str, result: str) -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)  # as the study's driver starts Ray
         tuner = tune.Tuner(tune.with_parameters(sleeper, times=epochs),
                            param_space={"i": tune.grid_search(list(range(len(epochs))))},
-                           tune_config=tune.TuneConfig(max_concurrent_trials=2),
+                           tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),  # as the study does
                            run_config=tune.RunConfig(storage_path=tmp, name="bare", verbose=0))
         start = time.perf_counter()
         tuner.fit()

@@ -117,6 +117,7 @@ def compaction_callback():
         errored and interrupted trials never reach it."""
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            tune_ext.check_guards()  # a driver that lost its study writes nothing more to it
             fs, path = tune_ext.trial_location(trial)
             _compact_logged(Location(fs, path))
 

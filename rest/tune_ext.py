@@ -177,7 +177,8 @@ def quiet_ray(quiet: bool):
 _SNAPSHOT_GUARDS: list[Callable[[], None]] = []
 
 
-def _check_guards() -> None:
+def check_guards() -> None:
+    """Run the snapshot guards of this process (the driver lock's check): before any write to the study."""
     for guard in list(_SNAPSHOT_GUARDS):
         guard()
 
@@ -185,7 +186,7 @@ def _check_guards() -> None:
 def _guarded(save_to_dir):
     @functools.wraps(save_to_dir)
     def guarded_save_to_dir(self, *args, **kwargs):
-        _check_guards()
+        check_guards()
         return save_to_dir(self, *args, **kwargs)
 
     guarded_save_to_dir.rest_guarded = True
@@ -201,7 +202,7 @@ def _checked_upload(upload: Callable, **kwargs):
     with _UPLOADS:
         _UPLOADS.running += 1
     try:
-        _check_guards()
+        check_guards()
     except BaseException as exc:  # noqa: BLE001 - this thread has no caller to raise to
         log.warning("experiment snapshot not uploaded: %s", exc)
         return None
