@@ -340,7 +340,7 @@ def growth_exponent(points: list[tuple[int, float]]) -> float | None:
 def verdict(value: float | None, target: float) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "not measured"
-    return "met" if value <= target else f"missed by {value - target:.3g} ({value / target:.2f}x the target)"
+    return "met" if value <= target else f"missed by {value - target:.4g} ({value / target:.2f}x the target)"
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -491,6 +491,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _no_machine_path(arg: str) -> str:
+    """An absolute path as relative to the project, so that the committed results name no machine's paths."""
+    return os.path.relpath(arg, ROOT) if os.path.isabs(arg) else arg
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.export_only_s3:
@@ -513,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         if "s3" in args.storage:
             with s3_server() as storage:
                 runs += [run_one(n, s, storage, "s3", work) for n in args.sizes for s in args.searches]
-    result = {"date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:] if argv is None else argv, "targets": TARGETS,
+    result = {"date": time.strftime("%Y-%m-%d"), "argv": [_no_machine_path(a) for a in (sys.argv[1:] if argv is None else argv)], "targets": TARGETS,
               "runs": runs, "series": summarise(runs), "total_seconds": time.perf_counter() - START}
     write(result, args.out)
     say(f"wrote {args.out} (and .md, .png)")
