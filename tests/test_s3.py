@@ -74,8 +74,9 @@ def test_a_storage_stall_costs_no_trial_retry(ray_cluster, s3_server, s3_bucket,
     space = write_s4(tmp_path / "s4.yaml", train={**S4["train"], "epochs": 2, "subsample": 200},
                      search={"density": {"grid": [0.05, 1.0]}}, scheduler={"type": "none"}, confirm=None)
     warned_before = len(stall_warnings(ray_cluster))
+    # Each trial waits 3 s before each epoch, so that its next history and checkpoint writes fall in the pause.
     run = driver(["run", str(space), "--storage", storage, "--address", ray_cluster.address, "--max-failures", "0",
-                  "--storage-retry-seconds", "60", "--verbose", "0"])
+                  "--storage-retry-seconds", "60", "--verbose", "0"], env_extra={"REST_TUNE_TEST_DELAY": "epochs=2:3"})
     try:
         wait_for(lambda: any("/checkpoint_" in k for k in s3_files(storage)), 180, "a checkpoint in S3")
         with paused(s3_server, 20):
