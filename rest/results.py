@@ -30,11 +30,10 @@ from .errors import UserError
 from .manifest import PHASES, frozen_spec
 from .space import StudySpec
 from .storage import Location
+from .trial_files import HISTORY_FILE, STATE_FILE, ConfigRoles, checkpoint_dirs, checkpoint_history, flat_config  # noqa: F401 - read from here too
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
-HISTORY_FILE = "history.json"
 # A finished trial's checkpoint, compacted by the driver (rest.compact): no optimizer state, the
 # best-epoch weights in model-file form. Read before STATE_FILE in the same checkpoint directory.
 COMPACT_FILE = "compact.pt"
@@ -45,27 +44,6 @@ CONFIG_KEYS = ("dataset", "conflict_pct", "density", "lambda_upweight", "reweigh
 
 class ResultsError(UserError):
     pass
-
-
-def flat_config(config: dict) -> dict:
-    """A trial's training settings. Studies written before confirm configs were flat nest them under 'cfg'."""
-    return dict(config.get("cfg", config))
-
-
-def checkpoint_dirs(trial: Location) -> list[Location]:
-    """A trial's checkpoint directories, newest first (Ray numbers them in order)."""
-    return sorted((c for c in trial.children() if c.name.startswith("checkpoint_")), key=lambda c: c.name, reverse=True)
-
-
-def checkpoint_history(trial: Location) -> list[dict]:
-    """The per-epoch records kept in the trial's newest readable checkpoint."""
-    for ckpt in checkpoint_dirs(trial):
-        file = ckpt.join(HISTORY_FILE)
-        try:
-            return file.read_json()
-        except Exception as exc:  # a checkpoint cut short by a crash: try the one before
-            log.debug("no readable history in %s: %s", ckpt, exc)
-    return []
 
 
 def is_compact(state: dict) -> bool:
@@ -156,7 +134,7 @@ def trial_history(trial: Location, reported) -> list[dict]:
 
 
 @dataclass
-class Trial:
+class Trial(ConfigRoles):
     phase: str
     trial_id: str
     status: str
@@ -164,15 +142,6 @@ class Trial:
     failures: int
     history: list[dict] = field(default_factory=list)
     location: Location | None = None
-
-    @property
-    def role(self) -> str:
-        return (self.config.get("extra") or {}).get("role", "search")
-
-    @property
-    def method(self) -> str | None:
-        """The method label of a methods study's trial (None in single-method studies)."""
-        return (self.config.get("extra") or {}).get("method")
 
     @property
     def epochs_run(self) -> int:

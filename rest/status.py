@@ -39,17 +39,17 @@ from .progress import eta_seconds
 from .space import StudySpec, method_configs
 from .storage import Location, existing_storage, open_location
 from .tracking import STALL_LOG
+from .trial_files import HISTORY_FILE, ConfigRoles, checkpoint_history, flat_config
 
 log = logging.getLogger(__name__)
 
-HISTORY_FILE = "history.json"  # in the trial directory (and, in older studies, in each checkpoint)
 CONFIRM_FILE = "confirm_configs.json"
 BASELINE_ROLES = ("erm_baseline", "dense_reweighted_baseline")
 READERS = 16  # histories read at once (object storage answers each read in tens of milliseconds)
 
 
 @dataclass
-class TrialState:
+class TrialState(ConfigRoles):
     """One trial as the snapshot and its history say."""
 
     trial_id: str
@@ -59,14 +59,6 @@ class TrialState:
     planned: int  # epochs it is to train
     last: dict = field(default_factory=dict)  # the last result in the snapshot
     selected: dict | None = None  # its selected epoch's record (rest.selection)
-
-    @property
-    def role(self) -> str:
-        return (self.config.get("extra") or {}).get("role", "search")
-
-    @property
-    def method(self) -> str | None:
-        return (self.config.get("extra") or {}).get("method")
 
 
 @dataclass
@@ -195,11 +187,6 @@ def last_result(run) -> dict:
     return _loads(run).get("last_result") or {}
 
 
-def flat_config(config: dict) -> dict:
-    """A trial's settings (confirm configs of older studies nest them under 'cfg'), as rest.results reads them."""
-    return dict(config.get("cfg", config))
-
-
 def trial_state(entry: dict, spec: StudySpec) -> TrialState:
     meta, run = entry["meta"], entry["run"]
     config = flat_config(meta.get("config") or {})
@@ -220,14 +207,7 @@ def read_history(trial_dir: Location) -> list[dict] | None:
     try:
         return trial_dir.join(HISTORY_FILE).read_json()
     except (FileNotFoundError, ValueError):
-        pass
-    checkpoints = sorted((c for c in trial_dir.children() if c.name.startswith("checkpoint_")), key=lambda c: c.name)
-    for ckpt in reversed(checkpoints):
-        try:
-            return ckpt.join(HISTORY_FILE).read_json()
-        except (FileNotFoundError, ValueError):
-            continue
-    return None
+        return checkpoint_history(trial_dir) or None
 
 
 def reported_selection(last: dict, primary: str) -> dict | None:
