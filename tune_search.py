@@ -5,7 +5,7 @@ Run `python tune_search.py --help`; the same command is installed as `rest-tune`
 """
 import sys
 
-from rest.cli import main
+from rest.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

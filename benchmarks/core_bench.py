@@ -18,7 +18,7 @@ Parts 1 and 2 interleave their variants within every repeat (rotating the order)
 noise from other processes on the machine hits all variants alike; ratios are ratios
 of medians over repeats (the median of per-repeat paired ratios is reported too).
 The breakdown of the real epoch (fit / evaluation / rest, sparse mask work) is
-measured by wrapping ``rest.train.fit_epoch``, ``rest.train.evaluate`` and the
+measured by wrapping ``rest.core.train.fit_epoch``, ``rest.core.train.evaluate`` and the
 trainer's ``SparseMask.step`` with timers inside this process; the library is not
 modified.
 
@@ -49,9 +49,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import rest.train as rt  # noqa: E402
-from rest.data import BiasedData, Split, get_dataset_spec, load_dataset  # noqa: E402
-from rest.models import build_model  # noqa: E402
+import rest.core.train as rt  # noqa: E402
+from rest.core.data import BiasedData, Split, get_dataset_spec, load_dataset  # noqa: E402
+from rest.core.models import build_model  # noqa: E402
 from rest.settings import TrainSettings  # noqa: E402
 
 DATASET = "colored_digits"

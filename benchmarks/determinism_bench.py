@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from study_bench import run_cli, selected, trials  # noqa: E402
 
-from rest.rungs import cut  # noqa: E402
-from rest.search import TrialGroups, rung_epochs  # noqa: E402
-from rest.space import parse_space  # noqa: E402
+from rest.study.rungs import cut  # noqa: E402
+from rest.study.search import TrialGroups, rung_epochs  # noqa: E402
+from rest.study.space import parse_space  # noqa: E402
 
 TARGETS = {"wall_ratio": 1.15, "full_grid_fraction": 0.55}
 

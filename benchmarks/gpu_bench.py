@@ -1,7 +1,7 @@
 """Trials packed on one GPU: throughput and memory per trial at 1, 2, 4 and 8 trials per device.
 
 What Ray does with ``--gpus-per-trial 0.5 / 0.25 / 0.125``: 2, 4 or 8 trial processes share one
-GPU. Here k worker processes (k = 1, 2, 4, 8) each run a real ``rest.train.Trainer`` at the
+GPU. Here k worker processes (k = 1, 2, 4, 8) each run a real ``rest.core.train.Trainer`` at the
 same time on the same device, start together (a barrier), and train the studies' sparse
 setting (RigL at density 0.05, batch 256) on synthetic data of the
 studies' size (batches in sequence: the sampling scheme does not change the cost; the masks are
@@ -14,7 +14,7 @@ studies' update every 1,000 steps):
 each in fp32 and bf16. Per row: images/s of every trial and their sum, the peak device
 memory of a trial (``torch.cuda.max_memory_allocated``: tensors only, without the CUDA
 context of a few hundred MB per process), the dataset's share of it (the whole dataset sits
-on the GPU), and ``rest.memory.trial_device_bytes``'s prediction for the same trial.
+on the GPU), and ``rest.study.memory.trial_device_bytes``'s prediction for the same trial.
 
 Without CUDA the same code runs on the CPU at tiny sizes (``cpu-smoke``: 256 / 128 images,
 ResNet width 4, batch 16, 1 and 2 trials, one thread each) so that the script cannot rot; its
@@ -65,8 +65,8 @@ def synthetic_data(dataset: str, n: int, seed: int):
     """Random uint8 images of the dataset's size, 1 % conflicting; tiny valid and test splits."""
     import numpy as np
 
-    from rest.data import get_dataset_spec
-    from rest.data.base import from_arrays
+    from rest.core.data import get_dataset_spec
+    from rest.core.data.base import from_arrays
 
     spec = get_dataset_spec(dataset)
     rng = np.random.default_rng(seed)
@@ -92,7 +92,7 @@ def _peak_bytes(device) -> int:
 def _train_steps(trainer, steps: int, offset: int) -> None:
     import torch
 
-    from rest.train import fit_epoch
+    from rest.core.train import fit_epoch
 
     s = trainer.settings
     order = (torch.arange(steps * s.batch_size) + offset) % len(trainer.data.train)
@@ -106,7 +106,7 @@ def run_job(mode: str, workload: str, precision: str, rank: int, barrier) -> dic
     """One trial of a pack: build, warm up, then train `steps` batches timed, in step with the others."""
     import torch
 
-    from rest.train import Trainer, data_bytes
+    from rest.core.train import Trainer, data_bytes
 
     sizes = MODES[mode]
     settings = settings_for(mode, workload, precision)
@@ -149,7 +149,7 @@ def run(mode: str) -> list[dict]:
     procs = [ctx.Process(target=worker, args=(mode, rank, barriers, results)) for rank in range(max(packs))]
     for p in procs:
         p.start()
-    # rest.memory's prediction for each row, computed while the workers start
+    # rest.study.memory's prediction for each row, computed while the workers start
     predicted = {(w, p): predicted_bytes(mode, w, p) for _, w, p in jobs(mode)}
     expected = sum(k for k, _, _ in jobs(mode))
     raw, start = [], time.perf_counter()
@@ -167,9 +167,9 @@ def run(mode: str) -> list[dict]:
 
 
 def predicted_bytes(mode: str, workload: str, precision: str) -> int:
-    """rest.memory's bytes for the trial on a GPU (no first-epoch stage: the benchmark has none)."""
-    from rest.data import get_dataset_spec
-    from rest.memory import trial_device_bytes
+    """rest.study.memory's bytes for the trial on a GPU (no first-epoch stage: the benchmark has none)."""
+    from rest.core.data import get_dataset_spec
+    from rest.study.memory import trial_device_bytes
 
     dataset, n, _ = MODES[mode]["workloads"][workload]
     size = get_dataset_spec(dataset).image_size
@@ -198,7 +198,7 @@ def markdown(report: dict) -> str:
               f"Batch {report['batch']}, {report['steps']} timed steps per trial after {report['warmup']} warm-up steps; "
               "RigL at density 0.05. Data share: the dataset's bytes over the trial's peak.", "",
               f"| workload | precision | trials | gpus_per_trial | img/s per trial | img/s total | {memory} "
-              "| data (MiB) | data share | predicted by rest.memory (MiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| data (MiB) | data share | predicted by rest.study.memory (MiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['workload']} | {r['precision']} | {r['trials']} | {r['gpus_per_trial']:g} "
                      f"| {r['images_per_s_per_trial']:.0f} | {r['images_per_s_total']:.0f} | {r['peak_bytes_per_trial'] / mib:.0f} "

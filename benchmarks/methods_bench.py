@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def run(settings, data):
-    from rest.train import Trainer
+    from rest.core.train import Trainer
 
     start = time.perf_counter()
     trainer = Trainer(settings, data)
@@ -48,7 +48,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     import torch
 
-    from rest.data import load_dataset
+    from rest.core.data import load_dataset
     from rest.settings import TrainSettings
 
     torch.set_num_threads(2)

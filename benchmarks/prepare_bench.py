@@ -28,9 +28,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rest.data.digits import render_digit  # noqa: E402
+from rest.core.data.digits import render_digit  # noqa: E402
 
-RUN_PREPARE = "import sys; from rest.cli import main; sys.exit(main(sys.argv[1:]))"
+RUN_PREPARE = "import sys; from rest.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

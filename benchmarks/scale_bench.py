@@ -161,7 +161,7 @@ def s3_server():
 def _timed(kind: str, name: str, storage: str, result: str) -> None:
     """Inside a fresh process: time export or load_study(...).trials() around the call alone."""
     import rest
-    from rest.cli import main
+    from rest.cli.main import main
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -264,7 +264,7 @@ def compact_target(storage: str, name: str) -> dict:
     import torch
 
     import rest
-    from rest.model_file import sparse_model_state, trial_state
+    from rest.deploy.model_file import sparse_model_state, trial_state
 
     study = rest.load_study(name, storage=storage)
     trials = [t for t in study.phases.get("search", []) if t.history]

@@ -21,7 +21,7 @@ trial-epochs (36 x epochs). Confirmations are trained only for configs that beco
 best-so-far, in order, until one is good enough, and cached in the work directory.
 
 Everything runs through the project: rest.run_study for every search (a study with
-`confirm: false`), rest.train.train in Ray tasks for the confirmations. Re-running
+`confirm: false`), rest.core.train.train in Ray tasks for the confirmations. Re-running
 with the same --work reuses finished studies and confirmations.
 
 Usage:
@@ -158,7 +158,7 @@ def _confirm_task():
         import torch
 
         from rest.settings import TrainSettings
-        from rest.train import train
+        from rest.core.train import train
 
         torch.set_num_threads(1)
         record = None

@@ -5,10 +5,10 @@ Two parts, in one process, on ``--threads`` threads (default 2):
 1. Crossover per layer shape. For every distinct convolution / linear layer of the CNN
    (28 px) and ResNet-18 (32 px, CIFAR stem and REST's ImageNet stem), at batch sizes 1,
    16, 64 and 256, and densities from 0.01 to 0.3: the median time of the sparse kernel
-   (``rest.infer.sparse_conv2d``, input already batch-innermost as between two sparse
+   (``rest.deploy.infer.sparse_conv2d``, input already batch-innermost as between two sparse
    layers) against PyTorch's dense convolution of the same BN-folded weight. The
    crossover of a shape is the largest density up to which the sparse kernel is faster
-   at every grid density. ``rest.infer.CROSSOVER`` stores the lowest crossover over the
+   at every grid density. ``rest.deploy.infer.CROSSOVER`` stores the lowest crossover over the
    shapes for each batch size.
 2. End to end: models with random weights masked by exact ERK masks at global
    densities 0.01, 0.02, 0.05, 0.1 and 1 and random BatchNorm statistics; images/s of
@@ -44,9 +44,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rest.infer import CROSSOVER, CSRWeight, fold_bn, layer_plan, sparse_conv2d, sparse_engine  # noqa: E402
-from rest.models import build_model  # noqa: E402
-from rest.sparse import active_counts, erk_densities, maskable_weights  # noqa: E402
+from rest.deploy.infer import CROSSOVER, CSRWeight, fold_bn, layer_plan, sparse_conv2d, sparse_engine  # noqa: E402
+from rest.core.models import build_model  # noqa: E402
+from rest.core.sparse import active_counts, erk_densities, maskable_weights  # noqa: E402
 
 MODELS = {  # name: (model, image size, build kwargs)
     "cnn-28px": ("cnn", 28, {}),
@@ -303,7 +303,7 @@ def main() -> int:
     print(markdown(rows))
     if "crossover" in result:
         print(crossover_markdown(result["crossover"]))
-        print(f"measured crossover rule (batch, density): {result['crossover_rule_measured']}; in rest/infer.py: {list(CROSSOVER)}")
+        print(f"measured crossover rule (batch, density): {result['crossover_rule_measured']}; in rest/deploy/infer.py: {list(CROSSOVER)}")
     print(f"wall time {result['wall_seconds'] / 60:.1f} min, 1-min load average {result['load1_start']:.1f} at start, "
           f"{result['load1_end']:.1f} at end; written to {out}")
     return 0

@@ -21,22 +21,22 @@ def load_model(path, engine="dense"):
     """Load a sparse model written by `tune_search.py export-model` (eval mode).
 
     engine="sparse": BatchNorm folded, low-density layers run as sparse CPU kernels
-    (faster, same predictions; see rest.infer).
+    (faster, same predictions; see rest.deploy.infer).
     """
-    from .model_file import load_model as _load
+    from rest.deploy.model_file import load_model as _load
 
     return _load(path, engine)
 
 
 def run_study(space, **options):
     """Run (or continue) a study from a study file; returns its results. See rest.api.run_study."""
-    from .api import run_study as _run
+    from rest.api import run_study as _run
 
     return _run(space, **options)
 
 
 def load_study(name_or_path, storage=None):
     """Read a study's results (``.trials()``, ``.best_configs()``, ``.export(out)``). See rest.api."""
-    from .api import load_study as _load
+    from rest.api import load_study as _load
 
     return _load(name_or_path, storage)

@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from .results import StudyResults
+from rest.report.results import StudyResults
 
 
 class Study(StudyResults):
@@ -25,24 +25,24 @@ class Study(StudyResults):
 
     def best_configs(self, selection: str = "val"):
         """The selected config of every cell beside both dense baselines (what `export` writes)."""
-        from .export import best_configs
+        from rest.report.export import best_configs
 
         return best_configs(self, selection)
 
     def export(self, out, formats=("md", "csv", "tex"), selection: str = "val") -> list[Path]:
         """Write every table, the plot and the summary to directory `out`; returns the paths."""
-        from .export import export
+        from rest.report.export import export
 
         return export([self], Path(out), list(formats), selection)
 
     def status(self):
-        """Progress per phase and cell, read from storage now (``rest.status.StudyStatus``; no Ray needed).
+        """Progress per phase and cell, read from storage now (``rest.report.status.StudyStatus``; no Ray needed).
 
         Trials done / running / pending / errored / stopped by the scheduler, trial-epochs
         done of planned, the best config so far, an ETA, stalls and the driver's heartbeat:
         what ``tune_search.py status`` shows. Call it again for fresh numbers while the study runs.
         """
-        from .status import study_status
+        from rest.report.status import study_status
 
         return study_status(self.location, self.spec)
 
@@ -74,7 +74,7 @@ def run_study(
     ``address``: None (or "local") starts a private Ray, "auto" joins this machine's
     running cluster, "HOST:PORT" that cluster; ``$RAY_ADDRESS`` stands in for None.
 
-    Returns the finished study's results. Raises ``rest.driver.Interrupted`` on Ctrl-C
+    Returns the finished study's results. Raises ``rest.study.driver.Interrupted`` on Ctrl-C
     (the study stays resumable: call again with the same arguments),
     ``rest.errors.TrialsFailed`` when trials ended in errors after their retries (the
     phase is failed; the message names each trial, its error and the fix: call again,
@@ -85,16 +85,16 @@ def run_study(
     while it does not answer, before a trial or the driver counts them as failed.
 
     verbose: 0 (default) nothing from Ray; 1 a progress line per phase (trials done,
-    running, pending, best so far, ETA) logged at INFO by the ``rest.progress`` logger
+    running, pending, best so far, ETA) logged at INFO by the ``rest.study.progress`` logger
     at most every 10 s; 2 Ray Tune's own tables and every result.
     """
-    from .driver import StopSignals
-    from .manifest import check_name, is_complete, open_study, refuse_edited, study_dir
-    from .options import resolve_options, warn_overrides
-    from .progress import Every
-    from .space import load_space
-    from .storage import resolve_storage
-    from .study import begin_study, run_study as run_phases
+    from rest.study.driver import StopSignals
+    from rest.study.manifest import check_name, is_complete, open_study, refuse_edited, study_dir
+    from rest.study.options import resolve_options, warn_overrides
+    from rest.study.progress import Every
+    from rest.study.space import load_space
+    from rest.storage import resolve_storage
+    from rest.study.runner import begin_study, run_study as run_phases
 
     spec, text = load_space(space)
     storage, name = resolve_storage(storage), check_name(name or spec.name)
@@ -112,7 +112,7 @@ def run_study(
     else:
         opts, _ = resolve_options(storage, name, given)
         path = begin_study(spec, text, opts, f"rest.run_study({os.fspath(space)!r}, name={name!r})")
-    progress = Every(logging.getLogger("rest.progress").info) if opts.verbose == 1 else None  # 0: silent, 2: Ray's own
+    progress = Every(logging.getLogger("rest.study.progress").info) if opts.verbose == 1 else None  # 0: silent, 2: Ray's own
     with StopSignals() as stop:
         run_phases(path, spec, opts, stop, progress)
     return load_study(path.uri)
@@ -120,8 +120,8 @@ def run_study(
 
 def load_study(name_or_path: str | os.PathLike, storage: str | None = None) -> Study:
     """A study's results (finished or not), read without writing anything."""
-    from .export import find_study
-    from .results import read_study
+    from rest.report.export import find_study
+    from rest.report.results import read_study
 
     found = read_study(find_study(os.fspath(name_or_path), storage))
     return Study(found.location, found.spec, found.manifest, found.phases)

@@ -8,7 +8,7 @@ class UserError(Exception):
 
 
 class SpaceError(UserError):
-    """A study file is invalid; the message names the key (and line). (rest.space re-exports it.)"""
+    """A study file is invalid; the message names the key (and line). (rest.study.space re-exports it.)"""
 
 
 class StudyError(UserError):

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UserError
+from rest.errors import UserError
 
 # Names of the registries, repeated here (not imported) so validation stays cheap.
 # tests/test_registries.py checks they match the real registries.

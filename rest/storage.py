@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import StudyError, UserError
+from rest.errors import StudyError, UserError
 
 
 class StorageError(UserError):
@@ -61,7 +61,7 @@ class Location:
         """
         if self.is_local or seconds <= 0:
             return self
-        from .storage_retry import retrying
+        from rest.storage_retry import retrying
 
         return Location(retrying(self.fs, seconds), self.path, self.scheme)
 

@@ -35,8 +35,8 @@ TINY = {"train": 40, "valid": 20, "test": 10}
 @pytest.fixture(scope="session")
 def tiny_data():
     """colored_digits with 40 training images per class, 5 % conflicting."""
-    from rest.data.base import from_arrays
-    from rest.data.digits import build_colored_digits
+    from rest.core.data.base import from_arrays
+    from rest.core.data.digits import build_colored_digits
 
     return from_arrays("colored_digits", 5.0, build_colored_digits(5.0, seed=0, per_class=TINY))
 

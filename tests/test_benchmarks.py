@@ -54,7 +54,7 @@ def scale_bench():
 def test_scale_bench_study_has_exactly_the_trials_asked_for(scale_bench, search, trials):
     import yaml
 
-    from rest.space import parse_space
+    from rest.study.space import parse_space
 
     spec = parse_space(yaml.safe_dump(scale_bench.study_space(trials, search, "s")))
     assert spec.grid_size() == trials and spec.confirm is None and spec.train.epochs == 2

@@ -19,7 +19,7 @@ def test_help_is_fast_and_imports_no_torch():
     out = run_cli("train", "--help")
     assert out.returncode == 0 and "--lambda-upweight" in out.stdout
     assert time.perf_counter() - start < 5  # generous: shared CI machines; the benchmark measures it
-    probe = subprocess.run([sys.executable, "-c", "import sys, rest.cli; print('torch' in sys.modules, 'ray' in sys.modules)"],
+    probe = subprocess.run([sys.executable, "-c", "import sys, rest.cli.main; print('torch' in sys.modules, 'ray' in sys.modules)"],
                            capture_output=True, text=True, cwd=ROOT)
     assert probe.stdout.strip() == "False False"
 
@@ -146,7 +146,7 @@ def test_train_killed_mid_run_resumes_bit_exactly(tmp_path):
 def test_every_training_setting_has_a_train_flag():
     import dataclasses
 
-    from rest.cli import TRAIN_FLAGS
+    from rest.cli.main import TRAIN_FLAGS
     from rest.settings import TrainSettings
 
     fields = {f.name for f in dataclasses.fields(TrainSettings)} - {"extra"}

@@ -1,4 +1,4 @@
-"""rest.cli_common: the progress bar (tqdm on a real pseudo-terminal, log lines elsewhere) and the parser."""
+"""rest.cli.common: the progress bar (tqdm on a real pseudo-terminal, log lines elsewhere) and the parser."""
 from __future__ import annotations
 
 import fcntl
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from rest.cli_common import Parser, ProgressBar
+from rest.cli.common import Parser, ProgressBar
 
 
 def _read_all(fd: int) -> str:

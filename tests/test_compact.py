@@ -13,7 +13,7 @@ SLACK = 4096  # bytes: the compact file's few keys beyond the model file, torch'
 
 
 def model_file_bytes(state: dict) -> int:
-    from rest.model_file import sparse_model_state
+    from rest.deploy.model_file import sparse_model_state
 
     buffer = io.BytesIO()
     torch.save(sparse_model_state(state), buffer)
@@ -22,11 +22,11 @@ def model_file_bytes(state: dict) -> int:
 
 def test_compaction_keeps_the_model_file_bit_exact_and_drops_the_rest(tiny_data, tiny_settings, tmp_path):
     """A real trainer's checkpoints in a trial directory: export-model writes the same bytes after compaction."""
-    from rest.compact import compact_trial, needs_compaction
-    from rest.model_file import save_sparse_model, trial_state
-    from rest.results import COMPACT_FILE, HISTORY_FILE, STATE_FILE, Trial, checkpoint_dirs, is_compact
+    from rest.study.compact import compact_trial, needs_compaction
+    from rest.deploy.model_file import save_sparse_model, trial_state
+    from rest.report.results import COMPACT_FILE, HISTORY_FILE, STATE_FILE, Trial, checkpoint_dirs, is_compact
     from rest.storage import local
-    from rest.train import Trainer
+    from rest.core.train import Trainer
 
     trainer, history = Trainer(tiny_settings.replace(epochs=3), tiny_data), []
     for epoch in range(3):
@@ -61,8 +61,8 @@ def checkpoint_files(trial_dir: Path) -> list[str]:
 def test_asha_study_compacts_ended_trials_and_a_kill_after_compaction_resumes(ray_cluster, tmp_path):
     """ASHA stops some trials; kill -9 right after the first trial is compacted (Ray's snapshot, taken
     rarely, still lists it as running at an older checkpoint); resume neither retrains it nor fails."""
-    from rest.export import load_study
-    from rest.results import COMPACT_FILE, HISTORY_FILE, read_checkpoint
+    from rest.report.export import load_study
+    from rest.report.results import COMPACT_FILE, HISTORY_FILE, read_checkpoint
     from rest.storage import local
 
     space = write_s4(tmp_path / "s4.yaml", train={**S4["train"], "epochs": 3},

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from conftest import TINY, write_png_tree
-from rest.data import DATASETS, DataError, load_dataset
-from rest.data import folder
-from rest.data.digits import build_colored_digits
-from rest.data.protocol import COLOUR_JITTER, COLOURS, assign_bias, colourise, conflict_quota
+from rest.core.data import DATASETS, DataError, load_dataset
+from rest.core.data import folder
+from rest.core.data.digits import build_colored_digits
+from rest.core.data.protocol import COLOUR_JITTER, COLOURS, assign_bias, colourise, conflict_quota
 
 
 def test_generation_is_deterministic_from_the_seed():
@@ -43,7 +43,7 @@ def test_splits_train_and_valid_biased_test_unbiased():
 
 def test_colour_carries_the_bias_label():
     images, y, b = build_colored_digits(5.0, seed=0, per_class=TINY)["train"]
-    from rest.data.protocol import COLOURS
+    from rest.core.data.protocol import COLOURS
 
     # the mean colour of the brightest pixels is nearest to the bias colour
     flat = images.reshape(len(images), 3, -1).astype(float)
@@ -78,7 +78,7 @@ def test_bffhq_inputs_as_rest_feeds_them():
 
 def test_embedded_dataset_is_cached_and_memory_mapped(monkeypatch, tmp_path):
     monkeypatch.setenv("REST_TUNE_CACHE", str(tmp_path))
-    from rest.data import digits
+    from rest.core.data import digits
 
     monkeypatch.setattr(digits, "PER_CLASS", TINY)
     first = load_dataset("colored_digits", 2.0)
@@ -90,7 +90,7 @@ def test_embedded_dataset_is_cached_and_memory_mapped(monkeypatch, tmp_path):
 
 def test_a_truncated_cache_entry_is_rebuilt(monkeypatch, tmp_path):
     monkeypatch.setenv("REST_TUNE_CACHE", str(tmp_path))
-    from rest.data import digits
+    from rest.core.data import digits
 
     monkeypatch.setattr(digits, "PER_CLASS", TINY)
     expected = load_dataset("colored_digits", 2.0).train.images.clone()  # a copy: the cache is memory-mapped
@@ -151,7 +151,7 @@ def test_registry_lists_its_entries_in_errors():
 
 @pytest.mark.parametrize("seed", range(20))
 def test_apportion_quotas_are_floor_or_ceiling_and_sum_to_n(seed):
-    from rest.data.sample import apportion
+    from rest.core.data.sample import apportion
 
     rng = np.random.default_rng(seed)
     sizes = rng.integers(0, 50, size=rng.integers(1, 12))
@@ -163,7 +163,7 @@ def test_apportion_quotas_are_floor_or_ceiling_and_sum_to_n(seed):
 
 @pytest.mark.parametrize("n", [10, 13, 37, 100, 250])
 def test_stratified_sample_keeps_every_class_and_the_conflicting_share(n):
-    from rest.data.sample import stratified_indices
+    from rest.core.data.sample import stratified_indices
 
     y = np.repeat(np.arange(10), [200, 190, 180, 170, 160, 150, 140, 130, 120, 60])
     b = assign_bias(y, 2.0, np.random.default_rng(1))

@@ -36,7 +36,7 @@ def study(storage: Path, mode: str, max_concurrent: int, cluster, delay: float |
 
 def outcome(storage: Path) -> dict:
     """Stopped trials (config -> epochs), every epoch record, the exported best_configs and paper_table."""
-    from rest.results import read_phase
+    from rest.report.results import read_phase
     from rest.storage import local
 
     trials = read_phase(local(storage / "s" / "search"), "search")

@@ -23,7 +23,7 @@ import pytest
 
 import rest
 from conftest import ROOT, cli, wait_for
-from rest.driver import DriverLock, LockLost, process_start, this_machine
+from rest.study.driver import DriverLock, LockLost, process_start, this_machine
 from rest.errors import StudyError
 from rest.storage import local
 from test_resume import S4, write_s4

@@ -106,7 +106,7 @@ def test_bad_export_input(tmp_path):
 
 def test_an_export_directory_holds_one_export(tmp_path, capsys):
     """Re-exporting with fewer formats leaves no stale table; files that are not an export's are never touched."""
-    from rest.cli import main
+    from rest.cli.main import main
 
     def export(*formats):  # in-process, as the command line runs it
         status = main(["-q", "export", str(FIXTURE), "--out", str(out), "--format", ",".join(formats)])
@@ -139,12 +139,12 @@ def tree_digest(root) -> str:
 def test_export_model_round_trip_and_exports_never_write_to_storage(smoke_study, tmp_path):
     """The compact model predicts exactly as the checkpoint's best-epoch model, at a fraction of its size."""
     import rest
-    from rest.data import get_dataset_spec, load_dataset
-    from rest.export import find_study, load_study
-    from rest.model_file import selected_trial, trial_state
-    from rest.models import build_model
+    from rest.core.data import get_dataset_spec, load_dataset
+    from rest.report.export import find_study, load_study
+    from rest.deploy.model_file import selected_trial, trial_state
+    from rest.core.models import build_model
     from rest.settings import TrainSettings
-    from rest.batches import to_input
+    from rest.core.batches import to_input
 
     storage, run = smoke_study
     assert run.returncode == 0, run.stderr[-2000:]
@@ -208,8 +208,8 @@ class _Payload:
 
 def test_a_model_file_with_a_pickled_object_is_refused_without_running_it(tmp_path):
     import rest
-    from rest.export import ExportError
-    from rest.model_file import MODEL_FORMAT
+    from rest.report.export import ExportError
+    from rest.deploy.model_file import MODEL_FORMAT
 
     marker = tmp_path / "code-ran"
     torch.save({"format": MODEL_FORMAT, "payload": _Payload(marker)}, tmp_path / "evil.pt")
@@ -223,10 +223,10 @@ def test_export_model_writes_the_reported_epoch_or_refuses_with_the_retrain_comm
     """A damaged checkpoint never turns into another epoch's weights under the selected config's name."""
     import shlex
 
-    from rest.cli import main
-    from rest.export import load_study
-    from rest.model_file import read_model_file, selected_trial
-    from rest.results import COMPACT_FILE, STATE_FILE, checkpoint_dirs
+    from rest.cli.main import main
+    from rest.report.export import load_study
+    from rest.deploy.model_file import read_model_file, selected_trial
+    from rest.report.results import COMPACT_FILE, STATE_FILE, checkpoint_dirs
     from rest.settings import TrainSettings
     from rest.storage import local
 
@@ -266,9 +266,9 @@ def test_export_model_writes_the_reported_epoch_or_refuses_with_the_retrain_comm
 
 RAY_ERROR = """Failure # 1 (occurred at 2026-12-01_12-34-22)
 \x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=9254, ip=192.0.2.2, repr=rest_trainable)
-  File "rest/data/folder.py", line 55, in split_files
+  File "rest/core/data/folder.py", line 55, in split_files
     raise DataError(f"data root {root} does not exist; pass --data-root")
-rest.data.base.DataError: data root /gone does not exist; pass --data-root pointing at an LfF-layout dataset
+rest.core.data.base.DataError: data root /gone does not exist; pass --data-root pointing at an LfF-layout dataset
 """
 
 
@@ -295,7 +295,7 @@ def _fail_trials(study, phase, pct=None):
 def test_failed_trials_are_counted_per_cell_and_their_cell_kept(tmp_path):
     """Every table says how many configs of a cell failed; a cell whose every config failed keeps its row."""
     from rest import load_study
-    from rest.manifest import is_complete
+    from rest.study.manifest import is_complete
 
     study = tmp_path / "failed"
     shutil.copytree(FIXTURE, study)
@@ -352,8 +352,8 @@ def _copy_without(study: Path, dest: Path, pattern: str) -> Path:
 def test_trials_send_ray_a_few_keys_and_the_reader_takes_every_record_from_the_history_file(smoke_study, tmp_path):
     """Ray's snapshot stays small (slim reports); the tables come whole from each trial's history.json,
     and, for a study without it (older ones), from Ray's records and the checkpoints, equally."""
-    from rest.results import read_study
-    from rest.search import REPORTED
+    from rest.report.results import read_study
+    from rest.study.search import REPORTED
     from rest.storage import local
 
     study = smoke_study[0] / "smoke"

@@ -11,7 +11,7 @@ ALL_SPARSE = ((1, 1.0),)  # a rule that runs every layer on the sparse kernel, w
 
 def _randomise(model: nn.Module, density: float, seed: int) -> nn.Module:
     """ERK-masked random weights and non-trivial BatchNorm statistics: what a trained sparse model looks like."""
-    from rest.sparse import erk_densities, maskable_weights
+    from rest.core.sparse import erk_densities, maskable_weights
 
     gen = torch.Generator().manual_seed(seed)
     weights = maskable_weights(model)
@@ -29,7 +29,7 @@ def _randomise(model: nn.Module, density: float, seed: int) -> nn.Module:
 
 
 def test_fold_bn_is_exact_and_keeps_zeros():
-    from rest.infer import fold_bn
+    from rest.deploy.infer import fold_bn
 
     torch.manual_seed(0)
     conv = nn.Conv2d(5, 7, 3, padding=1, bias=True)
@@ -46,7 +46,7 @@ def test_fold_bn_is_exact_and_keeps_zeros():
 @pytest.mark.parametrize("batch", [1, 5])
 @pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (4, 2, 1), (7, 2, 3)])
 def test_sparse_kernel_equals_conv2d(kernel, stride, padding, batch):
-    from rest.infer import CSRWeight, sparse_conv2d
+    from rest.deploy.infer import CSRWeight, sparse_conv2d
 
     gen = torch.Generator().manual_seed(kernel * 10 + stride)
     w = torch.randn(6, 4, kernel, kernel, generator=gen) * (torch.rand(6, 4, kernel, kernel, generator=gen) < 0.3)
@@ -60,8 +60,8 @@ def test_sparse_kernel_equals_conv2d(kernel, stride, padding, batch):
 @pytest.mark.parametrize("name,kwargs", [("cnn", {}), ("resnet18", {"width": 8, "stem": "cifar"}),
                                          ("resnet18", {"width": 8, "stem": "imagenet"})])
 def test_sparse_engine_predicts_as_the_dense_model(name, kwargs):
-    from rest.infer import layer_plan, sparse_engine
-    from rest.models import build_model
+    from rest.deploy.infer import layer_plan, sparse_engine
+    from rest.core.models import build_model
 
     torch.manual_seed(0)
     size = 28 if name == "cnn" else 32
@@ -79,7 +79,7 @@ def test_sparse_engine_predicts_as_the_dense_model(name, kwargs):
 
 
 def test_crossover_rule_picks_dense_above_the_crossover():
-    from rest.infer import CROSSOVER, SparseConv2d, crossover
+    from rest.deploy.infer import CROSSOVER, SparseConv2d, crossover
 
     rule = ((1, 0.0), (16, 0.2))
     assert [crossover(b, rule) for b in (1, 15, 16, 256)] == [0.0, 0.0, 0.2, 0.2]
@@ -95,9 +95,9 @@ def test_crossover_rule_picks_dense_above_the_crossover():
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory, tiny_data):
     """A cnn trained one epoch at density 0.05 on tiny colored digits, written as export-model writes it."""
-    from rest.model_file import save_sparse_model
+    from rest.deploy.model_file import save_sparse_model
     from rest.settings import TrainSettings
-    from rest.train import Trainer
+    from rest.core.train import Trainer
 
     settings = TrainSettings(dataset="colored_digits", conflict_pct=5.0, epochs=1, batch_size=64, eval_batch_size=256,
                              density=0.05, update_frequency=2, seed=3)
@@ -108,10 +108,10 @@ def model_file(tmp_path_factory, tiny_data):
 
 def test_loaded_sparse_engine_matches_on_the_whole_test_split(model_file):
     import rest
-    from rest.data import get_dataset_spec, load_dataset
-    from rest.export import ExportError
-    from rest.model_file import predict_file
-    from rest.train import to_input
+    from rest.core.data import get_dataset_spec, load_dataset
+    from rest.report.export import ExportError
+    from rest.deploy.model_file import predict_file
+    from rest.core.train import to_input
 
     dense, sparse = rest.load_model(model_file), rest.load_model(model_file, engine="sparse")
     x = to_input(load_dataset("colored_digits", 5.0).test.images, get_dataset_spec("colored_digits"))
@@ -127,8 +127,8 @@ def test_loaded_sparse_engine_matches_on_the_whole_test_split(model_file):
 
 def test_predict_command_prints_accuracy_and_throughput(model_file, tmp_path):
     import rest
-    from rest.data import get_dataset_spec, load_dataset
-    from rest.train import evaluate
+    from rest.core.data import get_dataset_spec, load_dataset
+    from rest.core.train import evaluate
 
     test = load_dataset("colored_digits", 5.0).test
     acc = evaluate(rest.load_model(model_file), test, get_dataset_spec("colored_digits"), 256)
@@ -170,7 +170,7 @@ def test_predict_command_prints_accuracy_and_throughput(model_file, tmp_path):
 ])  # fmt: skip
 def test_every_bad_predict_flag_is_one_line_exit_2(model_file, capsys, flags, message):
     """In-process, so any exception other than the CLI's one-line exit fails the test with its traceback."""
-    from rest.cli import main
+    from rest.cli.main import main
 
     try:
         status = main(["-q", "predict", str(model_file), *flags])

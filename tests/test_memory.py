@@ -1,12 +1,12 @@
-"""rest.memory: the bytes a trial puts on its device, and docs/cluster.md's table made from them."""
+"""rest.study.memory: the bytes a trial puts on its device, and docs/cluster.md's table made from them."""
 import re
 
 import pytest
 import torch
 
 from conftest import ROOT
-from rest.memory import COMPONENTS, LABEL_BYTES, activation_fit, memory_table, saved_tensor_bytes, trial_device_bytes
-from rest.models import build_model
+from rest.study.memory import COMPONENTS, LABEL_BYTES, activation_fit, memory_table, saved_tensor_bytes, trial_device_bytes
+from rest.core.models import build_model
 from rest.settings import TrainSettings
 
 TABLE = re.compile(r"<!-- memory-table: start -->\n(.*?)<!-- memory-table: end -->", re.S)
@@ -15,7 +15,7 @@ TABLE = re.compile(r"<!-- memory-table: start -->\n(.*?)<!-- memory-table: end -
 def test_the_cluster_doc_table_is_what_the_code_computes():
     doc = TABLE.search((ROOT / "docs" / "cluster.md").read_text())
     assert doc, "docs/cluster.md lost its memory-table markers"
-    assert doc.group(1) == memory_table(ROOT / "search_spaces"), "regenerate it: python -m rest.memory"
+    assert doc.group(1) == memory_table(ROOT / "search_spaces"), "regenerate it: python -m rest.study.memory"
 
 
 @pytest.mark.parametrize("model,size,stem,precision", [("cnn", 28, "auto", "fp32"), ("resnet18", 32, "imagenet", "bf16")])

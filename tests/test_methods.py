@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rest.data import BiasedData, DataError, Split
-from rest.dcwp import gumbel_sigmoid_mask, top_masks
-from rest.losses import debiased_contrastive, generalized_cross_entropy
-from rest.pgd import importance, last_layer_grad_norms
-from rest.reweight import make_sampler
-from rest.sparse import SparseMask
-from rest.train import Trainer
+from rest.core.data import BiasedData, DataError, Split
+from rest.core.dcwp import gumbel_sigmoid_mask, top_masks
+from rest.core.losses import debiased_contrastive, generalized_cross_entropy
+from rest.core.pgd import importance, last_layer_grad_norms
+from rest.core.reweight import make_sampler
+from rest.core.sparse import SparseMask
+from rest.core.train import Trainer
 
 
 @pytest.mark.parametrize("p", [0.7, 1.0, 2.0])

@@ -2,11 +2,11 @@
 import pytest
 
 from conftest import ROOT
-from rest.export import best_configs, paper_presentable, paper_table
-from rest.results import StudyResults, Trial
-from rest.space import SpaceError, load_space, method_configs, parse_space
-from rest.search import trial_cell
-from rest.study import select_method_configs
+from rest.report.export import best_configs, paper_presentable, paper_table
+from rest.report.results import StudyResults, Trial
+from rest.study.space import SpaceError, load_space, method_configs, parse_space
+from rest.study.search import trial_cell
+from rest.study.runner import select_method_configs
 
 METHODS = ["ERM", "JTT", "PGD", "DCWP", "oracle (dense)", "REST"]
 

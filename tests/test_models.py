@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from rest.models import MODELS, STEMS, build_model
-from rest.sparse import maskable_weights, output_positions
+from rest.core.models import MODELS, STEMS, build_model
+from rest.core.sparse import maskable_weights, output_positions
 
 
 def _maskable(model: nn.Module) -> int:

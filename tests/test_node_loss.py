@@ -56,7 +56,7 @@ def test_losing_the_node_of_a_running_trial(lossy_cluster, tmp_path):
     epochs = [r["epoch"] for r in raw]
     assert len(epochs) == len(set(epochs)), f"an epoch was trained twice: {epochs}"
     # an epoch finished on the lost node may never have reached the driver; its checkpoint kept it
-    from rest.results import read_study
+    from rest.report.results import read_study
     from rest.storage import local
 
     (kept,) = read_study(local(tmp_path / "b" / "n")).all_trials()

@@ -2,7 +2,7 @@
 import pytest
 
 from rest.errors import UserError
-from rest.options import resolve_options
+from rest.study.options import resolve_options
 
 STORED = {"storage": "old", "name": "s", "address": "10.0.0.1:6379", "cpus_per_trial": 2.0, "gpus_per_trial": None,
           "max_concurrent": None, "max_failures": 0, "data_root": None, "verbose": 2, "autoscaling": True,

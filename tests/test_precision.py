@@ -14,9 +14,9 @@ import math
 import pytest
 import torch
 
-from rest.device import PRECISIONS
+from rest.core.device import PRECISIONS
 from rest.settings import TrainSettings
-from rest.train import Trainer
+from rest.core.train import Trainer
 
 BASE = TrainSettings(model="resnet18", width=2, stem="cifar", epochs=2, batch_size=16, eval_batch_size=64, subsample=32,
                      update_frequency=2, lr=0.05, seed=1, device="cpu", density=1.0)
@@ -101,7 +101,7 @@ def test_a_checkpoint_resumes_in_another_precision(tiny_data, caplog, saved, now
     trainer.run_epoch()
     state = _roundtrip(trainer.state_dict())
     resumed = Trainer(s.replace(precision=now), tiny_data)
-    with caplog.at_level(logging.WARNING, logger="rest.train"):
+    with caplog.at_level(logging.WARNING, logger="rest.core.train"):
         resumed.load_state_dict(state)
     (note,) = [r.getMessage() for r in caplog.records]
     assert note.startswith(f"resuming a {saved} checkpoint in {now} after epoch 1: weights and optimizer state carry over")
@@ -123,7 +123,7 @@ def test_a_checkpoint_from_before_cpu_autocast_continues_in_fp32(tiny_data, capl
     state = _roundtrip(trainer.state_dict())
     del state["precision"]
     resumed = Trainer(s.replace(precision="bf16"), tiny_data)
-    with caplog.at_level(logging.WARNING, logger="rest.train"):
+    with caplog.at_level(logging.WARNING, logger="rest.core.train"):
         resumed.load_state_dict(state)
     assert "predates CPU autocast" in caplog.text and resumed.precision == "fp32" and resumed.amp.dtype is None
     assert _timeless(resumed.run_epoch()) == _timeless(trainer.run_epoch())
@@ -135,9 +135,9 @@ def test_a_bf16_trained_model_exports_and_both_engines_agree(tiny_data, tmp_path
     kernel) run it in fp32 and agree within 1e-4. fp32 and bf16 logits differ by at most 2^-6 of
     their scale (bf16 keeps 8 significant bits), and a prediction differs only where the fp32
     top-two margin is within that tolerance."""
-    from rest.batches import to_input
-    from rest.infer import layer_plan, sparse_engine
-    from rest.model_file import load_model, read_model_file, save_sparse_model
+    from rest.core.batches import to_input
+    from rest.deploy.infer import layer_plan, sparse_engine
+    from rest.deploy.model_file import load_model, read_model_file, save_sparse_model
 
     trainer = Trainer(BASE.replace(precision="bf16", **METHODS["rest-rigl"]), tiny_data)
     record = trainer.run_epoch()
@@ -165,7 +165,7 @@ def test_a_bf16_trained_model_exports_and_both_engines_agree(tiny_data, tmp_path
 def test_fold_bn_of_a_bf16_model_keeps_fp32_precision():
     from torch import nn
 
-    from rest.infer import fold_bn
+    from rest.deploy.infer import fold_bn
 
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(3, 4, 3, bias=False).to(torch.bfloat16), nn.BatchNorm2d(4).to(torch.bfloat16)
@@ -207,10 +207,10 @@ def test_data_above_the_device_budget_is_streamed_with_the_same_metrics(tiny_dat
 def test_pgd_gradient_norms_under_autocast_are_fp32(tiny_data, precision):
     """PGD's closed-form per-sample norms: the forward in the run's precision, the norms in fp32,
     within 5 % of the fp32 run's."""
-    from rest import pgd
-    from rest.data import get_dataset_spec
-    from rest.device import make_amp
-    from rest.models import build_model
+    from rest.core import pgd
+    from rest.core.data import get_dataset_spec
+    from rest.core.device import make_amp
+    from rest.core.models import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet18", 10, 28, 2, stem="cifar")

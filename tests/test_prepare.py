@@ -25,15 +25,15 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
-from rest.cli import build_parser, main
-from rest.corruptions import CORRUPTION_NAMES, CORRUPTIONS, corrupt
-from rest.data import DataError, load_dataset
-from rest.data.folder import list_images, parse_labels
-from rest.data.protocol import COLOURS, conflict_quota
+from rest.cli.main import build_parser, main
+from rest.core.corruptions import CORRUPTION_NAMES, CORRUPTIONS, corrupt
+from rest.core.data import DataError, load_dataset
+from rest.core.data.folder import list_images, parse_labels
+from rest.core.data.protocol import COLOURS, conflict_quota
 from rest.errors import UserError
-from rest import prepare
+from rest.core import prepare
 
-RUN = "import sys; from rest.cli import main; sys.exit(main(sys.argv[1:]))"
+RUN = "import sys; from rest.cli.main import main; sys.exit(main(sys.argv[1:]))"
 RATIOS = (1.0, 5.0)
 
 
@@ -212,7 +212,7 @@ def test_cmnist_colour_noise_is_lffs(cmnist_tree):
 def test_subsample_of_a_built_tree_is_a_stratified_seeded_sample_recorded_per_epoch(cmnist_tree, tmp_path, monkeypatch):
     """The tree lists its files aligned-first and class by class: `subsample` must not take the first N."""
     from rest.settings import TrainSettings
-    from rest.train import Trainer
+    from rest.core.train import Trainer
 
     monkeypatch.setenv("REST_TUNE_CACHE", str(tmp_path / "cache"))
     full = load_dataset("cmnist", 5.0, str(cmnist_tree))
@@ -446,6 +446,6 @@ def test_check_of_a_missing_directory_is_a_user_error(tmp_path, capsys):
 
 
 def test_importing_the_cli_module_loads_no_numpy():
-    probe = subprocess.run([sys.executable, "-c", "import sys, rest.cli_prepare; print('numpy' in sys.modules, 'torch' in sys.modules)"],
+    probe = subprocess.run([sys.executable, "-c", "import sys, rest.cli.prepare; print('numpy' in sys.modules, 'torch' in sys.modules)"],
                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert probe.stdout.strip() == "False False"

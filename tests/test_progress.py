@@ -1,5 +1,5 @@
 """The console's progress line: counts, time left and how often a log shows it (pure functions, no Ray)."""
-from rest.progress import Every, PhaseProgress, count_trials, describe, epochs_left, eta_seconds
+from rest.study.progress import Every, PhaseProgress, count_trials, describe, epochs_left, eta_seconds
 
 
 def test_counts_take_trials_not_created_yet_as_pending():

@@ -1,6 +1,6 @@
 """The name tuples that cheap modules repeat equal the registries they stand for.
 
-``rest/settings.py`` and ``rest/cli_prepare.py`` list registry names without importing
+``rest/settings.py`` and ``rest/cli/prepare.py`` list registry names without importing
 the registries (which import torch or numpy), so that validation and ``--help`` stay
 fast. These tests are what keeps the copies true.
 """
@@ -11,9 +11,11 @@ import pytest
 
 def _pairs() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """name -> (the cheap copy, the real registry's keys, in registry order)."""
-    from rest import cli_prepare, device, reweight, selection, settings, sparse, train
-    from rest.data import DATASETS
-    from rest.models import MODELS, STEMS
+    from rest.cli import prepare as cli_prepare
+    from rest.core import device, reweight, sparse, train
+    from rest import selection, settings
+    from rest.core.data import DATASETS
+    from rest.core.models import MODELS, STEMS
 
     return {
         "settings.DATASET_NAMES": (settings.DATASET_NAMES, tuple(DATASETS)),
@@ -50,8 +52,8 @@ def test_names_match_the_registry(name):
 
 def test_prepare_data_builds_registered_folder_datasets():
     """Each tree prepare-data builds is read by a registered folder dataset with as many classes."""
-    from rest.data import DATASETS
-    from rest.prepare import RECIPES
+    from rest.core.data import DATASETS
+    from rest.core.prepare import RECIPES
 
     for name, recipe in RECIPES.items():
         assert name in DATASETS and DATASETS[name].needs_root, name

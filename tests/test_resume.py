@@ -61,7 +61,7 @@ def checkpoint_epochs(experiment: Path) -> dict[str, int]:
 
 def finals(storage: Path, name: str) -> dict:
     """(phase, density, lambda, seed) -> the final record's compared metrics, via the study reader."""
-    from rest.results import read_study
+    from rest.report.results import read_study
     from rest.storage import local
 
     study = read_study(local(storage / name))

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from rest.data import DataError, Split
-from rest.reweight import EpochSampler, expected_weighted_fraction, make_sampler
+from rest.core.data import DataError, Split
+from rest.core.reweight import EpochSampler, expected_weighted_fraction, make_sampler
 
 
 def _split(n=2000, n_conflict=40):

@@ -1,4 +1,4 @@
-"""Deterministic per-cell halving (rest/rungs.py): the rule, the groups, and the scheduler on real Ray with instant trials."""
+"""Deterministic per-cell halving (rest/study/rungs.py): the rule, the groups, and the scheduler on real Ray with instant trials."""
 import json
 import tempfile
 import time
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rest.search import TrialGroups, make_search_alg, rung_epochs, search_phase
-from rest.space import parse_space
+from rest.study.search import TrialGroups, make_search_alg, rung_epochs, search_phase
+from rest.study.space import parse_space
 from rest.storage import local
 
 GRID = ("search: {conflict_pct: {grid: [0.5, 5]}, lambda_upweight: {grid: [4, 3, 2, 1]}}\ntrain: {epochs: 8}\n"
@@ -17,7 +17,7 @@ SCORES = {5: {4: 0.9, 3: 0.8, 2: 0.8, 1: 0.6}, 0.5: {4: 0.1, 3: 0.4, 2: 0.3, 1: 
 
 
 def test_rung_epochs_and_the_cut():
-    from rest.rungs import cut
+    from rest.study.rungs import cut
 
     def epochs(grace, rf, total):
         return rung_epochs(parse_space(f"search: {{lr: {{grid: [0.1]}}}}\ntrain: {{epochs: {total}}}\n"
@@ -53,7 +53,7 @@ def test_groups_sizes_and_search_order():
 def test_tpe_proposes_numbered_batches_and_learns_from_trials_stopped_while_paused():
     from ray.tune.search import Searcher
 
-    from rest.search import SEARCHER_METRIC
+    from rest.study.search import SEARCHER_METRIC
 
     spec = parse_space("search: {conflict_pct: {grid: [1]}, density: {loguniform: [0.01, 1]}}\nnum_samples: 4\n"
                        "search_alg: {type: optuna, seed: 1, max_concurrent: 2}\ntrain: {epochs: 4}\n")
@@ -185,6 +185,6 @@ def test_a_trial_that_fails_for_good_drops_out_of_its_rung(ray_cluster, tmp_path
     (None, {"density": 1}, 0.0),
 ])
 def test_the_test_only_delay_hook_matches_configs(rule, config, seconds):
-    from rest.trainable import delay_seconds
+    from rest.study.trainable import delay_seconds
 
     assert delay_seconds(rule, config) == seconds

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import cli, wait_for
-from rest.space import SpaceError, parse_space
+from rest.study.space import SpaceError, parse_space
 from test_resume import driver
 
 TPE = {
@@ -51,7 +51,7 @@ def test_search_alg_is_validated_with_the_key_named():
 
 
 def _search_trials(storage: Path) -> list:
-    from rest.results import read_phase
+    from rest.report.results import read_phase
     from rest.storage import local
 
     return read_phase(local(storage / "tpe" / "search"), "search")
@@ -116,7 +116,7 @@ def test_per_cell_searcher_budgets_concurrency_lookups_and_state(kind, tmp_path)
     """The real Ray searchers, driven by hand: exact budgets per cell, round robin, limits, save/restore."""
     from ray.tune.search import Searcher
 
-    from rest.search import SEARCHER_METRIC, make_search_alg
+    from rest.study.search import SEARCHER_METRIC, make_search_alg
 
     search = {**TPE["search"], "jtt_epochs": {"lookup": {"key": "conflict_pct", "table": {1: 3, 5: 1}}}}
     spec = parse_space(space_text(search=search, search_alg={"type": kind, "seed": 3, "max_concurrent": 2},

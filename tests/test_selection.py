@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from rest import selection
-from rest.results import StudyResults, Trial, aggregate, trial_row
-from rest.space import parse_space
+from rest.report.results import StudyResults, Trial, aggregate, trial_row
+from rest.study.space import parse_space
 from rest.storage import local
 
 
@@ -73,9 +73,9 @@ def tied_study() -> StudyResults:
 
 
 def test_a_constructed_tie_is_resolved_identically_everywhere():
-    from rest.export import best_configs, by_density, summary
-    from rest.study import select_confirm_configs
-    from rest.train import Trainer
+    from rest.report.export import best_configs, by_density, summary
+    from rest.study.runner import select_confirm_configs
+    from rest.core.train import Trainer
 
     study = tied_study()
     # trainer: its incumbent round-trips through best_* keys and ranks as the rule ranks

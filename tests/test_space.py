@@ -2,7 +2,7 @@
 import pytest
 
 from conftest import ROOT
-from rest.space import SpaceError, load_space, parse_space
+from rest.study.space import SpaceError, load_space, parse_space
 
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
 
@@ -141,7 +141,7 @@ def test_paper_studies_train_on_a_tiny_tree(tmp_path, name):
     import math
 
     from conftest import write_png_tree
-    from rest.train import train
+    from rest.core.train import train
 
     spec, _ = load_space(ROOT / "search_spaces" / f"{name}.yaml")
     values = {k: d["grid"][0] for k, d in spec.search.items() if "grid" in d}

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from rest.models import build_model
-from rest.dcwp import top_masks
-from rest.sparse import (
+from rest.core.models import build_model
+from rest.core.dcwp import top_masks
+from rest.core.sparse import (
     LEARNED, METHODS, SparseMask, active_counts, cosine_drop_fraction, erk_densities, maskable_weights,
 )
 
@@ -205,7 +205,7 @@ def test_state_dict_round_trip_continues_identically():
 
 
 def test_flops_scale_with_density():
-    from rest.sparse import output_positions
+    from rest.core.sparse import output_positions
 
     model = _model()
     positions = output_positions(model, torch.zeros(1, 3, 32, 32))

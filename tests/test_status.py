@@ -8,7 +8,7 @@ import pytest
 
 import rest
 from conftest import ROOT, cli, wait_for
-from rest.status import find, study_status
+from rest.report.status import find, study_status
 from test_resume import S4, driver, write_s4
 
 FIXTURE = ROOT / "tests" / "fixtures" / "smoke_study"
@@ -39,7 +39,7 @@ def test_status_command_prints_one_table_reads_no_ray_and_refuses_an_unknown_stu
     assert out.returncode == 0, out.stderr
     assert "search   colored_digits, 1       4     3    0     0    0     1     7/7  density 1, lambda_upweight 10" in out.stdout
     assert out.stdout.rstrip().endswith("finished") and "driver: none holds the study" in out.stdout
-    probe = subprocess.run([sys.executable, "-c", f"import sys, rest.cli; rest.cli.main(['status', {str(FIXTURE)!r}]); "
+    probe = subprocess.run([sys.executable, "-c", f"import sys, rest.cli.main; rest.cli.main.main(['status', {str(FIXTURE)!r}]); "
                             "print('ray' in sys.modules, 'torch' in sys.modules)"], capture_output=True, text=True, cwd=ROOT)
     assert probe.stdout.splitlines()[-1] == "False False", probe.stderr
     missing = cli("status", "nosuch", "--storage", str(tmp_path))

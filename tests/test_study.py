@@ -108,8 +108,8 @@ def test_asha_compares_trials_only_within_a_cell(ray_cluster, tmp_path):
     """A strong cell (high scores) must never stop a weak cell's trials."""
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
-    from rest.space import parse_space
-    from rest.search import make_scheduler
+    from rest.study.space import parse_space
+    from rest.study.search import make_scheduler
 
     spec = parse_space("search: {conflict_pct: {grid: [0.5, 5]}}\ntrain: {epochs: 8}\n"
                        "scheduler: {grace_period: 1, reduction_factor: 2, mode: async}\n")
@@ -228,7 +228,7 @@ def test_a_wait_for_resources_is_said_once_and_kept_in_the_summary(ray_cluster, 
 def test_a_full_disk_in_the_driver_is_one_line_and_resume_finishes(ray_cluster, tmp_path):
     """The driver's writes under a file-size limit (EFBIG, as ENOSPC): its own manifest, then Ray's experiment files.
     Each is one line naming the file and the fix, no traceback; a study not made is not left half-made."""
-    from rest.data import load_dataset
+    from rest.core.data import load_dataset
     from test_cli import file_size_limit
 
     load_dataset("colored_digits", 1)  # the dataset cache, written without the limit

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from conftest import ROOT, write_png_tree
-from rest.data import BiasedData
-from rest.models import MODELS
-from rest.reweight import STRATEGIES
-from rest.sparse import METHODS
-from rest.batches import crop_flip
-from rest.device import make_amp, scaled_step
-from rest.train import METRICS, Trainer, group_accuracies, train
+from rest.core.data import BiasedData
+from rest.core.models import MODELS
+from rest.core.reweight import STRATEGIES
+from rest.core.sparse import METHODS
+from rest.core.batches import crop_flip
+from rest.core.device import make_amp, scaled_step
+from rest.core.train import METRICS, Trainer, group_accuracies, train
 
 
 def _records(settings, data):
@@ -151,10 +151,10 @@ RESUME_SCRIPT = """
 import json, sys, torch
 sys.path.insert(0, {tests!r})
 from conftest import TINY
-from rest.data.base import from_arrays
-from rest.data.digits import build_colored_digits
+from rest.core.data.base import from_arrays
+from rest.core.data.digits import build_colored_digits
 from rest.settings import TrainSettings
-from rest.train import Trainer
+from rest.core.train import Trainer
 data = from_arrays("colored_digits", 5.0, build_colored_digits(5.0, seed=0, per_class=TINY))
 settings = TrainSettings.from_dict(json.loads(sys.argv[1]))
 trainer = Trainer(settings, data)

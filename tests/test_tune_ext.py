@@ -1,10 +1,10 @@
-"""Contract test: every Ray internal rest.tune_ext relies on exists in the installed Ray."""
+"""Contract test: every Ray internal rest.study.tune_ext relies on exists in the installed Ray."""
 import signal
 
 import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
-from rest import tune_ext
+from rest.study import tune_ext
 from rest.storage import local
 
 

@@ -1,0 +1,15 @@
+"""One training run, torch only: datasets, models, dynamic sparsity, reweighting, the training loop.
+
+Imports only the foundation (``rest.errors``, ``rest.settings``, ``rest.selection``, ``rest.storage``,
+``rest.tables``). Its public surface, by module:
+
+- ``train``: ``train_run`` (one configuration, epoch by epoch), ``group_accuracies``;
+- ``data``: the dataset registry (``get_dataset_spec``, ``load_dataset``); ``prepare``: building and checking dataset trees;
+- ``models``: the model registry; ``sparse``: RigL/SET masks; ``reweight``: upweighting bias-conflicting samples;
+- ``losses``, ``pgd``, ``dcwp``: the methods beside REST; ``batches``: model input and augmentation;
+- ``device``: every CPU/CUDA choice (precision, autocast, loss scaler, memory format, data placement);
+- ``corruptions``: the ten Corrupted CIFAR-10 corruptions.
+"""
+
+__all__ = ["batches", "corruptions", "data", "dcwp", "device", "losses", "models", "pgd", "prepare", "reweight",
+           "sparse", "train"]
