@@ -3,6 +3,7 @@
 
 Run `python tune_search.py --help`; the same command is installed as `rest-tune`.
 """
+
 import sys
 
 from rest.cli.main import main

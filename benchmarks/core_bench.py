@@ -29,6 +29,7 @@ modified.
 Progress goes to stderr; the table to stdout; JSON to benchmarks/results/core_bench.json
 (``--quick`` writes to the temp directory unless ``--out`` is given).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,13 +80,17 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
 
 def subset(data: BiasedData, n_train: int, n_eval: int) -> BiasedData:
     """First samples of each split (for --quick)."""
+
     def cut(s: Split, n: int) -> Split:
         return Split(s.images[:n].clone(), s.y[:n].clone(), None if s.b is None else s.b[:n].clone())
 
-    return BiasedData(data.name, data.conflict_pct, cut(data.train, n_train), cut(data.valid, n_eval), cut(data.test, n_eval))
+    return BiasedData(
+        data.name, data.conflict_pct, cut(data.train, n_train), cut(data.valid, n_eval), cut(data.test, n_eval)
+    )
 
 
 # ------------------------------------------------------------ timing hooks
+
 
 class Timers:
     """Accumulated seconds per label, reset for every measured epoch."""
@@ -130,6 +135,7 @@ def instrument_sparse(trainer: rt.Trainer, timers: Timers) -> None:
 
 # ------------------------------------------------------------ the variants
 
+
 class RawLoop:
     """forward + backward + SGD step on pre-made float batches: the floor for one epoch."""
 
@@ -144,7 +150,7 @@ class RawLoop:
         y_all = data.train.y[order]
         # the same batch sizes as fit_epoch: ceil(n / 256) batches, the last one partial
         self.batches = [
-            (x_all[i:i + settings.batch_size].contiguous(), y_all[i:i + settings.batch_size].contiguous())
+            (x_all[i : i + settings.batch_size].contiguous(), y_all[i : i + settings.batch_size].contiguous())
             for i in range(0, n, settings.batch_size)
         ]
 
@@ -200,7 +206,7 @@ def bench_speed(data: BiasedData, repeats: int, warmup: int, epochs_setting: int
     loads: list[float] = []  # 1-minute load average after each repeat: > 2 means other work shared the cores
     with patched_train_module(timers):
         for r in range(warmup + repeats):
-            order = names[r % len(names):] + names[:r % len(names)]  # rotate the position of each variant
+            order = names[r % len(names) :] + names[: r % len(names)]  # rotate the position of each variant
             row = {}
             for name in order:
                 row[name] = variants[name]()
@@ -241,6 +247,7 @@ def bench_speed(data: BiasedData, repeats: int, warmup: int, epochs_setting: int
 
 # ------------------------------------------------------------ accuracy
 
+
 def bench_accuracy(data: BiasedData, epochs: int, seeds: tuple[int, ...]) -> dict:
     methods = {"erm": {"reweight": "none"}, "oracle": {"reweight": "oracle", "lambda_upweight": 30.0}}
     runs: dict[str, list[dict]] = {m: [] for m in methods}
@@ -253,20 +260,24 @@ def bench_accuracy(data: BiasedData, epochs: int, seeds: tuple[int, ...]) -> dic
             start = time.perf_counter()
             last = None
             for last in rt.train(s, data):
-                say(f"accuracy {method} seed {seed} epoch {last['epoch']}/{epochs}: "
+                say(
+                    f"accuracy {method} seed {seed} epoch {last['epoch']}/{epochs}: "
                     f"test conflict {last['test_conflict_acc']:.3f} align {last['test_align_acc']:.3f} "
-                    f"val worst {last['val_worst_group_acc']:.3f} ({last['epoch_seconds']:.1f}s)")
-            runs[method].append({
-                "seed": seed,
-                "best_epoch": last["best_epoch"],
-                "best_test_conflict_acc": last["best_test_conflict_acc"],
-                "best_test_align_acc": last["best_test_align_acc"],
-                "best_test_unbiased_acc": last["best_test_unbiased_acc"],
-                "best_val_worst_group_acc": last["best_val_worst_group_acc"],
-                "final_test_conflict_acc": last["test_conflict_acc"],
-                "final_test_align_acc": last["test_align_acc"],
-                "seconds": time.perf_counter() - start,
-            })
+                    f"val worst {last['val_worst_group_acc']:.3f} ({last['epoch_seconds']:.1f}s)"
+                )
+            runs[method].append(
+                {
+                    "seed": seed,
+                    "best_epoch": last["best_epoch"],
+                    "best_test_conflict_acc": last["best_test_conflict_acc"],
+                    "best_test_align_acc": last["best_test_align_acc"],
+                    "best_test_unbiased_acc": last["best_test_unbiased_acc"],
+                    "best_val_worst_group_acc": last["best_val_worst_group_acc"],
+                    "final_test_conflict_acc": last["test_conflict_acc"],
+                    "final_test_align_acc": last["test_align_acc"],
+                    "seconds": time.perf_counter() - start,
+                }
+            )
     summary = {}
     for method, rs in runs.items():
         summary[method] = {}
@@ -287,20 +298,30 @@ def bench_accuracy(data: BiasedData, epochs: int, seeds: tuple[int, ...]) -> dic
 
 # ------------------------------------------------------------ report
 
+
 def print_report(result: dict) -> None:
     speed = result.get("speed")
     if speed:
         med = speed["median_seconds"]
-        print(f"\nSpeed ({speed['batches_per_epoch']} batches of {BATCH}, {THREADS} threads, medians of {speed['repeats']} repeats)")
+        print(
+            f"\nSpeed ({speed['batches_per_epoch']} batches of {BATCH}, {THREADS} threads, medians of {speed['repeats']} repeats)"
+        )
         print(f"  {'variant':<34}{'epoch s':>9}{'fit s':>8}{'eval s':>8}{'other s':>9}{'mask s':>8}")
         print(f"  {'raw fwd+bwd+step (pre-made)':<34}{med['raw']['epoch']:>9.3f}")
         for key, label in (("dense", "Trainer.run_epoch density 1"), ("sparse", "Trainer.run_epoch density 0.05")):
             m = med[key]
-            print(f"  {label:<34}{m['epoch']:>9.3f}{m['fit']:>8.3f}{m['eval']:>8.3f}{m['other']:>9.3f}{m['sparse_step']:>8.3f}")
+            print(
+                f"  {label:<34}{m['epoch']:>9.3f}{m['fit']:>8.3f}{m['eval']:>8.3f}{m['other']:>9.3f}{m['sparse_step']:>8.3f}"
+            )
         paired = speed["paired_ratio_medians"]
         rows = (
             ("loop overhead (full epoch / raw)", speed["loop_overhead"], paired["loop_overhead"], True),
-            ("loop overhead (fit_epoch / raw)", speed["loop_overhead_fit_only"], paired["loop_overhead_fit_only"], False),
+            (
+                "loop overhead (fit_epoch / raw)",
+                speed["loop_overhead_fit_only"],
+                paired["loop_overhead_fit_only"],
+                False,
+            ),
             ("sparse overhead (0.05 / dense)", speed["sparse_overhead"], paired["sparse_overhead"], True),
             ("sparse overhead, fit only", speed["sparse_overhead_fit_only"], math.nan, False),
         )
@@ -308,21 +329,29 @@ def print_report(result: dict) -> None:
         for label, ratio, pr, has_target in rows:
             verdict = ("ok" if ratio <= TARGET else "MISSED") if has_target else ""
             print(f"  {label:<36}{ratio:>9.3f}{pr:>9.3f}  {'<= %.2f %s' % (TARGET, verdict) if has_target else ''}")
-        print(f"  evaluation share of dense epoch: {100 * speed['eval_share_of_dense_epoch']:.1f} %;"
-              f" sparse realised density {speed['sparse_realised_density']:.4f}")
+        print(
+            f"  evaluation share of dense epoch: {100 * speed['eval_share_of_dense_epoch']:.1f} %;"
+            f" sparse realised density {speed['sparse_realised_density']:.4f}"
+        )
     acc = result.get("accuracy")
     if acc:
-        print(f"\nAccuracy at {CONFLICT_PCT:g} % conflicting, density 1, {acc['epochs']} epochs, seeds {acc['seeds']}"
-              " (selected epoch, test; mean +- s.e.)")
+        print(
+            f"\nAccuracy at {CONFLICT_PCT:g} % conflicting, density 1, {acc['epochs']} epochs, seeds {acc['seeds']}"
+            " (selected epoch, test; mean +- s.e.)"
+        )
         print(f"  {'method':<22}{'conflicting':>18}{'aligned':>18}{'unbiased':>18}")
         for method, label in (("erm", "ERM (reweight none)"), ("oracle", "oracle, lambda 30")):
             sm = acc["summary"][method]
-            cells = [f"{100 * sm[k]['mean']:6.2f} +- {100 * sm[k]['se']:4.2f}"
-                     for k in ("best_test_conflict_acc", "best_test_align_acc", "best_test_unbiased_acc")]
+            cells = [
+                f"{100 * sm[k]['mean']:6.2f} +- {100 * sm[k]['se']:4.2f}"
+                for k in ("best_test_conflict_acc", "best_test_align_acc", "best_test_unbiased_acc")
+            ]
             print(f"  {label:<22}" + "".join(f"{c:>18}" for c in cells))
         gap = acc["erm_align_minus_conflict"]
         verdict = "biased as expected" if gap["mean"] >= gap["expected_at_least"] else "NOT biased enough"
-        print(f"  ERM aligned - conflicting: {100 * gap['mean']:.1f} +- {100 * gap['se']:.1f} points ({verdict}, expect >= 20)")
+        print(
+            f"  ERM aligned - conflicting: {100 * gap['mean']:.1f} +- {100 * gap['se']:.1f} points ({verdict}, expect >= 20)"
+        )
 
 
 def main() -> None:
@@ -353,11 +382,20 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "quick": args.quick,
         "environment": {
-            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "load_before": os.getloadavg(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "load_before": os.getloadavg(),
         },
-        "dataset": {"name": DATASET, "conflict_pct": CONFLICT_PCT, "train": len(data.train),
-                    "valid": len(data.valid), "test": len(data.test)},
+        "dataset": {
+            "name": DATASET,
+            "conflict_pct": CONFLICT_PCT,
+            "train": len(data.train),
+            "valid": len(data.valid),
+            "test": len(data.test),
+        },
     }
     if not args.skip_speed:
         result["speed"] = bench_speed(data, repeats, warmup, epochs_setting=10)

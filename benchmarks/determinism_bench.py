@@ -22,6 +22,7 @@ The machine load (1-minute average) before and after every run goes into the JSO
 Usage: .venv/bin/python benchmarks/determinism_bench.py [--keep DIR] [--full-grid DIR/bench_full]
 Writes benchmarks/results/determinism_bench.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,10 +94,14 @@ def resume_costs(experiment: Path) -> dict:
 def picks(rows: list[dict], full: list[dict], cells: list[str], searched: list[str]) -> dict:
     """Per cell: the mode's pick, the full grid's, and whether they are the same config."""
     mine, theirs = selected(rows, cells), selected(full, cells)
-    return {str(cell): {"pick": {k: row["config"][k] for k in searched},
-                        "full_grid_pick": {k: theirs[cell]["config"][k] for k in searched},
-                        "same": all(row["config"][k] == theirs[cell]["config"][k] for k in searched)}
-            for cell, row in mine.items()}
+    return {
+        str(cell): {
+            "pick": {k: row["config"][k] for k in searched},
+            "full_grid_pick": {k: theirs[cell]["config"][k] for k in searched},
+            "same": all(row["config"][k] == theirs[cell]["config"][k] for k in searched),
+        }
+        for cell, row in mine.items()
+    }
 
 
 def verdict(value: float, target: float) -> str:
@@ -113,15 +118,22 @@ def replay(space: dict, full: list[dict], cells: list[str], searched: list[str])
     for group in {groups.group(r["config"]) for r in full}:
         alive = sorted((r for r in full if groups.group(r["config"]) == group), key=lambda r: groups.order(r["config"]))
         for rung in rung_epochs(spec):
-            order, keep = cut([r["records"][rung] for r in alive], getattr(spec.train, "selection", "worst_group"),
-                              spec.scheduler.reduction_factor)
+            order, keep = cut(
+                [r["records"][rung] for r in alive],
+                getattr(spec.train, "selection", "worst_group"),
+                spec.scheduler.reduction_factor,
+            )
             for i in order[keep:]:
                 ran[id(alive[i])] = rung
             alive = [alive[i] for i in sorted(order[:keep])]
-    stopped = [dict(r, trial=dataclasses.replace(r["trial"], history=r["trial"].history[:ran[id(r)]])) for r in full]
+    stopped = [dict(r, trial=dataclasses.replace(r["trial"], history=r["trial"].history[: ran[id(r)]])) for r in full]
     chosen = picks(stopped, full, cells, searched)
-    return {"trial_epochs": sum(ran.values()), "full_grid_fraction": sum(ran.values()) / (len(full) * total),
-            "same_picks": sum(c["same"] for c in chosen.values()), "picks": chosen}
+    return {
+        "trial_epochs": sum(ran.values()),
+        "full_grid_fraction": sum(ran.values()) / (len(full) * total),
+        "same_picks": sum(c["same"] for c in chosen.values()),
+        "picks": chosen,
+    }
 
 
 def report(result: dict) -> str:
@@ -161,8 +173,11 @@ def report(result: dict) -> str:
         "",
         "| grace_period | reduction_factor | trial-epochs / full grid | picks equal the full grid's |",
         "|---:|---:|---:|---:|",
-        *(f"| {s['grace_period']} | {s['reduction_factor']} | {s['full_grid_fraction']:.2f} | "
-          f"{s['same_picks']} of {result['cells']} |" for s in result["schedules"]),
+        *(
+            f"| {s['grace_period']} | {s['reduction_factor']} | {s['full_grid_fraction']:.2f} | "
+            f"{s['same_picks']} of {result['cells']} |"
+            for s in result["schedules"]
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -172,8 +187,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "determinism_bench.json")
     parser.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "default.yaml")
     parser.add_argument("--keep", type=Path, default=None, help="keep the studies in this directory")
-    parser.add_argument("--full-grid", type=Path, default=None,
-                        help="reuse a kept full-grid study of the same space (a bench_full directory)")
+    parser.add_argument(
+        "--full-grid",
+        type=Path,
+        default=None,
+        help="reuse a kept full-grid study of the same space (a bench_full directory)",
+    )
     args = parser.parse_args()
     space = yaml.safe_load(args.space.read_text())
     cells = space.get("compare_within", ["dataset", "conflict_pct"])
@@ -182,19 +201,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         storage = args.keep or Path(tmp)
         storage.mkdir(parents=True, exist_ok=True)
-        runs = {mode: run(dict(space, scheduler={**space["scheduler"], "mode": mode}), f"bench_{mode}", storage)
-                for mode in ("deterministic", "async")}
+        runs = {
+            mode: run(dict(space, scheduler={**space["scheduler"], "mode": mode}), f"bench_{mode}", storage)
+            for mode in ("deterministic", "async")
+        }
         if args.full_grid:  # its figures (wall, load) are those of its own run
             runs["full_grid"] = json.loads((args.full_grid / "figures.json").read_text())
             runs["full_grid"]["rows"] = trials(args.full_grid / "search")
         else:
             runs["full_grid"] = run(dict(space, scheduler={"type": "none"}), "bench_full", storage)
             (storage / "bench_full" / "figures.json").write_text(
-                json.dumps({k: v for k, v in runs["full_grid"].items() if k != "rows"}))
+                json.dumps({k: v for k, v in runs["full_grid"].items() if k != "rows"})
+            )
     full = runs["full_grid"]["rows"]
-    result = {"date": time.strftime("%Y-%m-%d"), "space": args.space.name, "cells": 0,
-              "uptime_before": uptime_before,
-              "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "space": args.space.name,
+        "cells": 0,
+        "uptime_before": uptime_before,
+        "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+    }
     for mode in ("deterministic", "async"):
         short = "det" if mode == "deterministic" else "async"
         chosen = picks(runs[mode]["rows"], full, cells, searched)
@@ -211,11 +237,23 @@ def main() -> None:
     result["load_range"] = [min(loads), max(loads)]
     result["targets"] = TARGETS
     own = replay(space, full, cells, searched)
-    result["replay_matches_run"] = (own["trial_epochs"] == runs["deterministic"]["trial_epochs"]
-                                    and own["picks"] == result["det_picks"])
-    result["schedules"] = [{"grace_period": g, "reduction_factor": rf, **replay(
-        dict(space, scheduler={**space["scheduler"], "grace_period": g, "reduction_factor": rf}), full, cells, searched)}
-        for g in (1, 2, 3) for rf in (2, 3, 4)]
+    result["replay_matches_run"] = (
+        own["trial_epochs"] == runs["deterministic"]["trial_epochs"] and own["picks"] == result["det_picks"]
+    )
+    result["schedules"] = [
+        {
+            "grace_period": g,
+            "reduction_factor": rf,
+            **replay(
+                dict(space, scheduler={**space["scheduler"], "grace_period": g, "reduction_factor": rf}),
+                full,
+                cells,
+                searched,
+            ),
+        }
+        for g in (1, 2, 3)
+        for rf in (2, 3, 4)
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     args.out.with_suffix(".md").write_text(report(result))

@@ -26,6 +26,7 @@ process's peak host RSS (torch's libraries included), not device memory.
 
 Writes gpu_bench.json and gpu_bench.md to --out (default benchmarks/results); progress to stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,24 +42,49 @@ sys.path.insert(0, str(ROOT))
 
 # mode -> sizes. Each workload: (study dataset, images, model width).
 MODES = {
-    "cuda": {"packs": (1, 2, 4, 8), "batch": 256, "warmup": 10, "steps": 50, "threads": None,
-             "workloads": {"cnn-cmnist": ("cmnist", 70_000, 64), "resnet18-32px": ("cifar10c", 60_000, 64)}},
-    "cpu-smoke": {"packs": (1, 2), "batch": 16, "warmup": 1, "steps": 3, "threads": 1,
-                  "workloads": {"cnn-cmnist": ("cmnist", 256, 64), "resnet18-32px": ("cifar10c", 128, 4)}},
+    "cuda": {
+        "packs": (1, 2, 4, 8),
+        "batch": 256,
+        "warmup": 10,
+        "steps": 50,
+        "threads": None,
+        "workloads": {"cnn-cmnist": ("cmnist", 70_000, 64), "resnet18-32px": ("cifar10c", 60_000, 64)},
+    },
+    "cpu-smoke": {
+        "packs": (1, 2),
+        "batch": 16,
+        "warmup": 1,
+        "steps": 3,
+        "threads": 1,
+        "workloads": {"cnn-cmnist": ("cmnist", 256, 64), "resnet18-32px": ("cifar10c", 128, 4)},
+    },
 }
 PRECISIONS = ("fp32", "bf16")
-SMOKE_NOTE = ("CPU smoke run (no CUDA on this machine): tiny sizes, CPU processes sharing the cores. "
-              "These are not GPU figures; no GPU figure has been measured yet.")
+SMOKE_NOTE = (
+    "CPU smoke run (no CUDA on this machine): tiny sizes, CPU processes sharing the cores. "
+    "These are not GPU figures; no GPU figure has been measured yet."
+)
 
 
 def settings_for(mode: str, workload: str, precision: str):
     from rest.settings import TrainSettings
 
     dataset, _, width = MODES[mode]["workloads"][workload]
-    return TrainSettings(dataset=dataset, model="cnn" if workload.startswith("cnn") else "resnet18", width=width,
-                         stem="imagenet", density=0.05, sparse="rigl", reweight="oracle", update_frequency=1000,
-                         batch_size=MODES[mode]["batch"], precision=precision, schedule="none",
-                         device="cuda" if mode == "cuda" else "cpu", seed=0)
+    return TrainSettings(
+        dataset=dataset,
+        model="cnn" if workload.startswith("cnn") else "resnet18",
+        width=width,
+        stem="imagenet",
+        density=0.05,
+        sparse="rigl",
+        reweight="oracle",
+        update_frequency=1000,
+        batch_size=MODES[mode]["batch"],
+        precision=precision,
+        schedule="none",
+        device="cuda" if mode == "cuda" else "cpu",
+        seed=0,
+    )
 
 
 def synthetic_data(dataset: str, n: int, seed: int):
@@ -96,8 +122,17 @@ def _train_steps(trainer, steps: int, offset: int) -> None:
 
     s = trainer.settings
     order = (torch.arange(steps * s.batch_size) + offset) % len(trainer.data.train)
-    fit_epoch(trainer.model, trainer.optimizer, trainer.data.train, order, trainer.spec, s.batch_size,
-              trainer.sparse, trainer.aug_gen, amp=trainer.amp)
+    fit_epoch(
+        trainer.model,
+        trainer.optimizer,
+        trainer.data.train,
+        order,
+        trainer.spec,
+        s.batch_size,
+        trainer.sparse,
+        trainer.aug_gen,
+        amp=trainer.amp,
+    )
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
 
@@ -121,9 +156,13 @@ def run_job(mode: str, workload: str, precision: str, rank: int, barrier) -> dic
     _train_steps(trainer, sizes["steps"], sizes["warmup"] * settings.batch_size)
     seconds = time.perf_counter() - start
     barrier.wait()  # nobody starts the next job while another still trains this one
-    return {"images_per_s": sizes["steps"] * settings.batch_size / seconds, "seconds": seconds,
-            "peak_bytes": _peak_bytes(trainer.device), "placement": trainer.placement,
-            "data_bytes": data_bytes(trainer.data) if trainer.placement == "device" else 0}
+    return {
+        "images_per_s": sizes["steps"] * settings.batch_size / seconds,
+        "seconds": seconds,
+        "peak_bytes": _peak_bytes(trainer.device),
+        "placement": trainer.placement,
+        "data_bytes": data_bytes(trainer.data) if trainer.placement == "device" else 0,
+    }
 
 
 def jobs(mode: str) -> list[tuple[int, str, str]]:
@@ -156,14 +195,20 @@ def run(mode: str) -> list[dict]:
     while len(raw) < expected:
         raw.append(results.get(timeout=1800))
         k, workload, precision, rank, result = raw[-1]
-        print(f"  {time.perf_counter() - start:6.1f} s  {workload} {precision} pack {k} trial {rank}: "
-              f"{result['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
+        print(
+            f"  {time.perf_counter() - start:6.1f} s  {workload} {precision} pack {k} trial {rank}: "
+            f"{result['images_per_s']:.0f} img/s",
+            file=sys.stderr,
+            flush=True,
+        )
     for p in procs:
         p.join()
         if p.exitcode:
             raise RuntimeError(f"a benchmark worker exited with status {p.exitcode}")
-    return [_row(k, w, p, [r for kk, ww, pp, _, r in raw if (kk, ww, pp) == (k, w, p)], predicted[w, p])
-            for k, w, p in jobs(mode)]
+    return [
+        _row(k, w, p, [r for kk, ww, pp, _, r in raw if (kk, ww, pp) == (k, w, p)], predicted[w, p])
+        for k, w, p in jobs(mode)
+    ]
 
 
 def predicted_bytes(mode: str, workload: str, precision: str) -> int:
@@ -181,35 +226,58 @@ def _row(k: int, workload: str, precision: str, trials: list[dict], predicted: i
     speeds = [t["images_per_s"] for t in trials]
     peak = max(t["peak_bytes"] for t in trials)
     data = max(t["data_bytes"] for t in trials)
-    return {"workload": workload, "precision": precision, "trials": k, "gpus_per_trial": 1 / k,
-            "images_per_s_per_trial": sum(speeds) / k, "images_per_s_slowest_trial": min(speeds),
-            "images_per_s_total": sum(speeds), "peak_bytes_per_trial": peak, "data_bytes": data,
-            "data_share_of_peak": data / peak if peak else 0.0, "predicted_bytes": predicted,
-            "placement": trials[0]["placement"]}
+    return {
+        "workload": workload,
+        "precision": precision,
+        "trials": k,
+        "gpus_per_trial": 1 / k,
+        "images_per_s_per_trial": sum(speeds) / k,
+        "images_per_s_slowest_trial": min(speeds),
+        "images_per_s_total": sum(speeds),
+        "peak_bytes_per_trial": peak,
+        "data_bytes": data,
+        "data_share_of_peak": data / peak if peak else 0.0,
+        "predicted_bytes": predicted,
+        "placement": trials[0]["placement"],
+    }
 
 
 def markdown(report: dict) -> str:
     mib = 2**20
-    memory = "peak device memory / trial (MiB)" if report["mode"] == "cuda" else "peak host RSS / trial (MiB, not device memory)"
+    memory = (
+        "peak device memory / trial (MiB)"
+        if report["mode"] == "cuda"
+        else "peak host RSS / trial (MiB, not device memory)"
+    )
     lines = [f"# GPU packing benchmark ({report['mode']})", ""]
     if report["mode"] != "cuda":
         lines += [f"**{SMOKE_NOTE}**", ""]
-    lines += [f"Device: {report['device']}; torch {report['torch']}; {report['date']}. "
-              f"Batch {report['batch']}, {report['steps']} timed steps per trial after {report['warmup']} warm-up steps; "
-              "RigL at density 0.05. Data share: the dataset's bytes over the trial's peak.", "",
-              f"| workload | precision | trials | gpus_per_trial | img/s per trial | img/s total | {memory} "
-              "| data (MiB) | data share | predicted by rest.study.memory (MiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"Device: {report['device']}; torch {report['torch']}; {report['date']}. "
+        f"Batch {report['batch']}, {report['steps']} timed steps per trial after {report['warmup']} warm-up steps; "
+        "RigL at density 0.05. Data share: the dataset's bytes over the trial's peak.",
+        "",
+        f"| workload | precision | trials | gpus_per_trial | img/s per trial | img/s total | {memory} "
+        "| data (MiB) | data share | predicted by rest.study.memory (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["rows"]:
-        lines.append(f"| {r['workload']} | {r['precision']} | {r['trials']} | {r['gpus_per_trial']:g} "
-                     f"| {r['images_per_s_per_trial']:.0f} | {r['images_per_s_total']:.0f} | {r['peak_bytes_per_trial'] / mib:.0f} "
-                     f"| {r['data_bytes'] / mib:.1f} | {100 * r['data_share_of_peak']:.0f} % | {r['predicted_bytes'] / mib:.0f} |")
+        lines.append(
+            f"| {r['workload']} | {r['precision']} | {r['trials']} | {r['gpus_per_trial']:g} "
+            f"| {r['images_per_s_per_trial']:.0f} | {r['images_per_s_total']:.0f} | {r['peak_bytes_per_trial'] / mib:.0f} "
+            f"| {r['data_bytes'] / mib:.1f} | {100 * r['data_share_of_peak']:.0f} % | {r['predicted_bytes'] / mib:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=("auto", *MODES), default="auto", help="auto: cuda if a GPU is present, else cpu-smoke")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="directory for gpu_bench.{json,md}")
+    ap.add_argument(
+        "--mode", choices=("auto", *MODES), default="auto", help="auto: cuda if a GPU is present, else cpu-smoke"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results", help="directory for gpu_bench.{json,md}"
+    )
     args = ap.parse_args(argv)
     import torch
 
@@ -219,10 +287,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"gpu_bench: mode {mode}" + ("" if mode == "cuda" else f" - {SMOKE_NOTE}"), file=sys.stderr, flush=True)
     sizes = MODES[mode]
-    report = {"mode": mode, "note": "" if mode == "cuda" else SMOKE_NOTE,
-              "device": torch.cuda.get_device_name(0) if mode == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
-              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "batch": sizes["batch"],
-              "steps": sizes["steps"], "warmup": sizes["warmup"], "rows": run(mode)}
+    report = {
+        "mode": mode,
+        "note": "" if mode == "cuda" else SMOKE_NOTE,
+        "device": torch.cuda.get_device_name(0)
+        if mode == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "batch": sizes["batch"],
+        "steps": sizes["steps"],
+        "warmup": sizes["warmup"],
+        "rows": run(mode),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_bench.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "gpu_bench.md").write_text(markdown(report))

@@ -13,6 +13,7 @@
 JSON goes to benchmarks/results/methods_bench.json (--quick: the temp directory
 unless --out is given); a table to stdout, progress to stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,11 +56,31 @@ def main() -> None:
     if args.quick:
         args.seeds, args.epochs, args.subsample = args.seeds[:1], 2, 600
     data = load_dataset("colored_digits", 5.0).subsample(args.subsample)
-    base = TrainSettings(dataset="colored_digits", conflict_pct=5.0, model="cnn", epochs=args.epochs, batch_size=128,
-                         lr=0.01, schedule="none", subsample=0, precision="fp32", pgd_epochs=args.pgd_epochs)
-    out: dict = {"settings": {"epochs": args.epochs, "subsample": args.subsample, "pgd_epochs": args.pgd_epochs,
-                              "batch_size": 128, "lr": 0.01, "schedule": "none", "model": "cnn"},
-                 "pgd_vs_erm": [], "dcwp": {}}
+    base = TrainSettings(
+        dataset="colored_digits",
+        conflict_pct=5.0,
+        model="cnn",
+        epochs=args.epochs,
+        batch_size=128,
+        lr=0.01,
+        schedule="none",
+        subsample=0,
+        precision="fp32",
+        pgd_epochs=args.pgd_epochs,
+    )
+    out: dict = {
+        "settings": {
+            "epochs": args.epochs,
+            "subsample": args.subsample,
+            "pgd_epochs": args.pgd_epochs,
+            "batch_size": 128,
+            "lr": 0.01,
+            "schedule": "none",
+            "model": "cnn",
+        },
+        "pgd_vs_erm": [],
+        "dcwp": {},
+    }
     keys = ("best_test_conflict_acc", "best_test_unbiased_acc", "test_conflict_acc", "test_unbiased_acc")
     for seed in args.seeds:
         row = {"seed": seed}
@@ -70,31 +91,42 @@ def main() -> None:
         row["gain_best_test_conflict_acc"] = row["pgd"]["best_test_conflict_acc"] - row["erm"]["best_test_conflict_acc"]
         out["pgd_vs_erm"].append(row)
     print("DCWP at density 0.1", file=sys.stderr)
-    records, seconds, trainer = run(base.replace(seed=args.seeds[0], sparse="dcwp", density=0.1, reweight="jtt",
-                                                 lambda_upweight=10.0), data)
+    records, seconds, trainer = run(
+        base.replace(seed=args.seeds[0], sparse="dcwp", density=0.1, reweight="jtt", lambda_upweight=10.0), data
+    )
     layers = trainer.sparse.layer_counts()
     out["dcwp"] = {
-        "requested_density": 0.1, "realised_density": records[-1]["density"],
+        "requested_density": 0.1,
+        "realised_density": records[-1]["density"],
         "layers": {n: {"active": a, "total": t, "target": trainer.sparse.counts[n]} for n, (a, t) in layers.items()},
         "max_layer_count_error": max(abs(a - trainer.sparse.counts[n]) for n, (a, _) in layers.items()),
-        "flagged": int(trainer.dcwp.flagged.sum()), "train_samples": len(trainer.data.train),
+        "flagged": int(trainer.dcwp.flagged.sum()),
+        "train_samples": len(trainer.data.train),
         "flagged_conflicting": int((trainer.dcwp.flagged & trainer.data.train.conflicting).sum()),
         "conflicting": int(trainer.data.train.conflicting.sum()),
-        **{k: records[-1][k] for k in keys}, "seconds": seconds,
+        **{k: records[-1][k] for k in keys},
+        "seconds": seconds,
     }
-    path = args.out or (Path(tempfile.gettempdir()) if args.quick else ROOT / "benchmarks" / "results") / "methods_bench.json"
+    path = (
+        args.out
+        or (Path(tempfile.gettempdir()) if args.quick else ROOT / "benchmarks" / "results") / "methods_bench.json"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print("| seed | ERM conflicting (%) | PGD conflicting (%) | gain (points) | ERM unbiased (%) | PGD unbiased (%) |")
     print("|---|---|---|---|---|---|")
     for r in out["pgd_vs_erm"]:
-        print(f"| {r['seed']} | {100 * r['erm']['best_test_conflict_acc']:.1f} | {100 * r['pgd']['best_test_conflict_acc']:.1f} | "
-              f"{100 * r['gain_best_test_conflict_acc']:+.1f} | {100 * r['erm']['best_test_unbiased_acc']:.1f} | "
-              f"{100 * r['pgd']['best_test_unbiased_acc']:.1f} |")
+        print(
+            f"| {r['seed']} | {100 * r['erm']['best_test_conflict_acc']:.1f} | {100 * r['pgd']['best_test_conflict_acc']:.1f} | "
+            f"{100 * r['gain_best_test_conflict_acc']:+.1f} | {100 * r['erm']['best_test_unbiased_acc']:.1f} | "
+            f"{100 * r['pgd']['best_test_unbiased_acc']:.1f} |"
+        )
     d = out["dcwp"]
-    print(f"\nDCWP: requested density 0.1, realised {d['realised_density']:.6f}, largest per-layer count error "
-          f"{d['max_layer_count_error']} weights; flagged {d['flagged']} of {d['train_samples']} "
-          f"({d['flagged_conflicting']} of {d['conflicting']} conflicting samples among them)")
+    print(
+        f"\nDCWP: requested density 0.1, realised {d['realised_density']:.6f}, largest per-layer count error "
+        f"{d['max_layer_count_error']} weights; flagged {d['flagged']} of {d['train_samples']} "
+        f"({d['flagged_conflicting']} of {d['conflicting']} conflicting samples among them)"
+    )
     print(f"written to {path}")
 
 

@@ -10,6 +10,7 @@ build runs as a real command (a subprocess, imports included) pinned to 2 cores,
 
     .venv/bin/python benchmarks/prepare_bench.py [--n-train 60000] [--cores 2] [--keep DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,9 @@ def run(args: list[str], cores: list[int]) -> tuple[float, subprocess.CompletedP
             os.sched_setaffinity(0, cores)
 
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", RUN_PREPARE, *args], capture_output=True, text=True, cwd=ROOT, preexec_fn=pin)
+    out = subprocess.run(
+        [sys.executable, "-c", RUN_PREPARE, *args], capture_output=True, text=True, cwd=ROOT, preexec_fn=pin
+    )
     return time.perf_counter() - start, out
 
 
@@ -80,13 +83,18 @@ def main() -> int:
     p.add_argument("--keep", type=Path, default=None, help="keep the built tree here instead of deleting it")
     args = p.parse_args()
 
-    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    available = (
+        sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    )
     cores = available[: args.cores]
     work = Path(tempfile.mkdtemp(prefix="prepare-bench-"))
     try:
         t = time.perf_counter()
         make_raw(work / "raw", args.n_train, args.n_test)
-        print(f"fake raw MNIST ({args.n_train} + {args.n_test} images) generated in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        print(
+            f"fake raw MNIST ({args.n_train} + {args.n_test} images) generated in {time.perf_counter() - t:.1f} s",
+            file=sys.stderr,
+        )
         out = args.keep or work / "cmnist"
         build_s, res = run(["-q", "prepare-data", "cmnist", "--raw", str(work / "raw"), "--out", str(out), "--ratios", args.ratios,
                             "--workers", str(len(cores)), "--force"], cores)  # fmt: skip
@@ -95,7 +103,9 @@ def main() -> int:
             return 1
         files = sum(1 for _ in out.rglob("*.png"))
         print(f"build: {build_s:.1f} s for {files} files", file=sys.stderr)
-        check_s, chk = run(["-q", "prepare-data", "check", str(out), "--dataset", "cmnist", "--workers", str(len(cores))], cores)
+        check_s, chk = run(
+            ["-q", "prepare-data", "check", str(out), "--dataset", "cmnist", "--workers", str(len(cores))], cores
+        )
         result = {"benchmark": "prepare-data cmnist", "train_images": args.n_train, "test_images": args.n_test,
                   "ratios": args.ratios, "cores": len(cores), "files_written": files, "build_seconds": round(build_s, 1),
                   "files_per_second": round(files / build_s), "check_seconds": round(check_s, 1),

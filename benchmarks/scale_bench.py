@@ -25,6 +25,7 @@ Usage: .venv/bin/python benchmarks/scale_bench.py [--sizes 100,300,1000] [--sear
        [--storage local,s3] [--keep DIR] [--quick] [--out benchmarks/results/scale_bench.json]
 Writes scale_bench.{json,md,png} next to --out. Progress goes to stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TARGETS = {"driver_overhead": 1.2, "snapshot_bytes_per_trial": 5000, "export_seconds_local": 20.0,
-           "export_seconds_s3": 60.0, "growth_exponent": 1.0, "status_note": "status is measured by its own tests"}
+TARGETS = {
+    "driver_overhead": 1.2,
+    "snapshot_bytes_per_trial": 5000,
+    "export_seconds_local": 20.0,
+    "export_seconds_s3": 60.0,
+    "growth_exponent": 1.0,
+    "status_note": "status is measured by its own tests",
+}
 TARGET_SIZE = 1000  # the size the overhead and export targets are stated at
 BUCKET = "scale-bench"
 START = time.perf_counter()
@@ -56,6 +63,7 @@ def say(text: str) -> None:
 
 
 # ---------------------------------------------------------------- the study definition
+
 
 def grid_shape(n: int) -> tuple[int, int, int]:
     """(cells, densities, lambdas) multiplying to n: two conflict ratios when n is even, the rest near-square."""
@@ -78,19 +86,38 @@ def study_space(n: int, search: str, name: str) -> dict:
     cells, d, lam = grid_shape(n)
     conflict = {"grid": [1, 5][:cells]}
     if search == "grid":
-        space = {"conflict_pct": conflict, "density": {"grid": log_grid(0.02, 1.0, d)},
-                 "lambda_upweight": {"grid": log_grid(1, 100, lam)}}
+        space = {
+            "conflict_pct": conflict,
+            "density": {"grid": log_grid(0.02, 1.0, d)},
+            "lambda_upweight": {"grid": log_grid(1, 100, lam)},
+        }
         extra = {}
     else:  # batches of 4 per cell, halved together as default_tpe.yaml does it
-        space = {"conflict_pct": conflict, "density": {"loguniform": [0.02, 1.0]},
-                 "lambda_upweight": {"loguniform": [1, 100]}}
-        extra = {"num_samples": n // cells, "search_alg": {"type": search, "seed": 0, "max_concurrent": 4, "n_initial": 4}}
-    return {"name": name, "description": f"scale_bench: {n} trials, {search}", "dataset": smoke["dataset"],
-            "train": train, "search": space, **extra, "scheduler": scheduler,
-            "compare_within": ["dataset", "conflict_pct"], "confirm": None, "resources": {"cpus_per_trial": 1}}
+        space = {
+            "conflict_pct": conflict,
+            "density": {"loguniform": [0.02, 1.0]},
+            "lambda_upweight": {"loguniform": [1, 100]},
+        }
+        extra = {
+            "num_samples": n // cells,
+            "search_alg": {"type": search, "seed": 0, "max_concurrent": 4, "n_initial": 4},
+        }
+    return {
+        "name": name,
+        "description": f"scale_bench: {n} trials, {search}",
+        "dataset": smoke["dataset"],
+        "train": train,
+        "search": space,
+        **extra,
+        "scheduler": scheduler,
+        "compare_within": ["dataset", "conflict_pct"],
+        "confirm": None,
+        "resources": {"cpus_per_trial": 1},
+    }
 
 
 # ---------------------------------------------------------------- processes: RSS, S3 server
+
 
 def rss_bytes(pid: int) -> int:
     """Resident bytes of one process (psutil if installed, else /proc's high-water mark)."""
@@ -119,8 +146,12 @@ def watched(cmd: list[str], what: str, env: dict | None = None) -> dict:
             time.sleep(0.2)
         err.seek(0)
         tail = err.read().decode(errors="replace")[-3000:]
-    return {"wall_seconds": time.perf_counter() - start, "returncode": proc.returncode, "stderr_tail": tail,
-            "peak_rss_bytes": peak}
+    return {
+        "wall_seconds": time.perf_counter() - start,
+        "returncode": proc.returncode,
+        "stderr_tail": tail,
+        "peak_rss_bytes": peak,
+    }
 
 
 def free_port() -> int:
@@ -135,10 +166,18 @@ def s3_server():
     import boto3
 
     port = free_port()
-    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="testing",
-                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 30
         while True:
@@ -157,6 +196,7 @@ def s3_server():
 
 
 # ---------------------------------------------------------------- fresh-process timings (hidden modes)
+
 
 def _timed(kind: str, name: str, storage: str, result: str) -> None:
     """Inside a fresh process: time export or load_study(...).trials() around the call alone."""
@@ -197,10 +237,12 @@ def _bare(spec_file: str, result: str) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)  # as the study's driver starts Ray
-        tuner = tune.Tuner(tune.with_parameters(sleeper, times=epochs),
-                           param_space={"i": tune.grid_search(list(range(len(epochs))))},
-                           tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),  # as the study does
-                           run_config=tune.RunConfig(storage_path=tmp, name="bare", verbose=0))
+        tuner = tune.Tuner(
+            tune.with_parameters(sleeper, times=epochs),
+            param_space={"i": tune.grid_search(list(range(len(epochs))))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),  # as the study does
+            run_config=tune.RunConfig(storage_path=tmp, name="bare", verbose=0),
+        )
         start = time.perf_counter()
         tuner.fit()
         fit = time.perf_counter() - start
@@ -214,15 +256,21 @@ def bare_tune(epochs: list[list[float]], attempts: int = 2) -> dict:
         spec, out = Path(tmp) / "epochs.json", Path(tmp) / "bare.json"
         spec.write_text(json.dumps(epochs))
         for attempt in range(1, attempts + 1):
-            run = watched([sys.executable, __file__, "_bare", str(spec), str(out)], f"bare Ray Tune, {len(epochs)} trials")
+            run = watched(
+                [sys.executable, __file__, "_bare", str(spec), str(out)], f"bare Ray Tune, {len(epochs)} trials"
+            )
             if out.exists():
-                return {"wall_seconds": run["wall_seconds"], "fit_seconds": json.loads(out.read_text())["fit_seconds"],
-                        "attempts": attempt}
+                return {
+                    "wall_seconds": run["wall_seconds"],
+                    "fit_seconds": json.loads(out.read_text())["fit_seconds"],
+                    "attempts": attempt,
+                }
             say(f"bare Ray Tune failed (exit {run['returncode']}): {run['stderr_tail'][-300:]}")
         return {"wall_seconds": math.nan, "fit_seconds": math.nan, "attempts": attempts, "error": run["stderr_tail"]}
 
 
 # ---------------------------------------------------------------- what the study left on storage
+
 
 def files(storage: str, name: str) -> list[tuple[str, int, float]]:
     """(path relative to the study, bytes, mtime) of every file under the study."""
@@ -232,8 +280,11 @@ def files(storage: str, name: str) -> list[tuple[str, int, float]]:
 
     study = open_location(storage).join(name)
     infos = study.fs.get_file_info(pafs.FileSelector(study.path, recursive=True))
-    return [(i.path[len(study.path):].lstrip("/"), i.size, i.mtime.timestamp() if i.mtime else 0.0)
-            for i in infos if i.type == pafs.FileType.File]
+    return [
+        (i.path[len(study.path) :].lstrip("/"), i.size, i.mtime.timestamp() if i.mtime else 0.0)
+        for i in infos
+        if i.type == pafs.FileType.File
+    ]
 
 
 def storage_figures(listing: list[tuple[str, int, float]], finished: int) -> dict:
@@ -245,16 +296,31 @@ def storage_figures(listing: list[tuple[str, int, float]], finished: int) -> dic
         trial = next((p for p in parts if p.startswith("trial_")), None)
         if trial:
             per_trial[trial] = per_trial.get(trial, 0) + size
-        kind = ("checkpoints" if any(p.startswith("checkpoint_") for p in parts) else "history" if parts[-1] == "history.json"
-                else "ray_trial_files" if trial else "other")
+        kind = (
+            "checkpoints"
+            if any(p.startswith("checkpoint_") for p in parts)
+            else "history"
+            if parts[-1] == "history.json"
+            else "ray_trial_files"
+            if trial
+            else "other"
+        )
         kinds[kind] += size
-    states = sorted((mtime, path, size) for path, size, mtime in listing
-                    if path.startswith("search/") and path.split("/")[-1].startswith("experiment_state-"))
+    states = sorted(
+        (mtime, path, size)
+        for path, size, mtime in listing
+        if path.startswith("search/") and path.split("/")[-1].startswith("experiment_state-")
+    )
     total = sum(size for _, size, _ in listing)
-    return {"study_bytes": total, "finished_trials": finished, "bytes_per_finished_trial": total / max(finished, 1),
-            "largest_trial_bytes": max(per_trial.values(), default=0), "bytes_by_kind": kinds,
-            "snapshot_bytes": states[-1][2] if states else 0,
-            "snapshot_bytes_per_trial": (states[-1][2] if states else 0) / max(finished, 1)}
+    return {
+        "study_bytes": total,
+        "finished_trials": finished,
+        "bytes_per_finished_trial": total / max(finished, 1),
+        "largest_trial_bytes": max(per_trial.values(), default=0),
+        "bytes_by_kind": kinds,
+        "snapshot_bytes": states[-1][2] if states else 0,
+        "snapshot_bytes_per_trial": (states[-1][2] if states else 0) / max(finished, 1),
+    }
 
 
 def compact_target(storage: str, name: str) -> dict:
@@ -272,15 +338,24 @@ def compact_target(storage: str, name: str) -> dict:
     buffer = io.BytesIO()
     torch.save(sparse_model_state(trial_state(densest)), buffer)
     history = max(len(json.dumps(t.history, default=str)) for t in trials)
-    return {"compact_model_bytes": buffer.tell(), "history_bytes": history,
-            "target_bytes_per_trial": buffer.tell() + history, "density": densest.config.get("density"),
-            "finished": sum(t.status in ("TERMINATED",) for t in study.phases.get("search", [])),
-            "epochs": [[float(r.get("epoch_seconds") or 0.0) for r in sorted({r["epoch"]: r for r in t.history}.values(),
-                                                                               key=lambda r: r["epoch"])]
-                       for t in study.phases.get("search", [])]}
+    return {
+        "compact_model_bytes": buffer.tell(),
+        "history_bytes": history,
+        "target_bytes_per_trial": buffer.tell() + history,
+        "density": densest.config.get("density"),
+        "finished": sum(t.status in ("TERMINATED",) for t in study.phases.get("search", [])),
+        "epochs": [
+            [
+                float(r.get("epoch_seconds") or 0.0)
+                for r in sorted({r["epoch"]: r for r in t.history}.values(), key=lambda r: r["epoch"])
+            ]
+            for t in study.phases.get("search", [])
+        ],
+    }
 
 
 # ---------------------------------------------------------------- one run
+
 
 def run_one(n: int, search: str, storage: str, store: str, work: Path) -> dict:
     name = f"scale_{search}_{n}"
@@ -289,10 +364,30 @@ def run_one(n: int, search: str, storage: str, store: str, work: Path) -> dict:
     what = f"run {search}/{store}/{n} trials"
     say(f"{what} ...")
     load = os.getloadavg()[0]
-    study = watched([sys.executable, str(ROOT / "tune_search.py"), "run", str(space), "--storage", storage,
-                     "--max-concurrent", "2", "--verbose", "0"], what)
-    entry = {"trials": n, "search": search, "storage": store, "name": name, "load_1min_before": load,
-             "driver_wall_seconds": study["wall_seconds"], "driver_peak_rss_bytes": study["peak_rss_bytes"]}
+    study = watched(
+        [
+            sys.executable,
+            str(ROOT / "tune_search.py"),
+            "run",
+            str(space),
+            "--storage",
+            storage,
+            "--max-concurrent",
+            "2",
+            "--verbose",
+            "0",
+        ],
+        what,
+    )
+    entry = {
+        "trials": n,
+        "search": search,
+        "storage": store,
+        "name": name,
+        "load_1min_before": load,
+        "driver_wall_seconds": study["wall_seconds"],
+        "driver_peak_rss_bytes": study["peak_rss_bytes"],
+    }
     if study["returncode"] != 0:
         say(f"{what} failed (exit {study['returncode']})")
         return {**entry, "error": study["stderr_tail"]}
@@ -303,18 +398,28 @@ def run_one(n: int, search: str, storage: str, store: str, work: Path) -> dict:
     bare = bare_tune(epochs)
     say(f"{what}: export and load_study ...")
     figures = storage_figures(files(storage, name), target["finished"] or n)
-    entry.update({
-        "search_phase_wall_seconds": manifest["phases"]["search"]["wall_seconds"],
-        "trial_epochs": sum(len(e) for e in epochs), "training_seconds": sum(map(sum, epochs)),
-        "bare_tune_wall_seconds": bare["wall_seconds"], "bare_tune_fit_seconds": bare["fit_seconds"], "bare_tune": bare,
-        "driver_overhead": study["wall_seconds"] / bare["wall_seconds"],
-        "driver_overhead_fit_only": manifest["phases"]["search"]["wall_seconds"] / bare["fit_seconds"],
-        **figures, "storage_target": target,
-        "export": timed("export", name, storage), "load_study": timed("load", name, storage),
-        "load_1min_after": os.getloadavg()[0]})
+    entry.update(
+        {
+            "search_phase_wall_seconds": manifest["phases"]["search"]["wall_seconds"],
+            "trial_epochs": sum(len(e) for e in epochs),
+            "training_seconds": sum(map(sum, epochs)),
+            "bare_tune_wall_seconds": bare["wall_seconds"],
+            "bare_tune_fit_seconds": bare["fit_seconds"],
+            "bare_tune": bare,
+            "driver_overhead": study["wall_seconds"] / bare["wall_seconds"],
+            "driver_overhead_fit_only": manifest["phases"]["search"]["wall_seconds"] / bare["fit_seconds"],
+            **figures,
+            "storage_target": target,
+            "export": timed("export", name, storage),
+            "load_study": timed("load", name, storage),
+            "load_1min_after": os.getloadavg()[0],
+        }
+    )
     entry["export_seconds"], entry["load_study_seconds"] = entry["export"]["seconds"], entry["load_study"]["seconds"]
-    say(f"{what}: overhead {entry['driver_overhead']:.2f}x, export {entry['export_seconds']:.1f} s, "
-        f"load_study {entry['load_study_seconds']:.1f} s")
+    say(
+        f"{what}: overhead {entry['driver_overhead']:.2f}x, export {entry['export_seconds']:.1f} s, "
+        f"load_study {entry['load_study_seconds']:.1f} s"
+    )
     return entry
 
 
@@ -325,6 +430,7 @@ def open_text(storage: str, path: str) -> str:
 
 
 # ---------------------------------------------------------------- fits, verdicts, report
+
 
 def growth_exponent(points: list[tuple[int, float]]) -> float | None:
     """Least-squares slope of log(seconds) on log(trials); None below two sizes."""
@@ -366,7 +472,9 @@ def summarise(runs: list[dict]) -> dict:
             "export_seconds": verdict(r["export_seconds"], export_target),
             "bytes_per_finished_trial": verdict(r["bytes_per_finished_trial"], target_bytes),
             "largest_trial_bytes": verdict(r["largest_trial_bytes"], target_bytes),
-            "note": "" if r["trials"] >= TARGET_SIZE else f"overhead and export targets are stated at {TARGET_SIZE} trials",
+            "note": ""
+            if r["trials"] >= TARGET_SIZE
+            else f"overhead and export targets are stated at {TARGET_SIZE} trials",
         }
     return series
 
@@ -398,19 +506,33 @@ def report(result: dict) -> str:
             f"{r['snapshot_bytes_per_trial'] / 1e3:.1f} KB: {v['snapshot_bytes_per_trial']} | "
             f"{r['export_seconds']:.1f}: {v['export_seconds']} | {r['load_study_seconds']:.1f} | "
             f"{mb(r['bytes_per_finished_trial'])}: {v['bytes_per_finished_trial']} | {mb(r['largest_trial_bytes'])} | "
-            f"{mb(r['storage_target']['target_bytes_per_trial'])} | {mb(r['driver_peak_rss_bytes'])} |")
-    lines += ["", "Growth exponents (log-log least squares over the sizes run; target <= 1, linear):", "",
-              "| search/storage | sizes | export | load_study |", "|---|---|---|---|"]
+            f"{mb(r['storage_target']['target_bytes_per_trial'])} | {mb(r['driver_peak_rss_bytes'])} |"
+        )
+    lines += [
+        "",
+        "Growth exponents (log-log least squares over the sizes run; target <= 1, linear):",
+        "",
+        "| search/storage | sizes | export | load_study |",
+        "|---|---|---|---|",
+    ]
     for key, s in result["series"].items():
         e, l_ = s["export_growth_exponent"], s["load_study_growth_exponent"]
-        lines.append(f"| {key} | {', '.join(map(str, s['sizes']))} | {'-' if e is None else f'{e:.2f}'}: "
-                     f"{s['export_growth_verdict']} | {'-' if l_ is None else f'{l_:.2f}'}: {s['load_study_growth_verdict']} |")
+        lines.append(
+            f"| {key} | {', '.join(map(str, s['sizes']))} | {'-' if e is None else f'{e:.2f}'}: "
+            f"{s['export_growth_verdict']} | {'-' if l_ is None else f'{l_:.2f}'}: {s['load_study_growth_verdict']} |"
+        )
     for r in result.get("export_only_s3", []):
-        lines += ["", f"Export-only on S3 of the kept study `{r['study']}` ({r['trials']} trials): export "
-                      f"{r['export_seconds']:.1f} s ({verdict(r['export_seconds'], TARGETS['export_seconds_s3'])} "
-                      f"against <= {TARGETS['export_seconds_s3']:.0f} s), load_study {r['load_study_seconds']:.1f} s."]
-    lines += ["", "Overhead and export targets are stated at 1,000 trials; at smaller sizes the verdicts only show the "
-                  "trend. Storage target: the densest trial's compact sparse model plus the longest history."]
+        lines += [
+            "",
+            f"Export-only on S3 of the kept study `{r['study']}` ({r['trials']} trials): export "
+            f"{r['export_seconds']:.1f} s ({verdict(r['export_seconds'], TARGETS['export_seconds_s3'])} "
+            f"against <= {TARGETS['export_seconds_s3']:.0f} s), load_study {r['load_study_seconds']:.1f} s.",
+        ]
+    lines += [
+        "",
+        "Overhead and export targets are stated at 1,000 trials; at smaller sizes the verdicts only show the "
+        "trend. Storage target: the densest trial's compact sparse model plus the longest history.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -454,6 +576,7 @@ def write(result: dict, out: Path) -> None:
 
 # ---------------------------------------------------------------- main
 
+
 def export_only_s3(local_study: Path, out: Path) -> dict:
     """Upload a kept local study to the S3 server; time export and load_study there."""
     import pyarrow.fs as pafs
@@ -463,8 +586,15 @@ def export_only_s3(local_study: Path, out: Path) -> dict:
         fs, path = pafs.FileSystem.from_uri(storage)
         pafs.copy_files(str(local_study.resolve()), f"{path}/{local_study.name}", destination_filesystem=fs)
         export, load = timed("export", local_study.name, storage), timed("load", local_study.name, storage)
-    return {"study": local_study.name, "trials": load.get("rows"), "export_seconds": export["seconds"],
-            "load_study_seconds": load["seconds"], "export": export, "load_study": load, "date": time.strftime("%Y-%m-%d")}
+    return {
+        "study": local_study.name,
+        "trials": load.get("rows"),
+        "export_seconds": export["seconds"],
+        "load_study_seconds": load["seconds"],
+        "export": export,
+        "load_study": load,
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -472,12 +602,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", default="100,300,1000", help="comma-separated trial counts (default 100,300,1000)")
     parser.add_argument("--searches", default="grid,optuna", help="comma-separated: grid, optuna")
     parser.add_argument("--storage", default="local,s3", help="comma-separated: local, s3")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/scale_bench.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default benchmarks/results/scale_bench.json)"
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the local studies in this directory")
     parser.add_argument("--quick", action="store_true", help="CI smoke check: sizes 4 and 8, grid, local; temp --out")
-    parser.add_argument("--export-only-s3", type=Path, default=None, metavar="STUDY_DIR",
-                        help="upload this kept local study to the S3 server, time export and load_study there, "
-                             "and add the figures to --out's JSON")
+    parser.add_argument(
+        "--export-only-s3",
+        type=Path,
+        default=None,
+        metavar="STUDY_DIR",
+        help="upload this kept local study to the S3 server, time export and load_study there, "
+        "and add the figures to --out's JSON",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.searches, args.storage = "4,8", "grid", "local"
@@ -485,7 +622,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.out = args.out or ROOT / "benchmarks" / "results" / "scale_bench.json"
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.searches, args.storage = args.searches.split(","), args.storage.split(",")
-    for values, allowed, flag in ((args.searches, ("grid", "optuna"), "--searches"), (args.storage, ("local", "s3"), "--storage")):
+    for values, allowed, flag in (
+        (args.searches, ("grid", "optuna"), "--searches"),
+        (args.storage, ("local", "s3"), "--storage"),
+    ):
         if set(values) - set(allowed):
             parser.error(f"{flag} takes {', '.join(allowed)}; got {','.join(values)}")
     return args
@@ -500,12 +640,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.export_only_s3:
         if not (args.export_only_s3 / "manifest.json").is_file():
-            sys.stderr.write(f"error: {args.export_only_s3} is not a study directory (no manifest.json); "
-                             f"pass a study kept with --keep, e.g. DIR/local/scale_grid_1000\n")
+            sys.stderr.write(
+                f"error: {args.export_only_s3} is not a study directory (no manifest.json); "
+                f"pass a study kept with --keep, e.g. DIR/local/scale_grid_1000\n"
+            )
             return 2
         result = json.loads(args.out.read_text()) if args.out.exists() else {"runs": [], "series": {}}
         entry = export_only_s3(args.export_only_s3, args.out)
-        result["export_only_s3"] = [e for e in result.get("export_only_s3", []) if e["study"] != entry["study"]] + [entry]
+        result["export_only_s3"] = [e for e in result.get("export_only_s3", []) if e["study"] != entry["study"]] + [
+            entry
+        ]
         write(result, args.out)
         say(f"export on S3: {entry['export_seconds']:.1f} s; wrote {args.out}")
         return 0
@@ -514,12 +658,20 @@ def main(argv: list[str] | None = None) -> int:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         if "local" in args.storage:
-            runs += [run_one(n, s, str((work / "local").resolve()), "local", work) for n in args.sizes for s in args.searches]
+            runs += [
+                run_one(n, s, str((work / "local").resolve()), "local", work) for n in args.sizes for s in args.searches
+            ]
         if "s3" in args.storage:
             with s3_server() as storage:
                 runs += [run_one(n, s, storage, "s3", work) for n in args.sizes for s in args.searches]
-    result = {"date": time.strftime("%Y-%m-%d"), "argv": [_no_machine_path(a) for a in (sys.argv[1:] if argv is None else argv)], "targets": TARGETS,
-              "runs": runs, "series": summarise(runs), "total_seconds": time.perf_counter() - START}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "argv": [_no_machine_path(a) for a in (sys.argv[1:] if argv is None else argv)],
+        "targets": TARGETS,
+        "runs": runs,
+        "series": summarise(runs),
+        "total_seconds": time.perf_counter() - START,
+    }
     write(result, args.out)
     say(f"wrote {args.out} (and .md, .png)")
     print(report(result))

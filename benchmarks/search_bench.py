@@ -28,6 +28,7 @@ Usage:
   .venv/bin/python benchmarks/search_bench.py [--work bench-work/search] [--quick]
 Outputs: benchmarks/results/search_bench.json, search_bench.md, search_bench.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,16 +47,28 @@ sys.path.insert(0, str(ROOT))
 
 CELLS = [1, 5]
 GRID = 6
-SAMPLES = 20          # random and TPE trials per cell
-SEEDS = [0, 1, 2]     # searcher seeds
+SAMPLES = 20  # random and TPE trials per cell
+SEEDS = [0, 1, 2]  # searcher seeds
 CONFIRM_SEEDS = [41, 42]
-TOLERANCE = 0.01      # within 1 point of the reference (fractions)
+TOLERANCE = 0.01  # within 1 point of the reference (fractions)
 # Small enough for a 2-core machine (1,000 images per split, 4 epochs), with a learning rate
 # and batch size that let the CNN learn the digits in that budget (lr 0.01 at batch 128
 # stayed near chance, 10 %, in both cells).
-TRAIN = {"model": "cnn", "epochs": 4, "batch_size": 64, "subsample": 1000, "optimizer": "sgd", "lr": 0.05,
-         "momentum": 0.9, "schedule": "none", "sparse": "rigl", "distribution": "erk", "update_frequency": 20,
-         "reweight": "oracle", "seed": 0}
+TRAIN = {
+    "model": "cnn",
+    "epochs": 4,
+    "batch_size": 64,
+    "subsample": 1000,
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "momentum": 0.9,
+    "schedule": "none",
+    "sparse": "rigl",
+    "distribution": "erk",
+    "update_frequency": 20,
+    "reweight": "oracle",
+    "seed": 0,
+}
 ASHA = {"type": "asha", "grace_period": 1, "reduction_factor": 3}
 METHODS = ("grid+ASHA", "random+ASHA", "TPE+ASHA")
 
@@ -66,8 +79,14 @@ def log_grid(low: float, high: float, n: int) -> list[float]:
 
 def study_file(name: str, method: str, seed: int, quick: bool) -> dict:
     densities, lambdas = log_grid(0.01, 1.0, GRID), log_grid(1.0, 100.0, GRID)
-    space = {"name": name, "dataset": "colored_digits", "train": dict(TRAIN), "confirm": False,
-             "scheduler": dict(ASHA), "compare_within": ["dataset", "conflict_pct"]}
+    space = {
+        "name": name,
+        "dataset": "colored_digits",
+        "train": dict(TRAIN),
+        "confirm": False,
+        "scheduler": dict(ASHA),
+        "compare_within": ["dataset", "conflict_pct"],
+    }
     if quick:
         space["train"].update(epochs=2, subsample=400)
     cells = {"conflict_pct": {"grid": CELLS}}
@@ -81,8 +100,11 @@ def study_file(name: str, method: str, seed: int, quick: bool) -> dict:
         return space
     space["search"] = {**cells, "density": {"loguniform": [0.01, 1.0]}, "lambda_upweight": {"loguniform": [1, 100]}}
     space["num_samples"] = SAMPLES if not quick else 4
-    space["search_alg"] = ({"type": "random", "seed": seed} if method == "random+ASHA"
-                           else {"type": "optuna", "seed": seed, "max_concurrent": 1, "n_initial": 4})
+    space["search_alg"] = (
+        {"type": "random", "seed": seed}
+        if method == "random+ASHA"
+        else {"type": "optuna", "seed": seed, "max_concurrent": 1, "n_initial": 4}
+    )
     return space
 
 
@@ -141,8 +163,13 @@ class Confirmations:
         todo = {config_key(c): c for c in configs if config_key(c) not in self.cache}
         if todo:
             logging.info("confirming %d config(s) with seeds %s", len(todo), CONFIRM_SEEDS)
-            refs = {(k, s): _confirm.remote({**TRAIN, **({"epochs": 2, "subsample": 400} if self.quick else {}),
-                                             **json.loads(k), "seed": s}) for k in todo for s in CONFIRM_SEEDS}
+            refs = {
+                (k, s): _confirm.remote(
+                    {**TRAIN, **({"epochs": 2, "subsample": 400} if self.quick else {}), **json.loads(k), "seed": s}
+                )
+                for k in todo
+                for s in CONFIRM_SEEDS
+            }
             done = dict(zip(refs, ray.get(list(refs.values()))))
             for k in todo:
                 self.cache[k] = sum(done[(k, s)] for s in CONFIRM_SEEDS) / len(CONFIRM_SEEDS)
@@ -157,8 +184,8 @@ def _confirm_task():
     def confirm(values: dict) -> float:
         import torch
 
-        from rest.settings import TrainSettings
         from rest.core.train import train
+        from rest.settings import TrainSettings
 
         torch.set_num_threads(1)
         record = None
@@ -203,10 +230,14 @@ def reach_all(runs: list[dict], targets: dict[str, float], confirm: Confirmation
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, default=ROOT / "bench-work" / "search", help="studies and cached confirmations")
+    ap.add_argument(
+        "--work", type=Path, default=ROOT / "bench-work" / "search", help="studies and cached confirmations"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--seeds", type=int, nargs="+", default=SEEDS, help=f"searcher seeds (default {SEEDS})")
-    ap.add_argument("--quick", action="store_true", help="tiny runs (3 x 3 grid, 2 epochs, 400 images, 4 samples): a smoke check")
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny runs (3 x 3 grid, 2 epochs, 400 images, 4 samples): a smoke check"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     for noisy in ("ray", "rest"):
@@ -228,9 +259,15 @@ def main() -> None:
     for cell in CELLS:
         curve = best_so_far(epoch_stream(reference, cell))
         config = curve[-1][1]
-        ref[str(cell)] = {"config": {k: config[k] for k in ("density", "lambda_upweight")}, "search_test_wg": curve[-1][2],
-                     "confirmed_test_wg": confirm.get([config])[0], "trial_epochs": len(curve)}
-        logging.info("reference %s%%: %s -> confirmed %.3f", cell, ref[str(cell)]["config"], ref[str(cell)]["confirmed_test_wg"])
+        ref[str(cell)] = {
+            "config": {k: config[k] for k in ("density", "lambda_upweight")},
+            "search_test_wg": curve[-1][2],
+            "confirmed_test_wg": confirm.get([config])[0],
+            "trial_epochs": len(curve),
+        }
+        logging.info(
+            "reference %s%%: %s -> confirmed %.3f", cell, ref[str(cell)]["config"], ref[str(cell)]["confirmed_test_wg"]
+        )
 
     runs = []
     for seed in args.seeds:  # seed-major: every method gets its first seed before any gets a second
@@ -240,24 +277,50 @@ def main() -> None:
             for cell in CELLS:
                 curve = best_so_far(epoch_stream(study, cell))
                 changes = candidates(curve)
-                runs.append({"method": method, "seed": seed, "cell": cell, "trial_epochs_total": len(curve),
-                             "final_config": {k: curve[-1][1][k] for k in ("density", "lambda_upweight")},
-                             "curve": [(s, v) for s, _, v in curve], "_candidates": changes,
-                             "best_so_far_changes": [(s, {k: c[k] for k in ("density", "lambda_upweight")})
-                                                     for s, c in changes]})
+                runs.append(
+                    {
+                        "method": method,
+                        "seed": seed,
+                        "cell": cell,
+                        "trial_epochs_total": len(curve),
+                        "final_config": {k: curve[-1][1][k] for k in ("density", "lambda_upweight")},
+                        "curve": [(s, v) for s, _, v in curve],
+                        "_candidates": changes,
+                        "best_so_far_changes": [
+                            (s, {k: c[k] for k in ("density", "lambda_upweight")}) for s, c in changes
+                        ],
+                    }
+                )
     reach_all(runs, {c: ref[c]["confirmed_test_wg"] - TOLERANCE for c in ref}, confirm)
     for r in runs:
         del r["_candidates"]
         spent = r["trial_epochs_to_target"]
         r["fraction_of_grid"] = None if spent is None else spent / full
-        logging.info("%s seed %d cell %s%%: %s of %d trial-epochs", r["method"], r["seed"], r["cell"], spent,
-                     r["trial_epochs_total"])
+        logging.info(
+            "%s seed %d cell %s%%: %s of %d trial-epochs",
+            r["method"],
+            r["seed"],
+            r["cell"],
+            spent,
+            r["trial_epochs_total"],
+        )
 
-    result = {"settings": {"train": TRAIN if not args.quick else {**TRAIN, "epochs": 2, "subsample": 400},
-                           "asha": ASHA, "grid": GRID, "samples_per_cell": SAMPLES, "seeds": args.seeds,
-                           "confirm_seeds": CONFIRM_SEEDS, "tolerance": TOLERANCE, "quick": args.quick},
-              "full_grid_trial_epochs_per_cell": full, "reference": ref, "runs": runs,
-              "wall_seconds": time.time() - start}
+    result = {
+        "settings": {
+            "train": TRAIN if not args.quick else {**TRAIN, "epochs": 2, "subsample": 400},
+            "asha": ASHA,
+            "grid": GRID,
+            "samples_per_cell": SAMPLES,
+            "seeds": args.seeds,
+            "confirm_seeds": CONFIRM_SEEDS,
+            "tolerance": TOLERANCE,
+            "quick": args.quick,
+        },
+        "full_grid_trial_epochs_per_cell": full,
+        "reference": ref,
+        "runs": runs,
+        "wall_seconds": time.time() - start,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
     (args.out / f"search_bench{suffix}.json").write_text(json.dumps(result, indent=1))
@@ -269,12 +332,15 @@ def main() -> None:
 
 def summary_table(result: dict) -> str:
     full = result["full_grid_trial_epochs_per_cell"]
-    lines = [f"Trial-epochs until the best-so-far config, confirmed over seeds {result['settings']['confirm_seeds']}, "
-             f"is within {100 * result['settings']['tolerance']:g} point of the reference grid's confirmed test "
-             f"worst-group accuracy; fraction of the full grid ({full} trial-epochs per cell). "
-             f"Searcher seeds {result['settings']['seeds']}; '-' = not reached within the run.", "",
-             "| method | cell | reference (%) | per seed | mean fraction of grid | runs reaching | trial-epochs run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Trial-epochs until the best-so-far config, confirmed over seeds {result['settings']['confirm_seeds']}, "
+        f"is within {100 * result['settings']['tolerance']:g} point of the reference grid's confirmed test "
+        f"worst-group accuracy; fraction of the full grid ({full} trial-epochs per cell). "
+        f"Searcher seeds {result['settings']['seeds']}; '-' = not reached within the run.",
+        "",
+        "| method | cell | reference (%) | per seed | mean fraction of grid | runs reaching | trial-epochs run |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for method in METHODS:
         for cell in CELLS:
             rows = [r for r in result["runs"] if r["method"] == method and r["cell"] == cell]
@@ -283,12 +349,16 @@ def summary_table(result: dict) -> str:
             per_seed = ", ".join("-" if r["fraction_of_grid"] is None else f"{r['fraction_of_grid']:.0%}" for r in rows)
             reached = [r["fraction_of_grid"] for r in rows if r["fraction_of_grid"] is not None]
             # a run that never reached counts with the trial-epochs it ran: a lower bound on its need
-            bound = [r["fraction_of_grid"] if r["fraction_of_grid"] is not None else r["trial_epochs_total"] / full
-                     for r in rows]
+            bound = [
+                r["fraction_of_grid"] if r["fraction_of_grid"] is not None else r["trial_epochs_total"] / full
+                for r in rows
+            ]
             mean = f"{sum(bound) / len(bound):.0%}" + ("" if len(reached) == len(rows) else " (lower bound)")
-            lines.append(f"| {method} | {cell}% | {100 * result['reference'][str(cell)]['confirmed_test_wg']:.1f} "
-                         f"| {per_seed} | {mean} | {len(reached)}/{len(rows)} | "
-                         f"{', '.join(str(r['trial_epochs_total']) for r in rows)} |")
+            lines.append(
+                f"| {method} | {cell}% | {100 * result['reference'][str(cell)]['confirmed_test_wg']:.1f} "
+                f"| {per_seed} | {mean} | {len(reached)}/{len(rows)} | "
+                f"{', '.join(str(r['trial_epochs_total']) for r in rows)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -317,10 +387,17 @@ def plot(result: dict, path: Path) -> None:
                 ax.plot(xs / full, 100 * np.nanmean(ys, axis=0), label=method)
             for r in rows:
                 if r["trial_epochs_to_target"] is not None:
-                    ax.axvline(r["trial_epochs_to_target"] / full, color=ax.lines[-1].get_color(), alpha=0.3, linewidth=1)
+                    ax.axvline(
+                        r["trial_epochs_to_target"] / full, color=ax.lines[-1].get_color(), alpha=0.3, linewidth=1
+                    )
         ref = result["reference"][str(cell)]["confirmed_test_wg"]
-        ax.axhline(100 * (ref - result["settings"]["tolerance"]), color="black", linestyle="--", linewidth=1,
-                   label="reference - 1 point (confirmed)")
+        ax.axhline(
+            100 * (ref - result["settings"]["tolerance"]),
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label="reference - 1 point (confirmed)",
+        )
         ax.axvline(0.25, color="grey", linestyle=":", linewidth=1, label="25% of the grid")
         ax.set_title(f"colored_digits, {cell}% conflicting")
         ax.set_xlabel("trial-epochs / full grid's")

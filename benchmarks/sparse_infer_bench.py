@@ -25,6 +25,7 @@ Progress goes to stderr, markdown tables to stdout, JSON and a plot to benchmark
 repeat: other processes on the machine make absolute numbers noisy; ratios within a
 repeat are less affected.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rest.deploy.infer import CROSSOVER, CSRWeight, fold_bn, layer_plan, sparse_conv2d, sparse_engine  # noqa: E402
 from rest.core.models import build_model  # noqa: E402
 from rest.core.sparse import active_counts, erk_densities, maskable_weights  # noqa: E402
+from rest.deploy.infer import CROSSOVER, CSRWeight, layer_plan, sparse_conv2d, sparse_engine  # noqa: E402
 
 MODELS = {  # name: (model, image size, build kwargs)
     "cnn-28px": ("cnn", 28, {}),
@@ -75,7 +76,7 @@ def masked_model(name: str, density: float, seed: int = 0) -> nn.Module:
     with torch.no_grad():
         for n, p in weights.items():
             keep = torch.zeros(p.numel(), dtype=torch.bool)
-            keep[torch.randperm(p.numel())[:counts[n]]] = True
+            keep[torch.randperm(p.numel())[: counts[n]]] = True
             p.mul_(keep.view(p.shape))
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -95,6 +96,7 @@ def timed(fn, repeats: int) -> list[float]:
 
 # ------------------------------------------------------------------ part 1
 
+
 def layer_shapes(names: list[str]) -> list[dict]:
     """Distinct (input shape, weight shape, stride, padding) of every conv / linear layer, in model order."""
     seen, shapes = set(), []
@@ -108,11 +110,30 @@ def layer_shapes(names: list[str]) -> list[dict]:
             if isinstance(m, nn.Linear):
                 key = (x.shape[1], 1, 1, m.weight.shape[0], m.weight.shape[1], 1, 1, 0)
             else:
-                key = (x.shape[1], x.shape[2], x.shape[3], *m.weight.shape[:2], m.weight.shape[2], m.stride[0], m.padding[0])
+                key = (
+                    x.shape[1],
+                    x.shape[2],
+                    x.shape[3],
+                    *m.weight.shape[:2],
+                    m.weight.shape[2],
+                    m.stride[0],
+                    m.padding[0],
+                )
             if key not in seen:
                 seen.add(key)
-                shapes.append({"model": model_name, "c_in": key[0], "h": key[1], "w": key[2], "c_out": key[3],
-                               "kernel": key[5], "stride": key[6], "padding": key[7], "linear": isinstance(m, nn.Linear)})
+                shapes.append(
+                    {
+                        "model": model_name,
+                        "c_in": key[0],
+                        "h": key[1],
+                        "w": key[2],
+                        "c_out": key[3],
+                        "kernel": key[5],
+                        "stride": key[6],
+                        "padding": key[7],
+                        "linear": isinstance(m, nn.Linear),
+                    }
+                )
 
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -145,7 +166,9 @@ def crossover_part(names: list[str], batches: list[int], densities: list[float],
                     pair = timed(dense, 1), timed(sparse, 1)
                     t_dense += pair[0]
                     t_sparse += pair[1]
-                timings.append({"density": d, "dense_s": statistics.median(t_dense), "sparse_s": statistics.median(t_sparse)})
+                timings.append(
+                    {"density": d, "dense_s": statistics.median(t_dense), "sparse_s": statistics.median(t_sparse)}
+                )
             cross = 0.0
             for t in timings:
                 if t["sparse_s"] >= t["dense_s"]:
@@ -153,8 +176,10 @@ def crossover_part(names: list[str], batches: list[int], densities: list[float],
                 cross = t["density"]
             rows.append({**shape, "batch": batch, "crossover": cross, "timings": timings})
             ups = ", ".join(f"{t['dense_s'] / t['sparse_s']:.2f}" for t in timings)
-            log(f"  {shape['c_in']:>3}->{shape['c_out']:<3} k{k} s{s} {shape['h']:>2}px batch {batch:>3}: crossover {cross:g} "
-                f"(speed-up at the grid: {ups}) load {load1():.1f}")
+            log(
+                f"  {shape['c_in']:>3}->{shape['c_out']:<3} k{k} s{s} {shape['h']:>2}px batch {batch:>3}: crossover {cross:g} "
+                f"(speed-up at the grid: {ups}) load {load1():.1f}"
+            )
     return rows
 
 
@@ -165,13 +190,18 @@ def crossover_rule(rows: list[dict]) -> list[tuple[int, float]]:
 
 # ------------------------------------------------------------------ part 2
 
+
 def end_to_end(names: list[str], densities: list[float], batches: list[int], repeats: int, single: int) -> list[dict]:
     rows = []
     for name in names:
         arch, size, _ = MODELS[name]
         for d in densities:
             model = masked_model(name, d)
-            engines = {"dense": model, "sparse": sparse_engine(model), "dense, BN folded": sparse_engine(model, ALL_DENSE)}
+            engines = {
+                "dense": model,
+                "sparse": sparse_engine(model),
+                "dense, BN folded": sparse_engine(model, ALL_DENSE),
+            }
             for batch in batches:
                 x = torch.randn(batch if batch > 1 else single, 3, size, size)
                 with torch.inference_mode():
@@ -182,7 +212,7 @@ def end_to_end(names: list[str], densities: list[float], batches: list[int], rep
                     def run(engine, batch=batch, x=x):
                         if batch == 1:
                             for i in range(len(x)):
-                                engine(x[i:i + 1])
+                                engine(x[i : i + 1])
                         else:
                             engine(x)
 
@@ -190,47 +220,76 @@ def end_to_end(names: list[str], densities: list[float], batches: list[int], rep
                     loads = []
                     order = list(engines)
                     for r in range(repeats):
-                        for k in order[r % len(order):] + order[:r % len(order)]:
+                        for k in order[r % len(order) :] + order[: r % len(order)]:
                             times[k] += timed(lambda: run(engines[k]), 1)
                         loads.append(load1())
                 n_images = len(x)
                 speed = {k: n_images / statistics.median(v) for k, v in times.items()}
                 plan = layer_plan(engines["sparse"], batch)
-                row = {"model": name, "density": d, "batch": batch, "images_per_s": speed,
-                       "speedup": speed["sparse"] / speed["dense"], "speedup_bn_folding_alone": speed["dense, BN folded"] / speed["dense"],
-                       "sparse_layers": sum(p["kernel"] == "sparse" for p in plan), "layers": len(plan),
-                       "max_abs_logit_diff": diff, "same_argmax": same_argmax,
-                       "times_s": times, "load1": loads}
+                row = {
+                    "model": name,
+                    "density": d,
+                    "batch": batch,
+                    "images_per_s": speed,
+                    "speedup": speed["sparse"] / speed["dense"],
+                    "speedup_bn_folding_alone": speed["dense, BN folded"] / speed["dense"],
+                    "sparse_layers": sum(p["kernel"] == "sparse" for p in plan),
+                    "layers": len(plan),
+                    "max_abs_logit_diff": diff,
+                    "same_argmax": same_argmax,
+                    "times_s": times,
+                    "load1": loads,
+                }
                 rows.append(row)
-                log(f"  {name} density {d:g} batch {batch}: dense {speed['dense']:.0f}/s, sparse {speed['sparse']:.0f}/s "
+                log(
+                    f"  {name} density {d:g} batch {batch}: dense {speed['dense']:.0f}/s, sparse {speed['sparse']:.0f}/s "
                     f"(x{row['speedup']:.2f}; BN folding alone x{row['speedup_bn_folding_alone']:.2f}), "
-                    f"{row['sparse_layers']}/{row['layers']} layers sparse, max |dlogit| {diff:.1e}, load {loads[-1]:.1f}")
+                    f"{row['sparse_layers']}/{row['layers']} layers sparse, max |dlogit| {diff:.1e}, load {loads[-1]:.1f}"
+                )
     return rows
 
 
 # ------------------------------------------------------------------ output
 
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | batch | ERK density | dense engine (img/s) | sparse engine (img/s) | speed-up | BN folding alone | layers sparse | max abs logit diff |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | batch | ERK density | dense engine (img/s) | sparse engine (img/s) | speed-up | BN folding alone | layers sparse | max abs logit diff |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         s = r["images_per_s"]
-        lines.append(f"| {r['model']} | {r['batch']} | {r['density']:g} | {s['dense']:.0f} | {s['sparse']:.0f} | "
-                     f"{r['speedup']:.2f}x | {r['speedup_bn_folding_alone']:.2f}x | {r['sparse_layers']}/{r['layers']} | "
-                     f"{r['max_abs_logit_diff']:.1e} |")
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['density']:g} | {s['dense']:.0f} | {s['sparse']:.0f} | "
+            f"{r['speedup']:.2f}x | {r['speedup_bn_folding_alone']:.2f}x | {r['sparse_layers']}/{r['layers']} | "
+            f"{r['max_abs_logit_diff']:.1e} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def crossover_markdown(rows: list[dict]) -> str:
     batches = sorted({r["batch"] for r in rows})
-    lines = ["| layer (c_in -> c_out, kernel, stride, input px) | first seen in | " + " | ".join(f"batch {b}" for b in batches) + " |",
-             "|---|---|" + "---:|" * len(batches)]
+    lines = [
+        "| layer (c_in -> c_out, kernel, stride, input px) | first seen in | "
+        + " | ".join(f"batch {b}" for b in batches)
+        + " |",
+        "|---|---|" + "---:|" * len(batches),
+    ]
     keys = list(dict.fromkeys((r["c_in"], r["c_out"], r["kernel"], r["stride"], r["h"], r["model"]) for r in rows))
     for key in keys:
-        cells = [next(r["crossover"] for r in rows if (r["c_in"], r["c_out"], r["kernel"], r["stride"], r["h"], r["model"]) == key
-                      and r["batch"] == b) for b in batches]
-        lines.append(f"| {key[0]} -> {key[1]}, {key[2]}x{key[2]}, s{key[3]}, {key[4]} px | {key[5]} | "
-                     + " | ".join(f"{c:g}" for c in cells) + " |")
+        cells = [
+            next(
+                r["crossover"]
+                for r in rows
+                if (r["c_in"], r["c_out"], r["kernel"], r["stride"], r["h"], r["model"]) == key and r["batch"] == b
+            )
+            for b in batches
+        ]
+        lines.append(
+            f"| {key[0]} -> {key[1]}, {key[2]}x{key[2]}, s{key[3]}, {key[4]} px | {key[5]} | "
+            + " | ".join(f"{c:g}" for c in cells)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -261,17 +320,27 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke check: fewer shapes, densities and repeats, small batch")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke check: fewer shapes, densities and repeats, small batch"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=None, help="end-to-end repeats (default 5; quick 2)")
     ap.add_argument("--skip-crossover", action="store_true", help="only the end-to-end part")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
-    ap.add_argument("--batches", default=None, help="end-to-end batch sizes, comma-separated (default 1,256; quick 1,32)")
-    ap.add_argument("--single", type=int, default=None, help="images timed one by one at batch 1 (default 64; quick 16)")
-    ap.add_argument("--out", type=Path, default=None, help="output directory (default benchmarks/results; quick: temp dir)")
+    ap.add_argument(
+        "--batches", default=None, help="end-to-end batch sizes, comma-separated (default 1,256; quick 1,32)"
+    )
+    ap.add_argument(
+        "--single", type=int, default=None, help="images timed one by one at batch 1 (default 64; quick 16)"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="output directory (default benchmarks/results; quick: temp dir)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = args.out or (Path(tempfile.gettempdir()) / "sparse_infer_quick" if args.quick else ROOT / "benchmarks" / "results")
+    out = args.out or (
+        Path(tempfile.gettempdir()) / "sparse_infer_quick" if args.quick else ROOT / "benchmarks" / "results"
+    )
     out.mkdir(parents=True, exist_ok=True)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
@@ -284,12 +353,20 @@ def main() -> int:
         big_batch, repeats, cross_repeats = 256, args.repeats or 5, 3
         densities, cross_densities = [0.01, 0.02, 0.05, 0.1, 1.0], [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3]
     started = time.time()
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-              "cpu_count": os.cpu_count(), "quick": args.quick, "load1_start": load1(),
-              "crossover_in_code": [list(r) for r in CROSSOVER]}
+    result = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "quick": args.quick,
+        "load1_start": load1(),
+        "crossover_in_code": [list(r) for r in CROSSOVER],
+    }
     if not args.skip_crossover:
         log("part 1: crossover density per layer shape")
-        cross = crossover_part(names, [1, 16] + ([64] if big_batch > 64 else []) + [big_batch], cross_densities, cross_repeats)
+        cross = crossover_part(
+            names, [1, 16] + ([64] if big_batch > 64 else []) + [big_batch], cross_densities, cross_repeats
+        )
         result["crossover"] = cross
         result["crossover_rule_measured"] = crossover_rule(cross)
     log("part 2: end-to-end images/s")
@@ -303,9 +380,13 @@ def main() -> int:
     print(markdown(rows))
     if "crossover" in result:
         print(crossover_markdown(result["crossover"]))
-        print(f"measured crossover rule (batch, density): {result['crossover_rule_measured']}; in rest/deploy/infer.py: {list(CROSSOVER)}")
-    print(f"wall time {result['wall_seconds'] / 60:.1f} min, 1-min load average {result['load1_start']:.1f} at start, "
-          f"{result['load1_end']:.1f} at end; written to {out}")
+        print(
+            f"measured crossover rule (batch, density): {result['crossover_rule_measured']}; in rest/deploy/infer.py: {list(CROSSOVER)}"
+        )
+    print(
+        f"wall time {result['wall_seconds'] / 60:.1f} min, 1-min load average {result['load1_start']:.1f} at start, "
+        f"{result['load1_end']:.1f} at end; written to {out}"
+    )
     return 0
 
 

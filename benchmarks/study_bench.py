@@ -11,6 +11,7 @@
 
 Usage: .venv/bin/python benchmarks/study_bench.py [--out benchmarks/results/study_bench.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,13 @@ sys.path.insert(0, str(ROOT))
 
 def run_cli(*args: str) -> float:
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, str(ROOT / "tune_search.py"), "-q", *args], cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tune_search.py"), "-q", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if out.returncode != 0:
         sys.exit(f"study failed: {out.stderr[-2000:]}")
     return time.perf_counter() - start
@@ -42,8 +48,11 @@ def trials(experiment: Path) -> list[dict]:
     from rest.report.results import read_phase
     from rest.storage import local
 
-    return [{"config": t.config, "records": {r["epoch"]: r for r in t.history}, "last": t.history[-1], "trial": t}
-            for t in read_phase(local(experiment), experiment.name) if t.history]
+    return [
+        {"config": t.config, "records": {r["epoch"]: r for r in t.history}, "last": t.history[-1], "trial": t}
+        for t in read_phase(local(experiment), experiment.name)
+        if t.history
+    ]
 
 
 def selected(rows: list[dict], cell_keys: list[str]) -> dict[tuple, dict]:
@@ -66,11 +75,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "study_bench.json")
     parser.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "default.yaml")
-    parser.add_argument("--full-grid", type=Path, default=None,
-                        help="reuse the search directory of an earlier full-grid run of the same space")
+    parser.add_argument(
+        "--full-grid",
+        type=Path,
+        default=None,
+        help="reuse the search directory of an earlier full-grid run of the same space",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the studies in this directory")
     parser.add_argument("--name", default="default", help="name of the study run (default: default)")
-    parser.add_argument("--no-full-grid", action="store_true", help="time the study only; skip the full-grid comparison")
+    parser.add_argument(
+        "--no-full-grid", action="store_true", help="time the study only; skip the full-grid comparison"
+    )
     args = parser.parse_args()
     space = yaml.safe_load(args.space.read_text())
     searched = list(space["search"])
@@ -84,7 +99,9 @@ def main() -> None:
         manifest = json.loads((storage / args.name / "manifest.json").read_text())
         tune_wall = sum(p["wall_seconds"] for p in manifest["phases"].values())
         phases = {p: trials(storage / args.name / p) for p in ("search", "confirm")}
-        train_time = sum(r["epoch_seconds"] for rows in phases.values() for row in rows for r in row["records"].values())
+        train_time = sum(
+            r["epoch_seconds"] for rows in phases.values() for row in rows for r in row["records"].values()
+        )
 
         if args.no_full_grid:
             full_wall, full = math.nan, []
@@ -101,7 +118,7 @@ def main() -> None:
     asha_epochs = sum(len(row["records"]) for row in phases["search"])
     full_by_key = {key(row["config"], searched): row for row in full}
     cells = {}
-    for cell, row in (selected(phases["search"], cell_keys).items() if full else []):
+    for cell, row in selected(phases["search"], cell_keys).items() if full else []:
         full_best = selected(full, cell_keys)[cell]
         asha_pick = full_by_key[key(row["config"], searched)]
         cells[str(cell)] = {
@@ -109,7 +126,8 @@ def main() -> None:
             "full_selected": {k: full_best["config"][k] for k in searched},
             "asha_selected_test_wg_full_training": asha_pick["last"]["best_test_worst_group_acc"],
             "full_selected_test_wg": full_best["last"]["best_test_worst_group_acc"],
-            "gap_points": 100 * (full_best["last"]["best_test_worst_group_acc"] - asha_pick["last"]["best_test_worst_group_acc"]),
+            "gap_points": 100
+            * (full_best["last"]["best_test_worst_group_acc"] - asha_pick["last"]["best_test_worst_group_acc"]),
         }
     result = {
         "default_study_wall_seconds": wall,

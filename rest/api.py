@@ -11,6 +11,7 @@
 
 The command line is a thin layer over the same calls.
 """
+
 from __future__ import annotations
 
 import logging
@@ -88,20 +89,31 @@ def run_study(
     running, pending, best so far, ETA) logged at INFO by the ``rest.study.progress`` logger
     at most every 10 s; 2 Ray Tune's own tables and every result.
     """
+    from rest.storage import resolve_storage
     from rest.study.driver import StopSignals
     from rest.study.manifest import check_name, is_complete, open_study, refuse_edited, study_dir
     from rest.study.options import resolve_options, warn_overrides
     from rest.study.progress import Every
+    from rest.study.runner import begin_study
+    from rest.study.runner import run_study as run_phases
     from rest.study.space import load_space
-    from rest.storage import resolve_storage
-    from rest.study.runner import begin_study, run_study as run_phases
 
     spec, text = load_space(space)
     storage, name = resolve_storage(storage), check_name(name or spec.name)
-    given = dict(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                 max_concurrent=max_concurrent, max_failures=max_failures, data_root=data_root, verbose=verbose,
-                 autoscaling=autoscaling, stall_minutes=stall_minutes, lease_seconds=lease_seconds,
-                 heartbeat_seconds=heartbeat_seconds, storage_retry_seconds=storage_retry_seconds)
+    given = dict(
+        address=address,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        max_concurrent=max_concurrent,
+        max_failures=max_failures,
+        data_root=data_root,
+        verbose=verbose,
+        autoscaling=autoscaling,
+        stall_minutes=stall_minutes,
+        lease_seconds=lease_seconds,
+        heartbeat_seconds=heartbeat_seconds,
+        storage_retry_seconds=storage_retry_seconds,
+    )
     if study_dir(storage, name).join("manifest.json").is_file():
         path, spec, manifest = open_study(storage, name)  # refuses an edited study.yaml in storage
         refuse_edited(os.fspath(space), text, manifest)  # and a `space` that is not the study's definition
@@ -112,7 +124,9 @@ def run_study(
     else:
         opts, _ = resolve_options(storage, name, given)
         path = begin_study(spec, text, opts, f"rest.run_study({os.fspath(space)!r}, name={name!r})")
-    progress = Every(logging.getLogger("rest.study.progress").info) if opts.verbose == 1 else None  # 0: silent, 2: Ray's own
+    progress = (
+        Every(logging.getLogger("rest.study.progress").info) if opts.verbose == 1 else None
+    )  # 0: silent, 2: Ray's own
     with StopSignals() as stop:
         run_phases(path, spec, opts, stop, progress)
     return load_study(path.uri)

@@ -22,10 +22,12 @@ selections decided by fewer than ``SMALL_GROUP`` samples.
 Records are dicts with ``val_*`` keys as the trainer writes them; aggregated
 config rows use the same keys (means over seeds). Missing or nan values rank lowest.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 PRIMARY = {"worst_group": "worst_group_acc", "average": "avg_acc"}
 RANKED = tuple(f"val_{m}" for m in (*PRIMARY.values(), "loss"))  # the validation keys rank_key reads
@@ -79,7 +81,9 @@ def rank(rows: Sequence[Mapping[str, Any]], primary: str = "worst_group", prefix
     return sorted(range(len(rows)), key=lambda i: rank_key(rows[i], primary, prefix), reverse=True)
 
 
-def select(rows: Sequence[Mapping[str, Any]], primary: str = "worst_group", prefix: str = "val_", k: int = 1) -> list[int]:
+def select(
+    rows: Sequence[Mapping[str, Any]], primary: str = "worst_group", prefix: str = "val_", k: int = 1
+) -> list[int]:
     """Indices of the top-k rows (k=1: the selected one)."""
     return rank(rows, primary, prefix)[:k]
 
@@ -116,10 +120,18 @@ def scalar(record: Mapping[str, Any], primary: str = "worst_group") -> float:
     return p + 1e-4 * avg + 1e-8 / (1.0 + loss)
 
 
-def select_per_cell(rows: Sequence[Mapping[str, Any]], cell_keys: Sequence[str], primary: str = "worst_group",
-                    prefix: str = "best_val_", k: int = 1) -> dict[tuple, list[Mapping[str, Any]]]:
+def select_per_cell(
+    rows: Sequence[Mapping[str, Any]],
+    cell_keys: Sequence[str],
+    primary: str = "worst_group",
+    prefix: str = "best_val_",
+    k: int = 1,
+) -> dict[tuple, list[Mapping[str, Any]]]:
     """Per cell (the values of `cell_keys`), the top-k rows; rows of different cells never compete."""
     cells: dict[tuple, list[Mapping[str, Any]]] = {}
     for row in rows:
         cells.setdefault(tuple(row[key] for key in cell_keys), []).append(row)
-    return {cell: [members[i] for i in select(members, primary, prefix, k)] for cell, members in sorted(cells.items(), key=lambda kv: str(kv[0]))}
+    return {
+        cell: [members[i] for i in select(members, primary, prefix, k)]
+        for cell, members in sorted(cells.items(), key=lambda kv: str(kv[0]))
+    }

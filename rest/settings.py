@@ -4,6 +4,7 @@ Nothing here imports torch, so the command line can build and validate settings
 before paying for heavy imports. Search spaces (YAML) and command-line flags only
 override these defaults.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,10 +54,15 @@ class TrainSettings:
     data_root: str | None = _setting(None, "root of an LfF-layout dataset (cmnist, cifar10c, bffhq)")
     model: str | None = _setting(None, f"model: {', '.join(MODEL_NAMES)} (default: the dataset's)")
     width: int = _setting(64, "ResNet base width")
-    stem: str = _setting("auto", "ResNet stem: auto (CIFAR stem below 64 px, ImageNet stem from 64 px), imagenet (REST's), cifar")
+    stem: str = _setting(
+        "auto", "ResNet stem: auto (CIFAR stem below 64 px, ImageNet stem from 64 px), imagenet (REST's), cifar"
+    )
     density: float = _setting(1.0, "fraction of conv/linear weights kept, in (0, 1]; 1 = dense")
-    sparse: str = _setting("rigl", f"sparse method: {', '.join(SPARSE_METHODS)} (rigl, set, static: mask rules "
-                                   "during training; dcwp: masks learned first, then retraining)")
+    sparse: str = _setting(
+        "rigl",
+        f"sparse method: {', '.join(SPARSE_METHODS)} (rigl, set, static: mask rules "
+        "during training; dcwp: masks learned first, then retraining)",
+    )
     distribution: str = _setting("erk", f"layer-wise density: {', '.join(DISTRIBUTIONS)}")
     update_frequency: int = _setting(100, "optimizer steps between mask updates")
     drop_rate: float = _setting(0.5, "initial drop fraction of a mask update, cosine-decayed")
@@ -65,14 +71,20 @@ class TrainSettings:
     reweight: str = _setting("oracle", f"sampling: {', '.join(REWEIGHT_NAMES)}")
     lambda_upweight: float = _setting(30.0, "upweighting factor of bias-conflicting samples, >= 1")
     jtt_epochs: int = _setting(1, "ERM epochs of JTT's identification model")
-    gce_q: float = _setting(0.7, "q of the generalized cross-entropy of PGD's and DCWP's biased models (both papers: 0.7)")
+    gce_q: float = _setting(
+        0.7, "q of the generalized cross-entropy of PGD's and DCWP's biased models (both papers: 0.7)"
+    )
     pgd_epochs: int = _setting(1, "PGD: epochs of the biased model, trained with uniform sampling")
     pgd_norm: float = _setting(0.7, "PGD: p of the per-sample gradient p-norm (PGD's code: 0.7)")
     dcwp_pretrain_epochs: int = _setting(1, "DCWP: dense pretraining epochs of the model and its biased (GCE) twin")
     dcwp_prune_epochs: int = _setting(1, "DCWP: epochs of mask-score learning, weights frozen")
     dcwp_mask_lr: float = _setting(0.01, "DCWP: Adam learning rate of the mask scores (DCWP: 0.01)")
-    dcwp_prune_upweight: float = _setting(80.0, "DCWP: sampling weight of flagged samples while scores learn (DCWP: 80)")
-    dcwp_con_prune: float = _setting(0.05, "DCWP: weight of the debiased contrastive term while scores learn (DCWP: 0.05)")
+    dcwp_prune_upweight: float = _setting(
+        80.0, "DCWP: sampling weight of flagged samples while scores learn (DCWP: 80)"
+    )
+    dcwp_con_prune: float = _setting(
+        0.05, "DCWP: weight of the debiased contrastive term while scores learn (DCWP: 0.05)"
+    )
     dcwp_con_retrain: float = _setting(0.05, "DCWP: weight of the debiased contrastive term in retraining (DCWP: 0.05)")
     optimizer: str = _setting("sgd", f"optimizer: {', '.join(OPTIMIZERS)}")
     lr: float = _setting(0.01, "learning rate")
@@ -83,22 +95,36 @@ class TrainSettings:
     batch_size: int = _setting(256, "training batch size")
     epochs: int = _setting(10, "training epochs")
     seed: int = _setting(42, "random seed")
-    selection: str = _setting("worst_group", f"validation metric that selects the epoch: {', '.join(SELECTIONS)} "
-                                             "(REST: worst_group for reweighted runs, average for sparse ones)")
+    selection: str = _setting(
+        "worst_group",
+        f"validation metric that selects the epoch: {', '.join(SELECTIONS)} "
+        "(REST: worst_group for reweighted runs, average for sparse ones)",
+    )
     device: str = _setting("auto", "auto, cpu, cuda or cuda:N (auto: the GPU if there is one)")
-    precision: str = _setting("auto", f"autocast precision: {', '.join(PRECISIONS)} (fp16 with a loss scaler); auto: bf16 "
-                                      "on CUDA, fp32 on CPU (CPU autocast is slower; bf16/fp16 there are for testing)")
-    memory_format: str = _setting("auto", f"weight and activation layout: {', '.join(MEMORY_FORMATS)} "
-                                          "(auto: channels_last on CUDA, contiguous on CPU)")
-    data_device_fraction: float = _setting(0.25, "the dataset goes onto the device when it takes at most this fraction "
-                                                 "of the device's memory; else it stays in host memory and batches are "
-                                                 "streamed (0: always stream)")
+    precision: str = _setting(
+        "auto",
+        f"autocast precision: {', '.join(PRECISIONS)} (fp16 with a loss scaler); auto: bf16 "
+        "on CUDA, fp32 on CPU (CPU autocast is slower; bf16/fp16 there are for testing)",
+    )
+    memory_format: str = _setting(
+        "auto",
+        f"weight and activation layout: {', '.join(MEMORY_FORMATS)} (auto: channels_last on CUDA, contiguous on CPU)",
+    )
+    data_device_fraction: float = _setting(
+        0.25,
+        "the dataset goes onto the device when it takes at most this fraction "
+        "of the device's memory; else it stays in host memory and batches are "
+        "streamed (0: always stream)",
+    )
     eval_batch_size: int = _setting(256, "batch size of validation and test passes")
-    subsample: int = _setting(0, "use N samples of each split, for quick runs: a seeded sample that keeps each split's "
-                                 "class and aligned/conflicting shares, the same for every seed (0: all)")
+    subsample: int = _setting(
+        0,
+        "use N samples of each split, for quick runs: a seeded sample that keeps each split's "
+        "class and aligned/conflicting shares, the same for every seed (0: all)",
+    )
     extra: dict[str, Any] = field(default_factory=dict)  # bookkeeping of a study (a confirm trial's role); no flag
 
-    def validate(self) -> "TrainSettings":
+    def validate(self) -> TrainSettings:
         """Raise SettingsError naming the first impossible value."""
         _choice("dataset", self.dataset, DATASET_NAMES)
         if self.model is not None:
@@ -115,15 +141,19 @@ class TrainSettings:
         if not 0.0 < float(self.density) <= 1.0:
             raise SettingsError(f"density {self.density} is outside (0, 1]; use e.g. 0.05 for 5% of weights")
         if float(self.lambda_upweight) < 1.0:
-            raise SettingsError(f"lambda_upweight {self.lambda_upweight} is below 1; use a value >= 1 (1 means no upweighting)")
+            raise SettingsError(
+                f"lambda_upweight {self.lambda_upweight} is below 1; use a value >= 1 (1 means no upweighting)"
+            )
         for name in ("epochs", "batch_size", "update_frequency", "eval_batch_size", "width"):
             if int(getattr(self, name)) < 1:
                 raise SettingsError(f"{name} {getattr(self, name)} is below 1; give a positive integer")
         if not -(2**62) <= int(self.seed) <= 2**62:  # torch's generators take 64 bits; trials add small offsets
             raise SettingsError(f"seed {self.seed} is out of range; use an integer such as 42")
         if not 0.0 <= float(self.data_device_fraction) <= 1.0:
-            raise SettingsError(f"data_device_fraction {self.data_device_fraction} is outside [0, 1]; "
-                                "use 0.25 (the default) or 0 to always stream")
+            raise SettingsError(
+                f"data_device_fraction {self.data_device_fraction} is outside [0, 1]; "
+                "use 0.25 (the default) or 0 to always stream"
+            )
         if int(self.subsample) < 0:
             raise SettingsError(f"subsample {self.subsample} is negative; use 0 for all samples")
         if self.reweight == "jtt" and int(self.jtt_epochs) < 1:
@@ -138,10 +168,14 @@ class TrainSettings:
         if float(self.dcwp_mask_lr) <= 0.0:
             raise SettingsError(f"dcwp_mask_lr {self.dcwp_mask_lr} must be positive (DCWP: 0.01)")
         if float(self.dcwp_prune_upweight) < 1.0:
-            raise SettingsError(f"dcwp_prune_upweight {self.dcwp_prune_upweight} is below 1; use a value >= 1 (DCWP: 80)")
+            raise SettingsError(
+                f"dcwp_prune_upweight {self.dcwp_prune_upweight} is below 1; use a value >= 1 (DCWP: 80)"
+            )
         for name in ("dcwp_con_prune", "dcwp_con_retrain"):
             if float(getattr(self, name)) < 0.0:
-                raise SettingsError(f"{name} {getattr(self, name)} is negative; use 0 (no contrastive term) or DCWP's 0.05")
+                raise SettingsError(
+                    f"{name} {getattr(self, name)} is negative; use 0 (no contrastive term) or DCWP's 0.05"
+                )
         if not 0.0 <= float(self.drop_rate) < 1.0:
             raise SettingsError(f"drop_rate {self.drop_rate} is outside [0, 1)")
         if float(self.drop_rate_min) < 0.0:
@@ -167,14 +201,14 @@ class TrainSettings:
             raise SettingsError(f"device '{self.device}' is unknown; choose from auto, cpu, cuda, cuda:N")
         return self
 
-    def replace(self, **changes: Any) -> "TrainSettings":
+    def replace(self, **changes: Any) -> TrainSettings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainSettings":
+    def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
         """Build settings from a flat mapping; unknown keys are an error naming them."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))

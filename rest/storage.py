@@ -5,6 +5,7 @@ files of this project (manifest, study definition, confirm configs) and the
 study reader go through the same object, so a study is read the same way
 wherever it is stored.
 """
+
 from __future__ import annotations
 
 import errno
@@ -30,7 +31,7 @@ class Location:
     path: str
     scheme: str = ""  # "" for local paths; "s3", "gs", ... for object storage
 
-    def join(self, *parts: str) -> "Location":
+    def join(self, *parts: str) -> Location:
         return Location(self.fs, str(PurePosixPath(self.path, *parts)), self.scheme)
 
     @property
@@ -47,13 +48,13 @@ class Location:
         return PurePosixPath(self.path).name
 
     @property
-    def parent(self) -> "Location":
+    def parent(self) -> Location:
         return Location(self.fs, str(PurePosixPath(self.path).parent), self.scheme)
 
     def __str__(self) -> str:
         return self.uri
 
-    def retrying(self, seconds: float) -> "Location":
+    def retrying(self, seconds: float) -> Location:
         """This directory through a filesystem that waits out object-storage stalls for up to `seconds`.
 
         Local and NFS paths are returned as they are: their errors are not transient
@@ -80,7 +81,7 @@ class Location:
 
         return self.fs.get_file_info(self.path).type == pafs.FileType.File
 
-    def children(self) -> list["Location"]:
+    def children(self) -> list[Location]:
         """Entries directly inside this directory (none if it does not exist)."""
         import pyarrow.fs as pafs
 
@@ -123,7 +124,7 @@ class Location:
     def mkdir(self) -> None:
         self.fs.create_dir(self.path, recursive=True)
 
-    def move_to(self, target: "Location") -> None:
+    def move_to(self, target: Location) -> None:
         """Move a directory (object stores: copy, then delete the source)."""
         if self.is_local:
             os.rename(self.path, target.path)
@@ -191,6 +192,7 @@ def writing(path, fix: str):
 
 # ------------------------------------------------------------ output directories
 
+
 def fresh_dir(target: str | os.PathLike | Location, *, what: str = "output directory", fix: str = "choose another one",
               replace: bool = False, create: bool = True) -> Path | Location:  # fmt: skip
     """`target` as a directory a command may write into: absent or empty, never someone's files.
@@ -238,6 +240,7 @@ def _fresh_location(target: Location, what: str, fix: str, replace: bool, create
 
 # ------------------------------------------------------------ study storage
 
+
 def _storage_text(storage: str | None) -> str:
     return storage or os.environ.get("REST_TUNE_STORAGE", "studies")
 
@@ -254,7 +257,9 @@ def resolve_storage(storage: str | None) -> str:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise StudyError(f"storage {path} is not writable ({exc.strerror}); pass --storage with a writable directory") from None
+        raise StudyError(
+            f"storage {path} is not writable ({exc.strerror}); pass --storage with a writable directory"
+        ) from None
     return str(path)
 
 
@@ -267,8 +272,10 @@ def _check_object_storage(uri: str) -> str:
         location.fs.delete_file(probe.path)
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0][:200]
-        raise StudyError(f"cannot write to storage {uri} ({reason}); check that the bucket exists and the credentials "
-                         f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for S3-compatible servers)") from None
+        raise StudyError(
+            f"cannot write to storage {uri} ({reason}); check that the bucket exists and the credentials "
+            f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for S3-compatible servers)"
+        ) from None
     return uri.rstrip("/")
 
 

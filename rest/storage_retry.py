@@ -19,6 +19,7 @@ spooled to a local temporary file and uploaded on close, so a whole upload is
 retried; reads are ranged reads, each retried. Each process logs one warning
 when a stall begins and one line when storage answers again.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,9 +35,22 @@ log = logging.getLogger(__name__)
 
 # Parts of the messages pyarrow gives for errors that go away by themselves (AWS
 # SDK error names and curl's, Google Cloud status codes). Anything else is final.
-TRANSIENT = ("NETWORK_CONNECTION", "curlCode", "Timeout", "timed out", "REQUEST_TIMEOUT", "SLOW_DOWN", "THROTTLING",
-             "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "Connection refused", "Connection reset", "UNAVAILABLE",
-             "DEADLINE_EXCEEDED", "HTTP response code 50")
+TRANSIENT = (
+    "NETWORK_CONNECTION",
+    "curlCode",
+    "Timeout",
+    "timed out",
+    "REQUEST_TIMEOUT",
+    "SLOW_DOWN",
+    "THROTTLING",
+    "SERVICE_UNAVAILABLE",
+    "INTERNAL_FAILURE",
+    "Connection refused",
+    "Connection reset",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "HTTP response code 50",
+)
 FINAL = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 FIRST_DELAY, MAX_DELAY = 0.5, 10.0  # seconds between attempts: doubling, at most MAX_DELAY
 SPOOL_IN_MEMORY = 16 << 20  # uploads above this size are spooled to a temporary file
@@ -57,7 +71,11 @@ class _Stall:
         with cls.lock:
             if cls.since is None:
                 cls.since = time.monotonic()
-                log.warning("object storage not answering (%s); retrying for up to %g s", str(exc).splitlines()[0][:200], seconds)
+                log.warning(
+                    "object storage not answering (%s); retrying for up to %g s",
+                    str(exc).splitlines()[0][:200],
+                    seconds,
+                )
 
     @classmethod
     def answered(cls) -> None:

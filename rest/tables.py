@@ -5,10 +5,12 @@ README or an issue. Hand-written because pandas' ``DataFrame.to_markdown`` needs
 optional ``tabulate`` package, and because ``prepare-data check`` prints a table
 without importing pandas (a list of dicts is enough here).
 """
+
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 
 def _columns_and_rows(table) -> tuple[list[str], list[Sequence[Any]]]:

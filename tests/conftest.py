@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated dataset cache and tiny in-memory datasets."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,13 @@ def _free_port() -> int:
 # The S3-protocol test server's address and throwaway credentials, set before any Ray
 # node starts so that every Ray worker inherits them (they reach object storage too).
 S3_PORT = _free_port()
-os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY_ID="testing",
-                  AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+os.environ.update(
+    AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}",
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_EC2_METADATA_DISABLED="true",
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"train": 40, "valid": 20, "test": 10}
@@ -48,7 +54,9 @@ def tiny_settings():
     return TrainSettings(epochs=2, batch_size=64, eval_batch_size=256, update_frequency=2, density=0.1, seed=1)
 
 
-def write_png_tree(root: Path, layout: dict[str, int], pct: str = "1pct", size: int = 8, seed: int = 0, classes: int = 10) -> None:
+def write_png_tree(
+    root: Path, layout: dict[str, int], pct: str = "1pct", size: int = 8, seed: int = 0, classes: int = 10
+) -> None:
     """A tiny LfF-layout tree of random PNGs: layout maps split -> images per class."""
     import numpy as np
     from PIL import Image
@@ -97,9 +105,22 @@ def smoke_study(ray_cluster, tmp_path_factory):
     import sys
 
     storage = tmp_path_factory.mktemp("studies")
-    out = subprocess.run([sys.executable, str(ROOT / "tune_search.py"), "run", str(ROOT / "search_spaces" / "smoke.yaml"),
-                          "--storage", str(storage), "--address", ray_cluster.address],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tune_search.py"),
+            "run",
+            str(ROOT / "search_spaces" / "smoke.yaml"),
+            "--storage",
+            str(storage),
+            "--address",
+            ray_cluster.address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     return storage, out
 
 
@@ -108,8 +129,14 @@ def cli(*args, timeout=300, **kw):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, str(ROOT / "tune_search.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, **kw)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tune_search.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        **kw,
+    )
 
 
 def wait_for(predicate, timeout, what):
@@ -136,8 +163,11 @@ def s3_server():
     import sys
     import time
 
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 30
     while True:
         try:

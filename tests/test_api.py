@@ -1,5 +1,6 @@
 """The Python API and experiment tracking: rest.run_study / rest.load_study in this process, MLflow to SQLite;
 rest.run_study on an existing study behaves like resume."""
+
 import json
 import os
 import shutil
@@ -10,22 +11,29 @@ import sys
 
 import pytest
 import yaml
+from test_cli import tensorboard_scalars
+from test_resume import checkpoint_epochs
 
 import rest
 from conftest import ROOT, cli, wait_for, write_png_tree
 from rest.errors import StudyError
-from test_cli import tensorboard_scalars
-from test_resume import checkpoint_epochs
 
 
 def test_run_study_logs_to_mlflow_and_tensorboard_and_load_study_reads_it(ray_cluster, tmp_path, monkeypatch):
     space = tmp_path / "tracked.yaml"
-    space.write_text(yaml.safe_dump({
-        "name": "tracked", "dataset": "colored_digits",
-        "train": {"epochs": 2, "batch_size": 64, "subsample": 300, "reweight": "oracle"},
-        "search": {"density": {"grid": [0.05, 1.0]}},
-        "scheduler": {"type": "none"}, "confirm": None, "callbacks": ["mlflow", "tensorboard"],
-    }))
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tracked",
+                "dataset": "colored_digits",
+                "train": {"epochs": 2, "batch_size": 64, "subsample": 300, "reweight": "oracle"},
+                "search": {"density": {"grid": [0.05, 1.0]}},
+                "scheduler": {"type": "none"},
+                "confirm": None,
+                "callbacks": ["mlflow", "tensorboard"],
+            }
+        )
+    )
     db = tmp_path / "mlruns.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
 
@@ -58,12 +66,25 @@ def folder_study(tmp_path, epochs=2):
     root = tmp_path / "data"
     write_png_tree(root, {"align": 3, "conflict": 1, "valid": 1, "test": 1}, size=28)
     space = tmp_path / "folder.yaml"
-    space.write_text(yaml.safe_dump({
-        "name": "folder", "dataset": "cmnist",
-        "train": {"epochs": epochs, "batch_size": 16, "subsample": 30, "width": 4, "conflict_pct": 1, "reweight": "oracle"},
-        "search": {"density": {"grid": [0.5]}},
-        "scheduler": {"type": "none"}, "confirm": {"top_k": 1, "seeds": [41], "baseline": False, "epochs": 1},
-    }))
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "name": "folder",
+                "dataset": "cmnist",
+                "train": {
+                    "epochs": epochs,
+                    "batch_size": 16,
+                    "subsample": 30,
+                    "width": 4,
+                    "conflict_pct": 1,
+                    "reweight": "oracle",
+                },
+                "search": {"density": {"grid": [0.5]}},
+                "scheduler": {"type": "none"},
+                "confirm": {"top_k": 1, "seeds": [41], "baseline": False, "epochs": 1},
+            }
+        )
+    )
     return space, root
 
 
@@ -71,10 +92,19 @@ def test_run_study_again_without_data_root_keeps_the_study_s_data_root(ray_clust
     """Issue 19, case 1: interrupted, then called again without data_root: the confirm phase gets the study's root."""
     space, root = folder_study(tmp_path)
     storage = tmp_path / "studies"
-    script = "import sys, rest; rest.run_study(sys.argv[1], storage=sys.argv[2], data_root=sys.argv[3], address=sys.argv[4])"
-    first = subprocess.Popen([sys.executable, "-c", script, str(space), str(storage), str(root), ray_cluster.address],
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: checkpoint_epochs(storage / "folder" / "search") or first.poll() is not None, 180, "a first checkpoint")
+    script = (
+        "import sys, rest; rest.run_study(sys.argv[1], storage=sys.argv[2], data_root=sys.argv[3], address=sys.argv[4])"
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", script, str(space), str(storage), str(root), ray_cluster.address],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(
+        lambda: checkpoint_epochs(storage / "folder" / "search") or first.poll() is not None, 180, "a first checkpoint"
+    )
     first.send_signal(signal.SIGINT)
     _, stderr = first.communicate(timeout=120)
     assert first.returncode != 0, "interrupted before the end: " + stderr[-2000:]
@@ -106,10 +136,15 @@ def test_run_study_refuses_an_edited_definition_as_resume_does(tmp_path):
         with pytest.raises(StudyError) as err:
             rest.run_study(space, storage=str(storage))
         message = str(err.value)
-        assert message.startswith(f"{space} was edited after the study started (train.epochs: 2 -> 5); ") and "\n" not in message
+        assert (
+            message.startswith(f"{space} was edited after the study started (train.epochs: 2 -> 5); ")
+            and "\n" not in message
+        )
     (storage / "smoke" / "study.yaml").write_text(space.read_text())  # the same edit in the study: resume's message
     resumed = cli("resume", "smoke", "--storage", str(storage), timeout=60)
-    assert resumed.returncode == 2 and resumed.stderr.strip().endswith(message.split(" was edited", 1)[1]), resumed.stderr
+    assert resumed.returncode == 2 and resumed.stderr.strip().endswith(message.split(" was edited", 1)[1]), (
+        resumed.stderr
+    )
     (storage / "smoke" / "study.yaml").write_text(original)
     (storage / "smoke" / "manifest.json").write_text(manifest)
     space.write_text(original)  # the unchanged file returns the finished study

@@ -1,4 +1,5 @@
 """The GPU packing benchmark's CPU smoke mode, so that the script cannot rot before a GPU runs it."""
+
 import json
 import sys
 
@@ -61,8 +62,17 @@ def test_scale_bench_study_has_exactly_the_trials_asked_for(scale_bench, search,
     assert spec.scheduler.type == "asha" and spec.scheduler.mode == "deterministic"
 
 
-FIGURES = ("driver_wall_seconds", "bare_tune_wall_seconds", "driver_overhead", "snapshot_bytes_per_trial", "export_seconds",
-           "load_study_seconds", "bytes_per_finished_trial", "largest_trial_bytes", "driver_peak_rss_bytes")
+FIGURES = (
+    "driver_wall_seconds",
+    "bare_tune_wall_seconds",
+    "driver_overhead",
+    "snapshot_bytes_per_trial",
+    "export_seconds",
+    "load_study_seconds",
+    "bytes_per_finished_trial",
+    "largest_trial_bytes",
+    "driver_peak_rss_bytes",
+)
 
 
 def test_scale_bench_quick_mode_reports_every_figure_against_its_target(tmp_path):
@@ -71,21 +81,43 @@ def test_scale_bench_quick_mode_reports_every_figure_against_its_target(tmp_path
 
     committed = ROOT / "benchmarks" / "results" / "scale_bench.json"
     before = committed.stat().st_mtime if committed.exists() else None
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale_bench.py"), "--quick", "--out",
-                          str(tmp_path / "scale_bench.json")], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "scale_bench.py"),
+            "--quick",
+            "--out",
+            str(tmp_path / "scale_bench.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "run grid/local/8 trials" in out.stderr and " s]" in out.stderr  # progress: which run, elapsed
     report = json.loads((tmp_path / "scale_bench.json").read_text())
-    assert [(r["trials"], r["search"], r["storage"]) for r in report["runs"]] == [(4, "grid", "local"), (8, "grid", "local")]
+    assert [(r["trials"], r["search"], r["storage"]) for r in report["runs"]] == [
+        (4, "grid", "local"),
+        (8, "grid", "local"),
+    ]
     for run in report["runs"]:
         assert all(math.isfinite(run[k]) and run[k] > 0 for k in FIGURES), run
         assert run["finished_trials"] == run["trials"] == run["load_study"]["rows"]
-        assert run["largest_trial_bytes"] > 0 and run["storage_target"]["target_bytes_per_trial"] > 0  # the mean counts the study's own files too
-        assert set(run["verdicts"]) >= {"driver_overhead", "snapshot_bytes_per_trial", "export_seconds", "bytes_per_finished_trial"}
+        assert (
+            run["largest_trial_bytes"] > 0 and run["storage_target"]["target_bytes_per_trial"] > 0
+        )  # the mean counts the study's own files too
+        assert set(run["verdicts"]) >= {
+            "driver_overhead",
+            "snapshot_bytes_per_trial",
+            "export_seconds",
+            "bytes_per_finished_trial",
+        }
         assert all(v == "met" or v.startswith("missed by") for k, v in run["verdicts"].items() if k != "note")
     series = report["series"]["grid/local"]
-    assert series["sizes"] == [4, 8] and all(isinstance(series[k], float) for k in
-                                             ("export_growth_exponent", "load_study_growth_exponent"))
+    assert series["sizes"] == [4, 8] and all(
+        isinstance(series[k], float) for k in ("export_growth_exponent", "load_study_growth_exponent")
+    )
     assert "| grid/local | 8 |" in (tmp_path / "scale_bench.md").read_text()
     assert (tmp_path / "scale_bench.png").stat().st_size > 10_000
     assert (committed.stat().st_mtime if committed.exists() else None) == before
@@ -94,5 +126,7 @@ def test_scale_bench_quick_mode_reports_every_figure_against_its_target(tmp_path
 def test_scale_bench_export_only_s3_of_a_non_study_is_refused(scale_bench, tmp_path, capsys):
     out = tmp_path / "out" / "scale_bench.json"
     assert scale_bench.main(["--export-only-s3", str(tmp_path), "--out", str(out)]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {tmp_path} is not a study directory (no manifest.json); pass a study")
+    assert capsys.readouterr().err.startswith(
+        f"error: {tmp_path} is not a study directory (no manifest.json); pass a study"
+    )
     assert not out.parent.exists()

@@ -1,4 +1,5 @@
 """The command line as a user runs it: real subprocesses, exit codes, files."""
+
 import json
 import subprocess
 import sys
@@ -10,8 +11,9 @@ from conftest import ROOT, write_png_tree
 
 
 def run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, str(ROOT / "tune_search.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tune_search.py"), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 def test_help_is_fast_and_imports_no_torch():
@@ -19,8 +21,12 @@ def test_help_is_fast_and_imports_no_torch():
     out = run_cli("train", "--help")
     assert out.returncode == 0 and "--lambda-upweight" in out.stdout
     assert time.perf_counter() - start < 5  # generous: shared CI machines; the benchmark measures it
-    probe = subprocess.run([sys.executable, "-c", "import sys, rest.cli.main; print('torch' in sys.modules, 'ray' in sys.modules)"],
-                           capture_output=True, text=True, cwd=ROOT)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, rest.cli.main; print('torch' in sys.modules, 'ray' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert probe.stdout.strip() == "False False"
 
 
@@ -46,6 +52,7 @@ def test_help_is_fast_and_imports_no_torch():
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     if args == ["--device", "cuda"]:
         import torch
+
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")
     out = run_cli("train", *args, "--out", str(tmp_path / "o"))
@@ -78,8 +85,8 @@ def tensorboard_scalars(directory):
         data = path.read_bytes()
         i = 0
         while i < len(data):
-            (length,) = struct.unpack("<Q", data[i:i + 8])
-            event = Event.FromString(data[i + 12:i + 12 + length])
+            (length,) = struct.unpack("<Q", data[i : i + 8])
+            event = Event.FromString(data[i + 12 : i + 12 + length])
             out += [(v.tag, event.step) for v in event.summary.value]
             i += 12 + length + 4
     return out
@@ -89,8 +96,23 @@ def test_train_writes_metrics_and_never_overwrites(tmp_path):
     root = tmp_path / "data"
     write_png_tree(root, {"align": 4, "conflict": 1, "valid": 2, "test": 2}, size=28)
     out_dir = tmp_path / "run"
-    args = ["train", "--dataset", "cmnist", "--data-root", str(root), "--conflict-pct", "1", "--density", "0.1",
-            "--epochs", "2", "--batch-size", "16", "--out", str(out_dir)]
+    args = [
+        "train",
+        "--dataset",
+        "cmnist",
+        "--data-root",
+        str(root),
+        "--conflict-pct",
+        "1",
+        "--density",
+        "0.1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out_dir),
+    ]
     out = run_cli(*args)
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
@@ -107,12 +129,17 @@ def test_train_writes_metrics_and_never_overwrites(tmp_path):
 def test_out_that_is_a_file_is_one_line_exit_2(tmp_path):
     taken = tmp_path / "file"
     taken.write_text("mine")
-    for args in (["train", "--out", str(taken)], ["export", str(ROOT / "tests" / "fixtures" / "smoke_study"), "--out", str(taken)]):
+    for args in (
+        ["train", "--out", str(taken)],
+        ["export", str(ROOT / "tests" / "fixtures" / "smoke_study"), "--out", str(taken)],
+    ):
         out = run_cli(*args)
         assert out.returncode == 2 and "is a file" in out.stderr and out.stderr.count("\n") == 1, out.stderr
     assert taken.read_text() == "mine"
-    for args, message in ((["--resume", str(tmp_path / "none")], "holds no resumable run"),
-                          (["--resume", str(tmp_path), "--epochs", "3"], "drop --epochs")):
+    for args, message in (
+        (["--resume", str(tmp_path / "none")], "holds no resumable run"),
+        (["--resume", str(tmp_path), "--epochs", "3"], "drop --epochs"),
+    ):
         out = run_cli("train", *args)
         assert out.returncode == 2 and message in out.stderr and out.stderr.count("\n") == 1, out.stderr
 
@@ -124,11 +151,27 @@ def test_train_killed_mid_run_resumes_bit_exactly(tmp_path):
 
     from conftest import wait_for
 
-    args = ["train", "--subsample", "300", "--epochs", "3", "--batch-size", "64", "--density", "0.1", "--update-frequency", "5"]
+    args = [
+        "train",
+        "--subsample",
+        "300",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "64",
+        "--density",
+        "0.1",
+        "--update-frequency",
+        "5",
+    ]
     straight = run_cli(*args, "--out", str(tmp_path / "a"), timeout=300)
     assert straight.returncode == 0, straight.stderr
-    run = subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), *args, "--out", str(tmp_path / "b")], cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [sys.executable, str(ROOT / "tune_search.py"), *args, "--out", str(tmp_path / "b")],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for(lambda: (tmp_path / "b" / "checkpoint.pt").exists(), 180, "the first epoch checkpoint")
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
@@ -137,8 +180,10 @@ def test_train_killed_mid_run_resumes_bit_exactly(tmp_path):
     assert "resuming" in resumed.stdout or "already finished" in resumed.stdout
 
     def records(d):
-        return [{k: v for k, v in json.loads(line).items() if k != "epoch_seconds"}
-                for line in (d / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "epoch_seconds"}
+            for line in (d / "metrics.jsonl").read_text().splitlines()
+        ]
 
     assert records(tmp_path / "b") == records(tmp_path / "a")
 
@@ -179,20 +224,45 @@ def test_a_full_disk_mid_run_is_one_line_and_train_resumes(tmp_path):
     from conftest import wait_for
 
     out = tmp_path / "run"
-    args = ["train", "--subsample", "300", "--epochs", "3", "--batch-size", "64", "--density", "0.1",
-            "--update-frequency", "5", "--out", str(out)]
-    run = subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), *args], cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "train",
+        "--subsample",
+        "300",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "64",
+        "--density",
+        "0.1",
+        "--update-frequency",
+        "5",
+        "--out",
+        str(out),
+    ]
+    run = subprocess.Popen(
+        [sys.executable, str(ROOT / "tune_search.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for(lambda: (out / "checkpoint.pt").exists(), 180, "the first epoch checkpoint")
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
     checkpoint = (out / "checkpoint.pt").read_bytes()
 
-    full = subprocess.run([sys.executable, str(ROOT / "tune_search.py"), "-q", "train", "--resume", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(len(checkpoint) // 2))
+    full = subprocess.run(
+        [sys.executable, str(ROOT / "tune_search.py"), "-q", "train", "--resume", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=file_size_limit(len(checkpoint) // 2),
+    )
     assert full.returncode == 2, full.stderr[-2000:]
-    assert full.stderr == (f"error: no space left on device writing {out}/checkpoint.pt; "
-                           f"free space and `tune_search.py train --resume {out}`\n")
+    assert full.stderr == (
+        f"error: no space left on device writing {out}/checkpoint.pt; "
+        f"free space and `tune_search.py train --resume {out}`\n"
+    )
     assert (out / "checkpoint.pt").read_bytes() == checkpoint and not (out / "checkpoint.pt.tmp").exists()
     assert all(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
 

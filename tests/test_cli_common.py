@@ -1,4 +1,5 @@
 """rest.cli.common: the progress bar (tqdm on a real pseudo-terminal, log lines elsewhere) and the parser."""
+
 from __future__ import annotations
 
 import fcntl

@@ -1,13 +1,14 @@
 """Finished trials keep only a compact checkpoint; export-model and resume read it as before."""
+
 import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from test_resume import S4, driver, write_s4
 
 from conftest import cli, wait_for
-from test_resume import S4, driver, write_s4
 
 SLACK = 4096  # bytes: the compact file's few keys beyond the model file, torch's zip headers
 
@@ -22,11 +23,11 @@ def model_file_bytes(state: dict) -> int:
 
 def test_compaction_keeps_the_model_file_bit_exact_and_drops_the_rest(tiny_data, tiny_settings, tmp_path):
     """A real trainer's checkpoints in a trial directory: export-model writes the same bytes after compaction."""
-    from rest.study.compact import compact_trial, needs_compaction
+    from rest.core.train import Trainer
     from rest.deploy.model_file import save_sparse_model, trial_state
     from rest.report.results import COMPACT_FILE, HISTORY_FILE, STATE_FILE, Trial, checkpoint_dirs, is_compact
     from rest.storage import local
-    from rest.core.train import Trainer
+    from rest.study.compact import compact_trial, needs_compaction
 
     trainer, history = Trainer(tiny_settings.replace(epochs=3), tiny_data), []
     for epoch in range(3):
@@ -65,8 +66,11 @@ def test_asha_study_compacts_ended_trials_and_a_kill_after_compaction_resumes(ra
     from rest.report.results import COMPACT_FILE, HISTORY_FILE, read_checkpoint
     from rest.storage import local
 
-    space = write_s4(tmp_path / "s4.yaml", train={**S4["train"], "epochs": 3},
-                     scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
+    space = write_s4(
+        tmp_path / "s4.yaml",
+        train={**S4["train"], "epochs": 3},
+        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    )
     addr = ["--address", ray_cluster.address]
     search = tmp_path / "s4" / "search"
     run = driver(["run", str(space), "--storage", str(tmp_path), *addr], {"TUNE_GLOBAL_CHECKPOINT_S": "600"})

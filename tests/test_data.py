@@ -1,11 +1,11 @@
 """Datasets: the embedded generator, the LfF folder loader, the cache."""
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import TINY, write_png_tree
-from rest.core.data import DATASETS, DataError, load_dataset
-from rest.core.data import folder
+from rest.core.data import DATASETS, DataError, folder, load_dataset
 from rest.core.data.digits import build_colored_digits
 from rest.core.data.protocol import COLOUR_JITTER, COLOURS, assign_bias, colourise, conflict_quota
 
@@ -49,8 +49,11 @@ def test_colour_carries_the_bias_label():
     flat = images.reshape(len(images), 3, -1).astype(float)
     bright = flat.sum(1).argmax(1)
     colour = flat[np.arange(len(images)), :, bright]
-    nearest = np.linalg.norm(colour[:, None, :] / colour.max(1, keepdims=True)[:, None]
-                             - COLOURS[None] / COLOURS.max(1, keepdims=True)[None], axis=2).argmin(1)
+    nearest = np.linalg.norm(
+        colour[:, None, :] / colour.max(1, keepdims=True)[:, None]
+        - COLOURS[None] / COLOURS.max(1, keepdims=True)[None],
+        axis=2,
+    ).argmin(1)
     assert (nearest == b).mean() > 0.95
 
 
@@ -149,6 +152,7 @@ def test_registry_lists_its_entries_in_errors():
 
 # ------------------------------------------------------------------ subsample
 
+
 @pytest.mark.parametrize("seed", range(20))
 def test_apportion_quotas_are_floor_or_ceiling_and_sum_to_n(seed):
     from rest.core.data.sample import apportion
@@ -178,8 +182,16 @@ def test_subsample_is_recorded_and_small_splits_stay_whole(tiny_data):
     sub = tiny_data.subsample(120)
     assert (len(sub.train), len(sub.valid), len(sub.test)) == (120, 120, 100)  # valid 200, test 100 stored
     assert torch.equal(sub.test.y, tiny_data.test.y)
-    assert sub.describe() == {"data_subsample_seed": 0, "data_train_samples": 120, "data_train_classes": 10,
-                              "data_train_conflicting": 6, "data_valid_samples": 120, "data_valid_classes": 10,
-                              "data_valid_conflicting": 6, "data_test_samples": 100, "data_test_classes": 10,
-                              "data_test_conflicting": int(tiny_data.test.conflicting.sum())}
+    assert sub.describe() == {
+        "data_subsample_seed": 0,
+        "data_train_samples": 120,
+        "data_train_classes": 10,
+        "data_train_conflicting": 6,
+        "data_valid_samples": 120,
+        "data_valid_classes": 10,
+        "data_valid_conflicting": 6,
+        "data_test_samples": 100,
+        "data_test_classes": 10,
+        "data_test_conflicting": int(tiny_data.test.conflicting.sum()),
+    }
     assert tiny_data.describe()["data_subsample_seed"] == -1

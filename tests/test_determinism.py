@@ -7,16 +7,17 @@ stops the same trials and exports the same best_configs and paper_table every ti
 async ASHA (``mode: async``) under the same two settings stops different trials, so the
 comparison is not vacuous.
 """
+
 import json
 import os
 import signal
 from pathlib import Path
 
 import pytest
-
-from conftest import cli, wait_for
 from test_resume import driver
 from test_study import write_space
+
+from conftest import cli, wait_for
 
 pytestmark = pytest.mark.xdist_group("determinism")  # the module's sequential runs are shared
 
@@ -28,8 +29,17 @@ def study(storage: Path, mode: str, max_concurrent: int, cluster, delay: float |
     """Run the smoke study (confirm off, scheduler `mode`) to the end and read what it decided."""
     space = write_space(storage / "s.yaml", name="s", confirm=None, scheduler={"mode": mode})
     env = {"REST_TUNE_TEST_DELAY": f"{SLOW}:{delay}"} if delay else {}
-    out = cli("run", str(space), "--storage", str(storage), "--address", cluster.address,
-              "--max-concurrent", str(max_concurrent), env={**os.environ, **env})
+    out = cli(
+        "run",
+        str(space),
+        "--storage",
+        str(storage),
+        "--address",
+        cluster.address,
+        "--max-concurrent",
+        str(max_concurrent),
+        env={**os.environ, **env},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return outcome(storage)
 
@@ -78,8 +88,10 @@ def test_deterministic_halving_ignores_concurrency_and_a_slow_trial(ray_cluster,
 def test_deterministic_halving_survives_kill_9_and_resume(ray_cluster, sequential, tmp_path):
     space = write_space(tmp_path / "s.yaml", name="s", confirm=None, scheduler={"mode": "deterministic"})
     addr = ["--address", ray_cluster.address]
-    run = driver(["run", str(space), "--storage", str(tmp_path), *addr, "--max-concurrent", "2"],
-                 {"REST_TUNE_TEST_DELAY": f"{SLOW}:{sequential['delay']}", "TUNE_GLOBAL_CHECKPOINT_S": "1"})
+    run = driver(
+        ["run", str(space), "--storage", str(tmp_path), *addr, "--max-concurrent", "2"],
+        {"REST_TUNE_TEST_DELAY": f"{SLOW}:{sequential['delay']}", "TUNE_GLOBAL_CHECKPOINT_S": "1"},
+    )
     book = tmp_path / "s" / "search_rungs.json"
     wait_for(lambda: book.exists() or run.poll() is not None, 300, "the first rung cut")
     run.send_signal(signal.SIGKILL)

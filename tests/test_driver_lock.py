@@ -8,6 +8,7 @@ root): a driver started under the same name is on its host, one started as the
 tests are is on another host; all share the cluster and the storage. Leases are
 3 s here (the default is 60 s).
 """
+
 import json
 import os
 import re
@@ -20,13 +21,13 @@ from pathlib import Path, PurePosixPath
 
 import pyarrow.fs as pafs
 import pytest
+from test_resume import S4, write_s4
 
 import rest
 from conftest import ROOT, cli, wait_for
-from rest.study.driver import DriverLock, LockLost, process_start, this_machine
 from rest.errors import StudyError
 from rest.storage import local
-from test_resume import S4, write_s4
+from rest.study.driver import DriverLock, LockLost, process_start, this_machine
 
 LEASE = ["--lease-seconds", "3", "--heartbeat-seconds", "1"]
 HOSTNAME = "rest-other-host"
@@ -51,7 +52,7 @@ def files(uri: str) -> dict[str, tuple]:
     """Every file below `uri` (a path or s3://...) -> (size, modification time)."""
     fs, root = pafs.FileSystem.from_uri(uri)
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-    return {i.path[len(root) + 1:]: (i.size, i.mtime) for i in infos if i.type == pafs.FileType.File}
+    return {i.path[len(root) + 1 :]: (i.size, i.mtime) for i in infos if i.type == pafs.FileType.File}
 
 
 def lock(uri: str) -> dict:
@@ -87,7 +88,9 @@ def session_files(listing: dict, session: str) -> dict:
 
 def stop_past_lease(proc: subprocess.Popen, study: str) -> None:
     if proc.poll() is not None:
-        raise AssertionError(f"the driver ended before its pause (exit {proc.returncode}): {proc.stderr.read()[-3000:]}")
+        raise AssertionError(
+            f"the driver ended before its pause (exit {proc.returncode}): {proc.stderr.read()[-3000:]}"
+        )
     assert lock(study), "the running driver holds no lock"
     proc.send_signal(signal.SIGSTOP)
     wait_for(lambda: lock_age(study) > 3.5, 30, "the paused driver's lease to run out")
@@ -102,17 +105,26 @@ def storage(request, tmp_path):
 
 @needs_unshare
 @pytest.mark.xdist_group("driver_lock")
-def test_a_paused_driver_keeps_its_study_on_its_host_and_loses_it_past_its_lease_to_another(ray_cluster, tmp_path, storage):
+def test_a_paused_driver_keeps_its_study_on_its_host_and_loses_it_past_its_lease_to_another(
+    ray_cluster, tmp_path, storage
+):
     epochs = 4  # trials still run when the driver is woken and paused again
-    space = write_s4(tmp_path / "s4.yaml", train={**S4["train"], "epochs": epochs}, search={"density": {"grid": [0.05, 1.0]}},
-                     scheduler={"type": "none"}, confirm=None)
+    space = write_s4(
+        tmp_path / "s4.yaml",
+        train={**S4["train"], "epochs": epochs},
+        search={"density": {"grid": [0.05, 1.0]}},
+        scheduler={"type": "none"},
+        confirm=None,
+    )
     addr = ["--address", ray_cluster.address]
     study = f"{storage}/s4"
     first = start(["run", str(space), "--storage", storage, *addr, *LEASE], hostname=HOSTNAME)
     procs = [first]
     try:
         wait_for(lambda: any("/checkpoint_" in k for k in files(study)), 300, "a first trial checkpoint")
-        session = wait_for(lambda: re.findall(r"experiment_state-([^ /]+)\.json", " ".join(files(study))), 60, "a snapshot")[0]
+        session = wait_for(
+            lambda: re.findall(r"experiment_state-([^ /]+)\.json", " ".join(files(study))), 60, "a snapshot"
+        )[0]
 
         # 1. Paused past its lease, on its own host (same name, same machine): never taken over while its pid lives.
         stop_past_lease(first, study)
@@ -157,14 +169,22 @@ def test_a_paused_driver_keeps_its_study_on_its_host_and_loses_it_past_its_lease
     trials = rest.load_study("s4", storage=storage).all_trials()
     trial_dirs = {k.split("/")[1] for k in files(study) if k.startswith("search/trial_")}
     assert len(trials) == len(trial_dirs) == 2, "every trial exactly once"
-    assert all(t.status == "TERMINATED" and [r["epoch"] for r in t.history] == list(range(1, epochs + 1)) for t in trials)
+    assert all(
+        t.status == "TERMINATED" and [r["epoch"] for r in t.history] == list(range(1, epochs + 1)) for t in trials
+    )
     assert not lock(study), "the finishing driver released the lock"
 
 
 def another_driver(**changes) -> dict:
     """The lock file another driver on this machine would write (a live process's pid, a fresh heartbeat)."""
-    return {**this_machine(), "token": "another", "started": "2026-01-01 00:00:00", "heartbeat": time.time(),
-            "lease": 3.0, **changes}
+    return {
+        **this_machine(),
+        "token": "another",
+        "started": "2026-01-01 00:00:00",
+        "heartbeat": time.time(),
+        "lease": 3.0,
+        **changes,
+    }
 
 
 def test_who_may_be_taken_over(tmp_path):
@@ -182,7 +202,10 @@ def test_who_may_be_taken_over(tmp_path):
         ({**alive, "boot": "an-earlier-boot"}, None),  # this host has restarted since
         ({**alive, "host": "elsewhere"}, "on elsewhere"),  # another host within its lease
         ({**alive, "host": "elsewhere", "heartbeat": time.time() - 4}, None),  # ... past its 3 s lease
-        ({**alive, "host": "elsewhere", "heartbeat": time.time() - 100, "lease": 600.0}, "on elsewhere"),  # its own lease
+        (
+            {**alive, "host": "elsewhere", "heartbeat": time.time() - 100, "lease": 600.0},
+            "on elsewhere",
+        ),  # its own lease
     ]
     study = local(tmp_path)
     try:
@@ -201,8 +224,10 @@ def test_who_may_be_taken_over(tmp_path):
 
 def test_a_driver_whose_lock_is_taken_stops_at_once_and_leaves_the_lock(tmp_path):
     study = local(tmp_path)
-    for take in (lambda: study.join("driver.lock").write_text(json.dumps(another_driver(host="elsewhere", pid=7))),
-                 lambda: os.remove(tmp_path / "driver.lock")):
+    for take in (
+        lambda: study.join("driver.lock").write_text(json.dumps(another_driver(host="elsewhere", pid=7))),
+        lambda: os.remove(tmp_path / "driver.lock"),
+    ):
         (tmp_path / "driver.lock").unlink(missing_ok=True)
         begun = time.time()
         with pytest.raises(LockLost, match="another driver took over this study"), DriverLock(study, 2, 0.2) as held:
@@ -220,9 +245,11 @@ def test_a_driver_whose_lock_is_taken_stops_at_once_and_leaves_the_lock(tmp_path
 
 def test_bad_lock_timings_are_one_line_exit_2(tmp_path):
     space = write_s4(tmp_path / "s4.yaml")
-    for flags, message in ((["--heartbeat-seconds", "0"], "--heartbeat-seconds 0 must be a positive number"),
-                           (["--lease-seconds", "5", "--heartbeat-seconds", "10"], "--lease-seconds 5 must be at least twice"),
-                           (["--lease-seconds", "nan"], "--lease-seconds nan must be a positive number")):
+    for flags, message in (
+        (["--heartbeat-seconds", "0"], "--heartbeat-seconds 0 must be a positive number"),
+        (["--lease-seconds", "5", "--heartbeat-seconds", "10"], "--lease-seconds 5 must be at least twice"),
+        (["--lease-seconds", "nan"], "--lease-seconds nan must be a positive number"),
+    ):
         out = cli("run", str(space), "--storage", str(tmp_path / "studies"), *flags)
         assert out.returncode == 2 and message in out.stderr and out.stderr.count("\n") == 1, out.stderr
     assert not (tmp_path / "studies" / "s4").exists()

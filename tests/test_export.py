@@ -1,4 +1,5 @@
 """Export: golden tables from a fixture study (a real smoke run), partial studies, sparse models."""
+
 import hashlib
 import json
 import shutil
@@ -14,12 +15,19 @@ from conftest import ROOT
 
 FIXTURE = ROOT / "tests" / "fixtures" / "smoke_study"
 GOLDEN = ROOT / "tests" / "golden"
-SNAPSHOT_BYTES_PER_TRIAL = 25_000  # was 63-68 KB with full records; what is left is mostly Ray's own (config x3, kept checkpoints)
+SNAPSHOT_BYTES_PER_TRIAL = (
+    25_000  # was 63-68 KB with full records; what is left is mostly Ray's own (config x3, kept checkpoints)
+)
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, str(ROOT / "tune_search.py"), "-q", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tune_search.py"), "-q", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +57,9 @@ def test_every_output_is_written(exported):
     for pct in (1, 5):  # REST's gain over each baseline is the difference of the rows
         for label, column in (("ERM (dense)", "gain_over_erm"), ("dense reweighted", "gain_over_dense_reweighted")):
             base = best[(best["row"] == label) & (best["conflict_pct"] == pct)].iloc[0]
-            assert rest.loc[pct, column] == pytest.approx(rest.loc[pct, "best_test_worst_group_acc"] - base["best_test_worst_group_acc"])
+            assert rest.loc[pct, column] == pytest.approx(
+                rest.loc[pct, "best_test_worst_group_acc"] - base["best_test_worst_group_acc"]
+            )
     assert "Caution:" in summary  # the 1 % cell was decided by 9 validation samples
 
 
@@ -97,7 +107,10 @@ def test_bad_export_input(tmp_path):
     assert out.returncode == 2 and "already exists and is not empty; it holds other files" in out.stderr
     assert (other / "notes.txt").read_text() == "mine" and len(list(other.iterdir())) == 1
     out = cli("export-model", str(FIXTURE), "--cell", "colored_digits:50")
-    assert out.returncode == 2 and "unknown cell colored_digits:50; cells with results: colored_digits:1, colored_digits:5" in out.stderr
+    assert (
+        out.returncode == 2
+        and "unknown cell colored_digits:50; cells with results: colored_digits:1, colored_digits:5" in out.stderr
+    )
     out = cli("export", str(FIXTURE), "--out", str(tmp_path / "f"), "--format", "xls")
     assert out.returncode == 2 and "unknown format xls" in out.stderr
     out = cli("export-model", str(FIXTURE))
@@ -124,7 +137,11 @@ def test_an_export_directory_holds_one_export(tmp_path, capsys):
     (out / "notes.txt").write_text("mine")  # someone's file: the directory is no longer only our export
     status, refused = export("md")
     assert status == 2 and "it holds other files (notes.txt)" in refused.err
-    assert (out / "notes.txt").read_text() == "mine" and (out / "best_configs.csv").exists() and not (out / "best_configs.md").exists()
+    assert (
+        (out / "notes.txt").read_text() == "mine"
+        and (out / "best_configs.csv").exists()
+        and not (out / "best_configs.md").exists()
+    )
 
 
 def tree_digest(root) -> str:
@@ -139,12 +156,12 @@ def tree_digest(root) -> str:
 def test_export_model_round_trip_and_exports_never_write_to_storage(smoke_study, tmp_path):
     """The compact model predicts exactly as the checkpoint's best-epoch model, at a fraction of its size."""
     import rest
-    from rest.core.data import get_dataset_spec, load_dataset
-    from rest.report.export import find_study, load_study
-    from rest.deploy.model_file import selected_trial, trial_state
-    from rest.core.models import build_model
-    from rest.settings import TrainSettings
     from rest.core.batches import to_input
+    from rest.core.data import get_dataset_spec, load_dataset
+    from rest.core.models import build_model
+    from rest.deploy.model_file import selected_trial, trial_state
+    from rest.report.export import find_study, load_study
+    from rest.settings import TrainSettings
 
     storage, run = smoke_study
     assert run.returncode == 0, run.stderr[-2000:]
@@ -167,8 +184,9 @@ def test_export_model_round_trip_and_exports_never_write_to_storage(smoke_study,
     state = trial_state(trial)
     settings = TrainSettings.from_dict(state["settings"])
     spec = get_dataset_spec(settings.dataset)
-    reference = build_model(settings.model or spec.default_model, spec.num_classes, spec.image_size, settings.width,
-                            stem=settings.stem)
+    reference = build_model(
+        settings.model or spec.default_model, spec.num_classes, spec.image_size, settings.width, stem=settings.stem
+    )
     reference.load_state_dict(checkpoint_weights(state))
     x = to_input(load_dataset(settings.dataset, settings.conflict_pct).test.images[:512], spec)
     with torch.no_grad():
@@ -208,8 +226,8 @@ class _Payload:
 
 def test_a_model_file_with_a_pickled_object_is_refused_without_running_it(tmp_path):
     import rest
-    from rest.report.export import ExportError
     from rest.deploy.model_file import MODEL_FORMAT
+    from rest.report.export import ExportError
 
     marker = tmp_path / "code-ran"
     torch.save({"format": MODEL_FORMAT, "payload": _Payload(marker)}, tmp_path / "evil.pt")
@@ -224,8 +242,8 @@ def test_export_model_writes_the_reported_epoch_or_refuses_with_the_retrain_comm
     import shlex
 
     from rest.cli.main import main
-    from rest.report.export import load_study
     from rest.deploy.model_file import read_model_file, selected_trial
+    from rest.report.export import load_study
     from rest.report.results import COMPACT_FILE, STATE_FILE, checkpoint_dirs
     from rest.settings import TrainSettings
     from rest.storage import local
@@ -241,14 +259,19 @@ def test_export_model_writes_the_reported_epoch_or_refuses_with_the_retrain_comm
     study = load_study(local(study_dir))
     trial = selected_trial(study, "colored_digits:5")
     reported = int(study.trials().set_index("trial_id").loc[trial.trial_id, "best_epoch"])
-    assert command("export-model", str(study_dir), "--cell", "colored_digits:5", "--out", str(tmp_path / "good.pt"))[0] == 0
+    assert (
+        command("export-model", str(study_dir), "--cell", "colored_digits:5", "--out", str(tmp_path / "good.pt"))[0]
+        == 0
+    )
     assert read_model_file(tmp_path / "good.pt")["epoch"] == reported
 
     for ckpt in checkpoint_dirs(trial.location):  # truncate every checkpoint holding the selected epoch
         state = next((p for p in (Path(ckpt.path) / COMPACT_FILE, Path(ckpt.path) / STATE_FILE) if p.exists()), None)
         if state is not None and torch.load(state, weights_only=False, map_location="cpu")["epoch"] >= reported:
             state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-    status, err = command("export-model", str(study_dir), "--cell", "colored_digits:5", "--out", str(tmp_path / "bad.pt"))
+    status, err = command(
+        "export-model", str(study_dir), "--cell", "colored_digits:5", "--out", str(tmp_path / "bad.pt")
+    )
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert f"trial {trial.trial_id}'s selected epoch {reported}, the one the tables report" in err
     assert not (tmp_path / "bad.pt").exists()
@@ -317,10 +340,15 @@ def test_failed_trials_are_counted_per_cell_and_their_cell_kept(tmp_path):
     for name in ("best_configs.md", "paper_table.md", "paper_table.csv", "trials.csv", "summary.md"):
         assert "confirm: 3 of 3 configs failed" in (tmp_path / "out" / name).read_text(), name
     trials = pd.read_csv(tmp_path / "out" / "trials.csv").set_index("trial_id")
-    assert (trials.loc[failed, "error"] == "DataError: data root /gone does not exist; pass --data-root pointing at an "
-                                           "LfF-layout dataset").all()
+    assert (
+        trials.loc[failed, "error"] == "DataError: data root /gone does not exist; pass --data-root pointing at an "
+        "LfF-layout dataset"
+    ).all()
     summary = (tmp_path / "out" / "summary.md").read_text()
-    assert "## Failed trials" in summary and "fix the cause, then: tune_search.py resume smoke --storage studies" in summary
+    assert (
+        "## Failed trials" in summary
+        and "fix the cause, then: tune_search.py resume smoke --storage studies" in summary
+    )
 
 
 def test_a_study_whose_every_trial_failed_still_exports_every_cell(tmp_path):
@@ -353,8 +381,8 @@ def test_trials_send_ray_a_few_keys_and_the_reader_takes_every_record_from_the_h
     """Ray's snapshot stays small (slim reports); the tables come whole from each trial's history.json,
     and, for a study without it (older ones), from Ray's records and the checkpoints, equally."""
     from rest.report.results import read_study
-    from rest.study.search import REPORTED
     from rest.storage import local
+    from rest.study.search import REPORTED
 
     study = smoke_study[0] / "smoke"
     for trial in study.glob("*/trial_*"):

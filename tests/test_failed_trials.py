@@ -1,4 +1,5 @@
 """Trials that fail at run time: the phase is failed, the driver says so, tables say so, resume retries them."""
+
 import json
 import subprocess
 import sys
@@ -7,8 +8,8 @@ import pandas as pd
 import pytest
 
 import rest
-from rest.errors import TrialsFailed
 from conftest import ROOT, cli, wait_for, write_png_tree
+from rest.errors import TrialsFailed
 
 STUDY = """\
 name: lost
@@ -53,9 +54,28 @@ def test_errored_trials_fail_the_phase_exit_3_and_resume_retries_them(ray_cluste
     storage = tmp_path / "studies"
     study = storage / "lost"
     hogs = _hold_every_cpu()
-    driver = subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), "run", str(space), "--storage", str(storage),
-                               "--address", ray_cluster.address, "--data-root", str(data), "--max-failures", "0",
-                               "--verbose", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tune_search.py"),
+            "run",
+            str(space),
+            "--storage",
+            str(storage),
+            "--address",
+            ray_cluster.address,
+            "--data-root",
+            str(data),
+            "--max-failures",
+            "0",
+            "--verbose",
+            "0",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: (study / "manifest.json").exists() or driver.poll() is not None, 120, "the study to start")
         (data / "2pct").rename(data / "2pct.moved")  # the data was checked; now the 2 % cell's trials cannot load it
@@ -67,19 +87,30 @@ def test_errored_trials_fail_the_phase_exit_3_and_resume_retries_them(ray_cluste
     manifest = json.loads((study / "manifest.json").read_text())
     assert manifest["phases"]["search"]["status"] == "failed" and manifest["phases"]["confirm"]["status"] == "pending"
     assert not (study / "confirm_configs.json").exists(), "a failed search phase must not select confirm configs"
-    failed = sorted(p.name.removeprefix("trial_") for p in (study / "search").glob("trial_*") if (p / "error.txt").exists())
+    failed = sorted(
+        p.name.removeprefix("trial_") for p in (study / "search").glob("trial_*") if (p / "error.txt").exists()
+    )
     assert len(failed) == 2
     for trial_id in failed:
         assert trial_id in stderr
     assert "conflict ratio 2% is missing under" in stderr
     assert f"resume lost --storage {storage}" in stderr
     assert "2 of 2 configs failed" in stdout  # the CLI's summary of what ran
-    assert "Traceback" not in stdout + stderr and "Trial task failed" not in stderr, "--verbose 0: no Ray traceback per trial"
+    assert "Traceback" not in stdout + stderr and "Trial task failed" not in stderr, (
+        "--verbose 0: no Ray traceback per trial"
+    )
 
     tables = tmp_path / "tables"  # what `export` writes (the command is a thin layer over this call)
     rest.load_study("lost", storage=str(storage)).export(tables, formats=("md", "csv"))
-    for name in ("best_configs.csv", "best_configs.md", "paper_table.md", "by_density.md", "by_density.csv", "trials.csv",
-                 "summary.md"):
+    for name in (
+        "best_configs.csv",
+        "best_configs.md",
+        "paper_table.md",
+        "by_density.md",
+        "by_density.csv",
+        "trials.csv",
+        "summary.md",
+    ):
         assert "2 of 2 configs failed" in (tables / name).read_text(), name
     best = pd.read_csv(tables / "best_configs.csv")
     assert sorted(best["conflict_pct"]) == [1, 2], "a cell whose every trial failed still appears"

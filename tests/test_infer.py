@@ -1,4 +1,5 @@
 """Fast sparse inference: BN folding, the sparse kernel against PyTorch's, the predict command."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,11 +58,13 @@ def test_sparse_kernel_equals_conv2d(kernel, stride, padding, batch):
     assert torch.allclose(got, F.conv2d(x, w, bias, stride, padding), atol=1e-5)
 
 
-@pytest.mark.parametrize("name,kwargs", [("cnn", {}), ("resnet18", {"width": 8, "stem": "cifar"}),
-                                         ("resnet18", {"width": 8, "stem": "imagenet"})])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [("cnn", {}), ("resnet18", {"width": 8, "stem": "cifar"}), ("resnet18", {"width": 8, "stem": "imagenet"})],
+)
 def test_sparse_engine_predicts_as_the_dense_model(name, kwargs):
-    from rest.deploy.infer import layer_plan, sparse_engine
     from rest.core.models import build_model
+    from rest.deploy.infer import layer_plan, sparse_engine
 
     torch.manual_seed(0)
     size = 28 if name == "cnn" else 32
@@ -95,12 +98,20 @@ def test_crossover_rule_picks_dense_above_the_crossover():
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory, tiny_data):
     """A cnn trained one epoch at density 0.05 on tiny colored digits, written as export-model writes it."""
+    from rest.core.train import Trainer
     from rest.deploy.model_file import save_sparse_model
     from rest.settings import TrainSettings
-    from rest.core.train import Trainer
 
-    settings = TrainSettings(dataset="colored_digits", conflict_pct=5.0, epochs=1, batch_size=64, eval_batch_size=256,
-                             density=0.05, update_frequency=2, seed=3)
+    settings = TrainSettings(
+        dataset="colored_digits",
+        conflict_pct=5.0,
+        epochs=1,
+        batch_size=64,
+        eval_batch_size=256,
+        density=0.05,
+        update_frequency=2,
+        seed=3,
+    )
     trainer = Trainer(settings, data=tiny_data)
     trainer.run_epoch()
     return save_sparse_model(trainer.state_dict(), tmp_path_factory.mktemp("model") / "m.pt")
@@ -109,19 +120,21 @@ def model_file(tmp_path_factory, tiny_data):
 def test_loaded_sparse_engine_matches_on_the_whole_test_split(model_file):
     import rest
     from rest.core.data import get_dataset_spec, load_dataset
-    from rest.report.export import ExportError
-    from rest.deploy.model_file import predict_file
     from rest.core.train import to_input
+    from rest.deploy.model_file import predict_file
+    from rest.report.export import ExportError
 
     dense, sparse = rest.load_model(model_file), rest.load_model(model_file, engine="sparse")
     x = to_input(load_dataset("colored_digits", 5.0).test.images, get_dataset_spec("colored_digits"))
     with torch.no_grad():
-        a = torch.cat([dense(x[i:i + 256]) for i in range(0, len(x), 256)])
-        b = torch.cat([sparse(x[i:i + 256]) for i in range(0, len(x), 256)])
+        a = torch.cat([dense(x[i : i + 256]) for i in range(0, len(x), 256)])
+        b = torch.cat([sparse(x[i : i + 256]) for i in range(0, len(x), 256)])
     assert (a - b).abs().max() <= 1e-4 and torch.equal(a.argmax(1), b.argmax(1))
     with pytest.raises(ExportError, match="unknown engine 'fast'; choose from dense, sparse"):
         rest.load_model(model_file, engine="fast")
-    with pytest.raises(ExportError, match="none.pt does not exist; pass a file written by 'tune_search.py export-model'"):
+    with pytest.raises(
+        ExportError, match="none.pt does not exist; pass a file written by 'tune_search.py export-model'"
+    ):
         predict_file(model_file.parent / "none.pt")
 
 
@@ -136,9 +149,11 @@ def test_predict_command_prints_accuracy_and_throughput(model_file, tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "colored_digits 5% test split, 1000 images, sparse engine (" in lines[0] and "layers sparse)" in lines[0]
-    assert lines[1] == (f"accuracy: average {100 * acc['avg']:5.1f}%, worst-group {100 * acc['worst']:5.1f}%, "
-                        f"conflicting {100 * acc['conflict']:5.1f}% ({acc['conflict_count']}), "
-                        f"aligned {100 * acc['align']:5.1f}% ({acc['align_count']})")
+    assert lines[1] == (
+        f"accuracy: average {100 * acc['avg']:5.1f}%, worst-group {100 * acc['worst']:5.1f}%, "
+        f"conflicting {100 * acc['conflict']:5.1f}% ({acc['conflict_count']}), "
+        f"aligned {100 * acc['align']:5.1f}% ({acc['align_count']})"
+    )
     assert lines[2].startswith("throughput: ") and lines[2].endswith("images/s (batch 200, 1 threads)")
     assert float(lines[2].split()[1]) > 0
 

@@ -1,13 +1,21 @@
 """rest.study.memory: the bytes a trial puts on its device, and docs/cluster.md's table made from them."""
+
 import re
 
 import pytest
 import torch
 
 from conftest import ROOT
-from rest.study.memory import COMPONENTS, LABEL_BYTES, activation_fit, memory_table, saved_tensor_bytes, trial_device_bytes
 from rest.core.models import build_model
 from rest.settings import TrainSettings
+from rest.study.memory import (
+    COMPONENTS,
+    LABEL_BYTES,
+    activation_fit,
+    memory_table,
+    saved_tensor_bytes,
+    trial_device_bytes,
+)
 
 TABLE = re.compile(r"<!-- memory-table: start -->\n(.*?)<!-- memory-table: end -->", re.S)
 
@@ -18,14 +26,19 @@ def test_the_cluster_doc_table_is_what_the_code_computes():
     assert doc.group(1) == memory_table(ROOT / "search_spaces"), "regenerate it: python -m rest.study.memory"
 
 
-@pytest.mark.parametrize("model,size,stem,precision", [("cnn", 28, "auto", "fp32"), ("resnet18", 32, "imagenet", "bf16")])
+@pytest.mark.parametrize(
+    "model,size,stem,precision", [("cnn", 28, "auto", "fp32"), ("resnet18", 32, "imagenet", "bf16")]
+)
 def test_activations_extrapolate_to_a_real_forward(model, size, stem, precision):
     """The estimate (fake tensors at batch 2 and 4, extrapolated) is a real CPU forward's saved bytes at batch 12,
     within 1 % (fake tensors keep BatchNorm's saved batch statistics in bf16, the CPU in fp32: a few KB)."""
     fixed, per_sample = activation_fit(model, 10, (3, size, size), 8, stem, precision)
     torch.manual_seed(0)
-    real = saved_tensor_bytes(build_model(model, 10, size, 8, stem=stem), torch.rand(12, 3, size, size),
-                              None if precision == "fp32" else torch.bfloat16)
+    real = saved_tensor_bytes(
+        build_model(model, 10, size, 8, stem=stem),
+        torch.rand(12, 3, size, size),
+        None if precision == "fp32" else torch.bfloat16,
+    )
     assert per_sample > 0 and fixed + 12 * per_sample == pytest.approx(real, rel=1e-2)
 
 

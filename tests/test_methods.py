@@ -2,6 +2,7 @@
 
 DCWP's bit-exact resume is a case of test_train's resume test.
 """
+
 import math
 
 import pytest
@@ -43,7 +44,7 @@ def test_gce_gradient_is_cross_entropy_gradient_times_q_p_to_the_q():
     logits, y, q = torch.randn(3, 5, requires_grad=True), torch.tensor([0, 2, 4]), 0.7
     (g_gce,) = torch.autograd.grad(generalized_cross_entropy(logits, y, q), logits)
     p_y = torch.softmax(logits, 1)[torch.arange(3), y].detach()
-    (g_ce,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="none").mul(q * p_y ** q).mean(), logits)
+    (g_ce,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="none").mul(q * p_y**q).mean(), logits)
     assert torch.allclose(g_gce, g_ce)
 
 

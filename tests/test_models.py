@@ -1,4 +1,5 @@
 """Models: every registry entry builds and runs; REST's ResNet-18 stem and CNN shapes."""
+
 import pytest
 import torch
 from torch import nn

@@ -5,12 +5,13 @@ nodes. The node running the trial is removed after its first checkpoint; the
 trial must finish on the other node from that checkpoint (shared storage), train
 no finished epoch twice, and end with the metrics of an uninterrupted run.
 """
+
 import json
 
 import pytest
+from test_resume import S4, driver, write_s4
 
 from conftest import cli, wait_for
-from test_resume import S4, driver, write_s4
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +20,11 @@ def lossy_cluster():
 
     # Fast node-death detection (Ray's defaults take ~15 s to declare a node dead).
     fast = {"health_check_period_ms": 500, "health_check_failure_threshold": 2, "health_check_timeout_ms": 500}
-    cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": fast})
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": fast},
+    )
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     yield cluster, workers
@@ -29,8 +33,14 @@ def lossy_cluster():
 
 def test_losing_the_node_of_a_running_trial(lossy_cluster, tmp_path):
     cluster, workers = lossy_cluster
-    space = write_s4(tmp_path / "n.yaml", name="n", train={**S4["train"], "epochs": 3},
-                     search={"density": {"grid": [0.05]}}, scheduler={"type": "none"}, confirm=None)
+    space = write_s4(
+        tmp_path / "n.yaml",
+        name="n",
+        train={**S4["train"], "epochs": 3},
+        search={"density": {"grid": [0.05]}},
+        scheduler={"type": "none"},
+        confirm=None,
+    )
     addr = ["--address", cluster.address]
     straight = cli("run", str(space), "--storage", str(tmp_path / "a"), *addr)
     assert straight.returncode == 0, straight.stderr[-3000:]

@@ -7,6 +7,7 @@ keeps every feature map at 4x4 or more: with the ImageNet stem the last stage is
 and BatchNorm's backward over 16 values overflows fp16 in most steps (the loss scaler then
 skips them, as it should, and the loss barely moves).
 """
+
 import io
 import logging
 import math
@@ -15,11 +16,23 @@ import pytest
 import torch
 
 from rest.core.device import PRECISIONS
-from rest.settings import TrainSettings
 from rest.core.train import Trainer
+from rest.settings import TrainSettings
 
-BASE = TrainSettings(model="resnet18", width=2, stem="cifar", epochs=2, batch_size=16, eval_batch_size=64, subsample=32,
-                     update_frequency=2, lr=0.05, seed=1, device="cpu", density=1.0)
+BASE = TrainSettings(
+    model="resnet18",
+    width=2,
+    stem="cifar",
+    epochs=2,
+    batch_size=16,
+    eval_batch_size=64,
+    subsample=32,
+    update_frequency=2,
+    lr=0.05,
+    seed=1,
+    device="cpu",
+    density=1.0,
+)
 SPARSE = dict(density=0.2)
 # The methods of the methods study (search_spaces/methods_cmnist.yaml), each as it trains there.
 METHODS = {
@@ -104,7 +117,9 @@ def test_a_checkpoint_resumes_in_another_precision(tiny_data, caplog, saved, now
     with caplog.at_level(logging.WARNING, logger="rest.core.train"):
         resumed.load_state_dict(state)
     (note,) = [r.getMessage() for r in caplog.records]
-    assert note.startswith(f"resuming a {saved} checkpoint in {now} after epoch 1: weights and optimizer state carry over")
+    assert note.startswith(
+        f"resuming a {saved} checkpoint in {now} after epoch 1: weights and optimizer state carry over"
+    )
     for a, b in zip(trainer.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
     if now == "fp16":

@@ -4,6 +4,7 @@ Raw inputs are written by the tests in torchvision's formats (IDX files, pickled
 CIFAR batches), so nothing is downloaded. Builds are tiny; the interrupted-build tests
 use real subprocesses and real signals.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -26,12 +27,12 @@ from PIL import Image
 
 from conftest import ROOT
 from rest.cli.main import build_parser, main
+from rest.core import prepare
 from rest.core.corruptions import CORRUPTION_NAMES, CORRUPTIONS, corrupt
 from rest.core.data import DataError, load_dataset
 from rest.core.data.folder import list_images, parse_labels
 from rest.core.data.protocol import COLOURS, conflict_quota
 from rest.errors import UserError
-from rest.core import prepare
 
 RUN = "import sys; from rest.cli.main import main; sys.exit(main(sys.argv[1:]))"
 RATIOS = (1.0, 5.0)
@@ -39,8 +40,14 @@ RATIOS = (1.0, 5.0)
 
 # ------------------------------------------------------------- fake raw data
 
+
 def write_idx(path: Path, array: np.ndarray) -> None:
-    data = b"\0\0\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    data = (
+        b"\0\0\x08"
+        + bytes([array.ndim])
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.astype(np.uint8).tobytes()
+    )
     (gzip.open if path.suffix == ".gz" else open)(path, "wb").write(data)
 
 
@@ -104,7 +111,11 @@ def cifar_tree(tmp_path_factory, cifar_raw):
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != prepare.MANIFEST}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != prepare.MANIFEST
+    }
 
 
 def cli(*args: str) -> int:
@@ -114,6 +125,7 @@ def cli(*args: str) -> int:
 
 
 # ----------------------------------------------------------------- raw input
+
 
 def test_idx_reader_handles_gzip_and_rejects_truncation(tmp_path):
     a = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
@@ -163,6 +175,7 @@ def test_bad_ratios_are_user_errors(text, message):
 
 # ------------------------------------------------------------------- cmnist
 
+
 def test_cmnist_tree_has_the_lff_layout_and_loads(cmnist_tree, monkeypatch, tmp_path):
     monkeypatch.setenv("REST_TUNE_CACHE", str(tmp_path / "cache"))
     assert sorted(p.name for p in cmnist_tree.iterdir()) == ["1pct", "5pct", prepare.MANIFEST, "test"]
@@ -211,21 +224,31 @@ def test_cmnist_colour_noise_is_lffs(cmnist_tree):
 
 def test_subsample_of_a_built_tree_is_a_stratified_seeded_sample_recorded_per_epoch(cmnist_tree, tmp_path, monkeypatch):
     """The tree lists its files aligned-first and class by class: `subsample` must not take the first N."""
-    from rest.settings import TrainSettings
     from rest.core.train import Trainer
+    from rest.settings import TrainSettings
 
     monkeypatch.setenv("REST_TUNE_CACHE", str(tmp_path / "cache"))
     full = load_dataset("cmnist", 5.0, str(cmnist_tree))
     assert set(full.train.y[:30].tolist()) == {0}  # what the first 30 would be
-    settings = dict(dataset="cmnist", conflict_pct=5.0, data_root=str(cmnist_tree), subsample=30, epochs=1, batch_size=32)
+    settings = dict(
+        dataset="cmnist", conflict_pct=5.0, data_root=str(cmnist_tree), subsample=30, epochs=1, batch_size=32
+    )
     runs = [Trainer(TrainSettings(**settings, seed=seed)).data for seed in (1, 2)]
     for split in ("train", "valid", "test"):
         part, whole = getattr(runs[0], split), getattr(full, split)
         assert len(part) == 30 and set(part.y.tolist()) == set(whole.y.tolist()) == set(range(10)), split
         assert abs(int(part.conflicting.sum()) - 30 * float(whole.conflicting.float().mean())) <= 1, split
-        assert torch.equal(part.images, getattr(runs[1], split).images), "the sample must not depend on the training seed"
+        assert torch.equal(part.images, getattr(runs[1], split).images), (
+            "the sample must not depend on the training seed"
+        )
     assert int(runs[0].train.conflicting.sum()) == 2  # 20 of 360 conflicting: 1.7 of 30
-    args = ["-q", "train", *[f"--{k.replace('_', '-')}={v}" for k, v in settings.items()], "--out", str(tmp_path / "run")]
+    args = [
+        "-q",
+        "train",
+        *[f"--{k.replace('_', '-')}={v}" for k, v in settings.items()],
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 0
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert {k: v for k, v in record.items() if k.startswith("data_")} == runs[0].describe()
@@ -276,7 +299,20 @@ def test_existing_out_is_refused_unless_force(tmp_path, mnist_raw, capsys):
 
 def test_cli_build_and_check_in_a_subprocess(tmp_path, mnist_raw):
     out = tmp_path / "c"
-    args = ["prepare-data", "cmnist", "--raw", str(mnist_raw[0]), "--out", str(out), "--ratios", "0.5,2", "--seed", "1", "--workers", "2"]
+    args = [
+        "prepare-data",
+        "cmnist",
+        "--raw",
+        str(mnist_raw[0]),
+        "--out",
+        str(out),
+        "--ratios",
+        "0.5,2",
+        "--seed",
+        "1",
+        "--workers",
+        "2",
+    ]
     run = subprocess.run([sys.executable, "-c", RUN, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith(f"built cmnist at 0.5, 2% conflicting in {out}") and run.stdout.count("\n") == 1
@@ -285,12 +321,15 @@ def test_cli_build_and_check_in_a_subprocess(tmp_path, mnist_raw):
 
 # ------------------------------------------------------------------ cifar10c
 
+
 def test_cifar10c_tree_loads_and_names_the_corruption_applied(cifar_tree, cifar_raw, monkeypatch, tmp_path):
     monkeypatch.setenv("REST_TUNE_CACHE", str(tmp_path / "cache"))
     data = load_dataset("cifar10c", 5.0, str(cifar_tree))
     assert (len(data.train), len(data.valid), len(data.test)) == (180, 20, 50)
     assert data.train.images.shape[1:] == (3, 32, 32)
-    assert all(p.parent.name == str(parse_labels(p)[0]) for p in list_images(cifar_tree / "5pct" / "valid"))  # <y>/ subfolders
+    assert all(
+        p.parent.name == str(parse_labels(p)[0]) for p in list_images(cifar_tree / "5pct" / "valid")
+    )  # <y>/ subfolders
     images = cifar_raw[1]["train"][0]
     for path in list_images(cifar_tree / "5pct")[::7]:
         i, (y, b) = int(path.name.split("_")[0]), parse_labels(path)
@@ -310,10 +349,22 @@ def test_every_corruption_changes_the_image_and_keeps_shape_and_dtype(name, seve
 
 
 def test_corruption_order_is_lff_type0():
-    assert CORRUPTION_NAMES == ("snow", "frost", "fog", "brightness", "contrast", "spatter", "elastic", "jpeg", "pixelate", "saturate")
+    assert CORRUPTION_NAMES == (
+        "snow",
+        "frost",
+        "fog",
+        "brightness",
+        "contrast",
+        "spatter",
+        "elastic",
+        "jpeg",
+        "pixelate",
+        "saturate",
+    )
 
 
 # -------------------------------------------------------------- interruption
+
 
 def _start_build(raw: Path, out: Path) -> tuple[subprocess.Popen, Path]:
     # Ctrl-C's default action, as in a terminal: a test worker may run with SIGINT ignored,
@@ -359,6 +410,7 @@ def test_sigkill_mid_build_leaves_nothing_at_out_and_the_next_build_cleans_up(tm
 
 
 # --------------------------------------------------------------------- check
+
 
 def test_check_passes_built_trees(cmnist_tree, cifar_tree, capsys):
     assert cli("prepare-data", "check", str(cmnist_tree), "--dataset", "cmnist") == 0
@@ -433,7 +485,9 @@ def test_check_reads_a_bffhq_shaped_tree(tmp_path):
                 continue
             y, b = labels(k)
             (tmp_path / folder).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / folder / f"{folder[-4:]}{k}_{y}_{b}.png")
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                tmp_path / folder / f"{folder[-4:]}{k}_{y}_{b}.png"
+            )
     report = prepare.check_tree(tmp_path, "bffhq", workers=1)
     assert not report.problems, report.problems
     assert {r["split"] for r in report.rows} == {"0.5pct/train", "valid", "test"}

@@ -4,6 +4,7 @@ Beside it runs a real `ray start --head` cluster, started in the Ray temp direct
 driver sees by default (as another user's cluster on a shared login node), so that a
 plain ``ray.init()`` would join it. Its job and node tables are read from its GCS.
 """
+
 import json
 import os
 import shutil
@@ -15,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_study import results, write_space
 
 from conftest import _free_port, cli, wait_for
-from test_study import results, write_space
 
 GCS_TABLES = """
 import json, sys
@@ -30,7 +31,9 @@ print(json.dumps({"jobs": [j.driver_pid for j in gcs.get_all_job_info().values()
 
 def gcs_tables(address: str, env: dict) -> dict:
     """The jobs (their driver pids) and node ids a running cluster's GCS knows, read without joining it."""
-    out = subprocess.run([sys.executable, "-c", GCS_TABLES, address], env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", GCS_TABLES, address], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout)
 
@@ -40,10 +43,23 @@ def other_cluster():
     """A 1-CPU `ray start --head` cluster; yields (env of a driver on this machine, its address, a function that stops it)."""
     temp = tempfile.mkdtemp(prefix="rt")  # short: Ray's socket paths must fit in 107 characters
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": temp}
-    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={_free_port()}",
-                             "--num-cpus=1", "--include-dashboard=false", f"--dashboard-agent-listen-port={_free_port()}",
-                             "--disable-usage-stats", "--block"],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            f"--port={_free_port()}",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            "--disable-usage-stats",
+            "--block",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     address_file = Path(temp, "ray", "ray_current_cluster")  # what `ray start` leaves for ray.init() to join
 
     def stop():
@@ -69,8 +85,14 @@ def other_cluster():
 
 def test_a_driver_runs_on_its_own_ray_beside_another_cluster(other_cluster, tmp_path):
     env, address, stop = other_cluster
-    space = write_space(tmp_path / "private.yaml", name="private", scheduler={"type": "none"}, confirm=None,
-                        train={"epochs": 1, "subsample": 200}, search={"density": {"grid": [0.05]}})
+    space = write_space(
+        tmp_path / "private.yaml",
+        name="private",
+        scheduler={"type": "none"},
+        confirm=None,
+        train={"epochs": 1, "subsample": 200},
+        search={"density": {"grid": [0.05]}},
+    )
 
     # 1. No --address, no RAY_ADDRESS: the study runs on a private Ray; the other cluster never sees it.
     out = cli("run", str(space), "--storage", str(tmp_path), "--verbose", "0", env=env, timeout=300)
@@ -82,19 +104,35 @@ def test_a_driver_runs_on_its_own_ray_beside_another_cluster(other_cluster, tmp_
     assert "starting a private Ray for this driver" in out.stderr
 
     # 2. --address local: a private Ray too (refused trials name its largest node; still no job on the other cluster).
-    out = cli("run", str(space), "--name", "local", "--storage", str(tmp_path), "--address", "local",
-              "--cpus-per-trial", "64", env=env, timeout=120)
+    out = cli(
+        "run",
+        str(space),
+        "--name",
+        "local",
+        "--storage",
+        str(tmp_path),
+        "--address",
+        "local",
+        "--cpus-per-trial",
+        "64",
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 2 and "no node can run a trial asking for 64 CPU" in out.stderr, out.stderr[-2000:]
     assert gcs_tables(address, env)["jobs"] == []
 
     # 3. The other cluster goes away, its address file stays: --address auto fails at once, one line.
     stop()
-    for case, message in (("stale", "cannot reach the cluster this machine last started"),
-                          ("none", "--address auto: no Ray cluster was started on this machine")):
+    for case, message in (
+        ("stale", "cannot reach the cluster this machine last started"),
+        ("none", "--address auto: no Ray cluster was started on this machine"),
+    ):
         if case == "none":
             Path(env["RAY_TMPDIR"], "ray", "ray_current_cluster").unlink()
         start = time.time()
-        out = cli("run", str(space), "--name", "auto", "--storage", str(tmp_path), "--address", "auto", env=env, timeout=60)
+        out = cli(
+            "run", str(space), "--name", "auto", "--storage", str(tmp_path), "--address", "auto", env=env, timeout=60
+        )
         assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
         assert out.stderr.count("\n") == 1 and time.time() - start < 30
     assert not (tmp_path / "auto").exists() and not (tmp_path / "local").exists()

@@ -1,4 +1,5 @@
 """The console's progress line: counts, time left and how often a log shows it (pure functions, no Ray)."""
+
 from rest.study.progress import Every, PhaseProgress, count_trials, describe, epochs_left, eta_seconds
 
 
@@ -24,8 +25,14 @@ def test_the_line_says_done_running_pending_best_and_eta():
 def test_a_log_gets_a_line_at_most_every_interval_and_always_a_phase_first_and_last():
     now, shown = [0.0], []
     every = Every(shown.append, seconds=10, clock=lambda: now[0])
-    for t, done, phase in [(0, 0, "search"), (1, 1, "search"), (11, 2, "search"), (12, 2, "search"), (13, 4, "search"),
-                           (13.5, 0, "confirm")]:
+    for t, done, phase in [
+        (0, 0, "search"),
+        (1, 1, "search"),
+        (11, 2, "search"),
+        (12, 2, "search"),
+        (13, 4, "search"),
+        (13.5, 0, "confirm"),
+    ]:
         now[0] = t
         every(PhaseProgress(phase, done, 4 - done, 0, 0, None, "val worst-group", None))
     assert [line.split(" done")[0] for line in shown] == ["search: 0/4", "search: 2/4", "search: 4/4", "confirm: 0/4"]

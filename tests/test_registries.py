@@ -4,6 +4,7 @@
 the registries (which import torch or numpy), so that validation and ``--help`` stay
 fast. These tests are what keeps the copies true.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -11,9 +12,9 @@ import pytest
 
 def _pairs() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """name -> (the cheap copy, the real registry's keys, in registry order)."""
+    from rest import selection, settings
     from rest.cli import prepare as cli_prepare
     from rest.core import device, reweight, sparse, train
-    from rest import selection, settings
     from rest.core.data import DATASETS
     from rest.core.models import MODELS, STEMS
 
@@ -29,7 +30,10 @@ def _pairs() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
         "settings.PRECISIONS": (settings.PRECISIONS, ("auto", *device.PRECISIONS)),  # auto: the device's choice
         "settings.MEMORY_FORMATS": (settings.MEMORY_FORMATS, ("auto", *device.MEMORY_FORMATS)),
         "settings.SELECTIONS": (settings.SELECTIONS, tuple(selection.PRIMARY)),
-        "cli_prepare.CHECK_DATASETS": (cli_prepare.CHECK_DATASETS, tuple(n for n, s in DATASETS.items() if s.needs_root)),
+        "cli_prepare.CHECK_DATASETS": (
+            cli_prepare.CHECK_DATASETS,
+            tuple(n for n, s in DATASETS.items() if s.needs_root),
+        ),
     }
 
 

@@ -6,6 +6,7 @@ uninterrupted run of the same file with the scheduler off: same trials, every
 trial TERMINATED at its planned epochs, every epoch in its history exactly once,
 same final metrics.
 """
+
 import json
 import os
 import shutil
@@ -23,13 +24,27 @@ from conftest import ROOT, cli, wait_for
 S4 = {
     "name": "s4",
     "dataset": "colored_digits",
-    "train": {"epochs": 4, "batch_size": 64, "subsample": 400, "conflict_pct": 1, "sparse": "rigl", "reweight": "oracle"},
+    "train": {
+        "epochs": 4,
+        "batch_size": 64,
+        "subsample": 400,
+        "conflict_pct": 1,
+        "sparse": "rigl",
+        "reweight": "oracle",
+    },
     "search": {"density": {"grid": [0.05, 1.0]}, "lambda_upweight": {"grid": [10, 50]}},
     "scheduler": {"type": "asha", "grace_period": 4, "reduction_factor": 2},
     "confirm": {"top_k": 1, "seeds": [41], "baseline": False, "epochs": 2},
 }
-COMPARED = ("epoch", "train_loss", "val_worst_group_acc", "val_loss", "test_unbiased_acc", "best_epoch",
-            "best_test_worst_group_acc")
+COMPARED = (
+    "epoch",
+    "train_loss",
+    "val_worst_group_acc",
+    "val_loss",
+    "test_unbiased_acc",
+    "best_epoch",
+    "best_test_worst_group_acc",
+)
 
 
 def write_s4(path: Path, **changes) -> Path:
@@ -42,8 +57,14 @@ def write_s4(path: Path, **changes) -> Path:
 
 def driver(args, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "tune_search.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def checkpoint_epochs(experiment: Path) -> dict[str, int]:
@@ -68,7 +89,9 @@ def finals(storage: Path, name: str) -> dict:
     out = {}
     for t in study.all_trials():
         last = t.history[-1]
-        out[(t.phase, t.config["density"], t.config["lambda_upweight"], t.config["seed"])] = {k: last[k] for k in COMPARED}
+        out[(t.phase, t.config["density"], t.config["lambda_upweight"], t.config["seed"])] = {
+            k: last[k] for k in COMPARED
+        }
     return study, out
 
 
@@ -125,7 +148,9 @@ def test_ctrl_c_sigterm_and_kill_after_a_final_checkpoint_all_resume(ray_cluster
 
     # 3. kill -9 right after some trial's final checkpoint.
     resumed = driver(["resume", "s4", "--storage", str(tmp_path), *addr], slow_snapshots)
-    wait_for(lambda: 4 in checkpoint_epochs(experiment).values() or resumed.poll() is not None, 240, "a final checkpoint")
+    wait_for(
+        lambda: 4 in checkpoint_epochs(experiment).values() or resumed.poll() is not None, 240, "a final checkpoint"
+    )
     resumed.kill()
     resumed.communicate(timeout=60)
 
@@ -147,7 +172,9 @@ def test_kill_before_the_first_snapshot_and_a_second_driver(ray_cluster, referen
     run = driver(["run", str(space), "--storage", str(tmp_path), *addr])
     wait_for(lambda: (experiment / "tuner.pkl").exists(), 180, "tuner.pkl")
     second = cli("resume", "s4", "--storage", str(tmp_path), *addr)  # one driver per study
-    assert second.returncode == 2 and f"pid {run.pid}" in second.stderr and second.stderr.count("\n") == 1, second.stderr
+    assert second.returncode == 2 and f"pid {run.pid}" in second.stderr and second.stderr.count("\n") == 1, (
+        second.stderr
+    )
     run.kill()
     run.communicate(timeout=60)
     for state in experiment.glob("experiment_state-*.json"):  # pin the case: no snapshot reached storage
@@ -168,9 +195,14 @@ def test_a_study_definition_is_frozen(tmp_path):
     shutil.copytree(ROOT / "tests" / "fixtures" / "smoke_study", study)
     original = (study / "study.yaml").read_text()
     (study / "study.yaml").write_text(original.replace("epochs: 2", "epochs: 5", 1))
-    for args in (["resume", "smoke", "--storage", str(tmp_path)], ["export", "smoke", "--storage", str(tmp_path), "--out", str(tmp_path / "x")]):
+    for args in (
+        ["resume", "smoke", "--storage", str(tmp_path)],
+        ["export", "smoke", "--storage", str(tmp_path), "--out", str(tmp_path / "x")],
+    ):
         out = cli(*args)
-        assert out.returncode == 2 and "was edited after the study started (train.epochs: 2 -> 5)" in out.stderr, out.stderr
+        assert out.returncode == 2 and "was edited after the study started (train.epochs: 2 -> 5)" in out.stderr, (
+            out.stderr
+        )
         assert out.stderr.count("\n") == 1
     (study / "study.yaml").unlink()
     out = cli("resume", "smoke", "--storage", str(tmp_path))

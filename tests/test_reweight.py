@@ -1,4 +1,5 @@
 """Reweighted sampling: lambda really changes the draws; JTT never reads bias labels."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Deterministic per-cell halving (rest/study/rungs.py): the rule, the groups, and the scheduler on real Ray with instant trials."""
+
 import json
 import tempfile
 import time
@@ -6,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from rest.storage import local
 from rest.study.search import TrialGroups, make_search_alg, rung_epochs, search_phase
 from rest.study.space import parse_space
-from rest.storage import local
 
-GRID = ("search: {conflict_pct: {grid: [0.5, 5]}, lambda_upweight: {grid: [4, 3, 2, 1]}}\ntrain: {epochs: 8}\n"
-        "scheduler: {grace_period: 1, reduction_factor: 2}\n")
+GRID = (
+    "search: {conflict_pct: {grid: [0.5, 5]}, lambda_upweight: {grid: [4, 3, 2, 1]}}\ntrain: {epochs: 8}\n"
+    "scheduler: {grace_period: 1, reduction_factor: 2}\n"
+)
 # val_worst_group_acc at every epoch: the 5 % cell scores far higher, so only a per-cell rule keeps the 0.5 % cell's best
 SCORES = {5: {4: 0.9, 3: 0.8, 2: 0.8, 1: 0.6}, 0.5: {4: 0.1, 3: 0.4, 2: 0.3, 1: 0.2}}
 
@@ -20,16 +23,22 @@ def test_rung_epochs_and_the_cut():
     from rest.study.rungs import cut
 
     def epochs(grace, rf, total):
-        return rung_epochs(parse_space(f"search: {{lr: {{grid: [0.1]}}}}\ntrain: {{epochs: {total}}}\n"
-                                       f"scheduler: {{grace_period: {grace}, reduction_factor: {rf}}}\n"))
+        return rung_epochs(
+            parse_space(
+                f"search: {{lr: {{grid: [0.1]}}}}\ntrain: {{epochs: {total}}}\n"
+                f"scheduler: {{grace_period: {grace}, reduction_factor: {rf}}}\n"
+            )
+        )
 
     assert epochs(1, 4, 8) == (1, 4) and epochs(1, 2, 2) == (1,) and epochs(4, 2, 4) == ()
     assert epochs(1, 3, 27) == (1, 3, 9) and epochs(2, 1.5, 8) == (2, 3, 5, 7)
     assert rung_epochs(parse_space(GRID.replace("reduction_factor: 2", "reduction_factor: 2, mode: async"))) == ()
-    records = [{"val_worst_group_acc": 0.5, "val_avg_acc": 0.9, "val_loss": 1.0, "epoch": 1},
-               {"val_worst_group_acc": 0.6, "val_avg_acc": 0.1, "val_loss": 9.0, "epoch": 1},
-               {"val_worst_group_acc": 0.5, "val_avg_acc": 0.9, "val_loss": 1.0, "epoch": 1},  # ties with the first
-               {"val_worst_group_acc": 0.5, "val_avg_acc": 0.9, "val_loss": 0.5, "epoch": 1}]
+    records = [
+        {"val_worst_group_acc": 0.5, "val_avg_acc": 0.9, "val_loss": 1.0, "epoch": 1},
+        {"val_worst_group_acc": 0.6, "val_avg_acc": 0.1, "val_loss": 9.0, "epoch": 1},
+        {"val_worst_group_acc": 0.5, "val_avg_acc": 0.9, "val_loss": 1.0, "epoch": 1},  # ties with the first
+        {"val_worst_group_acc": 0.5, "val_avg_acc": 0.9, "val_loss": 0.5, "epoch": 1},
+    ]
     assert cut(records, "worst_group", 2) == ([1, 3, 0, 2], 2), "primary, then loss, then the listed order"
     assert cut(records, "average", 4) == ([3, 0, 2, 1], 1)
     assert cut(records[:3], "worst_group", 4)[1] == 1, "at least one trial continues"
@@ -42,8 +51,10 @@ def test_groups_sizes_and_search_order():
     config = {"dataset": "colored_digits", "conflict_pct": 5, "lambda_upweight": 2}
     assert groups.group(config) == ("colored_digits", 5) and groups.size(("colored_digits", 5)) == 4
     assert groups.order(config) == [2], "the value's place in its grid list"
-    tpe = parse_space("search: {conflict_pct: {grid: [1, 5]}, density: {loguniform: [0.01, 1]}}\nnum_samples: 5\n"
-                      "search_alg: {type: optuna, seed: 1, max_concurrent: 2}\ntrain: {epochs: 4}\n")
+    tpe = parse_space(
+        "search: {conflict_pct: {grid: [1, 5]}, density: {loguniform: [0.01, 1]}}\nnum_samples: 5\n"
+        "search_alg: {type: optuna, seed: 1, max_concurrent: 2}\ntrain: {epochs: 4}\n"
+    )
     batched = TrialGroups(tpe)
     config = {"dataset": "colored_digits", "conflict_pct": 1, "density": 0.3, "extra": {"position": 4}}
     assert batched.group(config) == ("colored_digits", 1, 2) and batched.order(config) == [4]
@@ -55,8 +66,10 @@ def test_tpe_proposes_numbered_batches_and_learns_from_trials_stopped_while_paus
 
     from rest.study.search import SEARCHER_METRIC
 
-    spec = parse_space("search: {conflict_pct: {grid: [1]}, density: {loguniform: [0.01, 1]}}\nnum_samples: 4\n"
-                       "search_alg: {type: optuna, seed: 1, max_concurrent: 2}\ntrain: {epochs: 4}\n")
+    spec = parse_space(
+        "search: {conflict_pct: {grid: [1]}, density: {loguniform: [0.01, 1]}}\nnum_samples: 4\n"
+        "search_alg: {type: optuna, seed: 1, max_concurrent: 2}\ntrain: {epochs: 4}\n"
+    )
     searcher, _ = make_search_alg(spec)
     first = [searcher.suggest(f"t{i}") for i in range(3)]
     assert [c["extra"]["position"] for c in first[:2]] == [0, 1] and first[2] is None, "a batch of 2"
@@ -87,8 +100,14 @@ def run_fake(storage: Path, max_concurrent: int | None, sleep: float = 0.05, fai
             raise RuntimeError("this trial fails for good")
 
         def record(epoch):
-            return {"epoch": epoch, "val_worst_group_acc": score, "val_rank": score, "resumed_from": start,
-                    "segment": segment, "now": time.time()}
+            return {
+                "epoch": epoch,
+                "val_worst_group_acc": score,
+                "val_rank": score,
+                "resumed_from": start,
+                "segment": segment,
+                "now": time.time(),
+            }
 
         if start in config["rungs"]:
             tune.report(record(start))
@@ -102,11 +121,21 @@ def run_fake(storage: Path, max_concurrent: int | None, sleep: float = 0.05, fai
     scheduler, search_alg, num_samples, limit = search_phase(spec, local(storage), max_concurrent)
     tuner = tune.Tuner(
         fake_trial,
-        param_space={"dataset": "colored_digits", "conflict_pct": tune.grid_search([0.5, 5]),
-                     "lambda_upweight": tune.grid_search([4, 3, 2, 1]), "sleep": sleep, "rungs": list(rung_epochs(spec)),
-                     "fail": list(fail or [])},
-        tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=search_alg, num_samples=num_samples,
-                                    max_concurrent_trials=limit, reuse_actors=True),
+        param_space={
+            "dataset": "colored_digits",
+            "conflict_pct": tune.grid_search([0.5, 5]),
+            "lambda_upweight": tune.grid_search([4, 3, 2, 1]),
+            "sleep": sleep,
+            "rungs": list(rung_epochs(spec)),
+            "fail": list(fail or []),
+        },
+        tune_config=tune.TuneConfig(
+            scheduler=scheduler,
+            search_alg=search_alg,
+            num_samples=num_samples,
+            max_concurrent_trials=limit,
+            reuse_actors=True,
+        ),
         run_config=tune.RunConfig(storage_path=str(storage), name="fake", verbose=0),
     )
     grid = tuner.fit()
@@ -159,7 +188,9 @@ def test_a_stored_cut_is_replayed_never_taken_again(ray_cluster, tmp_path):
     storage = tmp_path / "replay"
     storage.mkdir()
     forced = {"ranked": [["[3]", 0.6], ["[2]", 0.8], ["[1]", 0.8], ["[0]", 0.9]], "continue": ["[3]", "[2]"]}
-    (storage / "search_rungs.json").write_text(json.dumps({"pauses": 0, "groups": {'["colored_digits", 5]': {"1": forced}}}))
+    (storage / "search_rungs.json").write_text(
+        json.dumps({"pauses": 0, "groups": {'["colored_digits", 5]': {"1": forced}}})
+    )
     runs = run_fake(storage, 2, sleep=0.0)
     assert {lam: max(r["epoch"] for r in runs[(5, lam)]) for lam in (4, 3, 2, 1)} == {4: 1, 3: 1, 2: 8, 1: 2}
     assert max(r["epoch"] for r in runs[(0.5, 3)]) == 8, "the other cell is decided as usual"
@@ -178,12 +209,15 @@ def test_a_trial_that_fails_for_good_drops_out_of_its_rung(ray_cluster, tmp_path
     assert rung["continue"] == ["[2]"]  # floor(3 / 2)
 
 
-@pytest.mark.parametrize("rule, config, seconds", [
-    ("density=0.05,lambda_upweight=10:2.5", {"density": 0.05, "lambda_upweight": 10.0}, 2.5),
-    ("density=0.05,lambda_upweight=10:2.5", {"density": 0.05, "lambda_upweight": 50}, 0.0),
-    ("reweight=oracle:1", {"reweight": "oracle"}, 1.0),
-    (None, {"density": 1}, 0.0),
-])
+@pytest.mark.parametrize(
+    "rule, config, seconds",
+    [
+        ("density=0.05,lambda_upweight=10:2.5", {"density": 0.05, "lambda_upweight": 10.0}, 2.5),
+        ("density=0.05,lambda_upweight=10:2.5", {"density": 0.05, "lambda_upweight": 50}, 0.0),
+        ("reweight=oracle:1", {"reweight": "oracle"}, 1.0),
+        (None, {"density": 1}, 0.0),
+    ],
+)
 def test_the_test_only_delay_hook_matches_configs(rule, config, seconds):
     from rest.study.trainable import delay_seconds
 

@@ -3,14 +3,15 @@
 run, kill -9 of the driver, resume, export and export-model all go straight to and
 from s3://; a pause of the server costs no trial a retry; bad storage is one line with exit 2.
 """
+
 import json
 import signal
 
 import pyarrow.fs as pafs
 import pytest
+from test_resume import S4, driver, write_s4
 
 from conftest import cli, paused, wait_for
-from test_resume import S4, driver, write_s4
 
 
 def s3_files(uri: str) -> dict[str, int]:
@@ -22,8 +23,13 @@ def s3_files(uri: str) -> dict[str, int]:
 
 def test_study_in_s3_survives_kill_9_and_exports_from_s3(ray_cluster, s3_bucket, tmp_path):
     storage = f"{s3_bucket}/studies"
-    space = write_s4(tmp_path / "s4.yaml", train={**S4["train"], "epochs": 3},
-                     search={"density": {"grid": [0.05]}}, scheduler={"type": "none"}, confirm=None)
+    space = write_s4(
+        tmp_path / "s4.yaml",
+        train={**S4["train"], "epochs": 3},
+        search={"density": {"grid": [0.05]}},
+        scheduler={"type": "none"},
+        confirm=None,
+    )
     addr = ["--address", ray_cluster.address]
     run = driver(["run", str(space), "--storage", storage, *addr])
 
@@ -63,20 +69,44 @@ def stall_warnings(ray_cluster) -> list[str]:
     from pathlib import Path
 
     logs = Path(ray_cluster.head_node.get_session_dir_path()) / "logs"
-    return [line for f in logs.glob("worker-*.err") for line in f.read_text(errors="replace").splitlines()
-            if line.startswith("object storage not answering")]
+    return [
+        line
+        for f in logs.glob("worker-*.err")
+        for line in f.read_text(errors="replace").splitlines()
+        if line.startswith("object storage not answering")
+    ]
 
 
 def test_a_storage_stall_costs_no_trial_retry(ray_cluster, s3_server, s3_bucket, tmp_path):
     """The S3 server paused for 20 s mid-search, twice as long as a trial's storage call takes to fail
     without retries: the study finishes with exit 0 and no trial failed, even with --max-failures 0."""
     storage = f"{s3_bucket}/stall"
-    space = write_s4(tmp_path / "s4.yaml", train={**S4["train"], "epochs": 2, "subsample": 200},
-                     search={"density": {"grid": [0.05, 1.0]}}, scheduler={"type": "none"}, confirm=None)
+    space = write_s4(
+        tmp_path / "s4.yaml",
+        train={**S4["train"], "epochs": 2, "subsample": 200},
+        search={"density": {"grid": [0.05, 1.0]}},
+        scheduler={"type": "none"},
+        confirm=None,
+    )
     warned_before = len(stall_warnings(ray_cluster))
     # Each trial waits 3 s before each epoch, so that its next history and checkpoint writes fall in the pause.
-    run = driver(["run", str(space), "--storage", storage, "--address", ray_cluster.address, "--max-failures", "0",
-                  "--storage-retry-seconds", "60", "--verbose", "0"], env_extra={"REST_TUNE_TEST_DELAY": "epochs=2:3"})
+    run = driver(
+        [
+            "run",
+            str(space),
+            "--storage",
+            storage,
+            "--address",
+            ray_cluster.address,
+            "--max-failures",
+            "0",
+            "--storage-retry-seconds",
+            "60",
+            "--verbose",
+            "0",
+        ],
+        env_extra={"REST_TUNE_TEST_DELAY": "epochs=2:3"},
+    )
     try:
         wait_for(lambda: any("/checkpoint_" in k for k in s3_files(storage)), 180, "a checkpoint in S3")
         with paused(s3_server, 20):
@@ -95,10 +125,13 @@ def test_a_storage_stall_costs_no_trial_retry(ray_cluster, s3_server, s3_bucket,
     assert not [k for k in s3_files(storage) if k.endswith("error.txt")]
 
 
-@pytest.mark.parametrize("storage, message", [
-    ("s3://no-such-bucket/studies", "cannot write to storage s3://no-such-bucket/studies"),
-    ("s3://rest-tune/x?endpoint_override=127.0.0.1:1&scheme=http", "cannot write to storage"),
-])
+@pytest.mark.parametrize(
+    "storage, message",
+    [
+        ("s3://no-such-bucket/studies", "cannot write to storage s3://no-such-bucket/studies"),
+        ("s3://rest-tune/x?endpoint_override=127.0.0.1:1&scheme=http", "cannot write to storage"),
+    ],
+)
 def test_bad_object_storage_is_one_line_exit_2(s3_bucket, tmp_path, storage, message):
     out = cli("run", str(write_s4(tmp_path / "s4.yaml")), "--storage", storage, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]

@@ -1,21 +1,25 @@
 """Model-based search per cell (search_alg: optuna | hyperopt): validation, proposals, kill -9 and resume."""
+
 import json
 import math
 from pathlib import Path
 
 import pytest
 import yaml
+from test_resume import driver
 
 from conftest import cli, wait_for
 from rest.study.space import SpaceError, parse_space
-from test_resume import driver
 
 TPE = {
     "name": "tpe",
     "dataset": "colored_digits",
     "train": {"epochs": 2, "batch_size": 64, "subsample": 300, "update_frequency": 20, "schedule": "none"},
-    "search": {"conflict_pct": {"grid": [1, 5]}, "density": {"loguniform": [0.01, 1.0]},
-               "lambda_upweight": {"loguniform": [1, 100]}},
+    "search": {
+        "conflict_pct": {"grid": [1, 5]},
+        "density": {"loguniform": [0.01, 1.0]},
+        "lambda_upweight": {"loguniform": [1, 100]},
+    },
     "num_samples": 3,
     "search_alg": {"type": "optuna", "seed": 7, "n_initial": 2},
     "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
@@ -32,7 +36,10 @@ def space_text(**changes) -> str:
 def test_search_alg_is_validated_with_the_key_named():
     spec = parse_space(space_text(num_samples=5), "s.yaml")
     assert spec.search_alg.model_based and spec.grid_size() == 10, "5 trials in each of the 2 cells"
-    assert spec.cells() == [{"dataset": "colored_digits", "conflict_pct": 1}, {"dataset": "colored_digits", "conflict_pct": 5}]
+    assert spec.cells() == [
+        {"dataset": "colored_digits", "conflict_pct": 1},
+        {"dataset": "colored_digits", "conflict_pct": 5},
+    ]
     cases = {
         "search_alg.type": {"search_alg": {"type": "bayes"}},
         "search.lambda_upweight": {"search": {**TPE["search"], "lambda_upweight": {"grid": [5, 50]}}},
@@ -91,8 +98,9 @@ def test_tpe_per_cell_survives_kill_9_with_exact_budgets_and_exports(ray_cluster
     per_cell = {}
     for t in trials:
         per_cell.setdefault(t.config["conflict_pct"], []).append(t)
-    assert sorted(per_cell) == [1, 5] and all(len(ts) == 3 for ts in per_cell.values()), \
-        {k: len(v) for k, v in per_cell.items()}
+    assert sorted(per_cell) == [1, 5] and all(len(ts) == 3 for ts in per_cell.values()), {
+        k: len(v) for k, v in per_cell.items()
+    }
     configs = [(t.config["conflict_pct"], t.config["density"], t.config["lambda_upweight"]) for t in trials]
     assert len(set(configs)) == 6, f"no proposal repeated: {configs}"
     for t in trials:
@@ -119,8 +127,13 @@ def test_per_cell_searcher_budgets_concurrency_lookups_and_state(kind, tmp_path)
     from rest.study.search import SEARCHER_METRIC, make_search_alg
 
     search = {**TPE["search"], "jtt_epochs": {"lookup": {"key": "conflict_pct", "table": {1: 3, 5: 1}}}}
-    spec = parse_space(space_text(search=search, search_alg={"type": kind, "seed": 3, "max_concurrent": 2},
-                                  scheduler={**TPE["scheduler"], "mode": "async"}))  # live trials, not batches
+    spec = parse_space(
+        space_text(
+            search=search,
+            search_alg={"type": kind, "seed": 3, "max_concurrent": 2},
+            scheduler={**TPE["scheduler"], "mode": "async"},
+        )
+    )  # live trials, not batches
     searcher, total = make_search_alg(spec)
     assert total == 6
     first = [searcher.suggest(f"t{i}") for i in range(5)]
@@ -148,16 +161,37 @@ def test_deterministic_asha_with_per_cell_tpe_gives_the_same_trials_and_stops_tw
     """Per-cell TPE proposing batches of 2, each halved at epoch 1: the same seed gives the same trials and stops,
     one trial at a time or two."""
     space = tmp_path / "tpe.yaml"
-    space.write_text(space_text(num_samples=4, search_alg={"type": "optuna", "seed": 7, "n_initial": 2, "max_concurrent": 2}))
+    space.write_text(
+        space_text(num_samples=4, search_alg={"type": "optuna", "seed": 7, "n_initial": 2, "max_concurrent": 2})
+    )
     outcomes = []
     for max_concurrent in ("1", "2"):
         storage = tmp_path / max_concurrent
-        out = cli("run", str(space), "--storage", str(storage), "--address", ray_cluster.address,
-                  "--max-concurrent", max_concurrent, timeout=600)  # 81-93 s here; a loaded machine took over 300
+        out = cli(
+            "run",
+            str(space),
+            "--storage",
+            str(storage),
+            "--address",
+            ray_cluster.address,
+            "--max-concurrent",
+            max_concurrent,
+            timeout=600,
+        )  # 81-93 s here; a loaded machine took over 300
         assert out.returncode == 0, out.stderr[-3000:]
         trials = _search_trials(storage)
-        outcomes.append({(t.config["conflict_pct"], t.config["extra"]["position"], t.config["density"],
-                          t.config["lambda_upweight"], t.epochs_run) for t in trials})
+        outcomes.append(
+            {
+                (
+                    t.config["conflict_pct"],
+                    t.config["extra"]["position"],
+                    t.config["density"],
+                    t.config["lambda_upweight"],
+                    t.epochs_run,
+                )
+                for t in trials
+            }
+        )
         assert len(trials) == 8 and {t.status for t in trials} == {"TERMINATED"}
     assert outcomes[0] == outcomes[1]
     for pct in (1, 5):

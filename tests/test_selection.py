@@ -1,4 +1,5 @@
 """The one selection rule, on constructed ties, and every caller resolving a tie the same way."""
+
 import math
 
 import pandas as pd
@@ -6,15 +7,23 @@ import pytest
 
 from rest import selection
 from rest.report.results import StudyResults, Trial, aggregate, trial_row
-from rest.study.space import parse_space
 from rest.storage import local
+from rest.study.space import parse_space
 
 
 def rec(epoch, worst, avg, loss, conflict_n=20, align_n=980, conflict=None, align=None):
-    return {"epoch": epoch, "val_worst_group_acc": worst, "val_avg_acc": avg, "val_loss": loss,
-            "val_conflict_acc": worst if conflict is None else conflict, "val_align_acc": 1.0 if align is None else align,
-            "val_conflict_count": conflict_n, "val_align_count": align_n,
-            "test_worst_group_acc": worst / 2, "test_unbiased_acc": avg / 2}
+    return {
+        "epoch": epoch,
+        "val_worst_group_acc": worst,
+        "val_avg_acc": avg,
+        "val_loss": loss,
+        "val_conflict_acc": worst if conflict is None else conflict,
+        "val_align_acc": 1.0 if align is None else align,
+        "val_conflict_count": conflict_n,
+        "val_align_count": align_n,
+        "test_worst_group_acc": worst / 2,
+        "test_unbiased_acc": avg / 2,
+    }
 
 
 def test_epochs_tie_break_in_the_documented_order():
@@ -34,8 +43,11 @@ def test_epochs_tie_break_in_the_documented_order():
 
 def test_the_issue_case_an_untrained_epoch_without_a_tie_is_flagged():
     """6 conflicting validation samples: epoch 1 gets 1 right by luck and wins outright; the table must say so."""
-    history = [rec(1, 1 / 6, 0.48, 2.2, conflict_n=6), rec(2, 0.0, 0.97, 0.3, conflict_n=6),
-               rec(3, 0.0, 0.99, 0.1, conflict_n=6)]
+    history = [
+        rec(1, 1 / 6, 0.48, 2.2, conflict_n=6),
+        rec(2, 0.0, 0.97, 0.3, conflict_n=6),
+        rec(3, 0.0, 0.99, 0.1, conflict_n=6),
+    ]
     best = selection.best_epoch(history)
     assert best["epoch"] == 1
     assert selection.deciding_group_size(best) == 6 < selection.SMALL_GROUP
@@ -54,28 +66,47 @@ def test_unknown_primary_lists_the_choices():
         selection.rank_key({}, "best")
 
 
-SPEC = parse_space("search: {conflict_pct: {grid: [1]}, density: {grid: [0.05, 0.1]}}\ntrain: {epochs: 2}\n"
-                   "scheduler: {type: none}\nconfirm: {top_k: 1, seeds: [1, 2]}\n")
+SPEC = parse_space(
+    "search: {conflict_pct: {grid: [1]}, density: {grid: [0.05, 0.1]}}\ntrain: {epochs: 2}\n"
+    "scheduler: {type: none}\nconfirm: {top_k: 1, seeds: [1, 2]}\n"
+)
 
 
 def tied_study() -> StudyResults:
     """Two search trials tied on validation worst-group at their selected epochs; density 0.1 has the better average."""
+
     def trial(tid, density, history):
-        config = {"dataset": "colored_digits", "conflict_pct": 1.0, "density": density, "lambda_upweight": 30.0,
-                  "reweight": "oracle", "sparse": "rigl", "seed": 42, "epochs": 2}
+        config = {
+            "dataset": "colored_digits",
+            "conflict_pct": 1.0,
+            "density": density,
+            "lambda_upweight": 30.0,
+            "reweight": "oracle",
+            "sparse": "rigl",
+            "seed": 42,
+            "epochs": 2,
+        }
         extra = {"nonzero_params": 1, "dense_params": 10, "inference_flops": 1, "dense_inference_flops": 10}
         return Trial("search", tid, "TERMINATED", config, 0, [{**r, **extra} for r in history])
 
-    return StudyResults(local("."), SPEC, {"name": "tied", "phases": {}}, {"search": [
-        trial("a", 0.05, [rec(1, 0.2, 0.80, 0.5), rec(2, 0.2, 0.81, 0.6)]),
-        trial("b", 0.1, [rec(1, 0.2, 0.85, 0.9), rec(2, 0.1, 0.99, 0.1)]),
-    ], "confirm": []})
+    return StudyResults(
+        local("."),
+        SPEC,
+        {"name": "tied", "phases": {}},
+        {
+            "search": [
+                trial("a", 0.05, [rec(1, 0.2, 0.80, 0.5), rec(2, 0.2, 0.81, 0.6)]),
+                trial("b", 0.1, [rec(1, 0.2, 0.85, 0.9), rec(2, 0.1, 0.99, 0.1)]),
+            ],
+            "confirm": [],
+        },
+    )
 
 
 def test_a_constructed_tie_is_resolved_identically_everywhere():
+    from rest.core.train import Trainer
     from rest.report.export import best_configs, by_density, summary
     from rest.study.runner import select_confirm_configs
-    from rest.core.train import Trainer
 
     study = tied_study()
     # trainer: its incumbent round-trips through best_* keys and ranks as the rule ranks
@@ -101,4 +132,7 @@ def test_a_constructed_tie_is_resolved_identically_everywhere():
     assert "| REST (selected) | colored_digits | 1 | 0.1 |" in summary(study, best, "val")
     # and the aggregate keeps the trial-level names the rule reads
     table = aggregate(rows, ["conflict_pct", "density"])
-    assert [table.iloc[i]["density"] for i in selection.rank(table.to_dict("records"), prefix="best_val_")] == [0.1, 0.05]
+    assert [table.iloc[i]["density"] for i in selection.rank(table.to_dict("records"), prefix="best_val_")] == [
+        0.1,
+        0.05,
+    ]

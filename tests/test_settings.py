@@ -1,4 +1,5 @@
 """Training settings: defaults keep today's behaviour; impossible values name the fix."""
+
 import pytest
 
 from rest.settings import SettingsError, TrainSettings
@@ -6,7 +7,13 @@ from rest.settings import SettingsError, TrainSettings
 
 def test_defaults_keep_the_previous_behaviour():
     s = TrainSettings().validate()
-    assert (s.stem, s.plateau_patience, s.drop_rate_min, s.precision, s.selection) == ("auto", 10, 0.0, "auto", "worst_group")
+    assert (s.stem, s.plateau_patience, s.drop_rate_min, s.precision, s.selection) == (
+        "auto",
+        10,
+        0.0,
+        "auto",
+        "worst_group",
+    )
 
 
 @pytest.mark.parametrize("change, message", [

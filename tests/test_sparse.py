@@ -1,14 +1,21 @@
 """Invariants of exact dynamic sparsity."""
+
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from rest.core.models import build_model
 from rest.core.dcwp import top_masks
+from rest.core.models import build_model
 from rest.core.sparse import (
-    LEARNED, METHODS, SparseMask, active_counts, cosine_drop_fraction, erk_densities, maskable_weights,
+    LEARNED,
+    METHODS,
+    SparseMask,
+    active_counts,
+    cosine_drop_fraction,
+    erk_densities,
+    maskable_weights,
 )
 
 
@@ -71,8 +78,17 @@ def test_schedule_decays_to_its_floor():
 def test_updates_run_until_the_last_step_with_t_end_one():
     """t_end 1.0 (t_end_step = all steps): the last step is an update, at the floor's fraction."""
     lin = nn.Linear(40, 40, bias=False)
-    mask = SparseMask(lin, 0.5, "set", distribution="uniform", update_frequency=2, drop_rate=0.5, t_end_step=4,
-                      drop_rate_min=0.1, seed=0)
+    mask = SparseMask(
+        lin,
+        0.5,
+        "set",
+        distribution="uniform",
+        update_frequency=2,
+        drop_rate=0.5,
+        t_end_step=4,
+        drop_rate_min=0.1,
+        seed=0,
+    )
     opt = torch.optim.SGD(lin.parameters(), lr=0.1)
     for step in range(1, 5):
         lin(torch.randn(2, 40)).sum().backward()
@@ -110,8 +126,11 @@ def test_masked_weights_and_optimizer_state_are_exactly_zero(method, opt):
         mask.set_masks(top_masks({n: torch.rand(p.shape, generator=gen) for n, p in mask.params.items()}, mask.counts))
     counts = {n: int(m.sum()) for n, m in mask.masks.items()}
     assert counts == mask.counts
-    optimizer = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4) if opt == "sgd"
-                 else torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1))
+    optimizer = (
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        if opt == "sgd"
+        else torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    )
     history = _train_steps(model, mask, optimizer, 7)
     for name, p in mask.params.items():
         m = mask.masks[name]

@@ -1,15 +1,16 @@
 """`tune_search.py status` and `Study.status()`: a study's progress read from storage, finished, running and on S3."""
+
 import signal
 import subprocess
 import sys
 
 import pyarrow.fs as pafs
 import pytest
+from test_resume import S4, driver, write_s4
 
 import rest
 from conftest import ROOT, cli, wait_for
 from rest.report.status import find, study_status
-from test_resume import S4, driver, write_s4
 
 FIXTURE = ROOT / "tests" / "fixtures" / "smoke_study"
 
@@ -37,14 +38,29 @@ def test_status_of_a_finished_study_counts_its_trials_and_picks_export_s_config(
 def test_status_command_prints_one_table_reads_no_ray_and_refuses_an_unknown_study(tmp_path):
     out = cli("status", str(FIXTURE))
     assert out.returncode == 0, out.stderr
-    assert "search   colored_digits, 1       4     3    0     0    0     1     7/7  density 1, lambda_upweight 10" in out.stdout
+    assert (
+        "search   colored_digits, 1       4     3    0     0    0     1     7/7  density 1, lambda_upweight 10"
+        in out.stdout
+    )
     assert out.stdout.rstrip().endswith("finished") and "driver: none holds the study" in out.stdout
-    probe = subprocess.run([sys.executable, "-c", f"import sys, rest.cli.main; rest.cli.main.main(['status', {str(FIXTURE)!r}]); "
-                            "print('ray' in sys.modules, 'torch' in sys.modules)"], capture_output=True, text=True, cwd=ROOT)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys, rest.cli.main; rest.cli.main.main(['status', {str(FIXTURE)!r}]); "
+            "print('ray' in sys.modules, 'torch' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert probe.stdout.splitlines()[-1] == "False False", probe.stderr
     missing = cli("status", "nosuch", "--storage", str(tmp_path))
-    assert missing.returncode == 2 and missing.stderr == f"error: no study 'nosuch' in {tmp_path}; known studies: none " \
-                                                        f"(pass --storage, or the study's path)\n"
+    assert (
+        missing.returncode == 2
+        and missing.stderr
+        == f"error: no study 'nosuch' in {tmp_path}; known studies: none (pass --storage, or the study's path)\n"
+    )
     assert not any(tmp_path.iterdir()), "status wrote to storage"
     assert cli("status", str(FIXTURE), "--watch", "0").returncode == 2
     assert "status" in cli("--help").stdout
@@ -65,9 +81,12 @@ def test_status_of_a_study_in_s3(s3_bucket):
 def test_status_of_a_running_study_shows_running_and_pending_trials_and_the_driver(ray_cluster, tmp_path):
     space = write_s4(tmp_path / "s4.yaml", train={**S4["train"], "epochs": 3}, scheduler={"type": "none"}, confirm=None)
     storage = tmp_path / "studies"
-    run = driver(["run", str(space), "--storage", str(storage), "--address", ray_cluster.address],
-                 {"REST_TUNE_TEST_DELAY": "seed=42:4"})  # every trial: 4 s before each epoch
+    run = driver(
+        ["run", str(space), "--storage", str(storage), "--address", ray_cluster.address],
+        {"REST_TUNE_TEST_DELAY": "seed=42:4"},
+    )  # every trial: 4 s before each epoch
     try:
+
         def running():
             try:
                 status = study_status(find("s4", str(storage)))
@@ -79,7 +98,10 @@ def test_status_of_a_running_study_shows_running_and_pending_trials_and_the_driv
         status = wait_for(running, 180, "a snapshot with a running trial")
         search = status.phase("search")
         assert search.status == "running" and not status.finished
-        assert search.total("planned") == 4 and search.total("running") + search.total("pending") + search.total("done") == 4
+        assert (
+            search.total("planned") == 4
+            and search.total("running") + search.total("pending") + search.total("done") == 4
+        )
         assert search.total("pending") >= 2  # a 2-CPU cluster runs two of the four at a time
         assert search.total("epochs_planned") == 12 and search.total("epochs_done") < 12
         assert status.lock.pid == run.pid and status.lock.alive and status.lock.heartbeat_age < 30
@@ -105,11 +127,19 @@ def test_watch_refreshes_until_ctrl_c_and_exits_0(tmp_path):
     manifest = json.loads((study / "manifest.json").read_text())
     manifest["phases"]["confirm"]["status"] = "running"  # as a driver leaves it mid-phase
     (study / "manifest.json").write_text(json.dumps(manifest))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), "status", str(study), "--watch", "0.2"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tune_search.py"), "status", str(study), "--watch", "0.2"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = []
-    wait_for(lambda: lines.append(proc.stdout.readline()) or sum(l.startswith("study smoke") for l in lines) >= 3, 60,
-             "three refreshes")
+    wait_for(
+        lambda: lines.append(proc.stdout.readline()) or sum(l.startswith("study smoke") for l in lines) >= 3,
+        60,
+        "three refreshes",
+    )
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and err == "", err

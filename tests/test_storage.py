@@ -1,5 +1,6 @@
 """storage.fresh_dir: the one check before a command writes a new directory, on local
 paths and on Locations (a real pyarrow local filesystem, and a real S3-protocol server)."""
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 The server is paused with SIGSTOP, as a real outage looks to a client: connections
 are accepted and nothing answers.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,7 +45,9 @@ def test_every_operation_goes_through_the_retrying_filesystem(s3_bucket, tmp_pat
     pafs.copy_files(str(local), f"{base}/up", destination_filesystem=fs)
     (tmp_path / "down").mkdir()
     pafs.copy_files(f"{base}/up", str(tmp_path / "down"), source_filesystem=fs)
-    assert sorted(p.read_bytes() for p in (tmp_path / "down").iterdir()) == sorted(p.read_bytes() for p in local.iterdir())
+    assert sorted(p.read_bytes() for p in (tmp_path / "down").iterdir()) == sorted(
+        p.read_bytes() for p in local.iterdir()
+    )
     fs.delete_file(f"{base}/d/c.txt")
     fs.delete_dir_contents(f"{base}/up")
     fs.delete_dir(f"{base}/d")

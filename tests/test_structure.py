@@ -4,6 +4,7 @@ Read from the source with ``ast`` (imports inside functions count too: a lazy im
 hides a cycle, it does not remove it). The two lists below hold what issue 13 still
 has to split; they may only shrink.
 """
+
 from __future__ import annotations
 
 import ast

@@ -1,4 +1,5 @@
 """Ray Tune studies on a real 2-node local cluster: end to end, per-cell ASHA, faults."""
+
 import json
 import os
 import signal
@@ -54,7 +55,9 @@ def test_smoke_study_end_to_end_on_two_nodes(ray_cluster, smoke_study):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "best config per cell" in out.stdout
     # the default console: our progress line per phase instead of Ray's tables and log lines
-    assert any(line.startswith("search: ") and " done, " in line for line in out.stderr.splitlines()), out.stderr[-2000:]
+    assert any(line.startswith("search: ") and " done, " in line for line in out.stderr.splitlines()), out.stderr[
+        -2000:
+    ]
     assert "confirm: 6/6 done" in out.stderr
     assert_no_ray_output(out)
     study = tmp_path / "smoke"
@@ -96,8 +99,11 @@ def _fake_study(scheduler, storage):
 
     tuner = tune.Tuner(
         fake_trial,
-        param_space={"dataset": "colored_digits", "conflict_pct": tune.grid_search([5, 0.5]),
-                     "lambda_upweight": tune.grid_search([4, 3, 2, 1])},
+        param_space={
+            "dataset": "colored_digits",
+            "conflict_pct": tune.grid_search([5, 0.5]),
+            "lambda_upweight": tune.grid_search([4, 3, 2, 1]),
+        },
         tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(storage), name="asha", verbose=0),
     )
@@ -108,28 +114,51 @@ def test_asha_compares_trials_only_within_a_cell(ray_cluster, tmp_path):
     """A strong cell (high scores) must never stop a weak cell's trials."""
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
-    from rest.study.space import parse_space
     from rest.study.search import make_scheduler
+    from rest.study.space import parse_space
 
-    spec = parse_space("search: {conflict_pct: {grid: [0.5, 5]}}\ntrain: {epochs: 8}\n"
-                       "scheduler: {grace_period: 1, reduction_factor: 2, mode: async}\n")
+    spec = parse_space(
+        "search: {conflict_pct: {grid: [0.5, 5]}}\ntrain: {epochs: 8}\n"
+        "scheduler: {grace_period: 1, reduction_factor: 2, mode: async}\n"
+    )
     epochs = _fake_study(make_scheduler(spec), tmp_path / "per_cell")
     for pct in (0.5, 5):
         assert epochs[(pct, 4)] == 8, f"the best trial of the {pct}% cell must run to the end"
         assert min(epochs[(pct, lam)] for lam in (1, 2, 3)) < 8, "ASHA still stops weak trials within a cell"
     # the same study under Ray's global ASHA stops the weak cell's best trial: the test can fail
-    global_asha = AsyncHyperBandScheduler(time_attr="epoch", metric="val_rank", mode="max", max_t=8,
-                                          grace_period=1, reduction_factor=2)
+    global_asha = AsyncHyperBandScheduler(
+        time_attr="epoch", metric="val_rank", mode="max", max_t=8, grace_period=1, reduction_factor=2
+    )
     assert _fake_study(global_asha, tmp_path / "global")[(0.5, 4)] < 8
 
 
 def test_worker_killed_by_signal_is_retried_from_its_checkpoint(ray_cluster, tmp_path):
-    space = write_space(tmp_path / "w.yaml", name="w", scheduler={"type": "none"}, confirm=None,
-                        train={"epochs": 4, "subsample": 600},
-                        search={"conflict_pct": {"grid": [1]}, "density": {"grid": [0.05]}})
-    driver = subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), "run", str(space), "--storage", str(tmp_path),
-                               "--address", ray_cluster.address, "--max-failures", "2"],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    space = write_space(
+        tmp_path / "w.yaml",
+        name="w",
+        scheduler={"type": "none"},
+        confirm=None,
+        train={"epochs": 4, "subsample": 600},
+        search={"conflict_pct": {"grid": [1]}, "density": {"grid": [0.05]}},
+    )
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tune_search.py"),
+            "run",
+            str(space),
+            "--storage",
+            str(tmp_path),
+            "--address",
+            ray_cluster.address,
+            "--max-failures",
+            "2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     experiment = tmp_path / "w" / "search"
 
     def first_epoch_checkpointed():
@@ -157,8 +186,14 @@ def test_worker_killed_by_signal_is_retried_from_its_checkpoint(ray_cluster, tmp
         (["run", str(SMOKE), "--address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
         (["run", str(SMOKE), "--storage", "/proc/forbidden"], "is not writable"),
         (["run", str(SMOKE), "--cpus-per-trial", "0"], "--cpus-per-trial 0 must be positive"),
-        (["run", str(SMOKE), "--storage-retry-seconds", "-1"], "--storage-retry-seconds -1 must be a number of seconds >= 0"),
-        (["run", str(SMOKE), "--storage-retry-seconds", "inf"], "--storage-retry-seconds inf must be a number of seconds"),
+        (
+            ["run", str(SMOKE), "--storage-retry-seconds", "-1"],
+            "--storage-retry-seconds -1 must be a number of seconds >= 0",
+        ),
+        (
+            ["run", str(SMOKE), "--storage-retry-seconds", "inf"],
+            "--storage-retry-seconds inf must be a number of seconds",
+        ),
         (["run", str(ROOT / "tests" / "fixtures" / "lookup_gap.yaml")], "lookup on conflict_pct has no entry for 5"),
         (["run", str(SMOKE), "--name", "../escape"], "study name '../escape' is not allowed"),
         (["run", str(SMOKE), "--name", "a b/c"], "study name 'a b/c' is not allowed"),
@@ -167,10 +202,14 @@ def test_worker_killed_by_signal_is_retried_from_its_checkpoint(ray_cluster, tmp
         (["run", str(ROOT / "tests" / "fixtures" / "recursive.yaml")], "a YAML anchor refers to itself"),
         (["run", str(ROOT / "tests" / "fixtures" / "repeats.yaml")], "every repeat trains the same trials"),
         (["run", str(SMOKE), "--address", "ray://127.0.0.1:10001"], "is a Ray Client address"),
-        (["run", str(ROOT / "tests" / "fixtures" / "density_range.yaml")],
-         "density_range.yaml:6: 'search.density' loguniform [0.5, 4.0] reaches 4: density 4.0 is outside (0, 1]"),
-        (["run", str(ROOT / "tests" / "fixtures" / "duplicate_key.yaml")],
-         "duplicate_key.yaml:6: 'train' is given twice (first on line 3)"),
+        (
+            ["run", str(ROOT / "tests" / "fixtures" / "density_range.yaml")],
+            "density_range.yaml:6: 'search.density' loguniform [0.5, 4.0] reaches 4: density 4.0 is outside (0, 1]",
+        ),
+        (
+            ["run", str(ROOT / "tests" / "fixtures" / "duplicate_key.yaml")],
+            "duplicate_key.yaml:6: 'train' is given twice (first on line 3)",
+        ),
     ],
 )
 def test_bad_study_input_is_one_line_exit_2(tmp_path, args, message):
@@ -193,7 +232,9 @@ def test_trials_no_node_can_run_are_refused_at_once(ray_cluster, tmp_path):
 
 
 def test_gpus_asked_where_the_cluster_has_none(ray_cluster, tmp_path):
-    out = cli("run", str(SMOKE), "--storage", str(tmp_path), "--address", ray_cluster.address, "--gpus-per-trial", "0.5")
+    out = cli(
+        "run", str(SMOKE), "--storage", str(tmp_path), "--address", ray_cluster.address, "--gpus-per-trial", "0.5"
+    )
     assert out.returncode == 2 and "the cluster has 0" in out.stderr
     assert not (tmp_path / "smoke").exists()
 
@@ -208,11 +249,34 @@ def test_a_wait_for_resources_is_said_once_and_kept_in_the_summary(ray_cluster, 
 
     hogs = [Hog.remote() for _ in range(2)]
     ray.get([h.ready.remote() for h in hogs])
-    space = write_space(tmp_path / "wait.yaml", name="wait", scheduler={"type": "none"}, confirm=None,
-                        train={"epochs": 1, "subsample": 200}, search={"density": {"grid": [1.0]}})
-    run = subprocess.Popen([sys.executable, str(ROOT / "tune_search.py"), "run", str(space), "--storage", str(tmp_path),
-                            "--address", ray_cluster.address, "--stall-minutes", "0.05", "--verbose", "0"],
-                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    space = write_space(
+        tmp_path / "wait.yaml",
+        name="wait",
+        scheduler={"type": "none"},
+        confirm=None,
+        train={"epochs": 1, "subsample": 200},
+        search={"density": {"grid": [1.0]}},
+    )
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tune_search.py"),
+            "run",
+            str(space),
+            "--storage",
+            str(tmp_path),
+            "--address",
+            ray_cluster.address,
+            "--stall-minutes",
+            "0.05",
+            "--verbose",
+            "0",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: (tmp_path / "wait" / "stalls.log").exists(), 120, "the stall report")
     finally:
@@ -228,24 +292,34 @@ def test_a_wait_for_resources_is_said_once_and_kept_in_the_summary(ray_cluster, 
 def test_a_full_disk_in_the_driver_is_one_line_and_resume_finishes(ray_cluster, tmp_path):
     """The driver's writes under a file-size limit (EFBIG, as ENOSPC): its own manifest, then Ray's experiment files.
     Each is one line naming the file and the fix, no traceback; a study not made is not left half-made."""
-    from rest.core.data import load_dataset
     from test_cli import file_size_limit
 
+    from rest.core.data import load_dataset
+
     load_dataset("colored_digits", 1)  # the dataset cache, written without the limit
-    space = write_space(tmp_path / "full.yaml", name="full", scheduler={"type": "none"}, confirm=None,
-                        train={"epochs": 1, "subsample": 200, "conflict_pct": 1}, search={"density": {"grid": [0.05, 1.0]}})
+    space = write_space(
+        tmp_path / "full.yaml",
+        name="full",
+        scheduler={"type": "none"},
+        confirm=None,
+        train={"epochs": 1, "subsample": 200, "conflict_pct": 1},
+        search={"density": {"grid": [0.05, 1.0]}},
+    )
     run = ["-q", "run", str(space), "--storage", str(tmp_path), "--address", ray_cluster.address, "--verbose", "0"]
 
     out = cli(*run, preexec_fn=file_size_limit(600))  # study.yaml fits, the manifest (about 1 KB) does not
     assert out.returncode == 2, out.stderr[-3000:]
-    assert (f"error: no space left on device writing {tmp_path}/full/manifest.json; free space and run the command "
-            f"again") in out.stderr.splitlines() and "Traceback" not in out.stderr
+    assert (
+        f"error: no space left on device writing {tmp_path}/full/manifest.json; free space and run the command again"
+    ) in out.stderr.splitlines() and "Traceback" not in out.stderr
     assert not (tmp_path / "full").exists()
 
     out = cli(*run, preexec_fn=file_size_limit(3000))  # the manifest fits, Ray's tuner.pkl does not
     assert out.returncode == 2, out.stderr[-3000:]
-    assert (f"error: no space left on device writing {tmp_path}/full/search; free space and `tune_search.py resume "
-            f"full --storage {tmp_path}`") in out.stderr.splitlines() and "Traceback" not in out.stderr
+    assert (
+        f"error: no space left on device writing {tmp_path}/full/search; free space and `tune_search.py resume "
+        f"full --storage {tmp_path}`"
+    ) in out.stderr.splitlines() and "Traceback" not in out.stderr
 
     done = cli("resume", "full", "--storage", str(tmp_path), "--address", ray_cluster.address, "--verbose", "0")
     assert done.returncode == 0 and "study full finished" in done.stdout, done.stderr[-3000:]

@@ -1,4 +1,5 @@
 """rest.tables: the one table printer, for DataFrames (export) and lists of dicts (prepare-data check)."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Training: every registry entry runs, metrics contract, determinism, exact resume."""
+
 import json
 import math
 import subprocess
@@ -8,12 +9,12 @@ import pytest
 import torch
 
 from conftest import ROOT, write_png_tree
+from rest.core.batches import crop_flip
 from rest.core.data import BiasedData
+from rest.core.device import make_amp, scaled_step
 from rest.core.models import MODELS
 from rest.core.reweight import STRATEGIES
 from rest.core.sparse import METHODS
-from rest.core.batches import crop_flip
-from rest.core.device import make_amp, scaled_step
 from rest.core.train import METRICS, Trainer, group_accuracies, train
 
 
@@ -164,11 +165,15 @@ while trainer.epoch < settings.epochs:
 """
 
 
-@pytest.mark.parametrize("changes", [
-    dict(epochs=4, sparse="set", reweight="oracle", schedule="cosine", weight_decay=1e-4),
-    dict(epochs=4, sparse="set", reweight="jtt", schedule="cosine", weight_decay=1e-4),
-    dict(epochs=2, sparse="dcwp", density=0.1, reweight="jtt", subsample=160),  # DCWP's learned masks and flags
-], ids=["set-oracle", "set-jtt", "dcwp"])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(epochs=4, sparse="set", reweight="oracle", schedule="cosine", weight_decay=1e-4),
+        dict(epochs=4, sparse="set", reweight="jtt", schedule="cosine", weight_decay=1e-4),
+        dict(epochs=2, sparse="dcwp", density=0.1, reweight="jtt", subsample=160),  # DCWP's learned masks and flags
+    ],
+    ids=["set-oracle", "set-jtt", "dcwp"],
+)
 def test_resume_in_a_new_process_is_bitwise_identical(tiny_data, tiny_settings, tmp_path, changes):
     s = tiny_settings.replace(**changes)
     straight = _records(s, tiny_data)
@@ -176,9 +181,15 @@ def test_resume_in_a_new_process_is_bitwise_identical(tiny_data, tiny_settings, 
     first = [trainer.run_epoch() for _ in range(s.epochs // 2)]
     torch.save(trainer.state_dict(), tmp_path / "ckpt.pt")
     script = RESUME_SCRIPT.format(tests=str(ROOT / "tests"))
-    out = subprocess.run([sys.executable, "-c", script, json.dumps(s.to_dict()), str(tmp_path / "ckpt.pt")],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(s.to_dict()), str(tmp_path / "ckpt.pt")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     resumed = first + [json.loads(line) for line in out.stdout.splitlines()]
     drop = {"epoch_seconds"}
-    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in straight]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [
+        {k: v for k, v in r.items() if k not in drop} for r in straight
+    ]

@@ -1,11 +1,12 @@
 """Contract test: every Ray internal rest.study.tune_ext relies on exists in the installed Ray."""
+
 import signal
 
 import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
-from rest.study import tune_ext
 from rest.storage import local
+from rest.study import tune_ext
 
 
 def test_asha_bookkeeping_is_where_tune_ext_looks():
@@ -122,10 +123,15 @@ def test_experiment_trials_load_without_their_records_which_come_one_trial_at_a_
     def trainable(config):
         tune.report({"epoch": 1, "x": config["x"]})
 
-    tune.Tuner(trainable, param_space={"x": tune.grid_search([1, 2])},
-               run_config=tune.RunConfig(storage_path=str(tmp_path), name="e", verbose=0)).fit()
+    tune.Tuner(
+        trainable,
+        param_space={"x": tune.grid_search([1, 2])},
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="e", verbose=0),
+    ).fit()
     analysis = tune_ext.experiment_analysis(str(tmp_path / "e"), local(tmp_path).fs)
-    assert sorted(t.config["x"] for t in analysis.trials) == [1, 2] and {t.status for t in analysis.trials} == {"TERMINATED"}
+    assert sorted(t.config["x"] for t in analysis.trials) == [1, 2] and {t.status for t in analysis.trials} == {
+        "TERMINATED"
+    }
     assert analysis.trial_dataframes == {}, "no trial's records were read"
     trial = analysis.trials[0]
     (tmp_path / "e" / trial.storage.trial_dir_name / "result.json").write_text('{"epoch": 1, "x": 7}\n')

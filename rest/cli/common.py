@@ -5,6 +5,7 @@ Imported by ``rest.cli.main`` and by each command module, never the other way ro
 so the command modules do not import one another. Nothing heavy is imported at
 module level (``--help`` must answer at once); tqdm loads with the first bar drawn.
 """
+
 from __future__ import annotations
 
 import argparse

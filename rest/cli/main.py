@@ -4,6 +4,7 @@ Heavy modules (torch, ray, pandas) are imported inside the command handlers, so
 ``--help`` answers at once. Errors a user can fix are printed on one line and
 exit with status 2; nothing on disk is overwritten.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rest.cli.common import PROG, Parser, ProgressBar, StudyProgress
 from rest.cli.prepare import add_parser as add_prepare_parser
@@ -23,7 +24,6 @@ from rest.settings import DATASET_NAMES, TrainSettings
 from rest.storage import fresh_dir, local, writing
 
 log = logging.getLogger("rest")
-
 
 
 def _flag(f: dataclasses.Field) -> tuple[str, str, Callable, str]:
@@ -41,9 +41,19 @@ TRAIN_FLAGS = [_flag(f) for f in dataclasses.fields(TrainSettings) if "help" in 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     for flag, field, kind, help_text in TRAIN_FLAGS:
         p.add_argument(flag, dest=field, type=kind, default=None, help=help_text)
-    p.add_argument("--out", type=Path, default=None, help="directory for metrics.jsonl and checkpoint.pt (default runs/train-<time>)")
-    p.add_argument("--resume", type=Path, default=None, metavar="DIR",
-                   help="continue the run in DIR (its --out) from its last epoch checkpoint, with its settings")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="directory for metrics.jsonl and checkpoint.pt (default runs/train-<time>)",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue the run in DIR (its --out) from its last epoch checkpoint, with its settings",
+    )
 
 
 def build_parser() -> Parser:
@@ -71,34 +81,61 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("export", help="best-config tables, a plot and a summary from a study directory")
     p.add_argument("study", nargs="+", help="study name (under --storage) or path; several: one merged table")
-    p.add_argument("--storage", default=None, help="directory or s3:// / gs:// URI holding studies "
-                   "(default $REST_TUNE_STORAGE or ./studies)")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default results/<study name>); it holds "
-                   "this export alone: an earlier export of the same studies there is replaced, other files are refused")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="directory or s3:// / gs:// URI holding studies (default $REST_TUNE_STORAGE or ./studies)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default results/<study name>); it holds "
+        "this export alone: an earlier export of the same studies there is replaced, other files are refused",
+    )
     p.add_argument("--format", default="md,csv,tex", help="comma-separated: md, csv, tex (default md,csv,tex)")
-    p.add_argument("--selection", choices=("val", "oracle"), default="val",
-                   help="rank configs on validation as the study's selection setting says (default) or, "
-                   "labelled ORACLE, on test worst-group accuracy")
+    p.add_argument(
+        "--selection",
+        choices=("val", "oracle"),
+        default="val",
+        help="rank configs on validation as the study's selection setting says (default) or, "
+        "labelled ORACLE, on test worst-group accuracy",
+    )
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("export-model", help="save a cell's selected best-epoch model in compact sparse form")
     p.add_argument("study", help="study name (under --storage) or path, or a 'train --out' directory")
     p.add_argument("--cell", default=None, help="DATASET:CONFLICT_PCT, e.g. colored_digits:1 (a study needs it)")
-    p.add_argument("--storage", default=None, help="directory or s3:// / gs:// URI holding studies "
-                   "(default $REST_TUNE_STORAGE or ./studies)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="directory or s3:// / gs:// URI holding studies (default $REST_TUNE_STORAGE or ./studies)",
+    )
     p.add_argument("--out", type=Path, default=None, help="model file (default results/<study>/model-<cell>.pt)")
     p.set_defaults(handler=cmd_export_model)
 
-    p = sub.add_parser("predict", help="accuracy and throughput (images/s) of an exported model, dense or sparse engine")
+    p = sub.add_parser(
+        "predict", help="accuracy and throughput (images/s) of an exported model, dense or sparse engine"
+    )
     p.add_argument("model", type=Path, help="model file written by export-model")
     p.add_argument("--dataset", default=None, help=f"dataset: {', '.join(DATASET_NAMES)} (default: the model's)")
-    p.add_argument("--conflict-pct", type=float, default=None, help="conflict ratio of the dataset (default: the model's)")
-    p.add_argument("--data-root", default=None, help="root of an LfF-layout dataset (default: the model's, if it has one)")
-    p.add_argument("--engine", default="dense", help="dense (the PyTorch model) or sparse (BN folded, sparse kernels "
-                   "below the measured crossover density; CPU) (default dense)")
+    p.add_argument(
+        "--conflict-pct", type=float, default=None, help="conflict ratio of the dataset (default: the model's)"
+    )
+    p.add_argument(
+        "--data-root", default=None, help="root of an LfF-layout dataset (default: the model's, if it has one)"
+    )
+    p.add_argument(
+        "--engine",
+        default="dense",
+        help="dense (the PyTorch model) or sparse (BN folded, sparse kernels "
+        "below the measured crossover density; CPU) (default dense)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--split", default="test", help="test, valid or train (default test)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads, at most this machine's CPUs (default: PyTorch's)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads, at most this machine's CPUs (default: PyTorch's)"
+    )
     p.set_defaults(handler=cmd_predict)
 
     add_prepare_parser(sub)
@@ -107,42 +144,93 @@ def build_parser() -> Parser:
 
 def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     """The run options of `run` and `resume` (rest.study.options.RunOptions); resume keeps the study's unless given."""
-    p.add_argument("--storage", default=None, help="directory or s3:// / gs:// URI holding studies "
-                   "(default $REST_TUNE_STORAGE or ./studies); "
-                   "shared by all nodes on a multi-node cluster")
-    p.add_argument("--address", default=None, help="Ray to run on: local (a private Ray started for this driver alone), "
-                   "auto (the cluster 'ray start' started on this machine) or HOST:PORT (default $RAY_ADDRESS, else local)")
-    p.add_argument("--data-root", default=None, help="dataset root for folder datasets (overrides the study file; "
-                   "resume: the study's, unless given)")
-    p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default: the study file's; "
-                   "resume: the study's)")
-    p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractions allowed (default: the "
-                   "study file's; resume: the study's)")
-    p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once (default: as "
-                   "resources allow; resume: the study's)")
-    p.add_argument("--autoscaling", action="store_true",
-                   help="the cluster adds nodes on demand: do not refuse trials that no current node can run")
-    p.add_argument("--stall-minutes", type=float, default=10.0,
-                   help="say so when trials wait this long for resources with none running (default 10)")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                   help="console output: 0 none from Ray (only warnings, errors and the summary), 1 one progress "
-                   "line per phase: trials done/running/pending, best so far, ETA (default), 2 Ray Tune's own "
-                   "tables and every result")
-    p.add_argument("--max-failures", type=int, default=None,
-                   help="retries of a failing trial, from its last checkpoint (default 2; resume: the study's); "
-                        "a trial still failing fails its phase: exit 3, and resume runs it again")
-    p.add_argument("--lease-seconds", type=float, default=None,
-                   help="a driver on another host whose lock goes unrenewed this long is taken over; one on this host "
-                   "only once its process is gone (default 60; resume: the study's)")
-    p.add_argument("--heartbeat-seconds", type=float, default=None,
-                   help="how often the driver renews its lock and checks that it still holds it "
-                   "(default 10; resume: the study's)")
-    p.add_argument("--storage-retry-seconds", type=float, default=None,
-                   help="how long reads and writes to object storage (s3://, gs://) are retried while it does not "
-                   "answer, before a trial or the driver fails (default 300; resume: the study's; 0: no retries)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="directory or s3:// / gs:// URI holding studies "
+        "(default $REST_TUNE_STORAGE or ./studies); "
+        "shared by all nodes on a multi-node cluster",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray to run on: local (a private Ray started for this driver alone), "
+        "auto (the cluster 'ray start' started on this machine) or HOST:PORT (default $RAY_ADDRESS, else local)",
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="dataset root for folder datasets (overrides the study file; resume: the study's, unless given)",
+    )
+    p.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=None,
+        help="CPUs per trial (default: the study file's; resume: the study's)",
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPUs per trial, fractions allowed (default: the study file's; resume: the study's)",
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="at most this many trials at once (default: as resources allow; resume: the study's)",
+    )
+    p.add_argument(
+        "--autoscaling",
+        action="store_true",
+        help="the cluster adds nodes on demand: do not refuse trials that no current node can run",
+    )
+    p.add_argument(
+        "--stall-minutes",
+        type=float,
+        default=10.0,
+        help="say so when trials wait this long for resources with none running (default 10)",
+    )
+    p.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
+        help="console output: 0 none from Ray (only warnings, errors and the summary), 1 one progress "
+        "line per phase: trials done/running/pending, best so far, ETA (default), 2 Ray Tune's own "
+        "tables and every result",
+    )
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=None,
+        help="retries of a failing trial, from its last checkpoint (default 2; resume: the study's); "
+        "a trial still failing fails its phase: exit 3, and resume runs it again",
+    )
+    p.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=None,
+        help="a driver on another host whose lock goes unrenewed this long is taken over; one on this host "
+        "only once its process is gone (default 60; resume: the study's)",
+    )
+    p.add_argument(
+        "--heartbeat-seconds",
+        type=float,
+        default=None,
+        help="how often the driver renews its lock and checks that it still holds it (default 10; resume: the study's)",
+    )
+    p.add_argument(
+        "--storage-retry-seconds",
+        type=float,
+        default=None,
+        help="how long reads and writes to object storage (s3://, gs://) are retried while it does not "
+        "answer, before a trial or the driver fails (default 300; resume: the study's; 0: no retries)",
+    )
 
 
 # ------------------------------------------------------------------ train
+
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     values = {field: getattr(args, field) for _, field, _, _ in TRAIN_FLAGS if getattr(args, field) is not None}
@@ -177,7 +265,9 @@ def _resume_train(args: argparse.Namespace) -> int:
 
     from rest.core.train import Trainer
 
-    given = [flag for flag, field, _, _ in TRAIN_FLAGS if getattr(args, field) is not None] + (["--out"] if args.out else [])
+    given = [flag for flag, field, _, _ in TRAIN_FLAGS if getattr(args, field) is not None] + (
+        ["--out"] if args.out else []
+    )
     if given:
         raise UserError(f"--resume continues a run with its own settings; drop {', '.join(given)}")
     out = args.resume.expanduser().resolve()
@@ -186,7 +276,9 @@ def _resume_train(args: argparse.Namespace) -> int:
     settings = TrainSettings.from_dict(json.loads((out / "settings.json").read_text())).validate()
     trainer = Trainer(settings, progress=ProgressBar("batches", log_from=None))
     trainer.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=False, map_location="cpu"))  # our own file
-    kept = [line for line in (out / "metrics.jsonl").read_text().splitlines() if json.loads(line)["epoch"] <= trainer.epoch]
+    kept = [
+        line for line in (out / "metrics.jsonl").read_text().splitlines() if json.loads(line)["epoch"] <= trainer.epoch
+    ]
     with writing(out / "metrics.jsonl", _carry_on(out)):
         local(out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
     print(f"resuming {out} after epoch {trainer.epoch} of {settings.epochs}", flush=True)
@@ -259,6 +351,7 @@ def _train_loop(trainer, out: Path) -> int:
 
 # ------------------------------------------------------------- run, resume
 
+
 def _given_options(args: argparse.Namespace) -> dict:
     """The run options the flags give (None: not given), for rest.study.options.resolve_options."""
     from rest.study.options import CHECKS  # every run option, by RunOptions field; run and resume have a flag for each
@@ -270,8 +363,10 @@ def _finish(path, spec, manifest: dict, storage: str) -> int:
     name = manifest["name"]
     stopped = [p for p, info in manifest["phases"].items() if info["status"] == "interrupted"]
     if stopped:
-        print(f"study {name}: the {stopped[0]} phase has trials that ended before their planned epochs; "
-              f"continue with: {PROG} resume {name} --storage {storage}")
+        print(
+            f"study {name}: the {stopped[0]} phase has trials that ended before their planned epochs; "
+            f"continue with: {PROG} resume {name} --storage {storage}"
+        )
         return 1
     print(f"\nstudy {name} finished: {path}")
     _print_best(path, spec)
@@ -284,8 +379,10 @@ def _print_best(path, spec) -> None:
     from rest.report.results import read_study
 
     best = best_configs(read_study(path, spec))
-    print(f"best config per cell ({best['selection'].iloc[0] if not best.empty else 'no results'}; "
-          f"test numbers of the selected epochs, mean over seeds):")
+    print(
+        f"best config per cell ({best['selection'].iloc[0] if not best.empty else 'no results'}; "
+        f"test numbers of the selected epochs, mean over seeds):"
+    )
     searched = spec.searched_keys()
     own = {m.name: ["density", *m.train, *m.search] for m in spec.methods}  # a methods study: each method's settings
     for _, row in best.iterrows():
@@ -297,14 +394,16 @@ def _print_best(path, spec) -> None:
             continue
         keys = dict.fromkeys(searched + own.get(row["row"], []))
         config = ", ".join(f"{k} {format_value(row[k])}" for k in keys if k in row)
-        print(f"  [{cell}] {row['row']:>17}: {config} -> test worst-group {_pct(row['best_test_worst_group_acc'])}%, "
-              f"unbiased {_pct(row['best_test_unbiased_acc'])}% ({row['seeds']} seed{'s' if row['seeds'] > 1 else ''}){flag}")
+        print(
+            f"  [{cell}] {row['row']:>17}: {config} -> test worst-group {_pct(row['best_test_worst_group_acc'])}%, "
+            f"unbiased {_pct(row['best_test_unbiased_acc'])}% ({row['seeds']} seed{'s' if row['seeds'] > 1 else ''}){flag}"
+        )
 
 
 def _drive(path, spec, opts, storage: str) -> int:
     """Run the study's pending phases under the driver's stop signals; exit status for the user."""
-    from rest.study.driver import Interrupted, StopSignals
     from rest.errors import TrialsFailed
+    from rest.study.driver import Interrupted, StopSignals
     from rest.study.runner import run_study
 
     progress = StudyProgress() if opts.verbose == 1 else None
@@ -342,11 +441,11 @@ def _command_text(args: argparse.Namespace, name: str | None) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rest.study.space import load_space
+    from rest.storage import resolve_storage
     from rest.study.manifest import check_name
     from rest.study.options import resolve_options
-    from rest.storage import resolve_storage
     from rest.study.runner import begin_study
+    from rest.study.space import load_space
 
     spec, text = load_space(args.space)
     name = check_name(args.name or spec.name)
@@ -358,9 +457,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from rest.storage import resolve_storage
     from rest.study.manifest import check_name, is_complete, open_study
     from rest.study.options import resolve_options, warn_overrides
-    from rest.storage import resolve_storage
 
     check_name(args.name)
     storage = resolve_storage(args.storage)
@@ -376,6 +475,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ export
 
+
 def cmd_export(args: argparse.Namespace) -> int:
     from rest.report.export import export, find_study, load_study
 
@@ -390,21 +490,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_export_model(args: argparse.Namespace) -> int:
-    from rest.report.export import find_study, load_study
     from rest.deploy.model_file import is_train_run, run_state, save_sparse_model, selected_trial, trial_state
+    from rest.report.export import find_study, load_study
 
     if is_train_run(args.study):  # a `train --out` directory: its selected epoch
         state, what, out = run_state(Path(args.study)), f"run {args.study}", Path(args.study) / "model.pt"
     elif args.cell is None:
-        raise UserError(f"export-model of study {args.study} needs --cell DATASET:CONFLICT_PCT, e.g. --cell colored_digits:1")
+        raise UserError(
+            f"export-model of study {args.study} needs --cell DATASET:CONFLICT_PCT, e.g. --cell colored_digits:1"
+        )
     else:
         study = load_study(find_study(args.study, args.storage))
         trial = selected_trial(study, args.cell)
         state, what = trial_state(trial), f"trial {trial.trial_id}"
         out = Path("results") / study.name / f"model-{args.cell.replace(':', '-')}.pt"
     path = save_sparse_model(state, args.out or out)
-    print(f"saved {what} (density {state['settings']['density']:g}, epoch {state['best']['best_epoch']}) "
-          f"to {path} ({path.stat().st_size / 1e6:.2f} MB); load it with rest.load_model('{path}')")
+    print(
+        f"saved {what} (density {state['settings']['density']:g}, epoch {state['best']['best_epoch']}) "
+        f"to {path} ({path.stat().st_size / 1e6:.2f} MB); load it with rest.load_model('{path}')"
+    )
     return 0
 
 
@@ -418,23 +522,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.threads is not None:
         cpus = os.cpu_count() or 1
         if not 1 <= args.threads <= cpus:  # far too many threads crash PyTorch's thread pool
-            raise UserError(f"--threads {args.threads} is outside 1..{cpus}, the CPUs of this machine; give a count in that range")
+            raise UserError(
+                f"--threads {args.threads} is outside 1..{cpus}, the CPUs of this machine; give a count in that range"
+            )
         torch.set_num_threads(args.threads)
-    r = predict_file(args.model, args.engine, args.batch_size, args.split, args.dataset, args.conflict_pct, args.data_root)
-    print(f"{args.model}: {r['dataset']} {r['conflict_pct']:g}% {r['split']} split, {r['samples']} images, "
-          f"{r['engine']} engine" + (f" ({r['sparse_layers']} of {r['layers']} layers sparse)" if "layers" in r else ""))
+    r = predict_file(
+        args.model, args.engine, args.batch_size, args.split, args.dataset, args.conflict_pct, args.data_root
+    )
+    print(
+        f"{args.model}: {r['dataset']} {r['conflict_pct']:g}% {r['split']} split, {r['samples']} images, "
+        f"{r['engine']} engine" + (f" ({r['sparse_layers']} of {r['layers']} layers sparse)" if "layers" in r else "")
+    )
     if "avg" in r:
-        print(f"accuracy: average {_pct(r['avg'])}%, worst-group {_pct(r['worst'])}%, "
-              f"conflicting {_pct(r['conflict'])}% ({r['conflict_count']}), aligned {_pct(r['align'])}% ({r['align_count']})")
+        print(
+            f"accuracy: average {_pct(r['avg'])}%, worst-group {_pct(r['worst'])}%, "
+            f"conflicting {_pct(r['conflict'])}% ({r['conflict_count']}), aligned {_pct(r['align'])}% ({r['align_count']})"
+        )
     print(f"throughput: {r['images_per_s']:.0f} images/s (batch {r['batch_size']}, {r['threads']} threads)")
     return 0
 
 
 # ------------------------------------------------------------------- main
 
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.handler(args)
     except UserError as exc:

@@ -6,14 +6,15 @@ Only argparse-level modules are imported here: numpy, Pillow and torch load insi
 the handlers, so ``--help`` answers at once. Progress goes to stderr (a tqdm bar on a
 terminal); stdout carries the result (a summary line, or check's table).
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from rest.cli.common import PROG, Parser, ProgressBar
 from rest.errors import UserError
@@ -26,14 +27,31 @@ CHECK_DATASETS = ("cmnist", "cifar10c", "bffhq")
 
 # ----------------------------------------------------------------- parser
 
+
 def _add_build_flags(p: argparse.ArgumentParser, source: str) -> None:
-    p.add_argument("--raw", type=Path, required=True, metavar="DIR", help=f"directory holding {source} as torchvision downloads it")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output root (built in a hidden sibling, renamed when complete)")
-    p.add_argument("--ratios", default=DEFAULT_RATIOS, metavar="LIST",
-                   help=f"conflicting percentages, one <pct>pct folder each (default {DEFAULT_RATIOS})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the validation split, bias labels and rendering (default 0)")
+    p.add_argument(
+        "--raw", type=Path, required=True, metavar="DIR", help=f"directory holding {source} as torchvision downloads it"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="output root (built in a hidden sibling, renamed when complete)",
+    )
+    p.add_argument(
+        "--ratios",
+        default=DEFAULT_RATIOS,
+        metavar="LIST",
+        help=f"conflicting percentages, one <pct>pct folder each (default {DEFAULT_RATIOS})",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the validation split, bias labels and rendering (default 0)"
+    )
     p.add_argument("--force", action="store_true", help="replace a non-empty --out, once the new tree is complete")
-    p.add_argument("--workers", type=int, default=None, metavar="N", help="processes encoding images (default: all cores)")
+    p.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="processes encoding images (default: all cores)"
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -56,24 +74,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         description="Corrupted CIFAR-10, type 0: y = CIFAR class, b = one of ten corruptions "
                                     "(snow, frost, fog, brightness, contrast, spatter, elastic, jpeg, pixelate, saturate).")  # fmt: skip
     _add_build_flags(cc, "cifar-10-batches-py/")
-    cc.add_argument("--severity", type=int, default=4, choices=range(1, 6), metavar="1..5", help="corruption severity (default 4, as LfF)")
+    cc.add_argument(
+        "--severity",
+        type=int,
+        default=4,
+        choices=range(1, 6),
+        metavar="1..5",
+        help="corruption severity (default 4, as LfF)",
+    )
     cc.set_defaults(handler=cmd_build, dataset="cifar10c")
 
     ck = sub.add_parser("check", help="validate an LfF-layout tree (cmnist, cifar10c, bffhq)",
                         description="Counts per split, group and class, conflict ratio per <pct>pct folder, malformed "
                                     "names, unreadable images, duplicates across splits. Exit 2 if anything is wrong.")  # fmt: skip
     ck.add_argument("dir", type=Path, metavar="DIR", help="root of the tree")
-    ck.add_argument("--dataset", choices=CHECK_DATASETS, default=None, help="also check labels against this dataset's classes")
-    ck.add_argument("--workers", type=int, default=None, metavar="N", help="processes decoding images (default: all cores)")
+    ck.add_argument(
+        "--dataset", choices=CHECK_DATASETS, default=None, help="also check labels against this dataset's classes"
+    )
+    ck.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="processes decoding images (default: all cores)"
+    )
     ck.set_defaults(handler=cmd_check)
     return p
 
 
 # ---------------------------------------------------------------- signals
 
+
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (kill, timeouts, schedulers) cleans up like Ctrl-C instead of dying mid-write."""
+
     def raise_interrupt(signum, frame):
         raise KeyboardInterrupt
 
@@ -89,6 +120,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 # --------------------------------------------------------------- handlers
+
 
 def _check_workers(workers: int | None) -> None:
     if workers is not None and workers < 1:

@@ -4,6 +4,7 @@
 Neither Ray nor torch is imported: status answers while a driver runs the study,
 from any machine that can read its storage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,13 +17,24 @@ COLUMNS = ("phase", "cell", "trials", "done", "run", "pend", "err", "stop", "epo
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("status", help="a study's progress per phase and cell (trials, epochs, best so far, ETA, "
-                              "stalls, driver), read from storage while it runs")
+    p = subparsers.add_parser(
+        "status",
+        help="a study's progress per phase and cell (trials, epochs, best so far, ETA, "
+        "stalls, driver), read from storage while it runs",
+    )
     p.add_argument("study", metavar="NAME", help="study name (under --storage) or path")
-    p.add_argument("--storage", default=None, help="directory or s3:// / gs:// URI holding studies "
-                   "(default $REST_TUNE_STORAGE or ./studies)")
-    p.add_argument("--watch", type=float, default=None, metavar="SECONDS",
-                   help="show it again every SECONDS until the study ends (Ctrl-C stops watching)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="directory or s3:// / gs:// URI holding studies (default $REST_TUNE_STORAGE or ./studies)",
+    )
+    p.add_argument(
+        "--watch",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="show it again every SECONDS until the study ends (Ctrl-C stops watching)",
+    )
     p.set_defaults(handler=cmd_status)
     return p
 
@@ -46,6 +58,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ rendering
+
 
 def duration(seconds: float | None) -> str:
     if seconds is None:
@@ -76,8 +89,20 @@ def rows(status) -> list[tuple]:
         if phase.status == "skipped":
             continue
         for c in phase.cells:
-            out.append((phase.phase, ", ".join(_value(v) for v in c.cell), c.planned, c.done, c.running, c.pending,
-                        c.errored, c.stopped, f"{c.epochs_done}/{c.epochs_planned}", best_text(c, status.primary)))
+            out.append(
+                (
+                    phase.phase,
+                    ", ".join(_value(v) for v in c.cell),
+                    c.planned,
+                    c.done,
+                    c.running,
+                    c.pending,
+                    c.errored,
+                    c.stopped,
+                    f"{c.epochs_done}/{c.epochs_planned}",
+                    best_text(c, status.primary),
+                )
+            )
     return out
 
 
@@ -85,8 +110,10 @@ def table(body: list[tuple]) -> str:
     cells = [tuple(str(v) for v in r) for r in [COLUMNS, *body]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
     right = {2, 3, 4, 5, 6, 7, 8}
-    return "\n".join("  ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip()
-                     for r in cells)
+    return "\n".join(
+        "  ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+        for r in cells
+    )
 
 
 def header(status) -> list[str]:
@@ -104,8 +131,10 @@ def driver_line(lock) -> str:
     if lock is None:
         return "driver: none holds the study"
     state = "alive" if lock.alive else "gone or cut off" if lock.alive is False else "unknown"
-    return (f"driver: pid {lock.pid} on {lock.host} ({state}), since {lock.started}, "
-            f"last heartbeat {lock.heartbeat_age:.0f} s ago")
+    return (
+        f"driver: pid {lock.pid} on {lock.host} ({state}), since {lock.started}, "
+        f"last heartbeat {lock.heartbeat_age:.0f} s ago"
+    )
 
 
 def render(status) -> str:

@@ -11,5 +11,17 @@ Imports only the foundation (``rest.errors``, ``rest.settings``, ``rest.selectio
 - ``corruptions``: the ten Corrupted CIFAR-10 corruptions.
 """
 
-__all__ = ["batches", "corruptions", "data", "dcwp", "device", "losses", "models", "pgd", "prepare", "reweight",
-           "sparse", "train"]
+__all__ = [
+    "batches",
+    "corruptions",
+    "data",
+    "dcwp",
+    "device",
+    "losses",
+    "models",
+    "pgd",
+    "prepare",
+    "reweight",
+    "sparse",
+    "train",
+]

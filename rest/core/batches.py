@@ -1,7 +1,8 @@
 """Batches as the models see them: normalised float input and the training augmentation (pure functions)."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ def crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(images.device)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(images.device)
     flip = torch.rand(n, generator=gen).to(images.device) < 0.5
-    rows = (dy[:, None] + torch.arange(h, device=images.device)[None, :])  # n x h
+    rows = dy[:, None] + torch.arange(h, device=images.device)[None, :]  # n x h
     cols = torch.arange(w, device=images.device)[None, :].expand(n, w)
     cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]  # n x w
     idx_n = torch.arange(n, device=images.device)[:, None, None]
@@ -34,4 +35,7 @@ def crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None] = {"none": None, "crop_flip": crop_flip}
+AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None] = {
+    "none": None,
+    "crop_flip": crop_flip,
+}

@@ -12,11 +12,12 @@ same seed is identical.
 Every function has one signature: ``(image, severity, rng) -> image`` with
 H x W x 3 uint8 arrays in and out, severity 1..5.
 """
+
 from __future__ import annotations
 
 import io
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -26,6 +27,7 @@ SEVERITIES = (1, 2, 3, 4, 5)
 
 
 # ------------------------------------------------------------------ helpers
+
 
 def _unit(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32) / 255.0
@@ -219,8 +221,13 @@ def contrast(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.n
 
 # (blob size as blur sigma, threshold in standard deviations, opacity, liquid colour)
 _WATER, _MUD = (0.35, 0.45, 0.65), (0.32, 0.22, 0.1)
-_SPATTER = ((1.6, 1.5, 0.45, _WATER), (1.5, 1.3, 0.55, _WATER), (1.4, 1.1, 0.65, _WATER),
-            (1.3, 1.0, 0.75, _MUD), (1.2, 0.85, 0.85, _MUD))
+_SPATTER = (
+    (1.6, 1.5, 0.45, _WATER),
+    (1.5, 1.3, 0.55, _WATER),
+    (1.4, 1.1, 0.65, _WATER),
+    (1.3, 1.0, 0.75, _MUD),
+    (1.2, 0.85, 0.85, _MUD),
+)
 
 
 def spatter(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
@@ -235,7 +242,9 @@ def spatter(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.nd
     field = (field - field.mean()) / max(float(field.std()), 1e-6)
     mask = _gaussian_blur((field > threshold).astype(np.float32), 0.6)[..., None] * opacity
     x = _unit(image)
-    liquid = 0.5 * np.asarray(colour, np.float32) + 0.5 * _gaussian_blur(x, 1.0) * np.asarray(colour, np.float32) / max(colour)
+    liquid = 0.5 * np.asarray(colour, np.float32) + 0.5 * _gaussian_blur(x, 1.0) * np.asarray(colour, np.float32) / max(
+        colour
+    )
     return _uint8(x * (1 - mask) + liquid * mask)
 
 

@@ -18,6 +18,7 @@ method of this project), so the density is the requested one to the weight; DCWP
 instead keeps scores >= 0 and steers the density with an L1 weight on the scores.
 The loops live in ``rest.core.train.Trainer``; this module holds the pieces and the state.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,9 @@ def flagged_fraction(flagged: torch.Tensor) -> float:
     return float(flagged.float().mean()) if len(flagged) else math.nan
 
 
-def learn_scores(model, params: dict, train, flagged: torch.Tensor, spec, s, gen: torch.Generator,
-                 amp=None) -> dict[str, torch.Tensor]:
+def learn_scores(
+    model, params: dict, train, flagged: torch.Tensor, spec, s, gen: torch.Generator, amp=None
+) -> dict[str, torch.Tensor]:
     """DCWP step 3: Adam on one score per weight of `params` (the model's maskable weights),
     weights frozen, through sampled hard masks; `s` the run's TrainSettings.
 
@@ -104,7 +106,7 @@ def learn_scores(model, params: dict, train, flagged: torch.Tensor, spec, s, gen
             for _ in range(s.dcwp_prune_epochs):
                 order = sampler.epoch_indices()
                 for i in range(0, len(order), s.batch_size):
-                    idx = order[i:i + s.batch_size]
+                    idx = order[i : i + s.batch_size]
                     images = train.images[idx]
                     images = augment(images, gen) if augment is not None else images
                     x = to_input(to_device(images, device), spec)
@@ -113,7 +115,8 @@ def learn_scores(model, params: dict, train, flagged: torch.Tensor, spec, s, gen
                     with amp.autocast(device):  # the forward only; the losses in fp32
                         logits = torch.func.functional_call(model, masked, (x,), strict=False)
                     loss = F.cross_entropy(logits.float(), y) + s.dcwp_con_prune * debiased_contrastive(
-                        tap.features, y, flagged[idx])
+                        tap.features, y, flagged[idx]
+                    )
                     optimizer.zero_grad(set_to_none=True)
                     backward_step(amp, loss, optimizer)
     finally:

@@ -16,6 +16,7 @@ and only where the hardware does:
 Model weights stay fp32 in every precision (autocast computes in the low precision and
 keeps fp32 master weights), so masks, optimizer state and checkpoints are fp32 alike.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,7 +40,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SettingsError(f"device '{name}' was asked for but this machine has no CUDA GPU; use --device cpu (or auto)")
+        raise SettingsError(
+            f"device '{name}' was asked for but this machine has no CUDA GPU; use --device cpu (or auto)"
+        )
     return torch.device(name)
 
 
@@ -66,7 +69,7 @@ def device_memory_bytes(device: torch.device) -> int:
 
 
 def data_placement(data_bytes: int, device: torch.device, fraction: float) -> str:
-    """"device" when the dataset takes at most `fraction` of the device's memory, else "host"
+    """ "device" when the dataset takes at most `fraction` of the device's memory, else "host"
     (it stays in host memory and each batch is copied over). On the CPU both are host memory."""
     return "device" if data_bytes <= fraction * device_memory_bytes(device) else "host"
 
@@ -92,6 +95,7 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------- mixed precision
+
 
 @dataclass
 class Amp:

@@ -3,6 +3,7 @@
 Both are written out here rather than imported: neither is in torch, and each is
 a few lines whose exact form the methods depend on (docs/fidelity.md).
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,9 @@ def generalized_cross_entropy(logits: torch.Tensor, y: torch.Tensor, q: float = 
     return (ce * p_y.pow(q) * q).mean()
 
 
-def debiased_contrastive(features: torch.Tensor, y: torch.Tensor, flagged: torch.Tensor,
-                         temperature: float = 0.07) -> torch.Tensor:
+def debiased_contrastive(
+    features: torch.Tensor, y: torch.Tensor, flagged: torch.Tensor, temperature: float = 0.07
+) -> torch.Tensor:
     """DCWP's supervised contrastive term over one batch.
 
     Features are L2-normalised; the positives of anchor i are the other samples j of its
@@ -69,7 +71,7 @@ class FeatureTap:
     def close(self) -> None:
         self._hook.remove()
 
-    def __enter__(self) -> "FeatureTap":
+    def __enter__(self) -> FeatureTap:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,7 +1,8 @@
 """Model registry: REST's small CNN for digits and a width-parameterised ResNet-18 (with a stem registry)."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -17,7 +18,11 @@ def cnn(num_classes: int, image_size: int, width: int = 64, stem: str = "auto") 
     layers: list[nn.Module] = []
     c_in = 3
     for c_out in (64, 128, 256):
-        layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        ]
         c_in = c_out
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
 
@@ -40,7 +45,9 @@ class BasicBlock(nn.Module):
 
 def imagenet_stem(width: int, image_size: int) -> nn.Module:
     """7x7 stride-2 conv and 3x3 stride-2 max-pool: a 4x smaller feature map (REST at every size)."""
-    return nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+    return nn.Sequential(
+        nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+    )
 
 
 def cifar_stem(width: int, image_size: int) -> nn.Module:

@@ -6,13 +6,16 @@ last (fc) layer, one backward pass per sample, and samples training data with
 probability proportional to its p-norm. For that layer the gradient has a closed form,
 so here it is computed for a whole batch at once, with the same numbers.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def last_layer_grad_norms(logits: torch.Tensor, features: torch.Tensor, y: torch.Tensor, p: float = 0.7) -> torch.Tensor:
+def last_layer_grad_norms(
+    logits: torch.Tensor, features: torch.Tensor, y: torch.Tensor, p: float = 0.7
+) -> torch.Tensor:
     """Per-sample p-norm of d CE(W h + b, y) / d W, without a backward pass.
 
     For logits z = W h + b the gradient is the outer product (softmax(z) - onehot(y)) h^T,
@@ -46,8 +49,8 @@ def grad_norms(model, split, spec, batch_size: int, p: float, amp=None) -> torch
     norms = []
     with FeatureTap(model) as tap:
         for start in range(0, len(split), batch_size):
-            x = to_input(to_device(split.images[start:start + batch_size], device), spec)
-            y = to_device(split.y[start:start + batch_size], device)
+            x = to_input(to_device(split.images[start : start + batch_size], device), spec)
+            y = to_device(split.y[start : start + batch_size], device)
             with amp.autocast(device):
                 logits = model(x)
             norms.append(last_layer_grad_norms(logits, tap.features, y, p).cpu())

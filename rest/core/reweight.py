@@ -10,11 +10,12 @@ checkpoint.
 JTT and PGD ask a stage-1 model about the training split (``Probes``); they are
 handed the split with its bias labels withheld, so they cannot read them.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -59,7 +60,9 @@ def weights_pgd(train: Split, lam: float, probes: Probes) -> torch.Tensor:
     """
     weights = probes.importance(train.without_bias()).cpu().float()
     top = weights.topk(max(1, len(weights) // 100)).values.sum() / weights.sum()
-    log.info("PGD importance: the top 1%% of %d training samples hold %.1f%% of the draws", len(weights), 100 * float(top))
+    log.info(
+        "PGD importance: the top 1%% of %d training samples hold %.1f%% of the draws", len(weights), 100 * float(top)
+    )
     return weights
 
 
@@ -97,8 +100,14 @@ class EpochSampler:
         self.generator.set_state(state["generator"])
 
 
-def make_sampler(strategy: str, train: Split, lam: float, seed: int, identify: Identify | None = None,
-                 importance: Importance | None = None) -> EpochSampler:
+def make_sampler(
+    strategy: str,
+    train: Split,
+    lam: float,
+    seed: int,
+    identify: Identify | None = None,
+    importance: Importance | None = None,
+) -> EpochSampler:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown reweighting '{strategy}'; choose from {', '.join(STRATEGIES)}")
     return EpochSampler(len(train), STRATEGIES[strategy](train, lam, Probes(identify, importance)), seed)

@@ -12,11 +12,12 @@ every optimizer step the masked weights and every optimizer-state tensor of the
 same shape (momentum, Adam moments) are multiplied by the mask, so they are
 exactly zero, whatever the weight decay.
 """
+
 from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ Shape = tuple[int, ...]
 
 
 # ---------------------------------------------------------------- allocation (pure)
+
 
 def _erk_score(shape: Shape) -> float:
     """Erdos-Renyi-Kernel: (sum of all dims) / (product of all dims)."""
@@ -92,6 +94,7 @@ def cosine_drop_fraction(step: int, t_end_step: int, drop_rate: float, drop_rate
 
 # ------------------------------------------------------------ drop and grow rules
 
+
 def drop_magnitude(weight: torch.Tensor, mask: torch.Tensor, n_keep: int) -> torch.Tensor:
     """Keep the n_keep active weights of largest magnitude."""
     score = torch.where(mask, weight.abs(), torch.full_like(weight, -1.0))
@@ -137,6 +140,7 @@ def _top_mask(score: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------- the masks
+
 
 def maskable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     """Conv and linear weights, by parameter name; everything else stays dense."""
@@ -233,8 +237,10 @@ class SparseMask:
         for name, count in self.counts.items():
             mask = masks[name]
             if mask.shape != self.params[name].shape or int(mask.sum()) != count:
-                raise ValueError(f"mask of {name} has {int(mask.sum())} active weights of shape {tuple(mask.shape)}; "
-                                 f"expected {count} of {tuple(self.params[name].shape)}")
+                raise ValueError(
+                    f"mask of {name} has {int(mask.sum())} active weights of shape {tuple(mask.shape)}; "
+                    f"expected {count} of {tuple(self.params[name].shape)}"
+                )
         self.masks = {name: masks[name].bool().to(self.params[name].device) for name in self.counts}
         self.apply(optimizer)
 
@@ -288,7 +294,9 @@ class SparseMask:
 
     def layer_counts(self) -> dict[str, tuple[int, int]]:
         """(active, total) weights per maskable layer."""
-        return {n: (int(self.masks[n].sum()) if n in self.masks else p.numel(), p.numel()) for n, p in self.params.items()}
+        return {
+            n: (int(self.masks[n].sum()) if n in self.masks else p.numel(), p.numel()) for n, p in self.params.items()
+        }
 
     def realised_density(self) -> float:
         counts = self.layer_counts().values()

@@ -11,30 +11,42 @@ Model selection: the epoch the project's one rule (``rest.selection``) ranks
 first on validation numbers is remembered, with its weights, and all its metrics
 are reported as ``best_*``; test numbers never influence selection.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rest.core.data import BiasedData, DataError, DatasetSpec, Split, get_dataset_spec, load_dataset
+from rest import selection
+from rest.core import pgd
 from rest.core.batches import AUGMENTATIONS, to_input
-from rest.core.device import Amp, backward_step, data_placement, make_amp, memory_format, resolve_device, resolve_precision, rng_state, set_rng_state, to_device
+from rest.core.data import BiasedData, DataError, DatasetSpec, Split, get_dataset_spec, load_dataset
 from rest.core.dcwp import DCWPState, flagged_fraction, learn_scores, top_masks
+from rest.core.device import (
+    Amp,
+    backward_step,
+    data_placement,
+    make_amp,
+    memory_format,
+    resolve_device,
+    resolve_precision,
+    rng_state,
+    set_rng_state,
+    to_device,
+)
 from rest.core.losses import FeatureTap, debiased_contrastive, generalized_cross_entropy
 from rest.core.models import build_model
-from rest.core import pgd
-from rest import selection
 from rest.core.reweight import EpochSampler, make_sampler
-from rest.settings import TrainSettings
 from rest.core.sparse import LEARNED, SparseMask, output_positions
+from rest.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +71,7 @@ METRICS = EPOCH_METRICS + ("best_epoch",) + tuple(f"best_{k}" for k in EPOCH_MET
 
 # ---------------------------------------------------------------- evaluation
 
+
 def group_accuracies(correct: torch.Tensor, y: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     """Accuracies of one split from per-sample correctness, targets y and bias labels b.
 
@@ -68,6 +81,7 @@ def group_accuracies(correct: torch.Tensor, y: torch.Tensor, b: torch.Tensor) ->
     ``balanced`` their unweighted mean, so a pair of 3 samples counts as much as a pair
     of 3,000. Accuracies are fractions (nan for an empty group); counts are sample numbers.
     """
+
     def mean(sel: torch.Tensor) -> float:
         return float(correct[sel].float().mean()) if bool(sel.any()) else math.nan
 
@@ -90,16 +104,17 @@ def group_accuracies(correct: torch.Tensor, y: torch.Tensor, b: torch.Tensor) ->
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, split: Split, spec: DatasetSpec, batch_size: int,
-            amp: Amp | None = None) -> tuple[torch.Tensor, float]:
+def predict(
+    model: nn.Module, split: Split, spec: DatasetSpec, batch_size: int, amp: Amp | None = None
+) -> tuple[torch.Tensor, float]:
     """Predicted classes and mean cross-entropy on a split."""
     amp = amp or Amp()
     model.eval()
     preds, loss = [], 0.0
     device = next(model.parameters()).device
     for start in range(0, len(split), batch_size):
-        x = to_input(to_device(split.images[start:start + batch_size], device), spec)
-        y = to_device(split.y[start:start + batch_size], device)
+        x = to_input(to_device(split.images[start : start + batch_size], device), spec)
+        y = to_device(split.y[start : start + batch_size], device)
         with amp.autocast(device):
             logits = model(x)
         loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
@@ -108,7 +123,9 @@ def predict(model: nn.Module, split: Split, spec: DatasetSpec, batch_size: int,
     return torch.cat(preds), loss / max(1, len(split))
 
 
-def evaluate(model: nn.Module, split: Split, spec: DatasetSpec, batch_size: int, amp: Amp | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, split: Split, spec: DatasetSpec, batch_size: int, amp: Amp | None = None
+) -> dict[str, float]:
     if split.b is None:
         raise DataError("bias labels were withheld from an evaluation split; group accuracies need them")
     preds, loss = predict(model, split, spec, batch_size, amp)
@@ -155,7 +172,7 @@ def fit_epoch(
     total = torch.zeros((), device=device)
     n_batches = math.ceil(len(order) / batch_size)
     for i in range(n_batches):
-        idx = order[i * batch_size:(i + 1) * batch_size].to(split.y.device)
+        idx = order[i * batch_size : (i + 1) * batch_size].to(split.y.device)
         images = split.images[idx]
         if augment is not None:
             images = augment(images, aug_gen)
@@ -212,7 +229,9 @@ class Trainer:
 
     def _new_model(self) -> nn.Module:
         s = self.settings
-        model = build_model(s.model or self.spec.default_model, self.spec.num_classes, self.spec.image_size, s.width, stem=s.stem)
+        model = build_model(
+            s.model or self.spec.default_model, self.spec.num_classes, self.spec.image_size, s.width, stem=s.stem
+        )
         return model.to(self.device, memory_format=memory_format(s.memory_format, self.device))
 
     def _identify_errors(self, train: Split) -> torch.Tensor:
@@ -228,8 +247,16 @@ class Trainer:
         amp = make_amp(self.precision, self.device)  # its own loss scaler: this model's gradients differ
         gen = torch.Generator().manual_seed(s.seed + 2)
         for _ in range(s.jtt_epochs):
-            fit_epoch(model, optimizer, train, torch.randperm(len(train), generator=gen), self.spec, s.batch_size,
-                      aug_gen=gen, amp=amp)
+            fit_epoch(
+                model,
+                optimizer,
+                train,
+                torch.randperm(len(train), generator=gen),
+                self.spec,
+                s.batch_size,
+                aug_gen=gen,
+                amp=amp,
+            )
         preds, _ = predict(model, train, self.spec, s.eval_batch_size, amp)
         return preds.cpu() != train.y.cpu()
 
@@ -244,8 +271,17 @@ class Trainer:
         gen = torch.Generator().manual_seed(s.seed + 3)
         gce = functools.partial(_gce_criterion, q=s.gce_q)
         for _ in range(s.pgd_epochs):
-            fit_epoch(model, optimizer, train, torch.randperm(len(train), generator=gen), self.spec, s.batch_size,
-                      aug_gen=gen, amp=amp, criterion=gce)
+            fit_epoch(
+                model,
+                optimizer,
+                train,
+                torch.randperm(len(train), generator=gen),
+                self.spec,
+                s.batch_size,
+                aug_gen=gen,
+                amp=amp,
+                criterion=gce,
+            )
         return pgd.importance(pgd.grad_norms(model, train, self.spec, s.eval_batch_size, s.pgd_norm, amp))
 
     def _learn_dcwp_masks(self, train: Split) -> None:
@@ -256,15 +292,26 @@ class Trainer:
         gen = torch.Generator().manual_seed(s.seed + 4)
         twin = self._new_model()
         optimizers = [OPTIMIZERS[s.optimizer](list(m.parameters()), s) for m in (self.model, twin)]
-        amps = [make_amp(self.precision, self.device) for _ in range(3)]  # model, twin, scores: each its own loss scaler
+        amps = [
+            make_amp(self.precision, self.device) for _ in range(3)
+        ]  # model, twin, scores: each its own loss scaler
         gce = functools.partial(_gce_criterion, q=s.gce_q)
-        for _ in range(s.dcwp_pretrain_epochs):  # both models see the same batch order, as DCWP trains them side by side
+        for _ in range(
+            s.dcwp_pretrain_epochs
+        ):  # both models see the same batch order, as DCWP trains them side by side
             order = torch.randperm(len(train), generator=gen)
             fit_epoch(self.model, optimizers[0], train, order, self.spec, s.batch_size, aug_gen=gen, amp=amps[0])
-            fit_epoch(twin, optimizers[1], train, order, self.spec, s.batch_size, aug_gen=gen, amp=amps[1], criterion=gce)
+            fit_epoch(
+                twin, optimizers[1], train, order, self.spec, s.batch_size, aug_gen=gen, amp=amps[1], criterion=gce
+            )
         preds, _ = predict(twin, train, self.spec, s.eval_batch_size, self.amp)
         flagged = preds.cpu() != train.y.cpu()
-        log.info("DCWP flagged %d of %d training samples (%.1f%%)", int(flagged.sum()), len(flagged), 100 * flagged_fraction(flagged))
+        log.info(
+            "DCWP flagged %d of %d training samples (%.1f%%)",
+            int(flagged.sum()),
+            len(flagged),
+            100 * flagged_fraction(flagged),
+        )
         self.dcwp.flagged = flagged
         scores = learn_scores(self.model, self.sparse.params, train, flagged, self.spec, s, gen, amps[2])
         self.sparse.set_masks(top_masks(scores, self.sparse.counts), self.optimizer)
@@ -278,7 +325,9 @@ class Trainer:
         flagged = self.dcwp.flagged
 
         def loss(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(logits.float(), y) + s.dcwp_con_retrain * debiased_contrastive(tap.features, y, flagged[idx.cpu()])
+            return F.cross_entropy(logits.float(), y) + s.dcwp_con_retrain * debiased_contrastive(
+                tap.features, y, flagged[idx.cpu()]
+            )
 
         return loss
 
@@ -288,8 +337,9 @@ class Trainer:
         if self.dcwp is not None and not self.dcwp.pruned:
             self._learn_dcwp_masks(self.data.train.without_bias())
         if self.sampler is None:
-            self.sampler = make_sampler(s.reweight, self.data.train, s.lambda_upweight, s.seed, self._identify_errors,
-                                        self._pgd_importance)
+            self.sampler = make_sampler(
+                s.reweight, self.data.train, s.lambda_upweight, s.seed, self._identify_errors, self._pgd_importance
+            )
         order = self.sampler.epoch_indices()
         contrastive = self.dcwp is not None and s.dcwp_con_retrain > 0
         with FeatureTap(self.model) if contrastive else nullcontext() as tap:
@@ -324,7 +374,10 @@ class Trainer:
             "test_balanced_acc": test["balanced"],
         }
         if selection.better(record, self._incumbent(), s.selection):
-            self.best = {"best_epoch": self.epoch, **{f"best_{k}": v for k, v in record.items() if k.startswith(SPLITS)}}
+            self.best = {
+                "best_epoch": self.epoch,
+                **{f"best_{k}": v for k, v in record.items() if k.startswith(SPLITS)},
+            }
             self.best_weights = {
                 "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
                 "masks": {n: m.cpu().clone() for n, m in self.sparse.masks.items()},
@@ -345,8 +398,10 @@ class Trainer:
         """The selected epoch so far, as a record the selection rule can compare (None before epoch 1)."""
         if not self.best.get("best_epoch"):
             return None
-        return {"epoch": self.best["best_epoch"],
-                **{k.removeprefix("best_"): v for k, v in self.best.items() if k.startswith("best_val_")}}
+        return {
+            "epoch": self.best["best_epoch"],
+            **{k.removeprefix("best_"): v for k, v in self.best.items() if k.startswith("best_val_")},
+        }
 
     def state_dict(self) -> dict:
         return {
@@ -384,7 +439,6 @@ class Trainer:
         self.best = dict(state["best"])
         self.best_weights = state.get("best_weights")
 
-
     def _load_precision(self, state: dict) -> None:
         """The checkpoint's precision and loss scaler.
 
@@ -399,8 +453,13 @@ class Trainer:
             log.warning("this checkpoint predates CPU autocast: it trained in fp32 on the CPU and continues in fp32")
             self.precision, self.amp = "fp32", make_amp("fp32", self.device)
         elif saved is not None and saved != self.precision:
-            log.warning("resuming a %s checkpoint in %s after epoch %d: weights and optimizer state carry over%s",
-                        saved, self.precision, self.epoch, "; the loss scaler starts afresh" if self.amp.scaler else "")
+            log.warning(
+                "resuming a %s checkpoint in %s after epoch %d: weights and optimizer state carry over%s",
+                saved,
+                self.precision,
+                self.epoch,
+                "; the loss scaler starts afresh" if self.amp.scaler else "",
+            )
         if self.amp.scaler is not None and state.get("scaler"):
             self.amp.scaler.load_state_dict(state["scaler"])
 
@@ -415,8 +474,9 @@ def _gce_criterion(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, q: 
     return generalized_cross_entropy(logits.float(), y, q)
 
 
-def train(settings: TrainSettings, data: BiasedData | None = None, state: dict | None = None,
-          progress: Progress | None = None) -> Iterator[dict[str, float]]:
+def train(
+    settings: TrainSettings, data: BiasedData | None = None, state: dict | None = None, progress: Progress | None = None
+) -> Iterator[dict[str, float]]:
     """Yield one metrics record per epoch, resuming from a checkpoint `state` if given.
 
     Callers that save checkpoints between epochs use ``Trainer`` directly.

@@ -20,6 +20,7 @@ layer's stride and padding only decide which taps are skipped. A tensor passed b
 layers stays a logical N x C x H x W tensor (a permuted view), so ReLU, residual
 additions and pooling run unchanged on it; a dense layer gets it contiguous again.
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,6 +55,7 @@ def crossover(batch: int, rule: tuple[tuple[int, float], ...] = CROSSOVER) -> fl
 
 
 # ------------------------------------------------------------ BN folding (pure)
+
 
 def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of conv-then-BN (eval mode) as one convolution, computed in float64.
@@ -98,19 +100,31 @@ class CSRWeight:
     values: np.ndarray  # float32, nnz
 
     @classmethod
-    def from_weight(cls, weight: torch.Tensor) -> "CSRWeight":
+    def from_weight(cls, weight: torch.Tensor) -> CSRWeight:
         o, c, kh, kw = weight.shape
         flat = weight.detach().reshape(o, -1).cpu().numpy()
         rows, cols = np.nonzero(flat)  # row-major order: grouped by output channel
         indptr = np.zeros(o + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=o), out=indptr[1:])
         cols = cols.astype(np.int64)
-        return cls(indptr, cols // (kh * kw), (cols % (kh * kw)) // kw, cols % kw,
-                   np.ascontiguousarray(flat[rows, cols], dtype=np.float32))
+        return cls(
+            indptr,
+            cols // (kh * kw),
+            (cols % (kh * kw)) // kw,
+            cols % kw,
+            np.ascontiguousarray(flat[rows, cols], dtype=np.float32),
+        )
 
 
-def sparse_conv2d(x: torch.Tensor, csr: CSRWeight, bias: torch.Tensor, out_channels: int, kernel: tuple[int, int],
-                  stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+def sparse_conv2d(
+    x: torch.Tensor,
+    csr: CSRWeight,
+    bias: torch.Tensor,
+    out_channels: int,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+) -> torch.Tensor:
     """conv2d(x, W, bias) from W's nonzeros; x is N x C x H x W (any strides), so is the result.
 
     The result's memory is batch-innermost (C, H, W, N): a following sparse layer reads
@@ -125,8 +139,20 @@ def sparse_conv2d(x: torch.Tensor, csr: CSRWeight, bias: torch.Tensor, out_chann
     out = torch.empty((out_channels, ho, wo, n), dtype=torch.float32)
     threads = torch.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    _kernel()(chwn.numpy(), csr.indptr, csr.channel, csr.tap_h, csr.tap_w, csr.values,
-              bias.detach().numpy(), out.numpy(), stride[0], stride[1], padding[0], padding[1])
+    _kernel()(
+        chwn.numpy(),
+        csr.indptr,
+        csr.channel,
+        csr.tap_h,
+        csr.tap_w,
+        csr.values,
+        bias.detach().numpy(),
+        out.numpy(),
+        stride[0],
+        stride[1],
+        padding[0],
+        padding[1],
+    )
     if torch.get_num_threads() != threads:  # numba's OpenMP layer starting up resets the shared OpenMP thread count
         torch.set_num_threads(threads)
     return out.permute(3, 0, 1, 2)
@@ -134,11 +160,18 @@ def sparse_conv2d(x: torch.Tensor, csr: CSRWeight, bias: torch.Tensor, out_chann
 
 # ------------------------------------------------------------ inference modules
 
+
 class SparseConv2d(nn.Module):
     """A (BN-folded) convolution that runs sparse when its density is below the crossover."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding,
-                 rule: tuple[tuple[int, float], ...] = CROSSOVER):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        stride,
+        padding,
+        rule: tuple[tuple[int, float], ...] = CROSSOVER,
+    ):
         super().__init__()
         weight = weight.detach().float().contiguous()
         self.register_buffer("weight", weight)
@@ -153,8 +186,9 @@ class SparseConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel_for(x.shape[0]) == "sparse" and x.dtype == torch.float32 and x.device.type == "cpu":
-            return sparse_conv2d(x, self.csr, self.bias, self.weight.shape[0], tuple(self.weight.shape[2:]),
-                                 self.stride, self.padding)
+            return sparse_conv2d(
+                x, self.csr, self.bias, self.weight.shape[0], tuple(self.weight.shape[2:]), self.stride, self.padding
+            )
         return F.conv2d(x.contiguous(), self.weight, self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
@@ -224,8 +258,11 @@ def sparse_engine(model: nn.Module, rule: tuple[tuple[int, float], ...] = CROSSO
 
 def layer_plan(engine: nn.Module, batch: int) -> list[dict]:
     """Per sparse-capable layer: its name, weight shape, density and the kernel it runs at this batch size."""
-    return [{"layer": name, "shape": tuple(m.weight.shape), "density": m.density, "kernel": m.kernel_for(batch)}
-            for name, m in engine.named_modules() if isinstance(m, SparseConv2d)]
+    return [
+        {"layer": name, "shape": tuple(m.weight.shape), "density": m.density, "kernel": m.kernel_for(batch)}
+        for name, m in engine.named_modules()
+        if isinstance(m, SparseConv2d)
+    ]
 
 
 ENGINES = {"dense": lambda model: model, "sparse": sparse_engine}
@@ -237,7 +274,9 @@ def make_engine(model: nn.Module, engine: str) -> nn.Module:
     return ENGINES[engine](model)
 
 
-def timed_logits(model: nn.Module, images: torch.Tensor, batch_size: int, to_input=lambda x: x) -> tuple[torch.Tensor, float]:
+def timed_logits(
+    model: nn.Module, images: torch.Tensor, batch_size: int, to_input=lambda x: x
+) -> tuple[torch.Tensor, float]:
     """Logits of `images` and images per second of the forward passes alone.
 
     One untimed pass over the first batch comes first (it compiles or loads the sparse
@@ -249,12 +288,23 @@ def timed_logits(model: nn.Module, images: torch.Tensor, batch_size: int, to_inp
     with torch.inference_mode():
         model(to_input(images[:batch_size]))
         for start in range(0, len(images), batch_size):
-            x = to_input(images[start:start + batch_size])
+            x = to_input(images[start : start + batch_size])
             t0 = time.perf_counter()
             outs.append(model(x))
             seconds += time.perf_counter() - t0
     return torch.cat(outs), len(images) / max(seconds, 1e-12)
 
 
-__all__ = ["CROSSOVER", "ENGINES", "SparseConv2d", "SparseLinear", "crossover", "fold_bn", "layer_plan",
-           "make_engine", "sparse_conv2d", "sparse_engine", "timed_logits"]
+__all__ = [
+    "CROSSOVER",
+    "ENGINES",
+    "SparseConv2d",
+    "SparseLinear",
+    "crossover",
+    "fold_bn",
+    "layer_plan",
+    "make_engine",
+    "sparse_conv2d",
+    "sparse_engine",
+    "timed_logits",
+]

@@ -4,6 +4,7 @@ Hand-written because no installed library runs an unstructured-sparse convolutio
 than a dense one at these densities on CPU (``torch.sparse.mm``, COO and scipy's CSR
 product were measured slower; benchmarks/README.md).
 """
+
 import numpy as np
 from numba import njit, prange
 

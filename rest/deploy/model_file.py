@@ -3,6 +3,7 @@ the kept weights plus a bitmap of where they are), `rest.load_model` reads them 
 
 Files are loaded with ``weights_only=True``: a crafted file cannot run code.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,6 @@ import numpy as np
 from rest import selection
 from rest.report.export import BASELINE_ROLES, ExportError, _pool, _primary, best_configs, format_value
 from rest.report.results import COMPACT_FORMAT, StudyResults, checkpoint_states, is_compact
-
 
 MODEL_FORMAT = "rest-sparse-model-v1"
 PROG = "tune_search.py"  # the command a message tells the user to run
@@ -77,9 +77,11 @@ def trial_state(trial) -> dict:
             break  # written before the selected epoch: neither it nor older ones hold its weights
     why = f"checkpoint {', '.join(unreadable)} is unreadable" if unreadable else "no checkpoint holds them"
     out = f"runs/retrain-{trial.trial_id}"
-    raise ExportError(f"the weights of trial {trial.trial_id}'s selected epoch {epoch}, the one the tables report, cannot be "
-                      f"read ({why}); no model file was written. Retrain that config with its stored settings: "
-                      f"{retrain_command(trial.config, out)} ; then: {PROG} export-model {out}")
+    raise ExportError(
+        f"the weights of trial {trial.trial_id}'s selected epoch {epoch}, the one the tables report, cannot be "
+        f"read ({why}); no model file was written. Retrain that config with its stored settings: "
+        f"{retrain_command(trial.config, out)} ; then: {PROG} export-model {out}"
+    )
 
 
 def retrain_command(config: dict, out: str) -> str:
@@ -91,8 +93,11 @@ def retrain_command(config: dict, out: str) -> str:
 
     settings = TrainSettings.from_dict({k: v for k, v in config.items() if k != "extra"})
     default = TrainSettings()
-    flags = [f"--{f.name.replace('_', '-')}={shlex.quote(str(getattr(settings, f.name)))}"
-             for f in dataclasses.fields(settings) if "help" in f.metadata and getattr(settings, f.name) != getattr(default, f.name)]
+    flags = [
+        f"--{f.name.replace('_', '-')}={shlex.quote(str(getattr(settings, f.name)))}"
+        for f in dataclasses.fields(settings)
+        if "help" in f.metadata and getattr(settings, f.name) != getattr(default, f.name)
+    ]
     return " ".join([PROG, "train", *flags, "--out", shlex.quote(out)])
 
 
@@ -109,8 +114,10 @@ def run_state(run: Path) -> dict:
     try:
         return torch.load(Path(run) / "checkpoint.pt", weights_only=False, map_location="cpu")  # our own file
     except Exception as exc:
-        raise ExportError(f"{run}/checkpoint.pt cannot be read ({str(exc).splitlines()[0][:120]}); "
-                          f"train the run again or 'train --resume {run}'") from None
+        raise ExportError(
+            f"{run}/checkpoint.pt cannot be read ({str(exc).splitlines()[0][:120]}); "
+            f"train the run again or 'train --resume {run}'"
+        ) from None
 
 
 def sparse_model_state(state: dict) -> dict:
@@ -128,10 +135,19 @@ def sparse_model_state(state: dict) -> dict:
             dense[name] = tensor
         else:
             bits = np.packbits(mask.flatten().numpy())
-            sparse[name] = {"shape": tuple(tensor.shape), "bitmap": torch.from_numpy(bits),
-                            "values": tensor.flatten()[mask.flatten()].clone()}
-    return {"format": MODEL_FORMAT, "settings": state["settings"], "epoch": state["best"].get("best_epoch"),
-            "metrics": state["best"], "dense": dense, "sparse": sparse}
+            sparse[name] = {
+                "shape": tuple(tensor.shape),
+                "bitmap": torch.from_numpy(bits),
+                "values": tensor.flatten()[mask.flatten()].clone(),
+            }
+    return {
+        "format": MODEL_FORMAT,
+        "settings": state["settings"],
+        "epoch": state["best"].get("best_epoch"),
+        "metrics": state["best"],
+        "dense": dense,
+        "sparse": sparse,
+    }
 
 
 def compact_state(state: dict) -> dict:
@@ -139,9 +155,15 @@ def compact_state(state: dict) -> dict:
     from it, the epoch its weights are from, its best-so-far metrics and its final record (what
     a resumed trial reports again). No optimizer state, no non-best weights."""
     history = state.get("history") or []
-    return {"format": COMPACT_FORMAT, "settings": state["settings"], "epoch": int(state["epoch"]),
-            "best": dict(state["best"]), "weights_epoch": weights_epoch(state),
-            "final_record": history[-1] if history else None, "model_file": sparse_model_state(state)}
+    return {
+        "format": COMPACT_FORMAT,
+        "settings": state["settings"],
+        "epoch": int(state["epoch"]),
+        "best": dict(state["best"]),
+        "weights_epoch": weights_epoch(state),
+        "final_record": history[-1] if history else None,
+        "model_file": sparse_model_state(state),
+    }
 
 
 def save_sparse_model(state: dict, path: Path) -> Path:
@@ -170,8 +192,10 @@ def read_model_file(path: str | Path) -> dict:
     except IsADirectoryError:
         raise ExportError(f"{path} is a directory; pass a file written by 'tune_search.py export-model'") from None
     except Exception as exc:  # pickle.UnpicklingError (objects beyond tensors), or not a torch file at all
-        raise ExportError(f"{path} is not a plain rest-tune model file ({str(exc).splitlines()[0][:120]}); "
-                          f"only files written by 'tune_search.py export-model' load") from None
+        raise ExportError(
+            f"{path} is not a plain rest-tune model file ({str(exc).splitlines()[0][:120]}); "
+            f"only files written by 'tune_search.py export-model' load"
+        ) from None
     if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
         raise ExportError(f"{path} is not a rest-tune sparse model file")
     return saved
@@ -187,8 +211,8 @@ def load_model(path: str | Path, engine: str = "dense"):
     import torch
 
     from rest.core.data import get_dataset_spec
-    from rest.deploy.infer import ENGINES, make_engine
     from rest.core.models import build_model
+    from rest.deploy.infer import ENGINES, make_engine
     from rest.settings import TrainSettings
 
     if engine not in ENGINES:
@@ -196,7 +220,9 @@ def load_model(path: str | Path, engine: str = "dense"):
     saved = read_model_file(path)
     settings = TrainSettings.from_dict(saved["settings"])
     spec = get_dataset_spec(settings.dataset)
-    model = build_model(settings.model or spec.default_model, spec.num_classes, spec.image_size, settings.width, stem=settings.stem)
+    model = build_model(
+        settings.model or spec.default_model, spec.num_classes, spec.image_size, settings.width, stem=settings.stem
+    )
     weights = dict(saved["dense"])
     for name, entry in saved["sparse"].items():
         numel = int(np.prod(entry["shape"]))
@@ -211,8 +237,15 @@ def load_model(path: str | Path, engine: str = "dense"):
 SPLITS = ("test", "valid", "train")
 
 
-def predict_file(path, engine: str = "dense", batch_size: int = 256, split: str = "test", dataset: str | None = None,
-                 conflict_pct: float | None = None, data_root: str | None = None) -> dict:
+def predict_file(
+    path,
+    engine: str = "dense",
+    batch_size: int = 256,
+    split: str = "test",
+    dataset: str | None = None,
+    conflict_pct: float | None = None,
+    data_root: str | None = None,
+) -> dict:
     """Accuracy (the project's group metrics) and throughput of an exported model on a dataset split.
 
     The dataset defaults to the one the model was trained on (its stored settings).
@@ -221,9 +254,9 @@ def predict_file(path, engine: str = "dense", batch_size: int = 256, split: str 
 
     from rest.core.batches import to_input
     from rest.core.data import DataError, get_dataset_spec, load_dataset
+    from rest.core.train import group_accuracies
     from rest.deploy.infer import ENGINES, layer_plan, timed_logits
     from rest.settings import TrainSettings
-    from rest.core.train import group_accuracies
 
     if engine not in ENGINES:
         raise ExportError(f"unknown engine '{engine}'; choose from {', '.join(ENGINES)}")
@@ -232,15 +265,19 @@ def predict_file(path, engine: str = "dense", batch_size: int = 256, split: str 
     if batch_size < 1:
         raise DataError(f"--batch-size {batch_size} must be at least 1")
     if conflict_pct is not None and not 0.0 < float(conflict_pct) < 100.0:  # nan and inf too
-        raise DataError(f"--conflict-pct {conflict_pct:g} is outside (0, 100); give a ratio the dataset has, e.g. 1 or 5")
+        raise DataError(
+            f"--conflict-pct {conflict_pct:g} is outside (0, 100); give a ratio the dataset has, e.g. 1 or 5"
+        )
     settings = TrainSettings.from_dict(read_model_file(path)["settings"])
     dataset = dataset or settings.dataset
     trained = get_dataset_spec(settings.dataset)
     spec = get_dataset_spec(dataset)
     if (spec.num_classes, spec.image_size) != (trained.num_classes, trained.image_size):
-        raise ExportError(f"the model was trained on {settings.dataset} ({trained.num_classes} classes, "
-                          f"{trained.image_size} px); {dataset} has {spec.num_classes} classes at {spec.image_size} px: "
-                          f"pass a dataset of the same kind")
+        raise ExportError(
+            f"the model was trained on {settings.dataset} ({trained.num_classes} classes, "
+            f"{trained.image_size} px); {dataset} has {spec.num_classes} classes at {spec.image_size} px: "
+            f"pass a dataset of the same kind"
+        )
     same = dataset == settings.dataset
     pct = conflict_pct if conflict_pct is not None else (settings.conflict_pct if same else 1.0)
     root = data_root or (settings.data_root if same else None)
@@ -248,8 +285,16 @@ def predict_file(path, engine: str = "dense", batch_size: int = 256, split: str 
     part = getattr(data, split)
     model = load_model(path, engine)
     logits, speed = timed_logits(model, part.images, batch_size, lambda x: to_input(x, spec))
-    result = {"dataset": dataset, "conflict_pct": pct, "split": split, "engine": engine, "batch_size": batch_size,
-              "samples": len(part), "images_per_s": speed, "threads": torch.get_num_threads()}
+    result = {
+        "dataset": dataset,
+        "conflict_pct": pct,
+        "split": split,
+        "engine": engine,
+        "batch_size": batch_size,
+        "samples": len(part),
+        "images_per_s": speed,
+        "threads": torch.get_num_threads(),
+    }
     if part.b is not None:
         result.update(group_accuracies(logits.argmax(1) == part.y, part.y, part.b))
     if engine == "sparse":

@@ -11,23 +11,24 @@ Outputs: best_configs (selected config per cell and both baselines, with REST's
 gain over each), by_density, paper_table (the LfF / DisEnt / REST layout),
 trials.csv, accuracy_vs_density.png and summary.md.
 """
+
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from rest.report import export_dir
 from rest import selection
 from rest.errors import UserError
-from rest.study.failures import FIX, add_failed_column, cell_failures, failures_of, missing_rows
+from rest.report import export_dir
 from rest.report.results import StudyResults, aggregate, read_study, search_configs
-from rest.study.space import StudySpec
 from rest.storage import Location, existing_storage, open_location
+from rest.study.failures import FIX, add_failed_column, cell_failures, failures_of, missing_rows
+from rest.study.space import StudySpec
 from rest.tables import float_cell, markdown
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,14 @@ Writer = Callable[[Path], None]  # writes one output file at the path it is give
 
 
 # The columns of a row whose configs all failed (so tables keep their shape when every trial failed).
-NO_RESULT = {"seeds": 0, "deciding_group_size": math.nan, "nonzero_rel": math.nan, "flops_rel": math.nan, "stopped_early": 0,
-             **{f"best_{m}{se}": math.nan for m in TABLE_METRICS for se in ("", "_se")}}
+NO_RESULT = {
+    "seeds": 0,
+    "deciding_group_size": math.nan,
+    "nonzero_rel": math.nan,
+    "flops_rel": math.nan,
+    "stopped_early": 0,
+    **{f"best_{m}{se}": math.nan for m in TABLE_METRICS for se in ("", "_se")},
+}
 
 
 class ExportError(UserError):
@@ -62,8 +69,10 @@ def find_study(name_or_path: str, storage: str | None) -> Location:
     candidate = open_location(existing_storage(storage)).join(name_or_path)
     if candidate.join("manifest.json").is_file():
         return candidate
-    raise ExportError(f"{name_or_path} is not a study directory (no manifest.json there or under --storage); "
-                      f"pass the study's path or its name with --storage")
+    raise ExportError(
+        f"{name_or_path} is not a study directory (no manifest.json there or under --storage); "
+        f"pass the study's path or its name with --storage"
+    )
 
 
 def load_study(location: Location) -> StudyResults:
@@ -77,6 +86,7 @@ def load_study(location: Location) -> StudyResults:
 
 
 # ------------------------------------------------------------------- tables
+
 
 def _primary(spec: StudySpec, how: str) -> tuple[str, str]:
     """(primary metric, record prefix) of a selection mode: validation as the study says, or oracle."""
@@ -113,7 +123,9 @@ def best_configs(study: StudyResults, how: str = "val") -> pd.DataFrame:
     trials = study.trials()
     pool = _pool(trials)
     confirmed = (pool["phase"] == "confirm").any()
-    groups = aggregate(pool, cells + spec.searched_keys() + ["role"]) if not pool.empty else pd.DataFrame(columns=["role"])
+    groups = (
+        aggregate(pool, cells + spec.searched_keys() + ["role"]) if not pool.empty else pd.DataFrame(columns=["role"])
+    )
     primary, prefix = _primary(spec, how)
     candidates = groups[~groups["role"].isin(list(BASELINE_ROLES))]
     rows = []
@@ -131,11 +143,15 @@ def best_configs(study: StudyResults, how: str = "val") -> pd.DataFrame:
             base = in_cell[in_cell["role"] == role]
             base = base.iloc[0] if not base.empty else None
             suffix = role.removesuffix("_baseline")
-            chosen[f"gain_over_{suffix}"], chosen[f"gain_over_{suffix}_se"] = _gain(chosen, base, "best_test_worst_group_acc")
+            chosen[f"gain_over_{suffix}"], chosen[f"gain_over_{suffix}_se"] = _gain(
+                chosen, base, "best_test_worst_group_acc"
+            )
             if base is not None:
                 baseline_rows.append(base.to_dict() | {"row": label, "status": "baseline"})
         rows += [chosen.to_dict()] + baseline_rows
-    table = _with_failed_cells(pd.DataFrame(rows + _failed_cells(rows, trials, spec, cells, "REST (selected)")), trials, spec)
+    table = _with_failed_cells(
+        pd.DataFrame(rows + _failed_cells(rows, trials, spec, cells, "REST (selected)")), trials, spec
+    )
     if table.empty:
         return table
     table["selection"] = _selection_label(spec, how)
@@ -155,18 +171,28 @@ def best_per_method(study: StudyResults, how: str = "val") -> pd.DataFrame:
     groups = aggregate(pool, cells + ["method"] + spec.method_keys()) if not pool.empty else pd.DataFrame()
     order = {m.name: i for i, m in enumerate(spec.methods)}
     rows = []
-    for _, (chosen,) in selection.select_per_cell(groups.to_dict("records"), cells + ["method"], primary, prefix).items():
+    for _, (chosen,) in selection.select_per_cell(
+        groups.to_dict("records"), cells + ["method"], primary, prefix
+    ).items():
         expected = len(spec.confirm.seeds) if (confirmed and spec.confirm) else chosen["trials"]
         complete = chosen["trials_finished"] >= expected and (confirmed or spec.confirm is None)
-        status = "complete" if complete else (f"incomplete: {chosen['trials_finished']} of {expected} seeds finished"
-                                              if confirmed else "incomplete: search phase only")
+        status = (
+            "complete"
+            if complete
+            else (
+                f"incomplete: {chosen['trials_finished']} of {expected} seeds finished"
+                if confirmed
+                else "incomplete: search phase only"
+            )
+        )
         rows.append({**chosen, "row": chosen["method"], "status": status})
     rows += [r | {"row": r["method"]} for r in _failed_cells(rows, trials, spec, cells + ["method"], "")]
     table = _with_failed_cells(pd.DataFrame(rows), trials, spec)
     if table.empty:
         return table
-    table = table.sort_values([*cells, "method"], key=lambda col: col.map(order) if col.name == "method" else col,
-                              kind="stable").reset_index(drop=True)
+    table = table.sort_values(
+        [*cells, "method"], key=lambda col: col.map(order) if col.name == "method" else col, kind="stable"
+    ).reset_index(drop=True)
     table["selection"] = _selection_label(spec, how)
     table["small_deciding_group"] = table["deciding_group_size"] < selection.SMALL_GROUP
     first = ["row", *cells, *spec.searched_keys(), "seeds", "selection", "status"]
@@ -178,8 +204,11 @@ def _failed_cells(rows: list[dict], trials: pd.DataFrame, spec: StudySpec, keys:
     failures = cell_failures(trials, spec)
     missing = missing_rows(rows, trials.to_dict("records"), keys, row=label, **NO_RESULT)
     for row in missing:
-        row["status"] = ("failed: no config of this cell finished an epoch" if failures_of(failures, row, spec.compare_within)
-                         else "no results yet: no trial finished an epoch")
+        row["status"] = (
+            "failed: no config of this cell finished an epoch"
+            if failures_of(failures, row, spec.compare_within)
+            else "no results yet: no trial finished an epoch"
+        )
     return missing
 
 
@@ -231,15 +260,26 @@ def paper_table(studies: list[StudyResults], how: str = "val") -> pd.DataFrame:
     rows = []
     for study in studies:
         for _, r in best_configs(study, how).iterrows():
-            rows.append({"method": r["row"], "density": r["density"], "dataset": r["dataset"], "conflict_pct": r["conflict_pct"],
-                         "unbiased": 100 * r["best_test_unbiased_acc"], "unbiased_se": 100 * r["best_test_unbiased_acc_se"],
-                         "conflicting": 100 * r["best_test_conflict_acc"],
-                         "conflicting_se": 100 * r["best_test_conflict_acc_se"], "seeds": r["seeds"],
-                         "status": r["status"], **({"failed": r["failed"]} if "failed" in r else {})})
+            rows.append(
+                {
+                    "method": r["row"],
+                    "density": r["density"],
+                    "dataset": r["dataset"],
+                    "conflict_pct": r["conflict_pct"],
+                    "unbiased": 100 * r["best_test_unbiased_acc"],
+                    "unbiased_se": 100 * r["best_test_unbiased_acc_se"],
+                    "conflicting": 100 * r["best_test_conflict_acc"],
+                    "conflicting_se": 100 * r["best_test_conflict_acc_se"],
+                    "seeds": r["seeds"],
+                    "status": r["status"],
+                    **({"failed": r["failed"]} if "failed" in r else {}),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------ writing
+
 
 def _fmt(mean: float, se: float) -> str:
     if mean != mean:
@@ -266,17 +306,22 @@ def presentable(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
             out[col] = table[col].values
     for metric in TABLE_METRICS:
         if f"best_{metric}" in table:
-            out[f"{metric} (%)"] = [_fmt(100 * m, 100 * s) for m, s in zip(table[f"best_{metric}"], table[f"best_{metric}_se"])]
+            out[f"{metric} (%)"] = [
+                _fmt(100 * m, 100 * s) for m, s in zip(table[f"best_{metric}"], table[f"best_{metric}_se"])
+            ]
     out["nonzero params (rel.)"] = [format(x, ".3f") if x == x else "n/a" for x in table["nonzero_rel"]]
     out["FLOPs (rel.)"] = [format(x, ".3f") if x == x else "n/a" for x in table["flops_rel"]]
     for suffix in ("erm", "dense_reweighted"):
         if f"gain_over_{suffix}" in table:
             out[f"gain over {suffix.replace('_', ' ')} (points)"] = [
                 "" if g != g else (f"{100 * g:+.1f}" if s != s else f"{100 * g:+.1f} ± {100 * s:.1f}")
-                for g, s in zip(table[f"gain_over_{suffix}"], table[f"gain_over_{suffix}_se"])]
+                for g, s in zip(table[f"gain_over_{suffix}"], table[f"gain_over_{suffix}_se"])
+            ]
     if "deciding_group_size" in table:
-        out["deciding val group (n)"] = [("n/a" if n != n else f"{n:.0f}" + (" (small)" if n < selection.SMALL_GROUP else ""))
-                                         for n in table["deciding_group_size"]]
+        out["deciding val group (n)"] = [
+            ("n/a" if n != n else f"{n:.0f}" + (" (small)" if n < selection.SMALL_GROUP else ""))
+            for n in table["deciding_group_size"]
+        ]
     for col in ("epochs_run", "stopped_early", "status", "failed"):
         if col in table:
             out[col] = table[col].values
@@ -290,7 +335,9 @@ def paper_presentable(table: pd.DataFrame) -> pd.DataFrame:
     table = table.assign(column=[f"{d} {p:g}%" for d, p in zip(table["dataset"], table["conflict_pct"])])
     columns = list(dict.fromkeys(table["column"]))
     known = ["ERM (dense)", "dense reweighted", "REST (selected)"]
-    order = [m for m in known if m in set(table["method"])] + [m for m in dict.fromkeys(table["method"]) if m not in known]
+    order = [m for m in known if m in set(table["method"])] + [
+        m for m in dict.fromkeys(table["method"]) if m not in known
+    ]
     out = []
     for method in order:
         sub = table[table["method"] == method]
@@ -307,13 +354,32 @@ def paper_presentable(table: pd.DataFrame) -> pd.DataFrame:
             row[f"{col} conflicting (%)"] = _fmt(c["conflicting"], c["conflicting_se"])
         out.append(row)
         if method == "REST (selected)":  # the density REST selected differs per column: say which
-            out.append({"method": "REST: selected density", **{
-                f"{col} {part} (%)": (format_value(sub[sub["column"] == col].iloc[0]["density"]) if part == "unbiased" else "")
-                if not sub[sub["column"] == col].empty else "" for col in columns for part in ("unbiased", "conflicting")}})
+            out.append(
+                {
+                    "method": "REST: selected density",
+                    **{
+                        f"{col} {part} (%)": (
+                            format_value(sub[sub["column"] == col].iloc[0]["density"]) if part == "unbiased" else ""
+                        )
+                        if not sub[sub["column"] == col].empty
+                        else ""
+                        for col in columns
+                        for part in ("unbiased", "conflicting")
+                    },
+                }
+            )
     if "failed" in table and table["failed"].fillna("").astype(bool).any():  # per column: its cell's failed configs
         failed = table.drop_duplicates("column").set_index("column")["failed"].fillna("")
-        out.append({"method": "failed configs", **{f"{col} {part} (%)": failed[col] if part == "unbiased" else ""
-                                                   for col in columns for part in ("unbiased", "conflicting")}})
+        out.append(
+            {
+                "method": "failed configs",
+                **{
+                    f"{col} {part} (%)": failed[col] if part == "unbiased" else ""
+                    for col in columns
+                    for part in ("unbiased", "conflicting")
+                },
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -327,8 +393,15 @@ def to_latex(table: pd.DataFrame, caption: str) -> str:
     numeric = [bool(len(table)) and all(_looks_numeric(v) for v in table[c]) for c in table.columns]
     spec = "".join("r" if n else "l" for n in numeric)
     esc = _latex_escape
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(caption)}}}", rf"\begin{{tabular}}{{{spec}}}",
-             r"\toprule", " & ".join(esc(str(c)) for c in table.columns) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{esc(caption)}}}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(esc(str(c)) for c in table.columns) + r" \\",
+        r"\midrule",
+    ]
     for row in table.itertuples(index=False):
         lines.append(" & ".join(_latex_value(v) for v in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
@@ -336,7 +409,15 @@ def to_latex(table: pd.DataFrame, caption: str) -> str:
 
 
 def _looks_numeric(v) -> bool:
-    text = format_value(v).replace("±", "").replace("+", "").replace("-", "").replace(".", "").replace(" ", "").replace(",", "")
+    text = (
+        format_value(v)
+        .replace("±", "")
+        .replace("+", "")
+        .replace("-", "")
+        .replace(".", "")
+        .replace(" ", "")
+        .replace(",", "")
+    )
     return text.isdigit() or text in ("n/a", "")
 
 
@@ -355,13 +436,18 @@ def _latex_value(v) -> str:
 
 
 def caption(spec: StudySpec, how: str, what: str) -> str:
-    rule = ("ORACLE: configs ranked on test worst-group accuracy (not a fair result)" if how == "oracle" else
-            f"configs ranked per cell on validation {getattr(spec.train, 'selection', 'worst_group').replace('_', '-')} "
-            f"accuracy, then validation average accuracy, then validation loss")
+    rule = (
+        "ORACLE: configs ranked on test worst-group accuracy (not a fair result)"
+        if how == "oracle"
+        else f"configs ranked per cell on validation {getattr(spec.train, 'selection', 'worst_group').replace('_', '-')} "
+        f"accuracy, then validation average accuracy, then validation loss"
+    )
     return f"{what}. {rule[0].upper()}{rule[1:]}; test accuracy of each run's selected epoch, mean ± standard error over seeds, in percent."
 
 
-def table_files(table: pd.DataFrame, shown: pd.DataFrame, base: str, formats: list[str], title: str) -> dict[str, Writer]:
+def table_files(
+    table: pd.DataFrame, shown: pd.DataFrame, base: str, formats: list[str], title: str
+) -> dict[str, Writer]:
     """csv holds the raw columns (fractions); md and tex the presentable ones (percent) with a caption."""
     writers: dict[str, Writer] = {
         "csv": lambda path: table.to_csv(path, index=False),
@@ -399,25 +485,53 @@ def export_files(studies: list[StudyResults], formats: list[str], how: str) -> d
     best = pd.concat([best_configs(s, how).assign(study=s.name) for s in studies], ignore_index=True)
     if len(studies) == 1:
         best = best.drop(columns=["study"])
-    files = table_files(best, presentable(best, spec), f"best_configs{suffix}", formats,
-                        caption(spec, how, "Selected config per cell and method" if spec.methods
-                                else "Selected config per cell and the dense baselines"))
+    files = table_files(
+        best,
+        presentable(best, spec),
+        f"best_configs{suffix}",
+        formats,
+        caption(
+            spec,
+            how,
+            "Selected config per cell and method"
+            if spec.methods
+            else "Selected config per cell and the dense baselines",
+        ),
+    )
     paper = paper_table(studies, how)
-    files |= table_files(paper, paper_presentable(paper), f"paper_table{suffix}", formats,
-                         caption(spec, how, "Unbiased / conflicting test accuracy per conflict ratio"))
-    trials = pd.concat([add_failed_column(s.trials(), s.spec.compare_within, cell_failures(s.trials(), s.spec),
-                                          "cell_failed").assign(study=s.name) for s in studies], ignore_index=True)
+    files |= table_files(
+        paper,
+        paper_presentable(paper),
+        f"paper_table{suffix}",
+        formats,
+        caption(spec, how, "Unbiased / conflicting test accuracy per conflict ratio"),
+    )
+    trials = pd.concat(
+        [
+            add_failed_column(
+                s.trials(), s.spec.compare_within, cell_failures(s.trials(), s.spec), "cell_failed"
+            ).assign(study=s.name)
+            for s in studies
+        ],
+        ignore_index=True,
+    )
     files["trials.csv"] = lambda path: trials.to_csv(path, index=False)
     if len(studies) == 1 and not spec.methods:  # methods differ in more than density: no by-density view
         study = studies[0]
         density = by_density(study, how)
-        files |= table_files(density, presentable(density, spec), f"by_density{suffix}",
-                             [f for f in formats if f in ("csv", "md")],
-                             caption(spec, how, "Search phase: best config per cell and density"))
+        files |= table_files(
+            density,
+            presentable(density, spec),
+            f"by_density{suffix}",
+            [f for f in formats if f in ("csv", "md")],
+            caption(spec, how, "Search phase: best config per cell and density"),
+        )
         if density["best_test_worst_group_acc"].notna().any():  # no plot when every trial failed
             from rest.report.plots import accuracy_vs_density
 
-            files[f"accuracy_vs_density{suffix}.png"] = lambda path: accuracy_vs_density(study, density, best, path, how)
+            files[f"accuracy_vs_density{suffix}.png"] = lambda path: accuracy_vs_density(
+                study, density, best, path, how
+            )
     if len(studies) == 1:
         files["summary.md"] = lambda path: path.write_text(summary(studies[0], best, how))
     return files
@@ -434,28 +548,50 @@ def summary(study: StudyResults, best: pd.DataFrame, how: str) -> str:
     for phase, info in m["phases"].items():
         sub = t[t["phase"] == phase] if not t.empty else t
         counts = ", ".join(f"{n} {s.lower()}" for s, n in sub["status"].value_counts().items()) or "none"
-        lines.append(f"- {phase}: {info['status']}, {len(sub)} trials ({counts}), "
-                     f"wall time {info.get('wall_seconds', 0) / 60:.1f} min")
+        lines.append(
+            f"- {phase}: {info['status']}, {len(sub)} trials ({counts}), "
+            f"wall time {info.get('wall_seconds', 0) / 60:.1f} min"
+        )
     search = t[t["phase"] == "search"]
     full = m.get("grid_trials", len(search)) * spec.max_epochs
     spent = int(search["epochs_run"].sum())
-    lines += [f"- search trial-epochs: {spent} of {full} had every trial run every epoch ({spent / max(1, full):.0%}); "
-              f"{int(search['stopped_early'].sum())} trials stopped early by ASHA",
-              f"- confirm trial-epochs: {int(t[t['phase'] == 'confirm']['epochs_run'].sum())}",
-              f"- failed trials: {int((t['status'] == 'ERROR').sum())}; trials retried after a worker failure: "
-              f"{int(((t['retries'] > 0) & (t['status'] != 'ERROR')).sum())}",
-              f"- trial training time: {t['train_seconds'].sum() / 60:.1f} min", ""]
+    lines += [
+        f"- search trial-epochs: {spent} of {full} had every trial run every epoch ({spent / max(1, full):.0%}); "
+        f"{int(search['stopped_early'].sum())} trials stopped early by ASHA",
+        f"- confirm trial-epochs: {int(t[t['phase'] == 'confirm']['epochs_run'].sum())}",
+        f"- failed trials: {int((t['status'] == 'ERROR').sum())}; trials retried after a worker failure: "
+        f"{int(((t['retries'] > 0) & (t['status'] != 'ERROR')).sum())}",
+        f"- trial training time: {t['train_seconds'].sum() / 60:.1f} min",
+        "",
+    ]
     lines += _failed_section(study)
     stalls = study.location.join("stalls.log")
     if stalls.exists():
         lines += ["## Waits for resources", "", *[f"- {line}" for line in stalls.read_text().splitlines()], ""]
     small = best[best.get("small_deciding_group", pd.Series(False, index=best.index)).fillna(False).astype(bool)]
-    lines += ["## How configs were chosen", "", caption(spec, how, "Every cell's config was chosen on validation data alone"), ""]
+    lines += [
+        "## How configs were chosen",
+        "",
+        caption(spec, how, "Every cell's config was chosen on validation data alone"),
+        "",
+    ]
     if not small.empty:
-        lines += [f"**Caution:** {len(small)} row(s) were decided by a validation group of fewer than "
-                  f"{selection.SMALL_GROUP} samples (column 'deciding val group'); their selection is noisy.", ""]
-    lines += ["## Reproduce", "", "```", m.get("command", ""), "```", "",
-              "## Best config per cell", "", to_markdown(presentable(best, spec))]
+        lines += [
+            f"**Caution:** {len(small)} row(s) were decided by a validation group of fewer than "
+            f"{selection.SMALL_GROUP} samples (column 'deciding val group'); their selection is noisy.",
+            "",
+        ]
+    lines += [
+        "## Reproduce",
+        "",
+        "```",
+        m.get("command", ""),
+        "```",
+        "",
+        "## Best config per cell",
+        "",
+        to_markdown(presentable(best, spec)),
+    ]
     return "\n".join(lines)
 
 
@@ -465,7 +601,12 @@ def _failed_section(study: StudyResults) -> list[str]:
     failures = cell_failures(t, spec)
     if not failures:
         return []
-    lines = ["## Failed trials", "", "**The results are incomplete:** trials below ended in an error after their retries.", ""]
+    lines = [
+        "## Failed trials",
+        "",
+        "**The results are incomplete:** trials below ended in an error after their retries.",
+        "",
+    ]
     for cell, text in failures.items():
         lines.append(f"- cell {', '.join(v if v[:1].isalpha() else format_value(float(v)) for v in cell)}: {text}")
     for _, row in t[t["status"] == "ERROR"].iterrows():

@@ -7,6 +7,7 @@ selection no longer asked for) are removed. A directory holding anything else (f
 the marker does not list, or the export of other studies) is refused, and nothing in
 it is touched.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,10 @@ from rest.storage import fresh_dir
 
 MARKER = ".rest-export.json"
 # What an export may write: the files of a marker written before markers listed them.
-_EXPORT_NAMES = re.compile(r"((best_configs|paper_table|by_density)(_oracle)?\.(md|csv|tex)|trials\.csv|summary\.md|"
-                           r"accuracy_vs_density(_oracle)?\.png)")
+_EXPORT_NAMES = re.compile(
+    r"((best_configs|paper_table|by_density)(_oracle)?\.(md|csv|tex)|trials\.csv|summary\.md|"
+    r"accuracy_vs_density(_oracle)?\.png)"
+)
 
 
 def earlier_export(out: Path) -> tuple[str | None, list[str]]:
@@ -47,7 +50,11 @@ def claim(out: Path, owner: str, names: list[str]) -> tuple[Path, list[str]]:
     out = Path(out).expanduser().resolve()
     previous, earlier = earlier_export(out) if out.is_dir() else (None, [])
     foreign = sorted(p.name for p in out.iterdir() if p.name not in {MARKER, *earlier}) if out.is_dir() else []
-    listing = f"other files ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})" if foreign else f"a damaged {MARKER}"
+    listing = (
+        f"other files ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})"
+        if foreign
+        else f"a damaged {MARKER}"
+    )
     held = f"the export of {previous}" if previous not in (None, owner) else listing
     mine = previous == owner and not foreign
     out = fresh_dir(out, what="--out", fix=f"it holds {held}; choose another --out", replace=mine)

@@ -1,4 +1,5 @@
 """The export's plot: test accuracy against density, per cell, from the search phase."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,11 @@ def accuracy_vs_density(study: StudyResults, density: pd.DataFrame, best: pd.Dat
     points = search_configs(study) if sampled else density
     selected = best[best["row"] == "REST (selected)"] if "row" in best else best.iloc[:0]
     styles = {"ERM (dense)": "--", "dense reweighted": ":"}
-    for ax, metric, title in zip(axes, ("best_test_worst_group_acc", "best_test_unbiased_acc"),
-                                 ("test worst-group accuracy", "test unbiased accuracy")):
+    for ax, metric, title in zip(
+        axes,
+        ("best_test_worst_group_acc", "best_test_unbiased_acc"),
+        ("test worst-group accuracy", "test unbiased accuracy"),
+    ):
         for cell, rows in points.groupby(cells, sort=True):
             cell = cell if isinstance(cell, tuple) else (cell,)
             label = ", ".join(f"{v:g}%" if k == "conflict_pct" else str(v) for k, v in zip(cells, cell))
@@ -36,13 +40,23 @@ def accuracy_vs_density(study: StudyResults, density: pd.DataFrame, best: pd.Dat
                 mine = selected[[tuple(r[k] for k in cells) == cell for _, r in selected.iterrows()]]
                 for _, sel in mine.iterrows():  # the selected config's search point(s)
                     hit = rows[np.isclose(rows["density"], sel["density"])]
-                    ax.scatter(hit["density"], 100 * hit[metric], marker="*", s=220, color=color, edgecolors="black", zorder=4)
+                    ax.scatter(
+                        hit["density"], 100 * hit[metric], marker="*", s=220, color=color, edgecolors="black", zorder=4
+                    )
             else:
                 err = 100 * rows[f"{metric}_se"].fillna(0.0)
-                color = ax.errorbar(rows["density"], 100 * rows[metric], yerr=err, marker="o", capsize=3, label=label)[0].get_color()
+                color = ax.errorbar(rows["density"], 100 * rows[metric], yerr=err, marker="o", capsize=3, label=label)[
+                    0
+                ].get_color()
             cut = rows[rows["stopped_early"] > 0]  # ASHA stopped these before the last epoch: not comparable
-            ax.scatter(cut["density"], 100 * cut[metric], s=90 if not sampled else 40, facecolors="white",
-                       edgecolors=color, zorder=3)
+            ax.scatter(
+                cut["density"],
+                100 * cut[metric],
+                s=90 if not sampled else 40,
+                facecolors="white",
+                edgecolors=color,
+                zorder=3,
+            )
             for _, b in best[best["status"] == "baseline"].iterrows():
                 if tuple(b[k] for k in cells) == tuple(cell):
                     ax.axhline(100 * b[metric], color=color, linestyle=styles.get(b["row"], "-."), linewidth=1)
@@ -52,8 +66,12 @@ def accuracy_vs_density(study: StudyResults, density: pd.DataFrame, best: pd.Dat
         ax.set_ylabel(f"{title} (%)")
         ax.grid(alpha=0.3)
     how_read = "star: selected config" if sampled else "hollow: stopped early by ASHA"
-    axes[0].legend(title=f"cell (dashed: dense ERM; dotted: dense reweighted;\n{how_read}"
-                         f"{'; hollow: stopped early by ASHA' if sampled else ''})", fontsize=8, title_fontsize=8)
+    axes[0].legend(
+        title=f"cell (dashed: dense ERM; dotted: dense reweighted;\n{how_read}"
+        f"{'; hollow: stopped early by ASHA' if sampled else ''})",
+        fontsize=8,
+        title_fontsize=8,
+    )
     tag = "" if how == "val" else " — ORACLE selection on test"
     what = "every sampled config" if sampled else "best config per density"
     fig.suptitle(f"study {study.name}: search phase, {what}{tag}")

@@ -12,6 +12,7 @@ union of the two, one record per epoch.
 Nothing here writes: export and export-model read a study through this module and
 leave its storage exactly as it was.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,12 +27,12 @@ import numpy as np
 import pandas as pd
 
 from rest import selection
-from rest.study import tune_ext
 from rest.errors import UserError
+from rest.storage import Location
+from rest.study import tune_ext
+from rest.study.contract import HISTORY_FILE, STATE_FILE, ConfigRoles, checkpoint_dirs, checkpoint_history, flat_config  # noqa: F401 - read from here too
 from rest.study.manifest import PHASES, frozen_spec
 from rest.study.space import StudySpec
-from rest.storage import Location
-from rest.study.contract import HISTORY_FILE, STATE_FILE, ConfigRoles, checkpoint_dirs, checkpoint_history, flat_config  # noqa: F401 - read from here too
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,17 @@ class StudyResults:
 
     def history(self) -> pd.DataFrame:
         """One row per (trial, epoch): every record each trial reported, exactly once."""
-        rows = [{"phase": t.phase, "trial_id": t.trial_id, "role": t.role, **{k: t.config.get(k) for k in CONFIG_KEYS},
-                 **{k: v for k, v in r.items() if k != "config"}} for t in self.all_trials() for r in t.history]
+        rows = [
+            {
+                "phase": t.phase,
+                "trial_id": t.trial_id,
+                "role": t.role,
+                **{k: t.config.get(k) for k in CONFIG_KEYS},
+                **{k: v for k, v in r.items() if k != "config"},
+            }
+            for t in self.all_trials()
+            for r in t.history
+        ]
         return pd.DataFrame(rows)
 
 
@@ -205,7 +215,9 @@ def read_study(location: Location, spec: StudySpec | None = None) -> StudyResult
     try:
         manifest = location.join("manifest.json").read_json()
     except FileNotFoundError:
-        raise ResultsError(f"{location} is not a study directory (no manifest.json); pass a study's path or name") from None
+        raise ResultsError(
+            f"{location} is not a study directory (no manifest.json); pass a study's path or name"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ResultsError(f"{location}/manifest.json is damaged (not JSON); restore it from a copy") from None
     spec = spec or frozen_spec(location, manifest)
@@ -232,8 +244,10 @@ def read_phase(experiment: Location, phase: str) -> list[Trial]:
 def _records(frame: pd.DataFrame) -> list[dict]:
     """Records of a result.json frame, without Ray's flattened config columns."""
     keep = [c for c in frame.columns if not c.startswith("config/")]
-    return [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v) and k not in ("epoch",))}
-            for r in frame[keep].to_dict("records")]
+    return [
+        {k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v) and k not in ("epoch",))}
+        for r in frame[keep].to_dict("records")
+    ]
 
 
 def trial_row(t: Trial, spec: StudySpec) -> dict:

@@ -20,6 +20,7 @@ when the study is finished. The ETA (``rest.study.progress.eta_seconds``) is the
 at the measured seconds per epoch (Ray's ``time_this_iter_s``) over the trials running
 now: an upper bound while ASHA may still stop trials.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,15 +33,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rest import selection
-from rest.study import tune_ext
-from rest.study.driver import DriverLock, pid_alive, this_machine
 from rest.errors import StudyError
+from rest.storage import Location, existing_storage, open_location
+from rest.study import tune_ext
+from rest.study.contract import HISTORY_FILE, ConfigRoles, checkpoint_history, flat_config
+from rest.study.driver import DriverLock, pid_alive, this_machine
 from rest.study.manifest import PHASES, RUNGS_FILE, frozen_spec, is_complete, read_manifest
 from rest.study.progress import eta_seconds
 from rest.study.space import StudySpec, method_configs
-from rest.storage import Location, existing_storage, open_location
 from rest.study.tracking import STALL_LOG
-from rest.study.contract import HISTORY_FILE, ConfigRoles, checkpoint_history, flat_config
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,9 @@ class LockStatus:
     pid: int | None
     started: str | None
     heartbeat_age: float  # seconds since the holder last renewed the lock
-    alive: bool | None  # on this machine: whether its process lives; elsewhere: whether the heartbeat is within its lease
+    alive: (
+        bool | None
+    )  # on this machine: whether its process lives; elsewhere: whether the heartbeat is within its lease
 
 
 @dataclass
@@ -128,6 +131,7 @@ class StudyStatus:
 
 # ------------------------------------------------------------------ finding
 
+
 def find(name_or_path: str, storage: str | None = None) -> Location:
     """A study's directory from its path or its name under storage; an unknown study is one line naming the known ones."""
     direct = open_location(name_or_path)
@@ -137,11 +141,14 @@ def find(name_or_path: str, storage: str | None = None) -> Location:
     if "/" not in name_or_path and root.join(name_or_path, "manifest.json").is_file():
         return root.join(name_or_path)
     known = sorted(c.name for c in root.children() if c.join("manifest.json").is_file())
-    raise StudyError(f"no study '{name_or_path}' in {root}; known studies: {', '.join(known) or 'none'} "
-                     f"(pass --storage, or the study's path)")
+    raise StudyError(
+        f"no study '{name_or_path}' in {root}; known studies: {', '.join(known) or 'none'} "
+        f"(pass --storage, or the study's path)"
+    )
 
 
 # ------------------------------------------------------------------ snapshot
+
 
 def snapshot_files(experiment: Location) -> list[Location]:
     """The phase's experiment snapshots, newest first (Ray names them by the driver session's start)."""
@@ -157,8 +164,9 @@ def read_snapshot(experiment: Location) -> tuple[str | None, list[dict]]:
         except (ValueError, OSError) as exc:  # caught mid-rewrite: the one before
             log.debug("skipping snapshot %s: %s", file, exc)
             continue
-        return file.name, [{"meta": _loads(meta), "run": {"last_result": last_result(run)}}
-                           for meta, run in data.get("trial_data", [])]
+        return file.name, [
+            {"meta": _loads(meta), "run": {"last_result": last_result(run)}} for meta, run in data.get("trial_data", [])
+        ]
     return None, []
 
 
@@ -203,6 +211,7 @@ def _epoch(record: dict) -> int:
 
 # ------------------------------------------------------------------ histories
 
+
 def read_history(trial_dir: Location) -> list[dict] | None:
     """The trial's epoch records: its history file, else its newest checkpoint's; None if neither can be read."""
     try:
@@ -215,7 +224,10 @@ def reported_selection(last: dict, primary: str) -> dict | None:
     """The selected epoch as the trial reported it (``best_val_*``, chosen by the same rule), if its records carry it."""
     if f"best_val_{selection.PRIMARY[primary]}" not in last:
         return None
-    return {"epoch": last.get("best_epoch"), **{k.removeprefix("best_"): v for k, v in last.items() if k.startswith("best_val_")}}
+    return {
+        "epoch": last.get("best_epoch"),
+        **{k.removeprefix("best_"): v for k, v in last.items() if k.startswith("best_val_")},
+    }
 
 
 def add_selected(trials: list[TrialState], experiment: Location, primary: str) -> None:
@@ -245,6 +257,7 @@ def add_selected(trials: list[TrialState], experiment: Location, primary: str) -
 
 
 # ------------------------------------------------------------------ plans
+
 
 def cell_key(config: dict, spec: StudySpec) -> tuple:
     method = (config.get("extra") or {}).get("method")
@@ -288,6 +301,7 @@ def rung_cuts(book: dict | None, width: int) -> Counter:
 
 # ------------------------------------------------------------------ counting
 
+
 def classify(t: TrialState, early_stopping: bool) -> str:
     """done, running, pending, errored or stopped (by the scheduler)."""
     if t.status == "ERROR":
@@ -316,7 +330,11 @@ def count_cell(cell: CellStatus, trials: list[TrialState], planned: list[int], e
 
 
 def _config_key(value: Any) -> tuple:
-    return (0, float(value), "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0.0, str(value))
+    return (
+        (0, float(value), "")
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        else (1, 0.0, str(value))
+    )
 
 
 def best_config(trials: list[TrialState], keys: list[str], primary: str) -> tuple[dict | None, dict, int]:
@@ -350,8 +368,10 @@ def seconds_per_epoch(trials: list[TrialState]) -> float | None:
 
 # ------------------------------------------------------------------ assembling
 
-def phase_status(study: Location, spec: StudySpec, phase: str, info: dict, plan: dict[tuple, list[int]],
-                 book: dict | None = None) -> tuple[PhaseStatus, list[TrialState]]:
+
+def phase_status(
+    study: Location, spec: StudySpec, phase: str, info: dict, plan: dict[tuple, list[int]], book: dict | None = None
+) -> tuple[PhaseStatus, list[TrialState]]:
     """One phase's cells from its newest snapshot and its trials' histories."""
     experiment = study.join(phase)
     snapshot, entries = read_snapshot(experiment)
@@ -370,8 +390,14 @@ def phase_status(study: Location, spec: StudySpec, phase: str, info: dict, plan:
         count_cell(status, members, plan.get(cell, []), early)
         status.best, status.best_metrics, status.best_seeds = best_config(members, keys, primary)
         cells.append(status)
-    result = PhaseStatus(phase, info.get("status", "pending"), cells, snapshot, seconds_per_epoch(trials),
-                         sum(t.status == "RUNNING" for t in trials))
+    result = PhaseStatus(
+        phase,
+        info.get("status", "pending"),
+        cells,
+        snapshot,
+        seconds_per_epoch(trials),
+        sum(t.status == "RUNNING" for t in trials),
+    )
     return result, trials
 
 
@@ -413,9 +439,16 @@ def study_status(study: Location, spec: StudySpec | None = None) -> StudyStatus:
     book = _read_json(study.join(RUNGS_FILE))
     phases = [phase_status(study, spec, p, manifest["phases"].get(p, {}), plans[p], book)[0] for p in PHASES]
     add_etas(phases, (manifest.get("options") or {}).get("max_concurrent"))
-    return StudyStatus(manifest.get("name", study.name), study.uri, is_complete(manifest), phases, lock_status(study),
-                       stall_lines(study), getattr(spec.train, "selection", "worst_group"),
-                       time.perf_counter() - started)
+    return StudyStatus(
+        manifest.get("name", study.name),
+        study.uri,
+        is_complete(manifest),
+        phases,
+        lock_status(study),
+        stall_lines(study),
+        getattr(spec.train, "selection", "worst_group"),
+        time.perf_counter() - started,
+    )
 
 
 def add_etas(phases: list[PhaseStatus], max_concurrent: int | None) -> None:

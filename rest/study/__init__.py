@@ -12,5 +12,22 @@ Imports the foundation and ``rest.core`` only. Nothing here is imported eagerly,
   ``tune_ext`` (every use of Ray Tune internals).
 """
 
-__all__ = ["compact", "contract", "driver", "failures", "manifest", "memory", "options", "progress", "rungs",
-           "runner", "search", "space", "space_values", "space_yaml", "tracking", "trainable", "tune_ext"]
+__all__ = [
+    "compact",
+    "contract",
+    "driver",
+    "failures",
+    "manifest",
+    "memory",
+    "options",
+    "progress",
+    "rungs",
+    "runner",
+    "search",
+    "space",
+    "space_values",
+    "space_yaml",
+    "tracking",
+    "trainable",
+    "tune_ext",
+]

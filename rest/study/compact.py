@@ -16,15 +16,16 @@ Crash safety, step by step, in the trial's newest readable checkpoint directory:
 Every step is idempotent: a driver killed in between leaves a readable trial, and the
 catch-up after each phase (``compact_finished``) completes the work.
 """
+
 from __future__ import annotations
 
 import io
 import logging
 from pathlib import PurePosixPath
 
-from rest.study import tune_ext
 from rest.report.results import COMPACT_FILE, STATE_FILE, checkpoint_dirs, is_compact, read_checkpoint
 from rest.storage import Location
+from rest.study import tune_ext
 
 log = logging.getLogger(__name__)
 

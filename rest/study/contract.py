@@ -1,5 +1,6 @@
 """What a trial leaves in its directory, and how its config names it: the part of the study reader that
 needs neither pandas nor Ray (``status`` reads studies with it; ``rest.report.results`` builds on it)."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """The driver process of a study: joining Ray, refusing impossible trials, stop signals, one driver per study."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rest.study import tune_ext
 from rest.errors import StudyError
+from rest.storage import Location
+from rest.study import tune_ext
 from rest.study.options import RunOptions, check_lock_timing
 from rest.study.space import StudySpec
-from rest.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,28 @@ def ray_target(address: str | None) -> str:
     if address in (None, "local"):
         return "local"
     if address.startswith("ray://"):
-        raise StudyError(f"--address {address} is a Ray Client address; run the driver on the cluster instead: "
-                         f"'ray job submit -- python tune_search.py run ... --address auto' (docs/cluster.md)")
+        raise StudyError(
+            f"--address {address} is a Ray Client address; run the driver on the cluster instead: "
+            f"'ray job submit -- python tune_search.py run ... --address auto' (docs/cluster.md)"
+        )
     if address != "auto":
-        _check_reachable(address, f"a Ray cluster at {address}", "check the head node's address and port ('ray status' "
-                         "on the head prints it)")
+        _check_reachable(
+            address,
+            f"a Ray cluster at {address}",
+            "check the head node's address and port ('ray status' on the head prints it)",
+        )
         return address
     found = tune_ext.current_cluster_address()
     if not found:
-        raise StudyError("--address auto: no Ray cluster was started on this machine; start one with 'ray start --head', "
-                         "or leave --address out for a private Ray")
-    _check_reachable(found, f"the cluster this machine last started ({found}, --address auto)",
-                     "start it again with 'ray start --head', or leave --address out for a private Ray")
+        raise StudyError(
+            "--address auto: no Ray cluster was started on this machine; start one with 'ray start --head', "
+            "or leave --address out for a private Ray"
+        )
+    _check_reachable(
+        found,
+        f"the cluster this machine last started ({found}, --address auto)",
+        "start it again with 'ray start --head', or leave --address out for a private Ray",
+    )
     return found
 
 
@@ -76,15 +87,23 @@ def connect(address: str | None, gpus_needed: float, quiet: bool = False) -> Non
         if target == "local":
             log.info("starting a private Ray for this driver (--address auto joins this machine's cluster)")
         try:
-            ray.init(address=target, log_to_driver=False, logging_level=logging.WARNING if quiet else logging.INFO,
-                     **({"include_dashboard": False} if target == "local" else {}))
+            ray.init(
+                address=target,
+                log_to_driver=False,
+                logging_level=logging.WARNING if quiet else logging.INFO,
+                **({"include_dashboard": False} if target == "local" else {}),
+            )
         except ConnectionError as exc:
-            raise StudyError(f"cannot connect to Ray at {target}: {str(exc).splitlines()[0]}; start one with "
-                             f"'ray start --head', or leave --address out for a private Ray") from None
+            raise StudyError(
+                f"cannot connect to Ray at {target}: {str(exc).splitlines()[0]}; start one with "
+                f"'ray start --head', or leave --address out for a private Ray"
+            ) from None
     gpus = ray.cluster_resources().get("GPU", 0.0)
     if gpus_needed > 0 and gpus < gpus_needed:
-        raise StudyError(f"trials ask for {gpus_needed:g} GPU each but the cluster has {gpus:g}; "
-                         f"pass --gpus-per-trial 0 or join a cluster with GPUs")
+        raise StudyError(
+            f"trials ask for {gpus_needed:g} GPU each but the cluster has {gpus:g}; "
+            f"pass --gpus-per-trial 0 or join a cluster with GPUs"
+        )
 
 
 def check_feasible(spec: StudySpec, opts: RunOptions) -> None:
@@ -102,9 +121,11 @@ def check_feasible(spec: StudySpec, opts: RunOptions) -> None:
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
         largest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
-        raise StudyError(f"no node can run a trial asking for {cpus:g} CPU and {gpus:g} GPU (largest node: "
-                         f"{largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU); lower --cpus-per-trial / "
-                         f"--gpus-per-trial, or pass --autoscaling on a cluster that adds nodes")
+        raise StudyError(
+            f"no node can run a trial asking for {cpus:g} CPU and {gpus:g} GPU (largest node: "
+            f"{largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU); lower --cpus-per-trial / "
+            f"--gpus-per-trial, or pass --autoscaling on a cluster that adds nodes"
+        )
 
 
 class StopSignals:
@@ -121,10 +142,10 @@ class StopSignals:
         self._fitting = False
         self._saved: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         return self.install()
 
-    def install(self) -> "StopSignals":
+    def install(self) -> StopSignals:
         """(Re)install the handlers: ``ray.init`` replaces SIGTERM's with its own, so call again after it."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous = signal.signal(sig, self._handle)
@@ -173,8 +194,11 @@ def _read(read, path: str) -> str | None:
 
 def this_machine() -> dict:
     """What two drivers must share to see each other's processes: host name, boot and pid namespace."""
-    return {"host": socket.gethostname(), "boot": _read(lambda p: Path(p).read_text(), "/proc/sys/kernel/random/boot_id"),
-            "pidns": _read(os.readlink, "/proc/self/ns/pid")}
+    return {
+        "host": socket.gethostname(),
+        "boot": _read(lambda p: Path(p).read_text(), "/proc/sys/kernel/random/boot_id"),
+        "pidns": _read(os.readlink, "/proc/self/ns/pid"),
+    }
 
 
 def process_start(pid: int) -> str | None:
@@ -230,9 +254,15 @@ class DriverLock:
         self.file = study.join(self.FILE)
         self.name = study.name
         self.lease, self.heartbeat = float(lease), float(heartbeat)
-        self.me = {**this_machine(), "pid": os.getpid(), "pid_started": process_start(os.getpid()),
-                   "token": os.urandom(8).hex(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "lease": self.lease,
-                   "every": self.heartbeat}
+        self.me = {
+            **this_machine(),
+            "pid": os.getpid(),
+            "pid_started": process_start(os.getpid()),
+            "token": os.urandom(8).hex(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "lease": self.lease,
+            "every": self.heartbeat,
+        }
         self.lost: dict | None = None
         self._raised = False
         self._stop = self._thread = None
@@ -268,11 +298,15 @@ class DriverLock:
         pid, host = holder.get("pid"), holder.get("host")
         age, lease = time.time() - float(holder.get("heartbeat", 0)), float(holder.get("lease") or self.lease)
         if host != self.me["host"]:
-            how = (f"wait for it to finish or stop it (Ctrl-C, or kill -INT {pid} on {host}); a driver on another host "
-                   f"is taken over only when its heartbeat is older than its {lease:g} s lease")
+            how = (
+                f"wait for it to finish or stop it (Ctrl-C, or kill -INT {pid} on {host}); a driver on another host "
+                f"is taken over only when its heartbeat is older than its {lease:g} s lease"
+            )
         elif age > 2 * float(holder.get("every") or self.heartbeat):
-            how = (f"it is probably paused (Ctrl-Z, a debugger, SIGSTOP) and is never taken over while its process "
-                   f"lives: continue it (fg, or kill -CONT {pid}) or stop it (kill -INT {pid}; kill -CONT {pid})")
+            how = (
+                f"it is probably paused (Ctrl-Z, a debugger, SIGSTOP) and is never taken over while its process "
+                f"lives: continue it (fg, or kill -CONT {pid}) or stop it (kill -INT {pid}; kill -CONT {pid})"
+            )
         else:
             how = f"wait for it to finish or stop it (Ctrl-C, or kill -INT {pid})"
         return StudyError(f"study {self.name} is being run by another driver ({describe_holder(holder)}); {how}")
@@ -281,9 +315,11 @@ class DriverLock:
         self._raised = True  # the heartbeat's signal raises it only if nothing else has
         holder = self.lost or {}
         who = f"host {holder.get('host')}, pid {holder.get('pid')}" if holder else "its lock file is gone"
-        return LockLost(f"another driver took over this study ({who}); this driver was paused or cut off from storage "
-                        f"for longer than its {self.lease:g} s lease and stopped without writing more to the study; the "
-                        f"other driver continues it (if that one is gone too: tune_search.py resume {self.name})")
+        return LockLost(
+            f"another driver took over this study ({who}); this driver was paused or cut off from storage "
+            f"for longer than its {self.lease:g} s lease and stopped without writing more to the study; the "
+            f"other driver continues it (if that one is gone too: tune_search.py resume {self.name})"
+        )
 
     # --------------------------------------------------------------- holding
 
@@ -314,14 +350,18 @@ class DriverLock:
             self.lost = holder or {}
         raise self._lost_error()
 
-    def __enter__(self) -> "DriverLock":
+    def __enter__(self) -> DriverLock:
         holder = self._holder()
         if holder and not self._mine(holder):
             reason = self._gone(holder)
             if reason is None:
                 raise self._refusal(holder)
-            log.warning("taking over the study from a driver that is gone (host %s, pid %s: %s)",
-                        holder.get("host"), holder.get("pid"), reason)
+            log.warning(
+                "taking over the study from a driver that is gone (host %s, pid %s: %s)",
+                holder.get("host"),
+                holder.get("pid"),
+                reason,
+            )
         self._write()
         time.sleep(0.05)
         if not self._mine(self._holder()):

@@ -6,10 +6,11 @@ the tables say "n of N configs failed" per cell and keep a row for a cell or a
 density whose every config failed (rest.report.export). Read-only: the trials come from
 the study reader.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from rest.study.space import StudySpec
 
@@ -81,8 +82,9 @@ def _same(value) -> str:
 
 def describe(config: dict, keys: Iterable[str]) -> str:
     """'conflict_pct 2, density 0.5' for the keys a config has."""
-    return ", ".join(f"{k} {config[k]:g}" if isinstance(config[k], float) else f"{k} {config[k]}"
-                     for k in keys if k in config)
+    return ", ".join(
+        f"{k} {config[k]:g}" if isinstance(config[k], float) else f"{k} {config[k]}" for k in keys if k in config
+    )
 
 
 def failed_message(name: str, storage: str, spec: StudySpec, phase: str, trials: list) -> str:
@@ -92,8 +94,10 @@ def failed_message(name: str, storage: str, spec: StudySpec, phase: str, trials:
     """
     failed = [t for t in trials if t.status == "ERROR"]
     keys = spec.compare_within + spec.searched_keys()
-    lines = [f"study {name}: {len(failed)} of {len(trials)} trials of the {phase} phase failed after their retries, "
-             f"so the phase is failed and its results incomplete:"]
+    lines = [
+        f"study {name}: {len(failed)} of {len(trials)} trials of the {phase} phase failed after their retries, "
+        f"so the phase is failed and its results incomplete:"
+    ]
     for t in failed[:SHOWN]:
         what = describe(t.config, keys) + (f", method {t.method}" if t.method else "")
         lines.append(f"  trial {t.trial_id} ({what}): {t.error()}")

@@ -5,6 +5,7 @@
 
 Nothing here imports Ray or torch: the study reader and export use it too.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,8 @@ from typing import Any
 import yaml
 
 from rest.errors import StudyError, UserError
-from rest.study.space import StudySpec, parse_space
 from rest.storage import Location, fresh_dir, open_location, writing
+from rest.study.space import StudySpec, parse_space
 
 PHASES = ("search", "confirm")
 # Deterministic halving's rung cuts, in the study directory (written by rest/study/rungs.py, read by rest/report/status.py).
@@ -30,8 +31,10 @@ NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
 def check_name(name: str) -> str:
     """A study name is one path component: letters, digits, '-', '_', '.' (not '.' or '..')."""
     if not NAME_CHARS.fullmatch(name or "") or name in (".", ".."):
-        raise StudyError(f"study name {name!r} is not allowed; use letters, digits, '-', '_' and '.' only (one "
-                         f"directory name, e.g. --name cmnist_rest)")
+        raise StudyError(
+            f"study name {name!r} is not allowed; use letters, digits, '-', '_' and '.' only (one "
+            f"directory name, e.g. --name cmnist_rest)"
+        )
     return name
 
 
@@ -59,8 +62,12 @@ def write_manifest(path: Location, manifest: dict, fix: str | None = None) -> No
 
 def refuse_existing(storage: str, name: str) -> None:
     """A new study needs a fresh directory; an existing study is continued with resume."""
-    fresh_dir(study_dir(storage, name), what=f"study '{name}'", create=False,
-              fix=f"continue it with 'tune_search.py resume {name} --storage {storage}' or pick another --name")
+    fresh_dir(
+        study_dir(storage, name),
+        what=f"study '{name}'",
+        create=False,
+        fix=f"continue it with 'tune_search.py resume {name} --storage {storage}' or pick another --name",
+    )
 
 
 def _digest(text: str) -> str:
@@ -110,9 +117,15 @@ def describe_changes(original: str, edited: str) -> str:
         old, new = _flatten(yaml.safe_load(original) or {}), _flatten(yaml.safe_load(edited) or {})
     except yaml.YAMLError:
         return "the file no longer parses"
-    changes = [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(removed)')}"
-               for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return ", ".join(changes[:5]) + (f" and {len(changes) - 5} more" if len(changes) > 5 else "") or "comments or layout only"
+    changes = [
+        f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(removed)')}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+    return (
+        ", ".join(changes[:5]) + (f" and {len(changes) - 5} more" if len(changes) > 5 else "")
+        or "comments or layout only"
+    )
 
 
 def frozen_spec(location, manifest: dict) -> StudySpec:
@@ -125,8 +138,11 @@ def frozen_spec(location, manifest: dict) -> StudySpec:
     try:
         text = file.read_text()
     except FileNotFoundError:
-        raise StudyError(f"{file} is missing; restore it (the original text is kept under 'study_yaml' in "
-                         f"manifest.json)" if original else f"{file} is missing; restore it from a copy") from None
+        raise StudyError(
+            f"{file} is missing; restore it (the original text is kept under 'study_yaml' in manifest.json)"
+            if original
+            else f"{file} is missing; restore it from a copy"
+        ) from None
     except UnicodeDecodeError:
         raise StudyError(f"{file} is not a text file; restore the study definition") from None
     refuse_edited(file, text, manifest)
@@ -136,17 +152,21 @@ def frozen_spec(location, manifest: dict) -> StudySpec:
 def refuse_edited(file, text: str, manifest: dict) -> None:
     """Refuse a definition `text` (read from `file`) that is not the one the study started with, naming the changes."""
     if manifest.get("study_sha256") and _digest(text) != manifest["study_sha256"]:
-        raise StudyError(f"{file} was edited after the study started ({describe_changes(manifest.get('study_yaml') or '', text)}); "
-                         f"a study's definition is frozen: restore the original (kept under 'study_yaml' in manifest.json) "
-                         f"or run the edited file as a new study under another name (--name, or name= in rest.run_study)")
+        raise StudyError(
+            f"{file} was edited after the study started ({describe_changes(manifest.get('study_yaml') or '', text)}); "
+            f"a study's definition is frozen: restore the original (kept under 'study_yaml' in manifest.json) "
+            f"or run the edited file as a new study under another name (--name, or name= in rest.run_study)"
+        )
 
 
 def open_study(storage: str, name: str) -> tuple[Location, StudySpec, dict]:
     path = study_dir(storage, name)
     if not path.join("manifest.json").is_file():
         known = sorted(c.name for c in open_location(storage).children() if c.join("manifest.json").is_file())
-        raise StudyError(f"no study '{name}' in {storage}; known studies: {', '.join(known) or 'none'} "
-                         f"(pass --storage if it lives elsewhere)")
+        raise StudyError(
+            f"no study '{name}' in {storage}; known studies: {', '.join(known) or 'none'} "
+            f"(pass --storage if it lives elsewhere)"
+        )
     manifest = read_manifest(path)
     return path, frozen_spec(path, manifest), manifest
 

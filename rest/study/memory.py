@@ -27,6 +27,7 @@ Not counted: the CUDA context (a few hundred MB per process, so per trial), cuDN
 workspaces, the caching allocator's reserve and fragmentation, and the transient
 gradients of activations during backward. The total is a floor, not a ceiling.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,9 @@ OPTIMIZER_STATES = {"sgd": lambda s: 1 if s.momentum else 0, "adam": lambda s: 2
 MEASURE_BATCHES = (2, 4)  # batch 1 cannot train BatchNorm on a 1x1 feature map
 
 
-def saved_tensor_bytes(model: nn.Module, example: torch.Tensor, dtype: torch.dtype | None,
-                       state: dict[str, torch.Tensor] | None = None) -> int:
+def saved_tensor_bytes(
+    model: nn.Module, example: torch.Tensor, dtype: torch.dtype | None, state: dict[str, torch.Tensor] | None = None
+) -> int:
     """Bytes of the distinct storages autograd saves for backward in one training forward, parameters
     excluded; `state` replaces the model's parameters and buffers (``torch.func.functional_call``)."""
     state = dict(model.named_parameters()) | dict(model.named_buffers()) if state is None else state
@@ -69,8 +71,9 @@ def saved_tensor_bytes(model: nn.Module, example: torch.Tensor, dtype: torch.dty
 
 
 @functools.lru_cache(maxsize=32)
-def activation_fit(model: str, num_classes: int, shape: tuple[int, int, int], width: int, stem: str,
-                   precision: str) -> tuple[int, int]:
+def activation_fit(
+    model: str, num_classes: int, shape: tuple[int, int, int], width: int, stem: str, precision: str
+) -> tuple[int, int]:
     """(fixed bytes, bytes per sample) of saved activations, from a CPU forward at two batch sizes."""
     from rest.core.device import PRECISIONS
     from rest.core.models import build_model
@@ -81,8 +84,10 @@ def activation_fit(model: str, num_classes: int, shape: tuple[int, int, int], wi
     with _shapes_only() as fake:
         if fake is not None:
             state = {k: fake.from_tensor(v) for k, v in state.items()}
-        small, large = (saved_tensor_bytes(net, torch.zeros(n, *shape), None if dtype is torch.float32 else dtype, state)
-                        for n in MEASURE_BATCHES)
+        small, large = (
+            saved_tensor_bytes(net, torch.zeros(n, *shape), None if dtype is torch.float32 else dtype, state)
+            for n in MEASURE_BATCHES
+        )
     per_sample = (large - small) // (MEASURE_BATCHES[1] - MEASURE_BATCHES[0])
     return small - per_sample * MEASURE_BATCHES[0], per_sample
 
@@ -103,11 +108,14 @@ def _model(settings: TrainSettings, image_size: int) -> nn.Module:
     from rest.core.models import build_model
 
     spec = get_dataset_spec(settings.dataset)
-    return build_model(settings.model or spec.default_model, spec.num_classes, image_size, settings.width, stem=settings.stem)
+    return build_model(
+        settings.model or spec.default_model, spec.num_classes, image_size, settings.width, stem=settings.stem
+    )
 
 
-def trial_device_bytes(settings: TrainSettings, dataset_shape: DataShape, device: str = "cuda",
-                       device_bytes: int | None = None) -> dict[str, int]:
+def trial_device_bytes(
+    settings: TrainSettings, dataset_shape: DataShape, device: str = "cuda", device_bytes: int | None = None
+) -> dict[str, int]:
     """Bytes one trial puts on its device, per component (``COMPONENTS``) and in ``total``.
 
     `device` resolves ``precision: auto`` (bf16 on cuda); with `device_bytes` (the device's
@@ -128,8 +136,9 @@ def trial_device_bytes(settings: TrainSettings, dataset_shape: DataShape, device
     if device_bytes is not None and data > settings.data_device_fraction * device_bytes:
         data = 0  # streamed from host memory
     precision = resolve_precision(settings.precision, torch.device(device))
-    fixed, per_sample = activation_fit(settings.model or spec.default_model, spec.num_classes, (c, h, w),
-                                       settings.width, settings.stem, precision)
+    fixed, per_sample = activation_fit(
+        settings.model or spec.default_model, spec.num_classes, (c, h, w), settings.width, settings.stem, precision
+    )
     parts = {
         "data": data,
         "model": model_bytes,
@@ -174,16 +183,20 @@ def study_settings(study_file: Path) -> TrainSettings:
 
 def memory_table(studies_dir: Path) -> str:
     """docs/cluster.md's table: MiB per trial for each study dataset, in fp32 and bf16."""
-    head = ("| dataset (study file) | model, batch | data | model + grads + optimizer + masks | activations fp32 / bf16 "
-            "| first-epoch stage | total fp32 / bf16 |\n|---|---|---|---|---|---|---|\n")
+    head = (
+        "| dataset (study file) | model, batch | data | model + grads + optimizer + masks | activations fp32 / bf16 "
+        "| first-epoch stage | total fp32 / bf16 |\n|---|---|---|---|---|---|---|\n"
+    )
     rows = []
     for name, (shape, study) in STUDY_DATASETS.items():
         base = study_settings(studies_dir / study)
         fp32, bf16 = (trial_device_bytes(base.replace(precision=p), shape) for p in ("fp32", "bf16"))
         state = sum(fp32[k] for k in ("model", "gradients", "optimizer", "masks"))
-        rows.append(f"| {name} (`{study}`) | {base.model}, {base.batch_size} | {_mib(fp32['data'])} | {_mib(state)} "
-                    f"| {_mib(fp32['activations'])} / {_mib(bf16['activations'])} | {_mib(fp32['stage'])} "
-                    f"| {_mib(fp32['total'])} / {_mib(bf16['total'])} |")
+        rows.append(
+            f"| {name} (`{study}`) | {base.model}, {base.batch_size} | {_mib(fp32['data'])} | {_mib(state)} "
+            f"| {_mib(fp32['activations'])} / {_mib(bf16['activations'])} | {_mib(fp32['stage'])} "
+            f"| {_mib(fp32['total'])} / {_mib(bf16['total'])} |"
+        )
     return head + "\n".join(rows) + "\n"
 
 

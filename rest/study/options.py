@@ -9,14 +9,16 @@ to the study: they are the caller's every time.
 
 Nothing here imports Ray or torch.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import numbers
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from rest.errors import UserError
 
@@ -51,13 +53,22 @@ def check_lock_timing(lease: float, heartbeat: float) -> None:
     if not (_number(heartbeat) and heartbeat > 0):
         raise UserError(f"--heartbeat-seconds {heartbeat:g} must be a positive number of seconds (default 10)")
     if not (_number(lease) and lease >= 2 * heartbeat):
-        raise UserError(f"--lease-seconds {lease:g} must be at least twice --heartbeat-seconds {heartbeat:g} "
-                        f"(defaults 60 and 10)")
+        raise UserError(
+            f"--lease-seconds {lease:g} must be at least twice --heartbeat-seconds {heartbeat:g} (defaults 60 and 10)"
+        )
 
 
 # The study's own options: an existing study keeps them unless the caller gives another value.
-KEPT = ("data_root", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "lease_seconds",
-        "heartbeat_seconds", "storage_retry_seconds")
+KEPT = (
+    "data_root",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "max_concurrent",
+    "max_failures",
+    "lease_seconds",
+    "heartbeat_seconds",
+    "storage_retry_seconds",
+)
 
 
 def _number(v: Any) -> bool:
@@ -70,13 +81,24 @@ def _whole(v: Any) -> bool:
 
 # option -> (is the value valid, what it must be; how to fix it)
 CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "address": (lambda v: isinstance(v, str) and bool(v.strip()), "auto, local or HOST:PORT; leave it out for a private local Ray"),
+    "address": (
+        lambda v: isinstance(v, str) and bool(v.strip()),
+        "auto, local or HOST:PORT; leave it out for a private local Ray",
+    ),
     "cpus_per_trial": (lambda v: _number(v) and v > 0, "positive; give the CPUs one trial uses, e.g. 1"),
     "gpus_per_trial": (lambda v: _number(v) and v >= 0, ">= 0; fractions share a GPU, e.g. 0.5"),
-    "max_concurrent": (lambda v: _whole(v) and v > 0, "a positive whole number; leave it out to run as many as resources allow"),
-    "max_failures": (lambda v: _whole(v) and v >= 0, "a whole number >= 0; it counts the retries of a trial whose worker dies"),
-    "data_root": (lambda v: isinstance(v, (str, os.PathLike)) and os.path.isdir(os.path.expanduser(v)),
-                  "an existing directory; pass the root of an LfF-layout dataset (docs/datasets.md)"),
+    "max_concurrent": (
+        lambda v: _whole(v) and v > 0,
+        "a positive whole number; leave it out to run as many as resources allow",
+    ),
+    "max_failures": (
+        lambda v: _whole(v) and v >= 0,
+        "a whole number >= 0; it counts the retries of a trial whose worker dies",
+    ),
+    "data_root": (
+        lambda v: isinstance(v, (str, os.PathLike)) and os.path.isdir(os.path.expanduser(v)),
+        "an existing directory; pass the root of an LfF-layout dataset (docs/datasets.md)",
+    ),
     "verbose": (lambda v: _whole(v) and v in (0, 1, 2), "0, 1 or 2"),
     "autoscaling": (lambda v: isinstance(v, bool), "true or false"),
     "stall_minutes": (lambda v: _number(v) and v > 0, "positive; give minutes, e.g. 10"),
@@ -104,8 +126,9 @@ def check_option(option: str, value: Any, whose: str = "") -> Any:
     return value
 
 
-def resolve_options(storage: str, name: str, given: dict[str, Any],
-                    stored: dict[str, Any] | None = None) -> tuple[RunOptions, list[str]]:
+def resolve_options(
+    storage: str, name: str, given: dict[str, Any], stored: dict[str, Any] | None = None
+) -> tuple[RunOptions, list[str]]:
     """The RunOptions of one driver run, and the study options it overrides.
 
     `given`: the caller's options by RunOptions field, None meaning "not given";
@@ -125,12 +148,17 @@ def resolve_options(storage: str, name: str, given: dict[str, Any],
         values["address"] = os.environ["RAY_ADDRESS"]
     if stored is None:
         return RunOptions(storage=storage, name=name, **values), []
-    overrides = [f"{flag(k)} {_show(values[k])} (the study's: {_show(stored.get(k))})"
-                 for k in KEPT if k in values and values[k] != stored.get(k)]
+    overrides = [
+        f"{flag(k)} {_show(values[k])} (the study's: {_show(stored.get(k))})"
+        for k in KEPT
+        if k in values and values[k] != stored.get(k)
+    ]
     kept = {k: stored[k] for k in KEPT if k not in values and stored.get(k) is not None}
     if kept.get("data_root") and not os.path.isdir(kept["data_root"]):
-        raise UserError(f"the study's data root {kept['data_root']} is not a directory any more; pass --data-root "
-                        f"(data_root=) with the dataset's new place")
+        raise UserError(
+            f"the study's data root {kept['data_root']} is not a directory any more; pass --data-root "
+            f"(data_root=) with the dataset's new place"
+        )
     return RunOptions(storage=storage, name=name, **values, **kept), overrides
 
 

@@ -4,11 +4,12 @@ The study layer fills a ``PhaseProgress`` from Ray Tune's callback hooks and han
 whatever progress function its caller passed (the command line draws it as one line);
 ``status`` computes its time left with the same ``eta_seconds``. Nothing here imports Ray.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 FINISHED = ("TERMINATED", "ERROR")
 

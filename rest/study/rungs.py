@@ -37,6 +37,7 @@ so a resumed study would cut again from scratch. Ray's ``max_concurrent_trials``
 fill (Ray's BOHB works around the same problem): ``ActiveTrialLimit`` counts only trials
 that hold or wait for a slot.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,9 +51,9 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import SearchAlgorithm
 
 from rest import selection
+from rest.storage import Location
 from rest.study import tune_ext
 from rest.study.manifest import RUNGS_FILE
-from rest.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,16 @@ class DeterministicHalving(TrialScheduler):
     by ``ActiveTrialLimit`` on the search algorithm).
     """
 
-    def __init__(self, groups, rungs: list[int], reduction_factor: float, primary: str, metric: str,
-                 book: Location | None = None, max_active: int | None = None):
+    def __init__(
+        self,
+        groups,
+        rungs: list[int],
+        reduction_factor: float,
+        primary: str,
+        metric: str,
+        book: Location | None = None,
+        max_active: int | None = None,
+    ):
         super().__init__()
         self.groups = groups
         self.rungs = sorted(rungs)
@@ -162,8 +171,10 @@ class DeterministicHalving(TrialScheduler):
 
     def active(self) -> int:
         """Trials that hold or wait for a slot: running, pending, or paused and promoted."""
-        return sum(t.status in (Trial.RUNNING, Trial.PENDING) or (t.status == Trial.PAUSED and t.trial_id in self.promoted)
-                   for t in self.trials.values())
+        return sum(
+            t.status in (Trial.RUNNING, Trial.PENDING) or (t.status == Trial.PAUSED and t.trial_id in self.promoted)
+            for t in self.trials.values()
+        )
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         self.trials[trial.trial_id] = trial
@@ -184,10 +195,15 @@ class DeterministicHalving(TrialScheduler):
             decided = self.book.get(group, rung)
             if decided is None:
                 if rung < epoch:
-                    log.warning("trial %s reports epoch %s without having reported rung %s; its record joins that rung",
-                                trial.trial_id, epoch, rung)
-                self.records.setdefault(trial.trial_id, {})[rung] = {k: v for k, v in result.items()
-                                                                      if k.startswith("val_") or k == TIME_ATTR}
+                    log.warning(
+                        "trial %s reports epoch %s without having reported rung %s; its record joins that rung",
+                        trial.trial_id,
+                        epoch,
+                        rung,
+                    )
+                self.records.setdefault(trial.trial_id, {})[rung] = {
+                    k: v for k, v in result.items() if k.startswith("val_") or k == TIME_ATTR
+                }
                 last = epoch >= int(trial.config.get("epochs") or epoch + 1)  # a method's own, shorter training
                 return self._settle(tune_controller, group, rung, trial, wait=not last) or TrialScheduler.CONTINUE
             if self._labels(self._members(group))[trial.trial_id] not in decided["continue"]:
@@ -198,11 +214,16 @@ class DeterministicHalving(TrialScheduler):
         """Members still in the race at `rung`: they passed the rung before and have not failed or ended without it."""
         earlier = [r for r in self.rungs if r < rung]
         before = self.book.get(group, earlier[-1]) if earlier else None
-        return [t for t in members if (before is None or labels[t.trial_id] in before["continue"])
-                and not ((t.status in OVER or t.trial_id in self.failed) and rung not in self.records.get(t.trial_id, {}))]
+        return [
+            t
+            for t in members
+            if (before is None or labels[t.trial_id] in before["continue"])
+            and not ((t.status in OVER or t.trial_id in self.failed) and rung not in self.records.get(t.trial_id, {}))
+        ]
 
-    def _settle(self, tune_controller, group: str, rung: int, current: Trial | None, force: bool = False,
-                wait: bool = True) -> str | None:
+    def _settle(
+        self, tune_controller, group: str, rung: int, current: Trial | None, force: bool = False, wait: bool = True
+    ) -> str | None:
         """Cut `rung` of `group` if the whole group is there; else pause `current` if it may `wait` (else None).
 
         A trial at its last epoch ranks at the rung like the others but never waits: it ends anyway.
@@ -211,7 +232,8 @@ class DeterministicHalving(TrialScheduler):
         labels = self._labels(members)
         contenders = self._contenders(group, rung, members, labels)
         complete = len(members) >= self.groups.size(json.loads(group)) and all(
-            rung in self.records.get(t.trial_id, {}) for t in contenders)
+            rung in self.records.get(t.trial_id, {}) for t in contenders
+        )
         if not (complete or force):
             if current is None or not wait:
                 return None
@@ -221,14 +243,17 @@ class DeterministicHalving(TrialScheduler):
         scored = [t for t in contenders if rung in self.records.get(t.trial_id, {})]
         records = [self.records[t.trial_id][rung] for t in scored]
         order, keep = cut(records, self.primary, self.rf)
-        decided = {"ranked": [[labels[scored[i].trial_id], records[i].get(self._metric)] for i in order],
-                   "continue": [labels[scored[i].trial_id] for i in order[:keep]]}
+        decided = {
+            "ranked": [[labels[scored[i].trial_id], records[i].get(self._metric)] for i in order],
+            "continue": [labels[scored[i].trial_id] for i in order[:keep]],
+        }
         self.book.put(group, rung, decided, self.pauses)  # stored before it is acted on
         log.info("rung %s of %s: %d of %d continue", rung, group, min(keep, len(scored)), len(scored))
         return self._act(tune_controller, decided, scored, labels, current)
 
-    def _act(self, tune_controller, decided: dict, scored: list[Trial], labels: dict[str, str],
-             current: Trial | None) -> str | None:
+    def _act(
+        self, tune_controller, decided: dict, scored: list[Trial], labels: dict[str, str], current: Trial | None
+    ) -> str | None:
         action = None
         for t in scored:
             wins = labels[t.trial_id] in decided["continue"]
@@ -279,7 +304,11 @@ class DeterministicHalving(TrialScheduler):
         warning says so, since such a cut depends on which trials the group got.
         """
         waiting = [t for t in trials if t.status == Trial.PAUSED]
-        if not waiting or any(t.status == Trial.RUNNING for t in trials) or not tune_controller.search_alg.is_finished():
+        if (
+            not waiting
+            or any(t.status == Trial.RUNNING for t in trials)
+            or not tune_controller.search_alg.is_finished()
+        ):
             return None
         for group in dict.fromkeys(self._group(t) for t in waiting):
             rung = next((r for r in self.rungs if self.book.get(group, r) is None), None)

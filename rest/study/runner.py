@@ -22,6 +22,7 @@ The pieces it puts together: rest.study.manifest (the study directory), rest.stu
 (per-cell ASHA and searchers), rest.study.trainable (one trial), rest.study.tracking (trackers,
 the stall watch) and rest.study.driver (Ray connection, stop signals, the driver lock).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,18 +31,27 @@ import logging
 import time
 
 from rest import selection
+from rest.errors import StudyError, TrialsFailed
+from rest.report.results import Trial, read_phase
+from rest.storage import Location, writing
 from rest.study import tune_ext
 from rest.study.compact import compact_finished, compaction_callback
 from rest.study.driver import DriverLock, Interrupted, LockLost, StopSignals, check_feasible, connect
-from rest.errors import StudyError, TrialsFailed
 from rest.study.failures import failed_message
-from rest.study.manifest import PHASES, create_study, is_complete, phase_complete, read_manifest, refuse_existing, resume_after_full_disk, write_manifest
+from rest.study.manifest import (
+    PHASES,
+    create_study,
+    is_complete,
+    phase_complete,
+    read_manifest,
+    refuse_existing,
+    resume_after_full_disk,
+    write_manifest,
+)
 from rest.study.options import RunOptions
-from rest.report.results import Trial, read_phase
+from rest.study.progress import Progress
 from rest.study.search import STATISTICS, fixed_configs, search_param_space, search_phase
 from rest.study.space import StudySpec
-from rest.storage import Location, writing
-from rest.study.progress import Progress
 from rest.study.tracking import make_callbacks, progress_watch_class, stall_watch_class
 from rest.study.trainable import rest_trainable, trainable_options
 
@@ -60,14 +70,18 @@ def begin_study(spec: StudySpec, yaml_text: str, opts: RunOptions, command: str)
     """Everything that can fail on bad input, then the study directory: nothing is created before."""
     refuse_existing(opts.storage, opts.name)  # before paying for Ray start-up
     make_callbacks(spec, opts.name, "search")  # a tracker whose package is missing fails now
-    connect(opts.address, opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial,
-            quiet=opts.verbose < 2)
+    connect(
+        opts.address,
+        opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial,
+        quiet=opts.verbose < 2,
+    )
     check_feasible(spec, opts)
     prepare_data(with_options(spec, opts))  # bad data fails here, before the study directory exists
     return create_study(spec, yaml_text, opts, command)
 
 
 # ------------------------------------------------------------------- phases
+
 
 def with_options(spec: StudySpec, opts: RunOptions) -> StudySpec:
     """The study as this driver runs it: ``--data-root`` (its only route to training) in the fixed settings."""
@@ -83,8 +97,10 @@ def trial_dirname(trial) -> str:
 def _trainable(spec: StudySpec, opts: RunOptions):
     from ray import tune
 
-    resources = {"cpu": opts.cpus_per_trial or spec.resources.cpus_per_trial,
-                 "gpu": opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial}
+    resources = {
+        "cpu": opts.cpus_per_trial or spec.resources.cpus_per_trial,
+        "gpu": opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial,
+    }
     # The data root goes to restored trials too (their configs keep the one they started with).
     fn = tune.with_parameters(rest_trainable, **trainable_options(spec), data_root=opts.data_root)
     return tune.with_resources(fn, resources)
@@ -97,16 +113,30 @@ def ray_verbose(verbose: int) -> int:
 
 def _callbacks(phase: str, path: Location, spec: StudySpec, opts: RunOptions, progress: Progress | None) -> list:
     """The trackers, the stall watch, the compaction of ended trials and, given a progress function, the progress watch of one phase."""
-    callbacks = make_callbacks(spec, opts.name, phase) + [stall_watch_class()(opts.stall_minutes * 60, path),
-                                                          compaction_callback()]
+    callbacks = make_callbacks(spec, opts.name, phase) + [
+        stall_watch_class()(opts.stall_minutes * 60, path),
+        compaction_callback(),
+    ]
     if progress is not None:
         planned = (spec.confirm.epochs or spec.train.epochs) if phase == "confirm" else spec.max_epochs
-        callbacks.append(progress_watch_class()(progress, phase, planned, getattr(spec.train, "selection", "worst_group")))
+        callbacks.append(
+            progress_watch_class()(progress, phase, planned, getattr(spec.train, "selection", "worst_group"))
+        )
     return callbacks
 
 
-def _tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, progress: Progress | None, param_space: dict,
-           scheduler, search_alg=None, num_samples: int = 1, max_concurrent: int | None = None):
+def _tuner(
+    phase: str,
+    path: Location,
+    spec: StudySpec,
+    opts: RunOptions,
+    progress: Progress | None,
+    param_space: dict,
+    scheduler,
+    search_alg=None,
+    num_samples: int = 1,
+    max_concurrent: int | None = None,
+):
     from ray import tune
 
     storage_path, storage_filesystem = path.ray_storage
@@ -148,8 +178,9 @@ def select_confirm_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
     primary = getattr(spec.train, "selection", "worst_group")
     epochs = spec.confirm.epochs or spec.train.epochs
     configs = []
-    for cell, members in selection.select_per_cell(table.to_dict("records"), spec.compare_within, primary,
-                                                   k=spec.confirm.top_k).items():
+    for cell, members in selection.select_per_cell(
+        table.to_dict("records"), spec.compare_within, primary, k=spec.confirm.top_k
+    ).items():
         chosen = [configs_by_key[tuple(str(m.get(k)) for k in spec.compare_within + searched)] for m in members]
         runs = [(f"top{rank}", cfg) for rank, cfg in enumerate(chosen, 1)]
         if spec.confirm.baseline:
@@ -173,19 +204,31 @@ def select_method_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
     configs_by_key = {}
     for t in trials:
         cfg = {k: v for k, v in t.config.items() if k not in ("seed", "extra")}
-        configs_by_key.setdefault(tuple(_same_value(v) for v in (*(cfg.get(k) for k in spec.compare_within), t.method,
-                                                                  *(cfg.get(k) for k in spec.method_keys()))), cfg)
+        configs_by_key.setdefault(
+            tuple(
+                _same_value(v)
+                for v in (
+                    *(cfg.get(k) for k in spec.compare_within),
+                    t.method,
+                    *(cfg.get(k) for k in spec.method_keys()),
+                )
+            ),
+            cfg,
+        )
     table = aggregate(pd.DataFrame(rows), keys)
     primary = getattr(spec.train, "selection", "worst_group")
     own = {m.name: m.train for m in spec.methods}
     configs = []
-    for (*_, method), members in selection.select_per_cell(table.to_dict("records"), spec.compare_within + ["method"],
-                                                           primary, k=spec.confirm.top_k).items():
+    for (*_, method), members in selection.select_per_cell(
+        table.to_dict("records"), spec.compare_within + ["method"], primary, k=spec.confirm.top_k
+    ).items():
         for rank, m in enumerate(members, 1):
             cfg = configs_by_key[tuple(_same_value(m.get(k)) for k in keys)]
             epochs = spec.confirm.epochs or own[method].get("epochs") or spec.train.epochs  # a method may fix its own
             for seed in spec.confirm.seeds:
-                configs.append({**cfg, "seed": seed, "epochs": epochs, "extra": {"role": f"top{rank}", "method": method}})
+                configs.append(
+                    {**cfg, "seed": seed, "epochs": epochs, "extra": {"role": f"top{rank}", "method": method}}
+                )
     return configs
 
 
@@ -198,6 +241,7 @@ def _same_value(v) -> str:
 
 
 # ------------------------------------------------------------------ running
+
 
 def prepare_data(spec: StudySpec) -> None:
     """Build or decode every dataset cell of the search grid once, here, before trials start.
@@ -226,8 +270,9 @@ def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, 
     if tune_ext.experiment_restorable(experiment.fs, experiment.path):
         log.info("restoring phase %s from %s", phase, experiment)
         where, fs = experiment.ray_storage
-        tuner = tune.Tuner.restore(where, _trainable(spec, opts), resume_unfinished=True, resume_errored=True,
-                                   storage_filesystem=fs)
+        tuner = tune.Tuner.restore(
+            where, _trainable(spec, opts), resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
         tune_ext.use_run_config(tuner, ray_verbose(opts.verbose), _callbacks(phase, path, spec, opts, progress))
         return tuner
     if experiment.exists():
@@ -237,7 +282,9 @@ def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, 
         log.warning("phase %s had no Ray snapshot to restore; starting it afresh (old files moved to %s)", phase, aside)
     if phase == "search":
         scheduler, search_alg, num_samples, limit = search_phase(spec, path, opts.max_concurrent)
-        return _tuner(phase, path, spec, opts, progress, search_param_space(spec), scheduler, search_alg, num_samples, limit)
+        return _tuner(
+            phase, path, spec, opts, progress, search_param_space(spec), scheduler, search_alg, num_samples, limit
+        )
     from ray.tune.schedulers import FIFOScheduler
 
     search_alg, num_samples = fixed_configs(_confirm_configs(path, spec))
@@ -250,7 +297,9 @@ def unfinished_trials(trials: list[Trial], spec: StudySpec, phase: str) -> list[
     out = []
     for t in trials:
         planned = int(t.config.get("epochs", spec.max_epochs))
-        if t.status == "TERMINATED" and (t.epochs_run >= planned or (asha and t.epochs_run >= spec.scheduler.grace_period)):
+        if t.status == "TERMINATED" and (
+            t.epochs_run >= planned or (asha and t.epochs_run >= spec.scheduler.grace_period)
+        ):
             continue
         out.append(t)
     return out
@@ -265,8 +314,9 @@ def phase_status(trials: list[Trial], unfinished: list[Trial], stopped: bool) ->
     return "interrupted" if unfinished else "done"
 
 
-def run_study(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSignals | None = None,
-              progress: Progress | None = None) -> dict:
+def run_study(
+    path: Location, spec: StudySpec, opts: RunOptions, stop: StopSignals | None = None, progress: Progress | None = None
+) -> dict:
     """Run every phase that is not done. Returns the manifest.
 
     `progress`, if given, is called with a ``rest.study.progress.PhaseProgress`` as trials
@@ -304,8 +354,15 @@ def _stop_trials() -> None:
     ray.shutdown()  # Ray ends the actors this driver owns
 
 
-def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSignals, manifest: dict, check,
-                progress: Progress | None = None) -> dict:
+def _run_phases(
+    path: Location,
+    spec: StudySpec,
+    opts: RunOptions,
+    stop: StopSignals,
+    manifest: dict,
+    check,
+    progress: Progress | None = None,
+) -> dict:
     """The phases that are not done; `check()` raises LockLost before any write once another driver holds the study."""
 
     def save(manifest: dict) -> None:
@@ -344,15 +401,21 @@ def _run_phases(path: Location, spec: StudySpec, opts: RunOptions, stop: StopSig
         if not stop.received:  # what a crash left uncompacted (the callback compacts trials as they end)
             check()
             cut = {t.trial_id for t in unfinished}
-            compact_finished(experiment, [trial_dirname(t) for t in trials if t.status == "TERMINATED" and t.trial_id not in cut])
+            compact_finished(
+                experiment, [trial_dirname(t) for t in trials if t.status == "TERMINATED" and t.trial_id not in cut]
+            )
         save(manifest)
         if stop.received:
             raise Interrupted(stop.received)
         if info["status"] == "failed":  # the next phase would build on incomplete results
             raise TrialsFailed(failed_message(opts.name, opts.storage, spec, phase, trials))
         if unfinished:
-            log.warning("phase %s: %d trial(s) ended before their planned epochs: %s", phase, len(unfinished),
-                        ", ".join(f"{t.trial_id} at epoch {t.epochs_run}" for t in unfinished[:5]))
+            log.warning(
+                "phase %s: %d trial(s) ended before their planned epochs: %s",
+                phase,
+                len(unfinished),
+                ", ".join(f"{t.trial_id} at epoch {t.epochs_run}" for t in unfinished[:5]),
+            )
             return manifest
     return manifest
 

@@ -19,6 +19,7 @@ Grid and random studies use Ray Tune's own variant generator (grid values
 enumerated, sampled ones drawn ``num_samples`` times per grid point), which is
 already per cell when the cells are grid keys.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from rest import selection
-from rest.study import tune_ext
 from rest.report.results import flat_config
+from rest.study import tune_ext
 from rest.study.space import SpaceError, StudySpec
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,16 @@ SEARCHER_METRIC = "best_val_rank"
 # epoch, METRIC, and the validation keys the selection rule ranks a rung by), the
 # searchers' metric, and where and how the trial ran (node, process, resumes). The whole
 # epoch record goes to the trial's history file (results.HISTORY_FILE).
-REPORTED = (TIME_ATTR, METRIC, SEARCHER_METRIC, *selection.RANKED, "node_id", "pid", "resumed_from_epoch",
-            "restore_seconds")
+REPORTED = (
+    TIME_ATTR,
+    METRIC,
+    SEARCHER_METRIC,
+    *selection.RANKED,
+    "node_id",
+    "pid",
+    "resumed_from_epoch",
+    "restore_seconds",
+)
 
 
 STATISTICS = (TIME_ATTR, METRIC, SEARCHER_METRIC)  # keys Tune keeps running statistics of (tune_ext)
@@ -68,6 +77,7 @@ def trial_cell(config: dict, cell_keys: list[str]) -> tuple:
 
 
 # ------------------------------------------------------------------ ASHA
+
 
 def _per_cell_scheduler_class():
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
@@ -127,8 +137,8 @@ def rung_epochs(spec: StudySpec) -> tuple[int, ...]:
     if not deterministic(spec):
         return ()
     epochs, k = [], 0
-    while math.ceil(sched.grace_period * sched.reduction_factor ** k - 1e-9) < spec.max_epochs:
-        epochs.append(math.ceil(sched.grace_period * sched.reduction_factor ** k - 1e-9))
+    while math.ceil(sched.grace_period * sched.reduction_factor**k - 1e-9) < spec.max_epochs:
+        epochs.append(math.ceil(sched.grace_period * sched.reduction_factor**k - 1e-9))
         k += 1
     return tuple(sorted(set(epochs)))
 
@@ -148,9 +158,12 @@ class TrialGroups:
         self.cell_keys = list(spec.compare_within)
         alg = spec.search_alg
         self.batch = (alg.max_concurrent or 1) if alg.model_based else None
-        self.keys = [(k, list(args) if name in ("grid", "choice") else None)
-                     for k, d in spec.search.items() for name, args in d.items()
-                     if k not in self.cell_keys and name != "lookup"]
+        self.keys = [
+            (k, list(args) if name in ("grid", "choice") else None)
+            for k, d in spec.search.items()
+            for name, args in d.items()
+            if k not in self.cell_keys and name != "lookup"
+        ]
         if spec.methods:
             from rest.study.space import method_configs
 
@@ -190,9 +203,15 @@ def make_scheduler(spec: StudySpec, study=None, max_active: int | None = None):
     if deterministic(spec):
         from rest.study.rungs import BOOK_FILE, DeterministicHalving
 
-        return DeterministicHalving(TrialGroups(spec), list(rung_epochs(spec)), spec.scheduler.reduction_factor,
-                                    getattr(spec.train, "selection", "worst_group"), METRIC,
-                                    study.join(BOOK_FILE) if study is not None else None, max_active)
+        return DeterministicHalving(
+            TrialGroups(spec),
+            list(rung_epochs(spec)),
+            spec.scheduler.reduction_factor,
+            getattr(spec.train, "selection", "worst_group"),
+            METRIC,
+            study.join(BOOK_FILE) if study is not None else None,
+            max_active,
+        )
     return _per_cell_scheduler_class()(
         spec.compare_within, time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=spec.max_epochs,
         grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
@@ -223,6 +242,7 @@ def search_phase(spec: StudySpec, study=None, max_concurrent: int | None = None)
 
 # -------------------------------------------------------------- searchers
 
+
 def _optuna(space: dict, seed: int | None, n_initial: int):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
@@ -235,8 +255,13 @@ def _optuna(space: dict, seed: int | None, n_initial: int):
 def _hyperopt(space: dict, seed: int | None, n_initial: int):
     from ray.tune.search.hyperopt import HyperOptSearch
 
-    return HyperOptSearch(HyperOptSearch.convert_search_space(space), metric=SEARCHER_METRIC, mode=MODE,
-                          n_initial_points=n_initial, random_state_seed=seed)
+    return HyperOptSearch(
+        HyperOptSearch.convert_search_space(space),
+        metric=SEARCHER_METRIC,
+        mode=MODE,
+        n_initial_points=n_initial,
+        random_state_seed=seed,
+    )
 
 
 # search_alg.type -> factory(space, seed, n_initial) of one cell's Ray searcher
@@ -265,15 +290,28 @@ def _per_cell_search_class():
         resume neither loses nor repeats a proposal.
         """
 
-        def __init__(self, cells: list[dict], space: dict, lookups: dict[str, tuple[str, dict]], per_cell: int,
-                     kind: str, seed: int | None, n_initial: int, max_concurrent: int, batch: bool = False):
+        def __init__(
+            self,
+            cells: list[dict],
+            space: dict,
+            lookups: dict[str, tuple[str, dict]],
+            per_cell: int,
+            kind: str,
+            seed: int | None,
+            n_initial: int,
+            max_concurrent: int,
+            batch: bool = False,
+        ):
             super().__init__(metric=SEARCHER_METRIC, mode=MODE)
             self.cells = [dict(c) for c in cells]
             self.lookups = lookups
             self.per_cell = per_cell
             self.searchers = [
-                ConcurrencyLimiter(MODEL_SEARCHERS[kind](space, None if seed is None else seed + i, n_initial),
-                                   max_concurrent=max_concurrent, batch=batch)
+                ConcurrencyLimiter(
+                    MODEL_SEARCHERS[kind](space, None if seed is None else seed + i, n_initial),
+                    max_concurrent=max_concurrent,
+                    batch=batch,
+                )
                 for i in range(len(cells))
             ]
             self.batch = batch
@@ -295,7 +333,11 @@ def _per_cell_search_class():
                 proposal = self.searchers[i].suggest(trial_id)
                 if proposal in (None, Searcher.FINISHED):
                     continue
-                config = {**self.cells[i], **proposal, **({"extra": {"position": self.issued[i]}} if self.batch else {})}
+                config = {
+                    **self.cells[i],
+                    **proposal,
+                    **({"extra": {"position": self.issued[i]}} if self.batch else {}),
+                }
                 self.issued[i] += 1
                 self.trial_cell[trial_id] = i
                 self.next_cell = (i + 1) % len(self.cells)
@@ -410,15 +452,24 @@ def make_search_alg(spec: StudySpec):
     cells = spec.cells()
     space, lookups = {}, {}
     for key, dist in spec.search.items():
-        (name, args), = dist.items()
+        ((name, args),) = dist.items()
         if key in spec.compare_within:
             continue
         if name == "lookup":
             lookups[key] = (args["key"], {float(k): v for k, v in args["table"].items()})
         else:
             space[key] = to_tune(dist)
-    searcher = _per_cell_search_class()(cells, space, lookups, spec.num_samples, alg.type, alg.seed, alg.n_initial,
-                                        alg.max_concurrent or 1, batch=deterministic(spec))
+    searcher = _per_cell_search_class()(
+        cells,
+        space,
+        lookups,
+        spec.num_samples,
+        alg.type,
+        alg.seed,
+        alg.n_initial,
+        alg.max_concurrent or 1,
+        batch=deterministic(spec),
+    )
     return searcher, spec.num_samples * len(cells)
 
 
@@ -433,11 +484,12 @@ def search_param_space(spec: StudySpec) -> dict:
 
 # ------------------------------------------------------ Ray Tune distributions
 
+
 def to_tune(dist: dict[str, Any]):
     """The Ray Tune search object of one validated distribution."""
     from ray import tune
 
-    (name, args), = dist.items()
+    ((name, args),) = dist.items()
     if name == "grid":
         return tune.grid_search(list(args))
     if name == "lookup":

@@ -15,6 +15,7 @@ without YAML lines, in a multi-line message, and most checks here are across key
 (a lookup against the values of its key, grace_period against epochs, the cells of a
 model-based search), which would be custom validators anyway.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -126,7 +127,7 @@ class StudySpec:
             return len(method_configs(self))
         size = self.num_samples
         for dist in self.search.values():
-            (name, args), = dist.items()
+            ((name, args),) = dist.items()
             if name == "grid":
                 size *= len(args)
         return size
@@ -146,7 +147,11 @@ class StudySpec:
 
     def sampled_keys(self) -> list[str]:
         """Searched keys drawn from a continuous or integer range (not a grid, choice or lookup)."""
-        return [k for k, d in self.search.items() if next(iter(d)) in ("uniform", "loguniform", "quniform", "randint", "qrandint")]
+        return [
+            k
+            for k, d in self.search.items()
+            if next(iter(d)) in ("uniform", "loguniform", "quniform", "randint", "qrandint")
+        ]
 
     def cell_of(self, config: dict[str, Any]) -> tuple:
         return tuple(config[k] for k in self.compare_within)
@@ -178,11 +183,17 @@ class _Checker:
         if allowed is not None:
             for k in value:
                 if k not in allowed:
-                    raise self.fail(f"{key}.{k}" if key else k, f"is not a known key; known: {', '.join(sorted(allowed))}")
+                    raise self.fail(
+                        f"{key}.{k}" if key else k, f"is not a known key; known: {', '.join(sorted(allowed))}"
+                    )
         return value
 
     def number(self, value: Any, key: str, kind: type, low: float, high: float = float("inf")) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (kind is int and not float(value).is_integer())
+        ):
             raise self.fail(key, f"must be {'an integer' if kind is int else 'a number'}, got {value!r}")
         if not low <= value <= high:
             raise self.fail(key, f"is {value}, outside [{low}, {high}]")
@@ -215,31 +226,44 @@ def _parse(text: str, source: str, frozen: bool) -> StudySpec:
             train_values[key] = raw[key]
     search = c.mapping(raw.get("search"), "search", TRAIN_FIELDS)
     if not search and not raw.get("methods"):
-        raise c.fail("search", "is missing or empty; give at least one searched setting, e.g. density: {grid: [0.05, 1.0]}")
+        raise c.fail(
+            "search", "is missing or empty; give at least one searched setting, e.g. density: {grid: [0.05, 1.0]}"
+        )
     for key, dist in search.items():
         check_distribution(c, f"search.{key}", dist)
         if key in train_values:
             raise c.fail(f"search.{key}", "is also fixed under train; keep it in one place")
     for key, dist in search.items():  # a lookup must cover every value its key can take: checked now, not mid-study
-        (name, args), = dist.items()
+        ((name, args),) = dist.items()
         if name != "lookup":
             continue
         source_dist = search.get(args["key"], {})
         if source_dist and next(iter(source_dist)) not in ("grid", "choice"):
-            raise c.fail(f"search.{key}", f"looks up {args['key']}, which is drawn from a {next(iter(source_dist))}; "
-                                          f"a lookup needs its key listed with grid or choice")
-        values = source_dist.get("grid") or source_dist.get("choice") or (
-            [] if source_dist else [train_values.get(args["key"], getattr(TrainSettings(), args["key"]))])
+            raise c.fail(
+                f"search.{key}",
+                f"looks up {args['key']}, which is drawn from a {next(iter(source_dist))}; "
+                f"a lookup needs its key listed with grid or choice",
+            )
+        values = (
+            source_dist.get("grid")
+            or source_dist.get("choice")
+            or ([] if source_dist else [train_values.get(args["key"], getattr(TrainSettings(), args["key"]))])
+        )
         table = {float(k) if _is_number(k) else k for k in args["table"]}
         missing = [v for v in values if (float(v) if _is_number(v) else v) not in table]
         if missing:
-            raise c.fail(f"search.{key}", f"lookup on {args['key']} has no entry for {', '.join(map(str, missing))}; "
-                                          f"add {'it' if len(missing) == 1 else 'them'} to the table")
+            raise c.fail(
+                f"search.{key}",
+                f"lookup on {args['key']} has no entry for {', '.join(map(str, missing))}; "
+                f"add {'it' if len(missing) == 1 else 'them'} to the table",
+            )
     base = _fixed_settings(c, train_values, raw)
     if not frozen:
         check_values(c, train_values, search)  # every value a trial can draw is valid: refused now, not mid-study
 
-    scheduler = Scheduler(**c.mapping(raw.get("scheduler"), "scheduler", {f.name for f in dataclasses.fields(Scheduler)}))
+    scheduler = Scheduler(
+        **c.mapping(raw.get("scheduler"), "scheduler", {f.name for f in dataclasses.fields(Scheduler)})
+    )
     if scheduler.type not in ("asha", "none"):
         raise c.fail("scheduler.type", f"is '{scheduler.type}'; choose from asha, none")
     if scheduler.mode not in SCHEDULER_MODES:
@@ -249,12 +273,17 @@ def _parse(text: str, source: str, frozen: bool) -> StudySpec:
     if scheduler.max_epochs is not None:
         c.number(scheduler.max_epochs, "scheduler.max_epochs", int, scheduler.grace_period, base.epochs)
     elif scheduler.type == "asha" and scheduler.grace_period > base.epochs:
-        raise c.fail("scheduler.grace_period", f"is {scheduler.grace_period}, more than the {base.epochs} training epochs; "
-                                               f"lower it or set scheduler.type: none")
+        raise c.fail(
+            "scheduler.grace_period",
+            f"is {scheduler.grace_period}, more than the {base.epochs} training epochs; "
+            f"lower it or set scheduler.type: none",
+        )
 
     compare = raw.get("compare_within", ["dataset", "conflict_pct"])
     if not isinstance(compare, list) or any(not isinstance(k, str) or k not in TRAIN_FIELDS for k in compare):
-        raise c.fail("compare_within", f"must be a list of training settings, e.g. [dataset, conflict_pct]; got {compare!r}")
+        raise c.fail(
+            "compare_within", f"must be a list of training settings, e.g. [dataset, conflict_pct]; got {compare!r}"
+        )
     if len(set(compare)) != len(compare):
         raise c.fail("compare_within", f"lists a setting twice ({compare!r}); give each once")
 
@@ -275,10 +304,15 @@ def _parse(text: str, source: str, frozen: bool) -> StudySpec:
 
     methods = _methods(c, raw.get("methods"), train_values, search, list(compare))
     if methods and int(raw.get("num_samples", 1)) != 1:
-        raise c.fail("num_samples", "must be 1 in a methods study (its grids are expanded once); repeat with seeds instead")
+        raise c.fail(
+            "num_samples", "must be 1 in a methods study (its grids are expanded once); repeat with seeds instead"
+        )
     if methods and raw.get("search_alg") is not None:
-        raise c.fail("search_alg", "cannot be combined with methods (a methods study expands every method's grid "
-                                   "itself); remove search_alg or run each method as its own study")
+        raise c.fail(
+            "search_alg",
+            "cannot be combined with methods (a methods study expands every method's grid "
+            "itself); remove search_alg or run each method as its own study",
+        )
     search_alg = _search_alg(c, raw.get("search_alg"), search, list(compare))
     if scheduler.type == "asha" and scheduler.mode == "deterministic" and not search_alg.model_based:
         _check_rungs_fill(c, search_alg, search, list(compare))
@@ -340,10 +374,14 @@ def _methods(c: _Checker, value: Any, train_values: dict, search: dict, cells: l
     if value is None:
         return []
     if not isinstance(value, dict) or not value:
-        raise c.fail("methods", "must map method names to {train: {...}, search: {...}}, e.g. ERM: {train: {reweight: none}}")
+        raise c.fail(
+            "methods", "must map method names to {train: {...}, search: {...}}, e.g. ERM: {train: {reweight: none}}"
+        )
     for key, dist in search.items():
         if next(iter(dist)) not in METHOD_DISTRIBUTIONS:
-            raise c.fail(f"search.{key}", f"uses '{next(iter(dist))}'; a methods study expands grids, so use grid or lookup")
+            raise c.fail(
+                f"search.{key}", f"uses '{next(iter(dist))}'; a methods study expands grids, so use grid or lookup"
+            )
     methods = []
     for name, body in value.items():
         where = f"methods.{name}"
@@ -354,15 +392,21 @@ def _methods(c: _Checker, value: Any, train_values: dict, search: dict, cells: l
         own = c.mapping(body.get("search"), f"{where}.search", TRAIN_FIELDS)
         for key in (*fixed, *own):
             if key in search:
-                raise c.fail(f"{where}.{'train' if key in fixed else 'search'}.{key}",
-                             "is also under the study's search; a setting is shared (search) or the method's, not both")
+                raise c.fail(
+                    f"{where}.{'train' if key in fixed else 'search'}.{key}",
+                    "is also under the study's search; a setting is shared (search) or the method's, not both",
+                )
             if key in cells:
-                raise c.fail(f"{where}.{'train' if key in fixed else 'search'}.{key}",
-                             f"is a cell key (compare_within: {', '.join(cells)}); cells are shared by every method")
+                raise c.fail(
+                    f"{where}.{'train' if key in fixed else 'search'}.{key}",
+                    f"is a cell key (compare_within: {', '.join(cells)}); cells are shared by every method",
+                )
         for key, dist in own.items():
             check_distribution(c, f"{where}.search.{key}", dist)
             if next(iter(dist)) not in METHOD_DISTRIBUTIONS:
-                raise c.fail(f"{where}.search.{key}", f"uses '{next(iter(dist))}'; a method's search is a grid (or lookup)")
+                raise c.fail(
+                    f"{where}.search.{key}", f"uses '{next(iter(dist))}'; a method's search is a grid (or lookup)"
+                )
             if key in fixed:
                 raise c.fail(f"{where}.search.{key}", "is also fixed under the method's train; keep it in one place")
         method = Method(str(name), fixed, dict(own))
@@ -411,8 +455,11 @@ def _num_samples(c: _Checker, value: Any, search: dict) -> int:
     n = c.number(value, "num_samples", int, 1)
     sampled = any(name not in ("grid", "lookup") for dist in search.values() for name in dist)
     if n > 1 and not sampled and "seed" not in search:
-        raise c.fail("num_samples", f"is {n} but the space has only grid values and a fixed seed, so every repeat "
-                                    f"trains the same trials; set num_samples: 1, or search seed: {{grid: [...]}}")
+        raise c.fail(
+            "num_samples",
+            f"is {n} but the space has only grid values and a fixed seed, so every repeat "
+            f"trains the same trials; set num_samples: 1, or search seed: {{grid: [...]}}",
+        )
     return c.number(n, "num_samples", int, 1, 100_000)
 
 
@@ -438,31 +485,48 @@ def _search_alg(c: _Checker, value: Any, search: dict, cells: list[str]) -> Sear
         return alg
     # A model-based searcher proposes points of one space; each cell (compare_within) gets its own.
     for key, dist in search.items():
-        (name, args), = dist.items()
+        ((name, args),) = dist.items()
         if key in cells:
             if name != "grid":
-                raise c.fail(f"search.{key}", f"is a cell key (compare_within) and must be a grid with search_alg "
-                                              f"{alg.type}, got {name}")
+                raise c.fail(
+                    f"search.{key}",
+                    f"is a cell key (compare_within) and must be a grid with search_alg {alg.type}, got {name}",
+                )
         elif name == "grid":
-            raise c.fail(f"search.{key}", f"is a grid, but search_alg {alg.type} samples every key outside the cells "
-                                          f"({', '.join(cells)}); use choice: {args!r} or add {key} to compare_within")
+            raise c.fail(
+                f"search.{key}",
+                f"is a grid, but search_alg {alg.type} samples every key outside the cells "
+                f"({', '.join(cells)}); use choice: {args!r} or add {key} to compare_within",
+            )
         elif name == "lookup" and args["key"] not in cells:
-            raise c.fail(f"search.{key}", f"looks up {args['key']}, which search_alg {alg.type} samples; "
-                                          f"a lookup with a model-based search_alg may only read a cell key ({', '.join(cells)})")
+            raise c.fail(
+                f"search.{key}",
+                f"looks up {args['key']}, which search_alg {alg.type} samples; "
+                f"a lookup with a model-based search_alg may only read a cell key ({', '.join(cells)})",
+            )
     if all(k in cells or next(iter(d)) == "lookup" for k, d in search.items()):
-        raise c.fail("search", f"has nothing for search_alg {alg.type} to sample outside the cells; "
-                               f"add e.g. density: {{loguniform: [0.01, 1.0]}}")
+        raise c.fail(
+            "search",
+            f"has nothing for search_alg {alg.type} to sample outside the cells; "
+            f"add e.g. density: {{loguniform: [0.01, 1.0]}}",
+        )
     return alg
 
 
 def _check_rungs_fill(c: _Checker, alg: SearchAlg, search: dict, cells: list[str]) -> None:
     """Deterministic halving cuts a rung when the whole cell reached it: cell sizes known, live trials uncapped."""
     if alg.max_concurrent is not None:
-        raise c.fail("search_alg.max_concurrent", "counts trials paused at a rung as live, so a deterministic rung could "
-                                                  "never fill; pass --max-concurrent instead, or set scheduler.mode: async")
+        raise c.fail(
+            "search_alg.max_concurrent",
+            "counts trials paused at a rung as live, so a deterministic rung could "
+            "never fill; pass --max-concurrent instead, or set scheduler.mode: async",
+        )
     for key in (k for k in cells if k in search and next(iter(search[k])) != "grid"):
-        raise c.fail(f"search.{key}", "is a cell key and deterministic halving needs cell sizes in advance; make it a "
-                                      "grid, or set scheduler.mode: async")
+        raise c.fail(
+            f"search.{key}",
+            "is a cell key and deterministic halving needs cell sizes in advance; make it a "
+            "grid, or set scheduler.mode: async",
+        )
 
 
 # Experiment trackers a study can log to (Ray Tune's own logger callbacks; see tracking.CALLBACKS).

@@ -17,6 +17,7 @@ combination with the other searched keys' values, so that rules across keys
 (``drop_rate_min`` below ``drop_rate``) hold for every trial too. The validity rules
 are intervals, so the ends of a range stand for all of it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,13 +46,18 @@ def check_distribution(c, key: str, dist: Any) -> None:
     """The shape of one distribution ({name: args}); `c` is rest.study.space's checker, `key` its dotted name."""
     if not isinstance(dist, dict) or len(dist) != 1:
         raise c.fail(key, f"must be one distribution such as {{grid: [...]}}; choose from {', '.join(DISTRIBUTIONS)}")
-    (name, args), = dist.items()
+    ((name, args),) = dist.items()
     if name not in DISTRIBUTIONS:
         raise c.fail(key, f"uses unknown distribution '{name}'; choose from {', '.join(DISTRIBUTIONS)}")
     n = DISTRIBUTIONS[name]
     if n == 0:
-        if not (isinstance(args, dict) and set(args) == {"key", "table"} and args["key"] in KINDS
-                and isinstance(args["table"], dict) and args["table"]):
+        if not (
+            isinstance(args, dict)
+            and set(args) == {"key", "table"}
+            and args["key"] in KINDS
+            and isinstance(args["table"], dict)
+            and args["table"]
+        ):
             raise c.fail(key, "lookup needs {key: <setting>, table: {<value>: <result>, ...}}")
         return
     if not isinstance(args, list) or (n is None and not args) or (n is not None and len(args) != n):
@@ -79,12 +85,15 @@ def _check_listed(c, key: str, name: str, values: list) -> None:
 
 def check_kind(c, key: str, field: str, dist: dict) -> None:
     """A range needs a numeric setting, and an integer setting needs a range that draws integers."""
-    (name, args), = dist.items()
+    ((name, args),) = dist.items()
     if name not in RANGES:
         return
     kind = KINDS.get(field)
     if kind not in ("int", "float"):
-        raise c.fail(key, f"uses {name}, a range of numbers, but {field} is {kind_text(kind)}; list its values with grid or choice")
+        raise c.fail(
+            key,
+            f"uses {name}, a range of numbers, but {field} is {kind_text(kind)}; list its values with grid or choice",
+        )
     if kind == "int" and name not in INTEGER_RANGES and not (name == "quniform" and float(args[2]).is_integer()):
         raise c.fail(key, f"uses {name}, which draws fractions, but {field} is an integer; use randint or qrandint")
 
@@ -120,16 +129,22 @@ def check_values(c, fixed: dict[str, Any], search: dict[str, dict], prefix: str 
     """Every value the search reaches is a valid setting: each key alone over `fixed`, then in combination."""
     for key, dist in search.items():
         check_kind(c, f"{prefix}.{key}", key, dist)
-        (name, args), = dist.items()
+        ((name, args),) = dist.items()
         if name in ("quniform", "qrandint") and _on_grid(args[0], args[2], math.ceil) > args[1]:
-            raise c.fail(f"{prefix}.{key}", f"{name} {args!r} has no multiple of q={args[2]:g} between {args[0]:g} "
-                                            f"and {args[1]:g}; widen the range or lower q")
+            raise c.fail(
+                f"{prefix}.{key}",
+                f"{name} {args!r} has no multiple of q={args[2]:g} between {args[0]:g} "
+                f"and {args[1]:g}; widen the range or lower q",
+            )
         for value in reachable(name, args):
             try:
                 TrainSettings.from_dict({**fixed, key: value}).validate()
             except SettingsError as exc:
-                reach = f"{name} value {value!r}" if name in ("grid", "choice") else (
-                    f"lookup value {value!r}" if name == "lookup" else f"{name} {args!r} reaches {value:g}")
+                reach = (
+                    f"{name} value {value!r}"
+                    if name in ("grid", "choice")
+                    else (f"lookup value {value!r}" if name == "lookup" else f"{name} {args!r} reaches {value:g}")
+                )
                 raise c.fail(f"{prefix}.{key}", f"{reach}: {exc}") from None
     _check_combinations(c, fixed, search, prefix)
 

@@ -6,6 +6,7 @@ first. ``load`` refuses that, at any depth, naming the key and both lines. Merge
 (``<<: *defaults``) still let a mapping override what it merges: only keys written
 out twice in one mapping are refused.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -53,8 +54,10 @@ def read_yaml(text: str, source: str, unique_keys: bool = True) -> tuple[yaml.No
         return node, load(text) if unique_keys else yaml.safe_load(text)
     except DuplicateKey as exc:
         path = path_at(key_lines(node), exc.line, exc.key)
-        raise SpaceError(f"{source}:{exc.line}: '{path}' is given twice (first on line {exc.first_line}); YAML would keep "
-                         f"only the last silently: keep one") from None
+        raise SpaceError(
+            f"{source}:{exc.line}: '{path}' is given twice (first on line {exc.first_line}); YAML would keep "
+            f"only the last silently: keep one"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

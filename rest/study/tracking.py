@@ -5,6 +5,7 @@ list; the stall watch says once, in the log and in stalls.log, when trials wait 
 resources that never come; the progress watch hands the caller's progress function
 a ``rest.study.progress.PhaseProgress`` as trials start, report and end.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,8 @@ import os
 import time
 
 from rest.errors import StudyError
-from rest.study.space import StudySpec
 from rest.storage import Location
+from rest.study.space import StudySpec
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,10 @@ def stall_watch_class():
             waited = time.time() - self.last_progress
             if waited > self.seconds and not self.warned:
                 self.warned = True
-                message = (f"{pending} trial(s) have waited {waited / 60:.1f} min for resources with none running; "
-                           f"check 'ray status' (other jobs, lost nodes) or lower --cpus-per-trial / --gpus-per-trial")
+                message = (
+                    f"{pending} trial(s) have waited {waited / 60:.1f} min for resources with none running; "
+                    f"check 'ray status' (other jobs, lost nodes) or lower --cpus-per-trial / --gpus-per-trial"
+                )
                 log.warning(message)
                 earlier = self.log_file.read_text() if self.log_file.exists() else ""
                 self.log_file.write_text(earlier + f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
@@ -85,15 +88,17 @@ def make_callbacks(spec: StudySpec, study: str, phase: str) -> list:
     try:
         return [CALLBACKS[name](study, phase) for name in spec.callbacks]
     except ImportError as exc:
-        raise StudyError(f"the study file asks for a tracker whose package is missing ({exc.name}); "
-                         f"pip install {exc.name} or remove it from 'callbacks'") from None
+        raise StudyError(
+            f"the study file asks for a tracker whose package is missing ({exc.name}); "
+            f"pip install {exc.name} or remove it from 'callbacks'"
+        ) from None
 
 
 def progress_watch_class():
     from ray.tune import Callback
 
-    from rest.study.progress import PhaseProgress, count_trials, epochs_left, eta_seconds
     from rest.selection import PRIMARY
+    from rest.study.progress import PhaseProgress, count_trials, epochs_left, eta_seconds
 
     class ProgressWatch(Callback):
         """Calls `report(PhaseProgress)` when a trial starts, reports or ends: the caller decides what to show.
@@ -140,9 +145,14 @@ def progress_watch_class():
                 return
             done, running, pending, failed = count_trials([t.status for t in trials], self.total)
             self.peak = max(self.peak, running)
-            left = epochs_left([(t.status, int((t.last_result or {}).get("epoch", 0)),
-                                 int(t.config.get("epochs") or self.planned)) for t in trials],
-                               self.total - len(trials), self.planned)
+            left = epochs_left(
+                [
+                    (t.status, int((t.last_result or {}).get("epoch", 0)), int(t.config.get("epochs") or self.planned))
+                    for t in trials
+                ],
+                self.total - len(trials),
+                self.planned,
+            )
             pace = self.timed[0] / self.timed[1] if self.timed[1] else None
             eta = eta_seconds(left, pace, min(self.peak, running + pending))
             self.report(PhaseProgress(self.phase, done, running, pending, failed, self.best, self.label, eta))

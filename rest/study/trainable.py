@@ -10,6 +10,7 @@ Test-only: ``REST_TUNE_TEST_DELAY="density=0.05,lambda_upweight=10:20"`` in the 
 environment makes every trial whose config matches all the given values sleep 20 s
 before each epoch (tests make one trial slow to change arrival order).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,12 @@ import time
 from pathlib import Path
 
 from rest import selection
-from rest.study import tune_ext
 from rest.report.results import HISTORY_FILE, STATE_FILE, flat_config, is_compact, newest_state, read_checkpoint
-from rest.study.search import METRIC, SEARCHER_METRIC, reported
-from rest.study.search import rung_epochs as study_rung_epochs
 from rest.settings import TrainSettings
 from rest.storage import on_filesystem
+from rest.study import tune_ext
+from rest.study.search import METRIC, SEARCHER_METRIC, reported
+from rest.study.search import rung_epochs as study_rung_epochs
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,11 @@ TEST_DELAY_ENV = "REST_TUNE_TEST_DELAY"
 
 def trainable_options(spec) -> dict:
     """``rest_trainable``'s keyword arguments for a study (read in the driver, sent with the trainable)."""
-    return {"checkpoint_every": spec.checkpoint_every, "rung_epochs": study_rung_epochs(spec),
-            "test_delay": os.environ.get(TEST_DELAY_ENV)}
+    return {
+        "checkpoint_every": spec.checkpoint_every,
+        "rung_epochs": study_rung_epochs(spec),
+        "test_delay": os.environ.get(TEST_DELAY_ENV),
+    }
 
 
 def delay_seconds(rule: str | None, config: dict) -> float:
@@ -83,8 +87,13 @@ def save_history(history: list[dict]) -> None:
     trial.join(HISTORY_FILE).write_text(json.dumps(history))
 
 
-def rest_trainable(config: dict, checkpoint_every: int = 1, rung_epochs: tuple = (), test_delay: str | None = None,
-                   data_root: str | None = None) -> None:
+def rest_trainable(
+    config: dict,
+    checkpoint_every: int = 1,
+    rung_epochs: tuple = (),
+    test_delay: str | None = None,
+    data_root: str | None = None,
+) -> None:
     """Ray Tune function trainable: one REST configuration, checkpointed per epoch.
 
     Each checkpoint holds the full training state and the trial's whole history of
@@ -126,7 +135,9 @@ def rest_trainable(config: dict, checkpoint_every: int = 1, rung_epochs: tuple =
         return
     restore_seconds = time.perf_counter() - started if state is not None else None
     if trainer.epoch in rung_epochs and history:
-        tune.report(reported(history[-1]))  # paused at a rung: the scheduler sees it (and may stop us) before we train on
+        tune.report(
+            reported(history[-1])
+        )  # paused at a rung: the scheduler sees it (and may stop us) before we train on
     resumed_from = trainer.epoch
     delay = delay_seconds(test_delay, flat_config(config))
     node = ray.get_runtime_context().get_node_id()
@@ -135,8 +146,9 @@ def rest_trainable(config: dict, checkpoint_every: int = 1, rung_epochs: tuple =
         time.sleep(delay)
         record = trainer.run_epoch()
         record.update(trainer.data_fields)  # what it trained on: the subsample's seed and per-split counts
-        record.update(resumed_from_epoch=resumed_from, node_id=node, pid=os.getpid(),
-                      val_rank=selection.scalar(record, primary))
+        record.update(
+            resumed_from_epoch=resumed_from, node_id=node, pid=os.getpid(), val_rank=selection.scalar(record, primary)
+        )
         if restore_seconds is not None:
             record["restore_seconds"], restore_seconds = restore_seconds, None
         record[SEARCHER_METRIC] = max([record[METRIC]] + [r[METRIC] for r in history if METRIC in r])

@@ -13,6 +13,7 @@ the switches that keep Ray quiet in the driver. They live here, and ``tests/test
 each against the installed Ray, so an upgrade that moves one fails loudly in the
 tests instead of silently weakening resume.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,9 +21,9 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import PurePosixPath
-from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +149,11 @@ def use_run_config(tuner, verbose: int, callbacks: list) -> None:
 # failed trial is left to the study's own failure summary (error.txt keeps it); its warning about
 # frequent snapshots (every checkpoint of a trial with few epochs forces one) is not the user's to fix;
 # the "ray" logger's INFO lines (start-up, "Wrote the latest version...") go. Other warnings stay.
-QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
-             "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+QUIET_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
 
 
 @contextmanager
@@ -221,6 +225,7 @@ def _guarded_upload(sync_up_command):
     the save and the upload would otherwise upload after waking. A failed check
     skips the upload (logged): the main thread stops on its own next check.
     """
+
     @functools.wraps(sync_up_command)
     def guarded_sync_up_command(self, *args, **kwargs):
         upload, upload_kwargs = sync_up_command(self, *args, **kwargs)

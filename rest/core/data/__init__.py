@@ -1,4 +1,5 @@
 """Dataset registry: every dataset loads into the same ``BiasedData`` form."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -18,9 +19,38 @@ DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
         DatasetSpec("colored_digits", load_colored_digits, 10, 28, "cnn", *_UNIT, "none", needs_root=False),
-        DatasetSpec("cmnist", partial(load_folder, "cmnist", size=28, num_classes=10), 10, 28, "cnn", *_UNIT, "none", needs_root=True),
-        DatasetSpec("cifar10c", partial(load_folder, "cifar10c", size=32, num_classes=10), 10, 32, "resnet18", _CIFAR_MEAN, _CIFAR_STD, "crop_flip", needs_root=True),
-        DatasetSpec("bffhq", partial(load_folder, "bffhq", size=128, num_classes=2), 2, 128, "resnet18", _REST_BFFHQ_MEAN, _REST_BFFHQ_STD, "none", needs_root=True),
+        DatasetSpec(
+            "cmnist",
+            partial(load_folder, "cmnist", size=28, num_classes=10),
+            10,
+            28,
+            "cnn",
+            *_UNIT,
+            "none",
+            needs_root=True,
+        ),
+        DatasetSpec(
+            "cifar10c",
+            partial(load_folder, "cifar10c", size=32, num_classes=10),
+            10,
+            32,
+            "resnet18",
+            _CIFAR_MEAN,
+            _CIFAR_STD,
+            "crop_flip",
+            needs_root=True,
+        ),
+        DatasetSpec(
+            "bffhq",
+            partial(load_folder, "bffhq", size=128, num_classes=2),
+            2,
+            128,
+            "resnet18",
+            _REST_BFFHQ_MEAN,
+            _REST_BFFHQ_STD,
+            "none",
+            needs_root=True,
+        ),
     )
 }
 

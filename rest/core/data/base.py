@@ -5,6 +5,7 @@ target ``y`` and bias label ``b``. Training slices batches straight from these
 tensors, so no image is decoded inside the training loop. Splits are cached as
 ``.npy`` files and memory-mapped on later loads.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,15 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from rest.errors import UserError
 from rest.core.data.sample import SUBSAMPLE_SEED, stratified_indices
+from rest.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,11 @@ class Split:
             raise DataError("bias labels were withheld from this split")
         return self.y != self.b
 
-    def without_bias(self) -> "Split":
+    def without_bias(self) -> Split:
         """The same samples with no bias labels: what a bias-blind method may see."""
         return Split(self.images, self.y, None)
 
-    def subsample(self, n: int, rng: np.random.Generator) -> "Split":
+    def subsample(self, n: int, rng: np.random.Generator) -> Split:
         """n samples drawn per class x bias stratum (``sample.stratified_indices``)."""
         b = None if self.b is None else self.b.cpu().numpy()
         idx = torch.from_numpy(stratified_indices(self.y.cpu().numpy(), b, n, rng)).to(self.y.device)
@@ -63,7 +64,7 @@ class Split:
             out[f"{prefix}conflicting"] = int(self.conflicting.sum())
         return out
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         b = None if self.b is None else self.b.to(device)
         return Split(self.images.to(device), self.y.to(device), b)
 
@@ -77,7 +78,7 @@ class BiasedData:
     test: Split
     subsample_seed: int | None = None  # set on a subsample: the seed it was drawn with
 
-    def subsample(self, n: int, seed: int = SUBSAMPLE_SEED) -> "BiasedData":
+    def subsample(self, n: int, seed: int = SUBSAMPLE_SEED) -> BiasedData:
         """A seeded sample of n from every split that keeps its class x bias shares (``rest.core.data.sample``).
 
         Each split keeps its shares of aligned and conflicting samples and of every
@@ -96,9 +97,15 @@ class BiasedData:
             out.update(getattr(self, s).describe(f"data_{s}_"))
         return out
 
-    def to(self, device: torch.device | str) -> "BiasedData":
-        return BiasedData(self.name, self.conflict_pct, self.train.to(device), self.valid.to(device), self.test.to(device),
-                          self.subsample_seed)
+    def to(self, device: torch.device | str) -> BiasedData:
+        return BiasedData(
+            self.name,
+            self.conflict_pct,
+            self.train.to(device),
+            self.valid.to(device),
+            self.test.to(device),
+            self.subsample_seed,
+        )
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,6 @@ class DatasetSpec:
     std: tuple[float, float, float]
     augment: str  # "none" or "crop_flip"
     needs_root: bool
-
 
 
 def cache_dir() -> Path:
@@ -141,11 +147,18 @@ def save_cache(path: Path, splits: dict[str, tuple[np.ndarray, np.ndarray, np.nd
         raise
 
 
-def from_arrays(name: str, conflict_pct: float, splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> BiasedData:
+def from_arrays(
+    name: str, conflict_pct: float, splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> BiasedData:
     """BiasedData from in-memory arrays (what the builders return, before caching)."""
+
     def split(s: str) -> Split:
         images, y, b = splits[s]
-        return Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(y.astype(np.int64)), torch.from_numpy(b.astype(np.int64)))
+        return Split(
+            torch.from_numpy(np.ascontiguousarray(images)),
+            torch.from_numpy(y.astype(np.int64)),
+            torch.from_numpy(b.astype(np.int64)),
+        )
 
     return BiasedData(name, conflict_pct, *(split(s) for s in SPLITS))
 

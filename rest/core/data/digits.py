@@ -7,6 +7,7 @@ for anti-aliasing. The grey digits are then coloured with the Colored-MNIST
 protocol (``protocol.py``). Everything follows from one seed, and the result is
 cached so a second load is a memory-mapped read.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,9 @@ PER_CLASS = {"train": 1000, "valid": 150, "test": 100}
 VERSION = 1  # bump when rendering changes, so stale caches are not reused
 
 
-def _arc(cx: float, cy: float, rx: float, ry: float, start: float, stop: float, n: int = 12) -> list[tuple[float, float]]:
+def _arc(
+    cx: float, cy: float, rx: float, ry: float, start: float, stop: float, n: int = 12
+) -> list[tuple[float, float]]:
     """Points on an ellipse from angle start to stop (degrees, 0 = right, 90 = down)."""
     angles = np.linspace(math.radians(start), math.radians(stop), n)
     return [(cx + rx * math.cos(a), cy + ry * math.sin(a)) for a in angles]
@@ -100,6 +103,10 @@ def load_colored_digits(conflict_pct: float, root: str | None = None, seed: int 
 
     def build():
         log.info("generating colored_digits at %g%% conflicting (seed %d), cached in %s", conflict_pct, seed, path)
-        return build_colored_digits(conflict_pct, seed), {"dataset": "colored_digits", "conflict_pct": conflict_pct, "seed": seed}
+        return build_colored_digits(conflict_pct, seed), {
+            "dataset": "colored_digits",
+            "conflict_pct": conflict_pct,
+            "seed": seed,
+        }
 
     return cached(path, "colored_digits", conflict_pct, build)

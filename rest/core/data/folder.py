@@ -9,6 +9,7 @@ Labels come from the last two ``_``-separated fields of the file name. Images ar
 decoded once into a uint8 cache (keyed by the files' paths, sizes and times) and
 memory-mapped afterwards.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,7 +53,9 @@ def split_files(root: Path, conflict_pct: float) -> dict[str, list[Path]]:
     pct_dir = root / pct_dirname(conflict_pct)
     if not pct_dir.is_dir():
         present = ", ".join(present_ratios(root)) or "none"
-        raise DataError(f"conflict ratio {conflict_pct:g}% is missing under {root} (no {pct_dir.name}/); present: {present}")
+        raise DataError(
+            f"conflict ratio {conflict_pct:g}% is missing under {root} (no {pct_dir.name}/); present: {present}"
+        )
     valid_dir = pct_dir / "valid" if (pct_dir / "valid").is_dir() else root / "valid"
     files = {
         "train": list_images(pct_dir / "align") + list_images(pct_dir / "conflict"),
@@ -61,7 +64,9 @@ def split_files(root: Path, conflict_pct: float) -> dict[str, list[Path]]:
     }
     for split, paths in files.items():
         if not paths:
-            raise DataError(f"no {split} images found for {conflict_pct:g}% under {root}; expected the LfF layout (see docs/datasets.md)")
+            raise DataError(
+                f"no {split} images found for {conflict_pct:g}% under {root}; expected the LfF layout (see docs/datasets.md)"
+            )
     return files
 
 

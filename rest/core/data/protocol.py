@@ -7,6 +7,7 @@ takes one of the other nine colours, uniformly. Quotas are exact per class:
 ``round(n_class * pct / 100)`` conflicting samples in every class, never a
 Bernoulli draw, so a "1 %" split really holds 1 % conflicting samples.
 """
+
 from __future__ import annotations
 
 import math

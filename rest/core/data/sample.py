@@ -5,9 +5,10 @@ samples of a split would be a few classes and no conflicting sample at all. A sa
 here keeps, within rounding, each split's shares of aligned and conflicting samples
 and of every class, and every class the split has.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -79,6 +80,10 @@ def stratified_indices(y: np.ndarray, b: np.ndarray | None, n: int, rng: np.rand
         return np.arange(len(y))
     conflicting = np.zeros(len(y), dtype=bool) if b is None else np.asarray(b) != y
     quotas = stratum_quotas(y, conflicting, n, rng)
-    chosen = [rng.choice(np.flatnonzero((conflicting == bool(g)) & (y == c)), size=int(quotas[g, c]), replace=False)
-              for g in (0, 1) for c in range(quotas.shape[1]) if quotas[g, c]]
+    chosen = [
+        rng.choice(np.flatnonzero((conflicting == bool(g)) & (y == c)), size=int(quotas[g, c]), replace=False)
+        for g in (0, 1)
+        for c in range(quotas.shape[1])
+        if quotas[g, c]
+    ]
     return np.sort(np.concatenate(chosen)) if chosen else np.arange(0)

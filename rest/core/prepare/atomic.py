@@ -4,15 +4,16 @@ The tree is built in a hidden sibling of --out (``.<name>.partial-<pid>``) and
 renamed into place when complete; a build killed outright leaves only that
 sibling, which the next build of the same --out removes.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from rest.errors import UserError
 from rest.storage import fresh_dir

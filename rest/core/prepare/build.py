@@ -16,6 +16,7 @@ CIFAR-10: corruption number b of ``rest.core.corruptions``). The pipeline:
    of workers, and an image aligned at every ratio is the same picture in each folder;
 5. build in a hidden sibling of --out and rename it into place when complete (``atomic``).
 """
+
 from __future__ import annotations
 
 import io
@@ -25,9 +26,10 @@ import math
 import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -35,10 +37,10 @@ from PIL import Image
 from rest.core.corruptions import CORRUPTION_NAMES, corrupt
 from rest.core.data.base import DataError, pct_dirname
 from rest.core.data.protocol import LFF_COLOUR_JITTER, assign_bias, colourise
-from rest.errors import UserError
 from rest.core.prepare.atomic import atomic_dir, refuse_existing
 from rest.core.prepare.pool import Progress, default_workers, exit_if_orphaned, run_tasks
 from rest.core.prepare.raw import RawData, load_cifar10, load_mnist
+from rest.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ LAYOUT = {
 
 
 # -------------------------------------------------------------------- recipes
+
 
 def render_cmnist(grey: np.ndarray, b: int, rng: np.random.Generator, severity: int) -> np.ndarray:
     """One grey digit painted with colour b: the embedded dataset's colouring with LfF's noise."""
@@ -114,6 +117,7 @@ def parse_ratios(text: str) -> tuple[float, ...]:
 
 
 # ----------------------------------------------------------------------- plan
+
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
@@ -166,7 +170,9 @@ def make_plan(recipe: Recipe, labels: dict[str, np.ndarray], ratios: tuple[float
     train_idx, valid_idx = carve_valid(y_train, valid_fraction, _rng(seed, STREAM_VALID))
     for pct in ratios:
         for split, idx in (("train", train_idx), ("valid", valid_idx)):
-            b = assign_bias(y_train[idx], pct, _rng(seed, STREAM_BIAS, SPLIT_IDS[split], _ratio_key(pct)), recipe.num_classes)
+            b = assign_bias(
+                y_train[idx], pct, _rng(seed, STREAM_BIAS, SPLIT_IDS[split], _ratio_key(pct)), recipe.num_classes
+            )
             add(split, "train", idx, y_train[idx], b, pct_dirname(pct))
     b_test = assign_bias(y_test, None, _rng(seed, STREAM_BIAS, SPLIT_IDS["test"]), recipe.num_classes)
     add("test", "test", np.arange(len(y_test)), y_test, b_test, "")
@@ -174,6 +180,7 @@ def make_plan(recipe: Recipe, labels: dict[str, np.ndarray], ratios: tuple[float
 
 
 # ---------------------------------------------------------------- rendering
+
 
 class Chunk(NamedTuple):
     """One worker task: a few source images, their bias labels and destinations."""
@@ -246,6 +253,7 @@ def _chunks(recipe: str, plan: Plan, images: dict[str, np.ndarray], seed: int, s
 
 # ------------------------------------------------------------------- builder
 
+
 @dataclass
 class BuildSummary:
     dataset: str
@@ -276,7 +284,9 @@ def build(dataset: str, raw: Path, out: Path, ratios: tuple[float, ...] = DEFAUL
     data = recipe.load_raw(raw)
     bad = [s for s, (_, y) in data.items() if len(y) and (y.min() < 0 or y.max() >= recipe.num_classes)]
     if bad:
-        raise DataError(f"the {bad[0]} labels under {raw} fall outside 0..{recipe.num_classes - 1}; is --raw the right dataset?")
+        raise DataError(
+            f"the {bad[0]} labels under {raw} fall outside 0..{recipe.num_classes - 1}; is --raw the right dataset?"
+        )
     plan = make_plan(recipe, {s: y for s, (_, y) in data.items()}, ratios, seed, valid_fraction)
     counts = Counter(_folder_of(rel) for paths in plan.values() for rel in paths)
     total = sum(counts.values())

@@ -5,6 +5,7 @@ Every problem found is listed with its kind (``PROBLEM_KINDS``); a tree with non
 is valid. Images are decoded (in worker processes for big trees) so unreadable
 files and the same picture in two splits are found by pixels, not by bytes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,8 @@ from rest.core.data import get_dataset_spec
 from rest.core.data.base import DataError
 from rest.core.data.folder import IMAGE_SUFFIXES, parse_labels
 from rest.core.data.protocol import conflict_quota
-from rest.tables import float_cell, markdown
 from rest.core.prepare.pool import Progress, default_workers, exit_if_orphaned, run_tasks
+from rest.tables import float_cell, markdown
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,9 @@ def _ignored_folders(root: Path) -> list[str]:
     """Folders the loader never reads: often a tree unpacked one level too deep or too high."""
     found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
              and p.name not in TOP_FOLDERS and not p.name.endswith("pct")]  # fmt: skip
-    found += [p for d in root.glob("*pct") if d.is_dir() for p in d.iterdir() if p.is_dir() and p.name not in PCT_FOLDERS]
+    found += [
+        p for d in root.glob("*pct") if d.is_dir() for p in d.iterdir() if p.is_dir() and p.name not in PCT_FOLDERS
+    ]
     return [f"{p}/: not part of the LfF layout, ignored by the loader" for p in sorted(found)]
 
 
@@ -116,12 +119,18 @@ def discover(root: Path) -> tuple[list[tuple[str, dict[str, list[Folder]]]], lis
             continue
         name = pct_dir.name
         train = [Folder(pct_dir / g, f"{name}/{g}", "train", g) for g in ("align", "conflict")]
-        valid = Folder(pct_dir / "valid", f"{name}/valid", "valid", None) if (pct_dir / "valid").is_dir() else shared_valid
+        valid = (
+            Folder(pct_dir / "valid", f"{name}/valid", "valid", None) if (pct_dir / "valid").is_dir() else shared_valid
+        )
         if not train[0].path.is_dir():  # a missing conflict/ is judged by the conflict-ratio check
             problems.append(Problem("missing split", str(train[0].path), "no such folder"))
         if valid is None:
-            problems.append(Problem("missing split", str(pct_dir / "valid"), f"no {name}/valid/ and no valid/ at the root"))
-        ratios.append((name, {"train": [f for f in train if f.path.is_dir()], "valid": [valid] if valid else [], "test": [test]}))
+            problems.append(
+                Problem("missing split", str(pct_dir / "valid"), f"no {name}/valid/ and no valid/ at the root")
+            )
+        ratios.append(
+            (name, {"train": [f for f in train if f.path.is_dir()], "valid": [valid] if valid else [], "test": [test]})
+        )
     if not ratios:
         problems.append(Problem("missing split", str(root), "no <pct>pct folder (e.g. 1pct/align, 1pct/conflict)"))
     if not test.path.is_dir():
@@ -207,7 +216,9 @@ def _duplicates(ratios: list[tuple[str, dict[str, list[Folder]]]], entries: dict
                         pair = (first[e.digest][1], e.path)
                         if pair not in seen_pairs:  # valid/ and test/ are shared by every ratio
                             seen_pairs.add(pair)
-                            problems.append(Problem("duplicate across splits", str(e.path), f"same pixels as {pair[0]}"))
+                            problems.append(
+                                Problem("duplicate across splits", str(e.path), f"same pixels as {pair[0]}")
+                            )
                     first.setdefault(e.digest, (split, e.path))
     return problems
 
@@ -266,7 +277,9 @@ def check_tree(root: Path, dataset: str | None = None, workers: int | None = Non
             report.problems.append(Problem("unreadable image", str(e.path), e.error))
     sizes = Counter(e.size for e in flat if e.size)
     if spec and sizes and set(sizes) != {(spec.image_size, spec.image_size)}:
-        report.warnings.append(f"image sizes {dict(sizes)}; {dataset} is read at {spec.image_size}x{spec.image_size} (the loader resizes)")
+        report.warnings.append(
+            f"image sizes {dict(sizes)}; {dataset} is read at {spec.image_size}x{spec.image_size} (the loader resizes)"
+        )
     report.problems += _duplicates(ratios, entries)
     report.num_classes = spec.num_classes if spec else (max((max(e.y, e.b) for e in flat), default=-1) + 1)
     report.rows = _rows(ratios, entries, report.num_classes)
@@ -298,8 +311,10 @@ def _hash_entries(flat: list[Entry], workers: int, progress: Progress | None) ->
 
 def format_report(report: TreeReport, limit: int = 10) -> str:
     """The table, then warnings and problems (at most `limit` of each kind), then the summary."""
-    lines = [f"{report.root}: {report.images} images (share% = share of the split; columns 0.. = images per class y)",
-             markdown(report.rows, cell=float_cell(".2f", nan="-"), aligned=True, empty="(no images)")]
+    lines = [
+        f"{report.root}: {report.images} images (share% = share of the split; columns 0.. = images per class y)",
+        markdown(report.rows, cell=float_cell(".2f", nan="-"), aligned=True, empty="(no images)"),
+    ]
     if report.warnings:
         lines.append(f"\nwarnings ({len(report.warnings)}):")
         lines += [f"  {w}" for w in report.warnings[:limit]]

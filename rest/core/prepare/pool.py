@@ -5,13 +5,14 @@ The standard ``multiprocessing.Pool`` does the work; what is added is orphan
 handling, because a builder killed with SIGKILL must not leave workers writing
 into its temporary tree, and progress counting for the command line.
 """
+
 from __future__ import annotations
 
 import multiprocessing
 import os
 import signal
 import sys
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 Progress = Callable[[int, int], None]  # (done, total)
 

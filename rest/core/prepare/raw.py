@@ -15,6 +15,7 @@ with torchvision 0.29; torchvision is therefore not a dependency of this project
 The layouts read are those torchvision's downloaders leave behind, so the command
 that fetches the files on a machine with internet is torchvision's (``download_hint``).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -93,7 +94,9 @@ def load_mnist(raw: Path) -> RawData:
             raise _missing("MNIST", "MNIST", raw, f"{raw / 'MNIST' / 'raw' / names[0]}[.gz]")
         images, labels = (read_idx(p) for p in paths)
         if images.ndim != 3 or labels.shape != images.shape[:1] or images.dtype != np.uint8:
-            raise DataError(f"{paths[0]} and {paths[1]} do not hold matching uint8 images and labels; download them again")
+            raise DataError(
+                f"{paths[0]} and {paths[1]} do not hold matching uint8 images and labels; download them again"
+            )
         out[split] = (images, labels.astype(np.int64))
     return out
 
@@ -107,7 +110,11 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles only what CIFAR batches hold (dicts, lists, numpy arrays): a tampered
     file cannot run code."""
 
-    ALLOWED = {(core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")}
+    ALLOWED = {
+        (core, name)
+        for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    }
     ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype")}
 
     def find_class(self, module: str, name: str):
@@ -124,7 +131,9 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{path} is not a CIFAR-10 batch ({exc.__class__.__name__}: {exc}); download it again") from None
+        raise DataError(
+            f"{path} is not a CIFAR-10 batch ({exc.__class__.__name__}: {exc}); download it again"
+        ) from None
     if len(labels) != len(data):
         raise DataError(f"{path} holds {len(data)} images but {len(labels)} labels; download it again")
     return np.ascontiguousarray(data), labels
