@@ -6,10 +6,10 @@ import sys
 
 import pyarrow.fs as pafs
 import pytest
-from test_resume import S4, driver, write_s4
 
 import rest
 from conftest import ROOT, cli, wait_for
+from helpers import S4, driver, write_s4
 from rest.report.status import find, study_status
 
 FIXTURE = ROOT / "tests" / "fixtures" / "smoke_study"
