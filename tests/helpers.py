@@ -1,7 +1,10 @@
 """Plain helpers shared by test files (fixtures live in conftest.py; no test file imports another).
 
-Importable as ``from helpers import ...`` from every test file: pytest puts tests/ on sys.path
-when it loads tests/conftest.py (the default "prepend" import mode).
+Importable as ``from helpers import ...`` (and ``from conftest import ...``) from every test file:
+pytest's default "prepend" import mode puts tests/ on sys.path, as the directory of tests/conftest.py
+and as the root of the tests/<layer>/ packages (each has an ``__init__.py``, so a test file is imported
+as ``core.test_train`` and two layers may hold the same basename). Not ``--import-mode=importlib``:
+it would import conftest.py a second time under another name, and conftest picks a free S3 port on import.
 """
 
 from __future__ import annotations
