@@ -11,11 +11,10 @@ import sys
 
 import pytest
 import yaml
-from test_cli import tensorboard_scalars
-from test_resume import checkpoint_epochs
 
 import rest
 from conftest import ROOT, cli, wait_for, write_png_tree
+from helpers import checkpoint_epochs, tensorboard_scalars
 from rest.errors import StudyError
 
 

@@ -9,7 +9,7 @@ stop Tune performs on SIGUSR1, a check before every experiment snapshot (the
 driver lock), the bookkeeping of Ray's ASHA scheduler that the per-cell wrapper
 routes, recording a paused trial that a scheduler stops, the file where
 ``ray start`` leaves its address, the run config a restored tuner runs with, and
-the switches that keep Ray quiet in the driver. They live here, and ``tests/test_tune_ext.py`` checks
+the switches that keep Ray quiet in the driver. They live here, and ``tests/study/test_tune_ext.py`` checks
 each against the installed Ray, so an upgrade that moves one fails loudly in the
 tests instead of silently weakening resume.
 """

@@ -117,7 +117,7 @@ def test_settings_reach_the_model_scheduler_and_masks(tiny_data, tiny_settings):
 
 def test_precision_auto_trains_in_fp32_on_cpu_and_bf16_is_honoured(tiny_data, tiny_settings):
     """The shipped default (auto) is fp32 on the CPU, bit for bit; bf16 asked for autocasts there too
-    (tests/test_precision.py trains every method that way)."""
+    (tests/core/test_device.py trains every method that way)."""
     auto = _records(tiny_settings.replace(epochs=1, device="cpu", precision="auto"), tiny_data)
     fp32 = _records(tiny_settings.replace(epochs=1, device="cpu", precision="fp32"), tiny_data)
     assert auto[0]["train_loss"] == fp32[0]["train_loss"]

@@ -21,10 +21,10 @@ from pathlib import Path, PurePosixPath
 
 import pyarrow.fs as pafs
 import pytest
-from test_resume import S4, write_s4
 
 import rest
 from conftest import ROOT, cli, wait_for
+from helpers import S4, write_s4
 from rest.errors import StudyError
 from rest.storage import local
 from rest.study.driver import DriverLock, LockLost, process_start, this_machine

@@ -6,29 +6,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import ROOT, cli, wait_for
-
-SMOKE = ROOT / "search_spaces" / "smoke.yaml"
-
-
-def write_space(path: Path, **changes) -> Path:
-    """The smoke study with changes: mappings are merged, except `search`, which is replaced; None writes null."""
-    space = yaml.safe_load(SMOKE.read_text())
-    for key, value in changes.items():
-        if value is None:
-            space[key] = None  # e.g. confirm: null, no confirm phase
-        elif key != "search" and isinstance(value, dict) and isinstance(space.get(key), dict):
-            space[key].update(value)
-        else:
-            space[key] = value
-    path.write_text(yaml.safe_dump(space))
-    return path
-
+from helpers import SMOKE, results, write_space
 
 RAY_TABLE = ("Trial status", "Trial name", "│", "╭")
 
@@ -38,15 +20,6 @@ def assert_no_ray_output(out) -> None:
     both = out.stdout + out.stderr
     assert not [mark for mark in RAY_TABLE if mark in both], both[-3000:]
     assert not [line for line in both.splitlines() if " INFO " in line], both[-3000:]
-
-
-def results(experiment: Path) -> dict[str, list[dict]]:
-    """trial dir name -> every record it reported, in order (read from Ray's result.json)."""
-    out = {}
-    for trial in sorted(experiment.glob("trial_*")):
-        file = trial / "result.json"
-        out[trial.name] = [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
-    return out
 
 
 @pytest.mark.xdist_group("smoke_study")  # one worker runs the smoke study once for every test that reads it
@@ -292,8 +265,7 @@ def test_a_wait_for_resources_is_said_once_and_kept_in_the_summary(ray_cluster, 
 def test_a_full_disk_in_the_driver_is_one_line_and_resume_finishes(ray_cluster, tmp_path):
     """The driver's writes under a file-size limit (EFBIG, as ENOSPC): its own manifest, then Ray's experiment files.
     Each is one line naming the file and the fix, no traceback; a study not made is not left half-made."""
-    from test_cli import file_size_limit
-
+    from helpers import file_size_limit
     from rest.core.data import load_dataset
 
     load_dataset("colored_digits", 1)  # the dataset cache, written without the limit

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_resume import S4, driver, write_s4
 
 from conftest import cli, wait_for
+from helpers import S4, driver, write_s4
 
 SLACK = 4096  # bytes: the compact file's few keys beyond the model file, torch's zip headers
 

@@ -8,34 +8,15 @@ same final metrics.
 """
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import ROOT, cli, wait_for
+from helpers import checkpoint_epochs, driver, write_s4
 
-# The study file of the issue (s4.yaml) on a smaller subsample, so the suite stays fast.
-S4 = {
-    "name": "s4",
-    "dataset": "colored_digits",
-    "train": {
-        "epochs": 4,
-        "batch_size": 64,
-        "subsample": 400,
-        "conflict_pct": 1,
-        "sparse": "rigl",
-        "reweight": "oracle",
-    },
-    "search": {"density": {"grid": [0.05, 1.0]}, "lambda_upweight": {"grid": [10, 50]}},
-    "scheduler": {"type": "asha", "grace_period": 4, "reduction_factor": 2},
-    "confirm": {"top_k": 1, "seeds": [41], "baseline": False, "epochs": 2},
-}
 COMPARED = (
     "epoch",
     "train_loss",
@@ -45,39 +26,6 @@ COMPARED = (
     "best_epoch",
     "best_test_worst_group_acc",
 )
-
-
-def write_s4(path: Path, **changes) -> Path:
-    space = json.loads(json.dumps(S4))
-    for key, value in changes.items():
-        space[key] = value
-    path.write_text(yaml.safe_dump(space))
-    return path
-
-
-def driver(args, env_extra=None):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "tune_search.py"), *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def checkpoint_epochs(experiment: Path) -> dict[str, int]:
-    """trial dir -> epochs held by its newest complete checkpoint (history.json length)."""
-    out = {}
-    for trial in experiment.glob("trial_*"):
-        for ckpt in sorted(trial.glob("checkpoint_*"), reverse=True):
-            try:
-                out[trial.name] = len(json.loads((ckpt / "history.json").read_text()))
-                break
-            except (OSError, ValueError):
-                continue
-    return out
 
 
 def finals(storage: Path, name: str) -> dict:

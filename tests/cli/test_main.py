@@ -8,6 +8,7 @@ import time
 import pytest
 
 from conftest import ROOT, write_png_tree
+from helpers import file_size_limit, tensorboard_scalars
 
 
 def run_cli(*args, timeout=120):
@@ -72,24 +73,6 @@ def test_bad_trees_through_the_cli(tmp_path):
     (tmp_path / "empty").mkdir()
     out = run_cli("train", "--dataset", "cmnist", "--data-root", str(tmp_path / "empty"))
     assert out.returncode == 2 and "is empty" in out.stderr
-
-
-def tensorboard_scalars(directory):
-    """(tag, step) of every scalar in the TensorBoard event files below `directory` (TFRecord framing)."""
-    import struct
-
-    from tensorboardX.proto.event_pb2 import Event
-
-    out = []
-    for path in sorted(directory.glob("**/events.out.tfevents.*")):
-        data = path.read_bytes()
-        i = 0
-        while i < len(data):
-            (length,) = struct.unpack("<Q", data[i : i + 8])
-            event = Event.FromString(data[i + 12 : i + 12 + length])
-            out += [(v.tag, event.step) for v in event.summary.value]
-            i += 12 + length + 4
-    return out
 
 
 def test_train_writes_metrics_and_never_overwrites(tmp_path):
@@ -201,18 +184,6 @@ def test_every_training_setting_has_a_train_flag():
     for name in fields:
         assert f"--{name.replace('_', '-')}" in help_text
         assert f"`{name}`" in docs, f"docs/search_spaces.md lists every setting: {name} is missing"
-
-
-def file_size_limit(limit: int):
-    """preexec_fn: files the process writes may not grow past `limit` bytes; writes past it fail with EFBIG."""
-    import resource
-    import signal
-
-    def apply():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process instead of failing the write
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
 
 
 def test_a_full_disk_mid_run_is_one_line_and_train_resumes(tmp_path):

@@ -9,9 +9,9 @@ no finished epoch twice, and end with the metrics of an uninterrupted run.
 import json
 
 import pytest
-from test_resume import S4, driver, write_s4
 
 from conftest import cli, wait_for
+from helpers import S4, driver, write_s4
 
 
 @pytest.fixture(scope="module")

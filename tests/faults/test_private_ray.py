@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_study import results, write_space
 
 from conftest import _free_port, cli, wait_for
+from helpers import results, write_space
 
 GCS_TABLES = """
 import json, sys

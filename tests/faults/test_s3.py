@@ -9,9 +9,9 @@ import signal
 
 import pyarrow.fs as pafs
 import pytest
-from test_resume import S4, driver, write_s4
 
 from conftest import cli, paused, wait_for
+from helpers import S4, driver, write_s4
 
 
 def s3_files(uri: str) -> dict[str, int]:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_resume import driver
 
 from conftest import cli, wait_for
+from helpers import driver
 from rest.study.space import SpaceError, parse_space
 
 TPE = {

@@ -6,13 +6,13 @@ import sys
 
 import pyarrow.fs as pafs
 import pytest
-from test_resume import S4, driver, write_s4
 
 import rest
 from conftest import ROOT, cli, wait_for
+from helpers import FIXTURES, S4, driver, write_s4
 from rest.report.status import find, study_status
 
-FIXTURE = ROOT / "tests" / "fixtures" / "smoke_study"
+FIXTURE = FIXTURES / "smoke_study"
 
 
 def test_status_of_a_finished_study_counts_its_trials_and_picks_export_s_config():

@@ -14,10 +14,9 @@ import signal
 from pathlib import Path
 
 import pytest
-from test_resume import driver
-from test_study import write_space
 
 from conftest import cli, wait_for
+from helpers import driver, write_space
 
 pytestmark = pytest.mark.xdist_group("determinism")  # the module's sequential runs are shared
 

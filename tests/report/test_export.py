@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import ROOT
+from helpers import FIXTURES, GOLDEN
 
-FIXTURE = ROOT / "tests" / "fixtures" / "smoke_study"
-GOLDEN = ROOT / "tests" / "golden"
+FIXTURE = FIXTURES / "smoke_study"
 SNAPSHOT_BYTES_PER_TRIAL = (
     25_000  # was 63-68 KB with full records; what is left is mostly Ray's own (config x3, kept checkpoints)
 )

@@ -1,0 +1,1 @@
+"""Tests of rest/report. A package, so test basenames may repeat across tests/<layer>/."""

@@ -1,0 +1,1 @@
+"""Tests of rest/study. A package, so test basenames may repeat across tests/<layer>/."""
