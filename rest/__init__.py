@@ -16,6 +16,10 @@ Heavy dependencies load lazily.
 
 __version__ = "0.1.0"
 
+from rest import legacy as _legacy
+
+_legacy.install()  # studies written before the layered layout name the old modules
+
 
 def load_model(path, engine="dense"):
     """Load a sparse model written by `tune_search.py export-model` (eval mode).

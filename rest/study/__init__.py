@@ -31,3 +31,22 @@ __all__ = [
     "trainable",
     "tune_ext",
 ]
+
+
+def __getattr__(name: str):
+    """``rest.study.<name>`` of a study written when ``rest.study`` was one module (now ``rest.study.runner``).
+
+    Ray pickled ``rest.study.trial_dirname`` into every experiment snapshot of such a study.
+    """
+    if name.startswith("__"):
+        raise AttributeError(name)
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # `from rest.study import search` asks here first
+        return importlib.import_module(f"{__name__}.{name}")
+    runner = importlib.import_module("rest.study.runner")
+    try:
+        return getattr(runner, name)
+    except AttributeError:
+        raise AttributeError(f"module 'rest.study' has no attribute '{name}'") from None
