@@ -191,7 +191,7 @@ def read_phase(experiment: Location, phase: str) -> list[Trial]:
     analysis = experiment_analysis(experiment.path, experiment.fs)
 
     def read(t) -> Trial:
-        trial_dir = experiment.join(trial_dirname(t.trial_id))
+        trial_dir = experiment.join(trial_dirname(t))
         history = trial_history(trial_dir, lambda: _records(reported_frame(analysis, t)))
         return Trial(phase, t.trial_id, t.status, flat_config(t.config), int(t.num_failures), history, trial_dir)
 

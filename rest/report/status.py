@@ -245,7 +245,7 @@ def add_selected(trials: list[TrialState], experiment: Location, primary: str) -
 
     def one(t: TrialState) -> None:
         try:
-            history = read_history(experiment.join(trial_dirname(t.trial_id))) or []
+            history = read_history(experiment.join(trial_dirname(t))) or []
         except OSError as exc:
             log.debug("no history for trial %s: %s", t.trial_id, exc)
             history = []

@@ -17,6 +17,7 @@ __all__ = [
     "contract",
     "driver",
     "failures",
+    "lock",
     "manifest",
     "memory",
     "options",
@@ -31,3 +32,13 @@ __all__ = [
     "trainable",
     "tune_ext",
 ]
+
+
+def __getattr__(name: str):
+    """``rest.study.trial_dirname``: the name the Ray snapshots and tuner.pkl of studies written before the
+    packages give their trial-directory function (then in rest/study.py); it is ``contract.trial_dirname`` now."""
+    if name == "trial_dirname":
+        from rest.study.contract import trial_dirname
+
+        return trial_dirname
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

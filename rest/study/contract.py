@@ -72,9 +72,13 @@ def reported(record: dict) -> dict:
 # ------------------------------------------------------------------ trials and checkpoints
 
 
-def trial_dirname(trial_id: str) -> str:
-    """The name of a trial's directory in its phase's experiment directory."""
-    return f"{TRIAL_PREFIX}{trial_id}"
+def trial_dirname(trial) -> str:
+    """The name of a trial's directory in its phase's experiment directory (`trial`: anything with a ``trial_id``).
+
+    Also Ray's ``trial_dirname_creator``: every tuner.pkl and experiment snapshot names this function by its
+    module and name, so both stay (``rest.study.__getattr__`` serves studies written before the packages).
+    """
+    return f"{TRIAL_PREFIX}{trial.trial_id}"
 
 
 def flat_config(config: dict) -> dict:

@@ -92,11 +92,6 @@ def with_options(spec: StudySpec, opts: RunOptions) -> StudySpec:
     return dataclasses.replace(spec, train=spec.train.replace(data_root=opts.data_root))
 
 
-def trial_dirname(trial) -> str:
-    """Ray's ``trial_dirname_creator`` (every tuner.pkl names this function: keep its name and module)."""
-    return contract.trial_dirname(trial.trial_id)
-
-
 def trainable_options(spec: StudySpec) -> dict:
     """``rest_trainable``'s keyword arguments for a study (read in the driver, sent with the trainable)."""
     return {
@@ -166,7 +161,7 @@ def _tuner(
         search_alg=search_alg,
         num_samples=num_samples,
         max_concurrent_trials=max_concurrent,
-        trial_dirname_creator=trial_dirname,
+        trial_dirname_creator=contract.trial_dirname,
         reuse_actors=True,  # keeps torch imported between trials: a new worker costs seconds
     )
     return tune.Tuner(_trainable(spec, opts), param_space=param_space, tune_config=tune_config, run_config=run_config)
@@ -414,7 +409,8 @@ def _run_phases(
             check()
             cut = {t.trial_id for t in unfinished}
             compact_finished(
-                experiment, [trial_dirname(t) for t in trials if t.status == "TERMINATED" and t.trial_id not in cut]
+                experiment,
+                [contract.trial_dirname(t) for t in trials if t.status == "TERMINATED" and t.trial_id not in cut],
             )
         save(manifest)
         if stop.received:
