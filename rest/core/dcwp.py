@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from rest.core.sparse import _top_mask
+from rest.core.sparse import top_mask
 
 SCORE_INIT = 1.5  # DCWP's initial score (GumbelSigmoidMask: 1.5 everywhere)
 TEMPERATURE = 1.0  # Gumbel-sigmoid temperature (DCWP: tau 1)
@@ -45,7 +45,7 @@ def gumbel_sigmoid_mask(scores: torch.Tensor, gen: torch.Generator, tau: float =
 
 def top_masks(scores: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, torch.Tensor]:
     """Per layer, the `counts[name]` weights of highest score (exact counts; ties by index)."""
-    return {name: _top_mask(s.detach(), counts[name]) for name, s in scores.items()}
+    return {name: top_mask(s.detach(), counts[name]) for name, s in scores.items()}
 
 
 def initial_scores(shapes: dict[str, tuple[int, ...]], device: torch.device) -> dict[str, torch.Tensor]:

@@ -98,7 +98,7 @@ def cosine_drop_fraction(step: int, t_end_step: int, drop_rate: float, drop_rate
 def drop_magnitude(weight: torch.Tensor, mask: torch.Tensor, n_keep: int) -> torch.Tensor:
     """Keep the n_keep active weights of largest magnitude."""
     score = torch.where(mask, weight.abs(), torch.full_like(weight, -1.0))
-    return _top_mask(score, n_keep)
+    return top_mask(score, n_keep)
 
 
 def grow_gradient(weight: torch.Tensor, grad: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
@@ -132,7 +132,8 @@ def _mask_state(optimizer: torch.optim.Optimizer | None, p: nn.Parameter, mask: 
             value.mul_(mask)
 
 
-def _top_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+def top_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+    """A boolean mask of `score`'s shape keeping its `k` largest entries (ties broken by ``torch.topk``)."""
     mask = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
     if k > 0:
         mask[torch.topk(score.flatten(), k, sorted=False).indices] = True
@@ -280,7 +281,7 @@ class SparseMask:
             kept = DROP[drop_name](p, mask, n_active - n_swap)
             score = GROW[grow_name](p, p.grad, self.generator)
             score = torch.where(kept, torch.full_like(score, -math.inf), score)
-            grown = _top_mask(score, n_swap)
+            grown = top_mask(score, n_swap)
             # Everything outside `kept` restarts from zero: dropped weights, weights regrown
             # from long-masked positions (already 0) and weights dropped and regrown now,
             # whose momentum would otherwise survive the update.

@@ -12,7 +12,8 @@ import numpy as np
 
 from rest import selection
 from rest.report.export import BASELINE_ROLES, ExportError, _pool, _primary, best_configs, format_value
-from rest.report.results import COMPACT_FORMAT, StudyResults, checkpoint_states, is_compact
+from rest.report.results import StudyResults
+from rest.study.contract import COMPACT_FORMAT, checkpoint_states, is_compact
 
 MODEL_FORMAT = "rest-sparse-model-v1"
 PROG = "tune_search.py"  # the command a message tells the user to run

@@ -28,69 +28,28 @@ import pandas as pd
 
 from rest import selection
 from rest.errors import UserError
+from rest.report.ray_files import experiment_analysis, reported_frame
 from rest.storage import Location
-from rest.study import tune_ext
-from rest.study.contract import HISTORY_FILE, STATE_FILE, ConfigRoles, checkpoint_dirs, checkpoint_history, flat_config  # noqa: F401 - read from here too
+from rest.study.contract import (
+    HISTORY_FILE,
+    STATE_PREFIX,
+    TRIAL_ERROR_FILE,
+    ConfigRoles,
+    checkpoint_history,
+    flat_config,
+    trial_dirname,
+)
 from rest.study.manifest import PHASES, frozen_spec
 from rest.study.space import StudySpec
 
 log = logging.getLogger(__name__)
 
-# A finished trial's checkpoint, compacted by the driver (rest.study.compact): no optimizer state, the
-# best-epoch weights in model-file form. Read before STATE_FILE in the same checkpoint directory.
-COMPACT_FILE = "compact.pt"
-COMPACT_FORMAT = "rest-compact-checkpoint-v1"
 READERS = 32  # trials read at once from object storage (each read mostly waits on the network)
 CONFIG_KEYS = ("dataset", "conflict_pct", "density", "lambda_upweight", "reweight", "sparse", "seed", "selection")
 
 
 class ResultsError(UserError):
     pass
-
-
-def is_compact(state: dict) -> bool:
-    """Whether a checkpoint's state is a finished trial's compact one (it cannot be trained on)."""
-    return state.get("format") == COMPACT_FORMAT
-
-
-def read_checkpoint(ckpt: Location) -> dict:
-    """The state in one checkpoint directory: its compact file if it has one, else its training state."""
-    import io
-
-    import torch
-
-    try:
-        f = ckpt.fs.open_input_file(ckpt.join(COMPACT_FILE).path)
-    except FileNotFoundError:
-        f = ckpt.fs.open_input_file(ckpt.join(STATE_FILE).path)
-    with f:
-        return torch.load(io.BytesIO(f.read()), weights_only=False, map_location="cpu")
-
-
-def checkpoint_states(trial: Location):
-    """(checkpoint, training state, None) of a trial's checkpoints, newest first; (checkpoint,
-    None, reason) where one cannot be read (a crash mid-write, a damaged file)."""
-    for ckpt in checkpoint_dirs(trial):
-        try:
-            state = read_checkpoint(ckpt)
-        except Exception as exc:  # incomplete checkpoint (crash mid-write): the previous one
-            yield ckpt, None, exc
-            continue
-        yield ckpt, state, None
-
-
-def newest_state(trial: Location, min_epoch: int = 0) -> dict | None:
-    """The newest readable training state in a trial's checkpoints (None if there is none).
-
-    What a resumed trial continues from. Not what export-model writes: an older state's
-    best-so-far weights need not be the epoch the tables report (``model_file.trial_state``).
-    """
-    for ckpt, state, exc in checkpoint_states(trial):
-        if state is None:
-            log.warning("skipping unreadable checkpoint %s: %s", ckpt, exc)
-        elif state["epoch"] >= min_epoch:
-            return state
-    return None
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -160,7 +119,7 @@ class Trial(ConfigRoles):
         if self.location is None:
             return "no error file"
         try:
-            return error_line(self.location.join(tune_ext.TRIAL_ERROR_FILE).read_text())
+            return error_line(self.location.join(TRIAL_ERROR_FILE).read_text())
         except (OSError, UnicodeDecodeError) as exc:  # FileNotFoundError among them
             return f"no readable error file in {self.location} ({exc.__class__.__name__})"
 
@@ -227,13 +186,13 @@ def read_study(location: Location, spec: StudySpec | None = None) -> StudyResult
 
 def read_phase(experiment: Location, phase: str) -> list[Trial]:
     """Every trial of one phase's Ray experiment ([] if the phase has no snapshot yet)."""
-    if not any(c.name.startswith(tune_ext.STATE_PREFIX) for c in experiment.children()):
+    if not any(c.name.startswith(STATE_PREFIX) for c in experiment.children()):
         return []
-    analysis = tune_ext.experiment_analysis(experiment.path, experiment.fs)
+    analysis = experiment_analysis(experiment.path, experiment.fs)
 
     def read(t) -> Trial:
-        trial_dir = experiment.join(f"trial_{t.trial_id}")
-        history = trial_history(trial_dir, lambda: _records(tune_ext.reported_frame(analysis, t)))
+        trial_dir = experiment.join(trial_dirname(t))
+        history = trial_history(trial_dir, lambda: _records(reported_frame(analysis, t)))
         return Trial(phase, t.trial_id, t.status, flat_config(t.config), int(t.num_failures), history, trial_dir)
 
     with ThreadPoolExecutor(1 if experiment.is_local else READERS) as pool:

@@ -35,13 +35,19 @@ from typing import Any
 from rest import selection
 from rest.errors import StudyError
 from rest.storage import Location, existing_storage, open_location
-from rest.study import tune_ext
-from rest.study.contract import HISTORY_FILE, ConfigRoles, checkpoint_history, flat_config
-from rest.study.driver import DriverLock, pid_alive, this_machine
+from rest.study.contract import (
+    HISTORY_FILE,
+    STALL_LOG,
+    STATE_PREFIX,
+    ConfigRoles,
+    checkpoint_history,
+    flat_config,
+    trial_dirname,
+)
+from rest.study.lock import DriverLock, pid_alive, this_machine
 from rest.study.manifest import PHASES, RUNGS_FILE, frozen_spec, is_complete, read_manifest
 from rest.study.progress import eta_seconds
 from rest.study.space import StudySpec, method_configs
-from rest.study.tracking import STALL_LOG
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +158,7 @@ def find(name_or_path: str, storage: str | None = None) -> Location:
 
 def snapshot_files(experiment: Location) -> list[Location]:
     """The phase's experiment snapshots, newest first (Ray names them by the driver session's start)."""
-    found = [c for c in experiment.children() if c.name.startswith(tune_ext.STATE_PREFIX) and c.name.endswith(".json")]
+    found = [c for c in experiment.children() if c.name.startswith(STATE_PREFIX) and c.name.endswith(".json")]
     return sorted(found, key=lambda c: c.name, reverse=True)
 
 
@@ -239,7 +245,7 @@ def add_selected(trials: list[TrialState], experiment: Location, primary: str) -
 
     def one(t: TrialState) -> None:
         try:
-            history = read_history(experiment.join(f"trial_{t.trial_id}")) or []
+            history = read_history(experiment.join(trial_dirname(t))) or []
         except OSError as exc:
             log.debug("no history for trial %s: %s", t.trial_id, exc)
             history = []

@@ -17,6 +17,7 @@ __all__ = [
     "contract",
     "driver",
     "failures",
+    "lock",
     "manifest",
     "memory",
     "options",
@@ -36,7 +37,8 @@ __all__ = [
 def __getattr__(name: str):
     """``rest.study.<name>`` of a study written when ``rest.study`` was one module (now ``rest.study.runner``).
 
-    Ray pickled ``rest.study.trial_dirname`` into every experiment snapshot of such a study.
+    Ray pickled ``rest.study.trial_dirname`` (now ``contract.trial_dirname``) into every experiment snapshot of
+    such a study, and its callbacks into ``tuner.pkl``.
     """
     if name.startswith("__"):
         raise AttributeError(name)
@@ -45,6 +47,10 @@ def __getattr__(name: str):
 
     if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # `from rest.study import search` asks here first
         return importlib.import_module(f"{__name__}.{name}")
+    if name == "trial_dirname":  # Ray-free: reading an old study needs no Ray
+        from rest.study.contract import trial_dirname
+
+        return trial_dirname
     runner = importlib.import_module("rest.study.runner")
     try:
         return getattr(runner, name)

@@ -23,9 +23,9 @@ import io
 import logging
 from pathlib import PurePosixPath
 
-from rest.report.results import COMPACT_FILE, STATE_FILE, checkpoint_dirs, is_compact, read_checkpoint
 from rest.storage import Location
 from rest.study import tune_ext
+from rest.study.contract import COMPACT_FILE, STATE_FILE, checkpoint_dirs, is_compact, read_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -28,16 +28,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 
 from rest import selection
 from rest.errors import StudyError, TrialsFailed
 from rest.report.results import Trial, read_phase
 from rest.storage import Location, writing
-from rest.study import tune_ext
+from rest.study import contract, tune_ext
 from rest.study.compact import compact_finished, compaction_callback
-from rest.study.driver import DriverLock, Interrupted, LockLost, StopSignals, check_feasible, connect
+from rest.study.driver import Interrupted, StopSignals, check_feasible, connect
 from rest.study.failures import failed_message
+from rest.study.lock import DriverLock, LockLost
 from rest.study.manifest import (
     PHASES,
     create_study,
@@ -50,10 +52,10 @@ from rest.study.manifest import (
 )
 from rest.study.options import RunOptions
 from rest.study.progress import Progress
-from rest.study.search import STATISTICS, fixed_configs, search_param_space, search_phase
+from rest.study.search import fixed_configs, rung_epochs, search_param_space, search_phase
 from rest.study.space import StudySpec
 from rest.study.tracking import make_callbacks, progress_watch_class, stall_watch_class
-from rest.study.trainable import rest_trainable, trainable_options
+from rest.study.trainable import TEST_DELAY_ENV, rest_trainable
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,13 @@ def with_options(spec: StudySpec, opts: RunOptions) -> StudySpec:
     return dataclasses.replace(spec, train=spec.train.replace(data_root=opts.data_root))
 
 
-def trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
+def trainable_options(spec: StudySpec) -> dict:
+    """``rest_trainable``'s keyword arguments for a study (read in the driver, sent with the trainable)."""
+    return {
+        "checkpoint_every": spec.checkpoint_every,
+        "rung_epochs": rung_epochs(spec),
+        "test_delay": os.environ.get(TEST_DELAY_ENV),
+    }
 
 
 def _trainable(spec: StudySpec, opts: RunOptions):
@@ -154,7 +161,7 @@ def _tuner(
         search_alg=search_alg,
         num_samples=num_samples,
         max_concurrent_trials=max_concurrent,
-        trial_dirname_creator=trial_dirname,
+        trial_dirname_creator=contract.trial_dirname,
         reuse_actors=True,  # keeps torch imported between trials: a new worker costs seconds
     )
     return tune.Tuner(_trainable(spec, opts), param_space=param_space, tune_config=tune_config, run_config=run_config)
@@ -333,7 +340,7 @@ def run_study(
     manifest = read_manifest(path)
     if is_complete(manifest):
         return manifest
-    with DriverLock(path, opts.lease_seconds, opts.heartbeat_seconds) as lock:
+    with DriverLock(path, opts.lease_seconds, opts.heartbeat_seconds, stop_fit=tune_ext.stop_fit) as lock:
         manifest = read_manifest(path)  # as the previous driver left it
         try:
             if manifest.get("options") != dataclasses.asdict(opts):
@@ -379,7 +386,7 @@ def _run_phases(
             continue
         check()  # before the phase's own writes (abandoned files moved aside, confirm configs, tuner.pkl)
         experiment, fix = path.join(phase), resume_after_full_disk(path)  # where Ray writes the phase
-        tune_ext.keep_statistics_only_of(STATISTICS)  # a small snapshot (rest.study.search.REPORTED)
+        tune_ext.keep_statistics_only_of(contract.STATISTICS)  # a small snapshot (contract.REPORTED)
         with writing(experiment, fix):
             tuner = _phase_tuner(phase, path, spec, opts, progress)
         info["status"] = "running"
@@ -402,7 +409,8 @@ def _run_phases(
             check()
             cut = {t.trial_id for t in unfinished}
             compact_finished(
-                experiment, [trial_dirname(t) for t in trials if t.status == "TERMINATED" and t.trial_id not in cut]
+                experiment,
+                [contract.trial_dirname(t) for t in trials if t.status == "TERMINATED" and t.trial_id not in cut],
             )
         save(manifest)
         if stop.received:

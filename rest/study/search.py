@@ -31,41 +31,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rest import selection
-from rest.report.results import flat_config
 from rest.study import tune_ext
+from rest.study.contract import METRIC, MODE, SEARCHER_METRIC, TIME_ATTR, flat_config
 from rest.study.space import SpaceError, StudySpec
 
 log = logging.getLogger(__name__)
-
-# ASHA wants one number; selection.scalar encodes the project's selection rule in it.
-METRIC, MODE, TIME_ATTR = "val_rank", "max", "epoch"
-# A model-based searcher learns from each trial's best epoch so far (the epoch the
-# selection rule would pick), not its last: a trial stopped at a worse epoch keeps its peak.
-SEARCHER_METRIC = "best_val_rank"
-# What a trial reports to Ray each epoch. Ray keeps statistics of every numeric key it
-# receives in its experiment snapshot, so only these go there: the schedulers' keys (the
-# epoch, METRIC, and the validation keys the selection rule ranks a rung by), the
-# searchers' metric, and where and how the trial ran (node, process, resumes). The whole
-# epoch record goes to the trial's history file (results.HISTORY_FILE).
-REPORTED = (
-    TIME_ATTR,
-    METRIC,
-    SEARCHER_METRIC,
-    *selection.RANKED,
-    "node_id",
-    "pid",
-    "resumed_from_epoch",
-    "restore_seconds",
-)
-
-
-STATISTICS = (TIME_ATTR, METRIC, SEARCHER_METRIC)  # keys Tune keeps running statistics of (tune_ext)
-
-
-def reported(record: dict) -> dict:
-    """The part of an epoch record a trial reports to Ray."""
-    return {k: record[k] for k in REPORTED if k in record}
 
 
 def trial_cell(config: dict, cell_keys: list[str]) -> tuple:

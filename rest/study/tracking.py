@@ -14,11 +14,10 @@ import time
 
 from rest.errors import StudyError
 from rest.storage import Location
+from rest.study.contract import STALL_LOG
 from rest.study.space import StudySpec
 
 log = logging.getLogger(__name__)
-
-STALL_LOG = "stalls.log"
 
 
 def _tensorboard(study: str, phase: str):

@@ -4,7 +4,8 @@ Each epoch's record gets the selection rule as one number (`val_rank`, ASHA's me
 and its best value so far (`best_val_rank`, what a model-based searcher learns from).
 The whole history of records goes to the trial's history file (``<trial_dir>/history.json``,
 rewritten every epoch) and into each checkpoint; Ray gets only the few keys its
-schedulers and searchers read (``search.REPORTED``), which keeps its experiment snapshot small.
+schedulers and searchers read (``contract.REPORTED``), which keeps its experiment snapshot small.
+File and metric names are ``rest.study.contract``'s, shared with the driver and the study reader.
 
 Test-only: ``REST_TUNE_TEST_DELAY="density=0.05,lambda_upweight=10:20"`` in the driver's
 environment makes every trial whose config matches all the given values sleep 20 s
@@ -21,25 +22,24 @@ import time
 from pathlib import Path
 
 from rest import selection
-from rest.report.results import HISTORY_FILE, STATE_FILE, flat_config, is_compact, newest_state, read_checkpoint
 from rest.settings import TrainSettings
 from rest.storage import on_filesystem
 from rest.study import tune_ext
-from rest.study.search import METRIC, SEARCHER_METRIC, reported
-from rest.study.search import rung_epochs as study_rung_epochs
+from rest.study.contract import (
+    HISTORY_FILE,
+    METRIC,
+    SEARCHER_METRIC,
+    STATE_FILE,
+    flat_config,
+    is_compact,
+    newest_state,
+    read_checkpoint,
+    reported,
+)
 
 log = logging.getLogger(__name__)
 
 TEST_DELAY_ENV = "REST_TUNE_TEST_DELAY"
-
-
-def trainable_options(spec) -> dict:
-    """``rest_trainable``'s keyword arguments for a study (read in the driver, sent with the trainable)."""
-    return {
-        "checkpoint_every": spec.checkpoint_every,
-        "rung_epochs": study_rung_epochs(spec),
-        "test_delay": os.environ.get(TEST_DELAY_ENV),
-    }
 
 
 def delay_seconds(rule: str | None, config: dict) -> float:
@@ -146,9 +146,8 @@ def rest_trainable(
         time.sleep(delay)
         record = trainer.run_epoch()
         record.update(trainer.data_fields)  # what it trained on: the subsample's seed and per-split counts
-        record.update(
-            resumed_from_epoch=resumed_from, node_id=node, pid=os.getpid(), val_rank=selection.scalar(record, primary)
-        )
+        record.update(resumed_from_epoch=resumed_from, node_id=node, pid=os.getpid())
+        record[METRIC] = selection.scalar(record, primary)
         if restore_seconds is not None:
             record["restore_seconds"], restore_seconds = restore_seconds, None
         record[SEARCHER_METRIC] = max([record[METRIC]] + [r[METRIC] for r in history if METRIC in r])

@@ -2,8 +2,7 @@
 
 Ray's public API does not cover a few things this project needs: where the
 current trial stores its checkpoints (to find one newer than Ray hands back, and
-to write its history file), an experiment's trials without every trial's records, fewer per-metric statistics
-in Tune's snapshot,
+to write its history file), fewer per-metric statistics in Tune's snapshot,
 whether an experiment directory really holds a snapshot to restore, the graceful
 stop Tune performs on SIGUSR1, a check before every experiment snapshot (the
 driver lock), the bookkeeping of Ray's ASHA scheduler that the per-cell wrapper
@@ -11,7 +10,8 @@ routes, recording a paused trial that a scheduler stops, the file where
 ``ray start`` leaves its address, the run config a restored tuner runs with, and
 the switches that keep Ray quiet in the driver. They live here, and ``tests/study/test_tune_ext.py`` checks
 each against the installed Ray, so an upgrade that moves one fails loudly in the
-tests instead of silently weakening resume.
+tests instead of silently weakening resume. The names of Ray's files (snapshots, error files) are in
+``rest.study.contract``; reading an experiment back (``ExperimentAnalysis``) is ``rest.report.ray_files``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import PurePosixPath
 
+from rest.study.contract import STATE_PREFIX
+
 log = logging.getLogger(__name__)
 
 # Tune's own SIGINT handler would end `fit()` looking like a finished run; the
@@ -33,8 +35,6 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 TUNER_FILE = "tuner.pkl"
-TRIAL_ERROR_FILE = "error.txt"  # Ray appends each failure of a trial here, in the trial's directory
-STATE_PREFIX = "experiment_state-"
 
 
 def experiment_restorable(fs, path: str) -> bool:
@@ -60,36 +60,6 @@ def trial_storage() -> tuple:
 def trial_location(trial) -> tuple:
     """(pyarrow filesystem, trial directory) of a trial, in the driver (where it is after a restore too)."""
     return trial.storage.storage_filesystem, trial.path
-
-
-def experiment_analysis(path: str, fs):
-    """Ray's ``ExperimentAnalysis`` of an experiment (its trials: status, config, failures) without
-    reading every trial's reported records.
-
-    Its constructor reads each trial's ``result.json``, one trial after another; the study
-    reader reads each trial's own history file instead, in parallel, and asks for Ray's
-    records (``reported_frame``) only of trials that have none (studies from before it).
-    """
-    from ray.tune import ExperimentAnalysis
-
-    class TrialsOnly(ExperimentAnalysis):
-        def _fetch_trial_dataframes(self) -> dict:
-            return {}
-
-    return TrialsOnly(path, storage_filesystem=fs)
-
-
-def reported_frame(analysis, trial):
-    """Every record `trial` reported to Ray (its ``result.json``) as a DataFrame; empty if there is none."""
-    import pandas as pd
-
-    try:
-        return analysis._fetch_trial_dataframe(trial)
-    except FileNotFoundError:  # it reported nothing yet, or its files are gone
-        return pd.DataFrame()
-    except Exception as exc:  # noqa: BLE001 - a damaged result.json: its checkpoint's history stands in
-        log.warning("cannot read the records trial %s reported (%s)", trial.trial_id, exc)
-        return pd.DataFrame()
 
 
 def keep_statistics_only_of(metrics) -> None:
@@ -126,6 +96,14 @@ def request_graceful_stop() -> None:
 def fit_listens() -> bool:
     """Whether a ``Tuner.fit()`` runs in this process with its SIGUSR1 handler (installed inside fit) in place."""
     return callable(signal.getsignal(signal.SIGUSR1))
+
+
+def stop_fit() -> bool:
+    """Ask the ``Tuner.fit()`` running in this process to stop (True); False when none listens."""
+    if not fit_listens():
+        return False
+    request_graceful_stop()
+    return True
 
 
 def current_cluster_address() -> str | None:

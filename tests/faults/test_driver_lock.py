@@ -27,7 +27,7 @@ from conftest import ROOT, cli, wait_for
 from helpers import S4, write_s4
 from rest.errors import StudyError
 from rest.storage import local
-from rest.study.driver import DriverLock, LockLost, process_start, this_machine
+from rest.study.lock import DriverLock, LockLost, process_start, this_machine
 
 LEASE = ["--lease-seconds", "3", "--heartbeat-seconds", "1"]
 HOSTNAME = "rest-other-host"

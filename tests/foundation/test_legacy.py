@@ -17,9 +17,9 @@ def _renamed_pickle(obj, new: str, old: str) -> bytes:
 
 
 def test_the_trial_directory_function_pickled_as_rest_study_loads():
-    from rest.study.runner import trial_dirname
+    from rest.study.contract import trial_dirname
 
-    assert pickle.loads(_renamed_pickle(trial_dirname, "rest.study.runner", "rest.study")) is trial_dirname
+    assert pickle.loads(_renamed_pickle(trial_dirname, "rest.study.contract", "rest.study")) is trial_dirname
 
 
 @pytest.mark.parametrize("old", sorted(legacy.RENAMED))

@@ -244,7 +244,7 @@ def test_export_model_writes_the_reported_epoch_or_refuses_with_the_retrain_comm
     from rest.cli.main import main
     from rest.deploy.model_file import read_model_file, selected_trial
     from rest.report.export import load_study
-    from rest.report.results import COMPACT_FILE, STATE_FILE, checkpoint_dirs
+    from rest.study.contract import COMPACT_FILE, STATE_FILE, checkpoint_dirs
     from rest.settings import TrainSettings
     from rest.storage import local
 
@@ -382,7 +382,7 @@ def test_trials_send_ray_a_few_keys_and_the_reader_takes_every_record_from_the_h
     and, for a study without it (older ones), from Ray's records and the checkpoints, equally."""
     from rest.report.results import read_study
     from rest.storage import local
-    from rest.study.search import REPORTED
+    from rest.study.contract import REPORTED
 
     study = smoke_study[0] / "smoke"
     for trial in study.glob("*/trial_*"):

@@ -1,12 +1,14 @@
-"""Contract test: every Ray internal rest.study.tune_ext relies on exists in the installed Ray."""
+"""Contract test: every Ray internal rest.study.tune_ext and rest.report.ray_files rely on, and every Ray file
+name in rest.study.contract, exists in the installed Ray."""
 
 import signal
 
 import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
+from rest.report import ray_files
 from rest.storage import local
-from rest.study import tune_ext
+from rest.study import contract, tune_ext
 
 
 def test_asha_bookkeeping_is_where_tune_ext_looks():
@@ -69,7 +71,7 @@ def test_a_snapshot_guard_runs_before_every_experiment_snapshot_and_can_prevent_
         tune.report({"x": 1})
 
     def snapshots(name: str) -> list[str]:
-        return sorted(p.name for p in (tmp_path / name).glob(f"{tune_ext.STATE_PREFIX}*.json"))
+        return sorted(p.name for p in (tmp_path / name).glob(f"{contract.STATE_PREFIX}*.json"))
 
     seen = []  # the snapshots on storage at each call of the guard
     with tune_ext.guard_snapshots(lambda: seen.append(snapshots("ok"))):
@@ -101,13 +103,13 @@ def test_the_snapshot_guard_runs_again_in_the_upload_thread_and_a_refusal_there_
     # fit() then finds no snapshot on storage to build its results from.
     with pytest.raises(ValueError, match="No experiment snapshot"), tune_ext.guard_snapshots(refuse_uploads):
         tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=str(tmp_path), name="kept", verbose=0)).fit()
-    assert not list((tmp_path / "kept").glob(f"{tune_ext.STATE_PREFIX}*.json")), "saved, never uploaded"
+    assert not list((tmp_path / "kept").glob(f"{contract.STATE_PREFIX}*.json")), "saved, never uploaded"
 
 
 def test_ray_writes_trial_errors_where_tune_ext_reads_them():
     from ray.air.constants import EXPR_ERROR_FILE
 
-    assert tune_ext.TRIAL_ERROR_FILE == EXPR_ERROR_FILE
+    assert contract.TRIAL_ERROR_FILE == EXPR_ERROR_FILE
 
 
 def test_a_stopped_paused_trial_can_be_marked_for_the_snapshot():
@@ -128,17 +130,17 @@ def test_experiment_trials_load_without_their_records_which_come_one_trial_at_a_
         param_space={"x": tune.grid_search([1, 2])},
         run_config=tune.RunConfig(storage_path=str(tmp_path), name="e", verbose=0),
     ).fit()
-    analysis = tune_ext.experiment_analysis(str(tmp_path / "e"), local(tmp_path).fs)
+    analysis = ray_files.experiment_analysis(str(tmp_path / "e"), local(tmp_path).fs)
     assert sorted(t.config["x"] for t in analysis.trials) == [1, 2] and {t.status for t in analysis.trials} == {
         "TERMINATED"
     }
     assert analysis.trial_dataframes == {}, "no trial's records were read"
     trial = analysis.trials[0]
     (tmp_path / "e" / trial.storage.trial_dir_name / "result.json").write_text('{"epoch": 1, "x": 7}\n')
-    assert tune_ext.reported_frame(analysis, trial).to_dict("records") == [{"epoch": 1, "x": 7}]
+    assert ray_files.reported_frame(analysis, trial).to_dict("records") == [{"epoch": 1, "x": 7}]
     (tmp_path / "e" / trial.storage.trial_dir_name / "result.json").unlink()
     (tmp_path / "e" / trial.storage.trial_dir_name / "progress.csv").unlink()
-    assert tune_ext.reported_frame(analysis, trial).empty
+    assert ray_files.reported_frame(analysis, trial).empty
 
 
 def test_tune_keeps_statistics_of_the_kept_metrics_only():
