@@ -45,7 +45,7 @@ def run_cli(*args: str) -> float:
 
 def trials(experiment: Path) -> list[dict]:
     """Per trial of a phase, through the project's study reader: config, history, selected epoch."""
-    from rest.report.results import read_phase
+    from rest.study.trials import read_phase
     from rest.storage import local
 
     return [
@@ -58,7 +58,7 @@ def trials(experiment: Path) -> list[dict]:
 def selected(rows: list[dict], cell_keys: list[str]) -> dict[tuple, dict]:
     """Per cell, the trial the project's selection rule ranks first (what the study would confirm)."""
     from rest import selection
-    from rest.report.results import trial_row
+    from rest.study.trials import trial_row
     from rest.study.space import parse_space
 
     spec = parse_space("search: {density: {grid: [1]}}")  # only max_epochs is read, from each trial's config

@@ -25,10 +25,11 @@ import pandas as pd
 from rest import selection
 from rest.errors import UserError
 from rest.report import export_dir
-from rest.report.results import StudyResults, aggregate, read_study, search_configs
+from rest.report.results import StudyResults, read_study, search_configs
 from rest.storage import Location, existing_storage, open_location
 from rest.study.failures import FIX, add_failed_column, cell_failures, failures_of, missing_rows
 from rest.study.space import StudySpec
+from rest.study.trials import aggregate
 from rest.tables import float_cell, markdown
 
 log = logging.getLogger(__name__)

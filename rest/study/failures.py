@@ -90,7 +90,7 @@ def describe(config: dict, keys: Iterable[str]) -> str:
 def failed_message(name: str, storage: str, spec: StudySpec, phase: str, trials: list) -> str:
     """Which trials of `phase` failed, the first line of each one's error, and the fix.
 
-    `trials` are rest.report.results.Trial objects of the phase (failed or not).
+    `trials` are rest.study.trials.Trial objects of the phase (failed or not).
     """
     failed = [t for t in trials if t.status == "ERROR"]
     keys = spec.compare_within + spec.searched_keys()

@@ -33,7 +33,6 @@ import time
 
 from rest import selection
 from rest.errors import StudyError, TrialsFailed
-from rest.report.results import Trial, read_phase
 from rest.storage import Location, writing
 from rest.study import contract, tune_ext
 from rest.study.compact import compact_finished, compaction_callback
@@ -56,6 +55,7 @@ from rest.study.search import fixed_configs, rung_epochs, search_param_space, se
 from rest.study.space import StudySpec
 from rest.study.tracking import make_callbacks, progress_watch_class, stall_watch_class
 from rest.study.trainable import TEST_DELAY_ENV, rest_trainable
+from rest.study.trials import Trial, read_phase
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _tuner(
 
 def select_confirm_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
     """Per cell: the top-k configs by the selection rule, and both baselines, x confirm seeds."""
-    from rest.report.results import aggregate, trial_row
+    from rest.study.trials import aggregate, trial_row
 
     rows = [trial_row(t, spec) for t in trials if t.history]
     if not rows:
@@ -200,7 +200,7 @@ def select_confirm_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
 
 def select_method_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
     """A methods study: per cell and method, the method's top-k configs by the selection rule, x confirm seeds."""
-    from rest.report.results import aggregate, trial_row
+    from rest.study.trials import aggregate, trial_row
 
     rows = [trial_row(t, spec) for t in trials if t.history]
     if not rows:

@@ -11,7 +11,7 @@ routes, recording a paused trial that a scheduler stops, the file where
 the switches that keep Ray quiet in the driver. They live here, and ``tests/study/test_tune_ext.py`` checks
 each against the installed Ray, so an upgrade that moves one fails loudly in the
 tests instead of silently weakening resume. The names of Ray's files (snapshots, error files) are in
-``rest.study.contract``; reading an experiment back (``ExperimentAnalysis``) is ``rest.report.ray_files``.
+``rest.study.contract``; reading an experiment back (``ExperimentAnalysis``) is ``rest.study.trials``.
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ def study(storage: Path, mode: str, max_concurrent: int, cluster, delay: float |
 
 def outcome(storage: Path) -> dict:
     """Stopped trials (config -> epochs), every epoch record, the exported best_configs and paper_table."""
-    from rest.report.results import read_phase
     from rest.storage import local
+    from rest.study.trials import read_phase
 
     trials = read_phase(local(storage / "s" / "search"), "search")
     key = lambda t: (t.config["conflict_pct"], t.config["density"], t.config["lambda_upweight"])  # noqa: E731

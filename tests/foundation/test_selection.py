@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from rest import selection
-from rest.report.results import StudyResults, Trial, aggregate, trial_row
+from rest.report.results import StudyResults
 from rest.storage import local
 from rest.study.space import parse_space
+from rest.study.trials import Trial, aggregate, trial_row
 
 
 def rec(epoch, worst, avg, loss, conflict_n=20, align_n=980, conflict=None, align=None):

@@ -244,9 +244,9 @@ def test_export_model_writes_the_reported_epoch_or_refuses_with_the_retrain_comm
     from rest.cli.main import main
     from rest.deploy.model_file import read_model_file, selected_trial
     from rest.report.export import load_study
-    from rest.study.contract import COMPACT_FILE, STATE_FILE, checkpoint_dirs
     from rest.settings import TrainSettings
     from rest.storage import local
+    from rest.study.contract import COMPACT_FILE, STATE_FILE, checkpoint_dirs
 
     def command(*args):  # in-process, as the command line runs it (saves the imports of a subprocess)
         status = main(["-q", *args])

@@ -25,10 +25,10 @@ def test_compaction_keeps_the_model_file_bit_exact_and_drops_the_rest(tiny_data,
     """A real trainer's checkpoints in a trial directory: export-model writes the same bytes after compaction."""
     from rest.core.train import Trainer
     from rest.deploy.model_file import save_sparse_model, trial_state
-    from rest.report.results import Trial
-    from rest.study.contract import COMPACT_FILE, HISTORY_FILE, STATE_FILE, checkpoint_dirs, is_compact
     from rest.storage import local
     from rest.study.compact import compact_trial, needs_compaction
+    from rest.study.contract import COMPACT_FILE, HISTORY_FILE, STATE_FILE, checkpoint_dirs, is_compact
+    from rest.study.trials import Trial
 
     trainer, history = Trainer(tiny_settings.replace(epochs=3), tiny_data), []
     for epoch in range(3):
@@ -64,8 +64,8 @@ def test_asha_study_compacts_ended_trials_and_a_kill_after_compaction_resumes(ra
     """ASHA stops some trials; kill -9 right after the first trial is compacted (Ray's snapshot, taken
     rarely, still lists it as running at an older checkpoint); resume neither retrains it nor fails."""
     from rest.report.export import load_study
-    from rest.study.contract import COMPACT_FILE, HISTORY_FILE, read_checkpoint
     from rest.storage import local
+    from rest.study.contract import COMPACT_FILE, HISTORY_FILE, read_checkpoint
 
     space = write_s4(
         tmp_path / "s4.yaml",

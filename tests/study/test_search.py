@@ -58,8 +58,8 @@ def test_search_alg_is_validated_with_the_key_named():
 
 
 def _search_trials(storage: Path) -> list:
-    from rest.report.results import read_phase
     from rest.storage import local
+    from rest.study.trials import read_phase
 
     return read_phase(local(storage / "tpe" / "search"), "search")
 

@@ -1,4 +1,4 @@
-"""Contract test: every Ray internal rest.study.tune_ext and rest.report.ray_files rely on, and every Ray file
+"""Contract test: every Ray internal rest.study.tune_ext and rest.study.trials rely on, and every Ray file
 name in rest.study.contract, exists in the installed Ray."""
 
 import signal
@@ -6,9 +6,8 @@ import signal
 import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
-from rest.report import ray_files
 from rest.storage import local
-from rest.study import contract, tune_ext
+from rest.study import contract, trials, tune_ext
 
 
 def test_asha_bookkeeping_is_where_tune_ext_looks():
@@ -130,17 +129,17 @@ def test_experiment_trials_load_without_their_records_which_come_one_trial_at_a_
         param_space={"x": tune.grid_search([1, 2])},
         run_config=tune.RunConfig(storage_path=str(tmp_path), name="e", verbose=0),
     ).fit()
-    analysis = ray_files.experiment_analysis(str(tmp_path / "e"), local(tmp_path).fs)
+    analysis = trials.experiment_analysis(str(tmp_path / "e"), local(tmp_path).fs)
     assert sorted(t.config["x"] for t in analysis.trials) == [1, 2] and {t.status for t in analysis.trials} == {
         "TERMINATED"
     }
     assert analysis.trial_dataframes == {}, "no trial's records were read"
     trial = analysis.trials[0]
     (tmp_path / "e" / trial.storage.trial_dir_name / "result.json").write_text('{"epoch": 1, "x": 7}\n')
-    assert ray_files.reported_frame(analysis, trial).to_dict("records") == [{"epoch": 1, "x": 7}]
+    assert trials.reported_frame(analysis, trial).to_dict("records") == [{"epoch": 1, "x": 7}]
     (tmp_path / "e" / trial.storage.trial_dir_name / "result.json").unlink()
     (tmp_path / "e" / trial.storage.trial_dir_name / "progress.csv").unlink()
-    assert ray_files.reported_frame(analysis, trial).empty
+    assert trials.reported_frame(analysis, trial).empty
 
 
 def test_tune_keeps_statistics_of_the_kept_metrics_only():
