@@ -29,7 +29,7 @@ from rest.tables import float_cell, markdown
 
 log = logging.getLogger(__name__)
 
-Writer = Callable[[Path], None]  # writes one output file at the path it is given
+Writer = Callable[[Path], object]  # writes one output file at the path it is given (its result is ignored)
 
 
 class ExportError(UserError):

@@ -83,7 +83,7 @@ def newest_state(trial: Location, min_epoch: int = 0) -> dict | None:
     """The newest readable training state in a trial's checkpoints (None if there is none).
 
     What a resumed trial continues from. Not what export-model writes: an older state's
-    best-so-far weights need not be the epoch the tables report (``model_file.trial_state``).
+    best-so-far weights need not be the epoch the tables report (``rest.api.selected_epoch_state``).
     """
     for ckpt, state, exc in checkpoint_states(trial):
         if state is None:
