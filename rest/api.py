@@ -154,7 +154,7 @@ class ExportedModel:
     path: Path
     source: str
     density: float
-    epoch: int
+    epoch: int | None  # the best epoch of the run, whose weights the file holds
 
 
 def export_model(
@@ -188,7 +188,7 @@ def export_model(
         state, what = selected_epoch_state(trial), f"trial {trial.trial_id}"
         default = Path("results") / study.name / f"model-{cell.replace(':', '-')}.pt"
     path = save_sparse_model(state, Path(out) if out is not None else default)
-    return ExportedModel(path, what, float(state["settings"]["density"]), int(state["best"]["best_epoch"]))
+    return ExportedModel(path, what, float(state["settings"]["density"]), state["best"].get("best_epoch"))
 
 
 def selected_trial(study: StudyResults, cell: str):
