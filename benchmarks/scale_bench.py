@@ -330,13 +330,14 @@ def compact_target(storage: str, name: str) -> dict:
     import torch
 
     import rest
-    from rest.deploy.model_file import sparse_model_state, trial_state
+    from rest.api import selected_epoch_state
+    from rest.core.model_format import sparse_model_state
 
     study = rest.load_study(name, storage=storage)
     trials = [t for t in study.phases.get("search", []) if t.history]
     densest = max(trials, key=lambda t: t.config.get("density", 1.0))
     buffer = io.BytesIO()
-    torch.save(sparse_model_state(trial_state(densest)), buffer)
+    torch.save(sparse_model_state(selected_epoch_state(densest)), buffer)
     history = max(len(json.dumps(t.history, default=str)) for t in trials)
     return {
         "compact_model_bytes": buffer.tell(),

@@ -1,16 +1,14 @@
 """rest-tune: REST (reweighted sparse training) as a Ray Tune hyperparameter study.
 
-Modules: data (datasets), prepare (building and checking dataset trees), models,
-sparse (dynamic sparsity), reweight (sampling), train (one configuration), device
-(CPU/CUDA choices: precision, loss scaler, memory format, data placement), memory
-(bytes a trial puts on its device), space
-(study files), study (the phases on Ray Tune) with manifest (the study directory),
-search (per-cell ASHA and searchers), trainable (one trial), tracking (trackers),
-driver (Ray connection, signals, lock), options (the driver's options, one path for the
-command line and the API) and tune_ext (Ray internals), selection (what
-"best" means), results (the study reader), storage (where studies and outputs live),
-tables (the table printer), export (tables, plots, sparse models), infer (fast
-sparse inference), api (the Python API), cli (the command line).
+Packages by layer, each importing only the ones before it (each ``__init__`` names its modules):
+
+- the foundation, here: errors, settings, selection (what "best" means), storage, storage_retry, tables;
+- ``rest.core``: one training run, torch only (data, models, sparse, train, the model-file format, ...);
+- ``rest.study``: the study on Ray Tune (space, manifest, search, trainable, driver, runner, compact, ...);
+- ``rest.report``: read-only: the study reader, tables, export, plots, status;
+- ``rest.deploy``: model files and fast sparse inference (foundation and core only: no pandas, no Ray);
+- ``rest.api`` (the Python API, including ``export_model``) and ``rest.cli`` (the command line) use them all.
+
 Heavy dependencies load lazily.
 """
 

@@ -8,17 +8,23 @@
     study.status()                  # progress per phase and cell, read from storage now
 
     study = rest.load_study("smoke", storage="studies")   # read-only, no Ray needed
+    rest.api.export_model("smoke", "colored_digits:1", storage="studies", out="m.pt")  # then rest.load_model("m.pt")
 
-The command line is a thin layer over the same calls.
+The command line is a thin layer over the same calls. This module sits above the report
+layer (which trial a cell selected) and the deploy layer (model files): ``export_model``
+joins the two, so neither imports the other.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from rest.report.results import StudyResults
+
+PROG = "tune_search.py"  # the command a message tells the user to run
 
 
 class Study(StudyResults):
@@ -134,11 +140,139 @@ def run_study(
 
 def load_study(name_or_path: str | os.PathLike, storage: str | None = None) -> Study:
     """A study's results (finished or not), read without writing anything."""
-    from rest.report.export import find_study
     from rest.report.results import read_study
+    from rest.study.manifest import find_study
 
     found = read_study(find_study(os.fspath(name_or_path), storage))
     return Study(found.location, found.spec, found.manifest, found.phases)
 
 
-__all__ = ["run_study", "load_study", "Study"]
+@dataclass(frozen=True)
+class ExportedModel:
+    """A model file ``export_model`` wrote: where, from what (a trial or a run), its density and epoch."""
+
+    path: Path
+    source: str
+    density: float
+    epoch: int | None  # the best epoch of the run, whose weights the file holds
+
+
+def export_model(
+    study_or_run: str | os.PathLike,
+    cell: str | None = None,
+    *,
+    storage: str | None = None,
+    out: str | os.PathLike | None = None,
+) -> ExportedModel:
+    """Write the model file (``rest.load_model`` reads it) of a cell's selected trial, or of a `train --out` run.
+
+    ``cell`` ("DATASET:CONFLICT_PCT") is needed for a study: its selected config's
+    trial, at the epoch the tables report (``selected_epoch_state``). ``out`` defaults to
+    ``results/<study>/model-<cell>.pt`` (``<run>/model.pt`` for a run); an existing file is refused.
+    """
+    from rest.deploy.model_file import is_train_run, run_state, save_sparse_model
+    from rest.errors import UserError
+    from rest.report.export import read_for_export
+    from rest.study.manifest import find_study
+
+    source = os.fspath(study_or_run)
+    if is_train_run(source):  # a `train --out` directory: its selected epoch
+        state, what, default = run_state(Path(source)), f"run {source}", Path(source) / "model.pt"
+    elif cell is None:
+        raise UserError(
+            f"export-model of study {source} needs --cell DATASET:CONFLICT_PCT, e.g. --cell colored_digits:1"
+        )
+    else:
+        study = read_for_export(find_study(source, storage))
+        trial = selected_trial(study, cell)
+        state, what = selected_epoch_state(trial), f"trial {trial.trial_id}"
+        default = Path("results") / study.name / f"model-{cell.replace(':', '-')}.pt"
+    path = save_sparse_model(state, Path(out) if out is not None else default)
+    return ExportedModel(path, what, float(state["settings"]["density"]), state["best"].get("best_epoch"))
+
+
+def selected_trial(study: StudyResults, cell: str):
+    """The trial behind a cell's selected config: of its seeds, the one the selection rule ranks first."""
+    from rest import selection
+    from rest.report.export import ExportError, format_value
+    from rest.report.tables import BASELINE_ROLES, best_configs, primary_metric, selection_pool
+
+    spec = study.spec
+    keys = spec.compare_within
+    parts = cell.split(":")
+    if len(parts) != len(keys):
+        raise ExportError(f"--cell {cell} must give {':'.join(k.upper() for k in keys)}, e.g. colored_digits:1")
+    best = best_configs(study)
+    chosen = best[best["status"] != "baseline"] if not best.empty else best
+    match = chosen[[all(_same(r[k], text) for k, text in zip(keys, parts)) for _, r in chosen.iterrows()]]
+    if match.empty:
+        cells = sorted({":".join(format_value(r[k]) for k in keys) for _, r in chosen.iterrows()})
+        raise ExportError(f"unknown cell {cell}; cells with results: {', '.join(cells) or 'none'}")
+    row = match.iloc[0]
+    pool = selection_pool(study.trials())
+    pool = pool[~pool["role"].isin(list(BASELINE_ROLES))]
+    for key in keys + spec.searched_keys():
+        pool = pool[[_same(v, format_value(row[key])) for v in pool[key]]]
+    primary, prefix = primary_metric(spec, "val")
+    (index,) = selection.select(pool.to_dict("records"), primary, prefix)
+    trial_id = pool.iloc[index]["trial_id"]
+    return next(t for t in study.all_trials() if t.trial_id == trial_id)
+
+
+def _same(value, text: str) -> bool:
+    try:
+        return float(value) == float(text)
+    except (TypeError, ValueError):
+        return str(value) == text
+
+
+def selected_epoch_state(trial) -> dict:
+    """The training state that holds the weights of the trial's selected epoch, the one its
+    table rows report; refused, naming the trial and the epoch, when no readable one does.
+
+    The newest checkpoint holds them; an older one does too if it was written at or after
+    that epoch and chose the same one. An older state's best-so-far weights from an
+    earlier epoch are never taken in their place.
+    """
+    from rest.core.model_format import weights_epoch
+    from rest.report.export import ExportError
+    from rest.report.results import checkpoint_states
+
+    selected = trial.selected()
+    if not selected:
+        raise ExportError(f"trial {trial.trial_id} has no finished epoch; resume the study first")
+    epoch, unreadable = int(selected["epoch"]), []
+    for ckpt, state, _ in checkpoint_states(trial.location):
+        if state is None:
+            unreadable.append(ckpt.name)
+        elif weights_epoch(state) == epoch:
+            return state
+        elif int(state["epoch"]) < epoch:
+            break  # written before the selected epoch: neither it nor older ones hold its weights
+    why = f"checkpoint {', '.join(unreadable)} is unreadable" if unreadable else "no checkpoint holds them"
+    out = f"runs/retrain-{trial.trial_id}"
+    raise ExportError(
+        f"the weights of trial {trial.trial_id}'s selected epoch {epoch}, the one the tables report, cannot be "
+        f"read ({why}); no model file was written. Retrain that config with its stored settings: "
+        f"{retrain_command(trial.config, out)} ; then: {PROG} export-model {out}"
+    )
+
+
+def retrain_command(config: dict, out: str) -> str:
+    """The `train` command that trains a trial's config again: every setting that differs from the default."""
+    import dataclasses
+    import shlex
+
+    from rest.settings import TrainSettings
+
+    settings = TrainSettings.from_dict({k: v for k, v in config.items() if k != "extra"})
+    default = TrainSettings()
+    flags = [
+        f"--{f.name.replace('_', '-')}={shlex.quote(str(getattr(settings, f.name)))}"
+        for f in dataclasses.fields(settings)
+        if "help" in f.metadata and getattr(settings, f.name) != getattr(default, f.name)
+    ]
+    return " ".join([PROG, "train", *flags, "--out", shlex.quote(out)])
+
+
+__all__ = ["run_study", "load_study", "export_model", "Study", "ExportedModel"]

@@ -375,8 +375,9 @@ def _finish(path, spec, manifest: dict, storage: str) -> int:
 
 def _print_best(path, spec) -> None:
     """The selected config of every cell, as the tables say it; a cell with failed configs says how many."""
-    from rest.report.export import best_configs, format_value
+    from rest.report.export import format_value
     from rest.report.results import read_study
+    from rest.report.tables import best_configs
 
     best = best_configs(read_study(path, spec))
     print(
@@ -477,9 +478,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from rest.report.export import export, find_study, load_study
+    from rest.report.export import export, read_for_export
+    from rest.study.manifest import find_study
 
-    studies = [load_study(find_study(s, args.storage)) for s in args.study]
+    studies = [read_for_export(find_study(s, args.storage)) for s in args.study]
     out = args.out or Path("results") / "-".join(s.name for s in studies)
     written = export(studies, out, [f.strip() for f in args.format.split(",") if f.strip()], args.selection)
     names = ", ".join(s.name for s in studies)
@@ -490,24 +492,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_export_model(args: argparse.Namespace) -> int:
-    from rest.deploy.model_file import is_train_run, run_state, save_sparse_model, selected_trial, trial_state
-    from rest.report.export import find_study, load_study
+    from rest.api import export_model
 
-    if is_train_run(args.study):  # a `train --out` directory: its selected epoch
-        state, what, out = run_state(Path(args.study)), f"run {args.study}", Path(args.study) / "model.pt"
-    elif args.cell is None:
-        raise UserError(
-            f"export-model of study {args.study} needs --cell DATASET:CONFLICT_PCT, e.g. --cell colored_digits:1"
-        )
-    else:
-        study = load_study(find_study(args.study, args.storage))
-        trial = selected_trial(study, args.cell)
-        state, what = trial_state(trial), f"trial {trial.trial_id}"
-        out = Path("results") / study.name / f"model-{args.cell.replace(':', '-')}.pt"
-    path = save_sparse_model(state, args.out or out)
+    model = export_model(args.study, args.cell, storage=args.storage, out=args.out)
     print(
-        f"saved {what} (density {state['settings']['density']:g}, epoch {state['best']['best_epoch']}) "
-        f"to {path} ({path.stat().st_size / 1e6:.2f} MB); load it with rest.load_model('{path}')"
+        f"saved {model.source} (density {model.density:g}, epoch {model.epoch}) to {model.path} "
+        f"({model.path.stat().st_size / 1e6:.2f} MB); load it with rest.load_model('{model.path}')"
     )
     return 0
 

@@ -8,7 +8,8 @@ Imports only the foundation (``rest.errors``, ``rest.settings``, ``rest.selectio
 - ``models``: the model registry; ``sparse``: RigL/SET masks; ``reweight``: upweighting bias-conflicting samples;
 - ``losses``, ``pgd``, ``dcwp``: the methods beside REST; ``batches``: model input and augmentation;
 - ``device``: every CPU/CUDA choice (precision, autocast, loss scaler, memory format, data placement);
-- ``corruptions``: the ten Corrupted CIFAR-10 corruptions.
+- ``corruptions``: the ten Corrupted CIFAR-10 corruptions;
+- ``model_format``: the sparse model-file format (kept values plus a bitmap) and a finished trial's compact state.
 """
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "dcwp",
     "device",
     "losses",
+    "model_format",
     "models",
     "pgd",
     "prepare",

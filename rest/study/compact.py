@@ -2,7 +2,7 @@
 
 A trial that ended (trained its planned epochs, or a scheduler stopped it) is never trained
 again, so its optimizer state and its non-best weights are dead weight. The driver rewrites
-its newest readable checkpoint in compact form (``model_file.compact_state``: the model
+its newest readable checkpoint in compact form (``rest.core.model_format.compact_state``: the model
 file ``export-model`` writes, the epoch its weights are from, the best-so-far metrics, the
 final record) and empties its older checkpoints. Errored trials are left alone: resume
 trains them on from their checkpoint.
@@ -23,9 +23,10 @@ import io
 import logging
 from pathlib import PurePosixPath
 
+from rest.core.model_format import compact_state, is_compact
 from rest.storage import Location
 from rest.study import tune_ext
-from rest.study.contract import COMPACT_FILE, STATE_FILE, checkpoint_dirs, is_compact, read_checkpoint
+from rest.study.contract import COMPACT_FILE, STATE_FILE, checkpoint_dirs, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,6 @@ def compact_trial(trial: Location) -> bool:
 
 def _compact_bytes(state: dict) -> bytes:
     import torch
-
-    from rest.deploy.model_file import compact_state
 
     buffer = io.BytesIO()
     torch.save(compact_state(state), buffer)

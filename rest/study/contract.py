@@ -32,7 +32,6 @@ HISTORY_FILE = "history.json"  # in the trial directory, and in each of its chec
 # A finished trial's checkpoint, compacted by the driver (rest.study.compact): no optimizer state, the
 # best-epoch weights in model-file form. Read before STATE_FILE in the same checkpoint directory.
 COMPACT_FILE = "compact.pt"
-COMPACT_FORMAT = "rest-compact-checkpoint-v1"
 TRIAL_PREFIX = "trial_"  # a trial's directory: trial_<trial id>
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray numbers a trial's checkpoint directories in order
 STATE_PREFIX = "experiment_state-"  # Ray's experiment snapshots in a phase's directory
@@ -101,11 +100,6 @@ def checkpoint_history(trial: Location) -> list[dict]:
         except Exception as exc:  # a checkpoint cut short by a crash: try the one before
             log.debug("no readable history in %s: %s", ckpt, exc)
     return []
-
-
-def is_compact(state: dict) -> bool:
-    """Whether a checkpoint's state is a finished trial's compact one (it cannot be trained on)."""
-    return state.get("format") == COMPACT_FORMAT
 
 
 def read_checkpoint(ckpt: Location) -> dict:

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from rest.errors import StudyError, UserError
-from rest.storage import Location, fresh_dir, open_location, writing
+from rest.storage import Location, existing_storage, fresh_dir, open_location, writing
 from rest.study.space import StudySpec, parse_space
 
 PHASES = ("search", "confirm")
@@ -169,6 +169,20 @@ def open_study(storage: str, name: str) -> tuple[Location, StudySpec, dict]:
         )
     manifest = read_manifest(path)
     return path, frozen_spec(path, manifest), manifest
+
+
+def find_study(name_or_path: str, storage: str | None) -> Location:
+    """A study's directory from its path (or URI), else its name under storage; read-only, creates nothing."""
+    direct = open_location(name_or_path)
+    if direct.join("manifest.json").is_file():
+        return direct
+    candidate = open_location(existing_storage(storage)).join(name_or_path)
+    if candidate.join("manifest.json").is_file():
+        return candidate
+    raise StudyError(
+        f"{name_or_path} is not a study directory (no manifest.json there or under --storage); "
+        f"pass the study's path or its name with --storage"
+    )
 
 
 def phase_complete(info: dict) -> bool:

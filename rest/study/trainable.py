@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from rest import selection
+from rest.core.model_format import is_compact
 from rest.settings import TrainSettings
 from rest.storage import on_filesystem
 from rest.study import tune_ext
@@ -31,7 +32,6 @@ from rest.study.contract import (
     SEARCHER_METRIC,
     STATE_FILE,
     flat_config,
-    is_compact,
     newest_state,
     read_checkpoint,
     reported,

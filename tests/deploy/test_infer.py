@@ -121,8 +121,7 @@ def test_loaded_sparse_engine_matches_on_the_whole_test_split(model_file):
     import rest
     from rest.core.data import get_dataset_spec, load_dataset
     from rest.core.train import to_input
-    from rest.deploy.model_file import predict_file
-    from rest.report.export import ExportError
+    from rest.deploy.model_file import ModelFileError, predict_file
 
     dense, sparse = rest.load_model(model_file), rest.load_model(model_file, engine="sparse")
     x = to_input(load_dataset("colored_digits", 5.0).test.images, get_dataset_spec("colored_digits"))
@@ -130,12 +129,33 @@ def test_loaded_sparse_engine_matches_on_the_whole_test_split(model_file):
         a = torch.cat([dense(x[i : i + 256]) for i in range(0, len(x), 256)])
         b = torch.cat([sparse(x[i : i + 256]) for i in range(0, len(x), 256)])
     assert (a - b).abs().max() <= 1e-4 and torch.equal(a.argmax(1), b.argmax(1))
-    with pytest.raises(ExportError, match="unknown engine 'fast'; choose from dense, sparse"):
+    with pytest.raises(ModelFileError, match="unknown engine 'fast'; choose from dense, sparse"):
         rest.load_model(model_file, engine="fast")
     with pytest.raises(
-        ExportError, match="none.pt does not exist; pass a file written by 'tune_search.py export-model'"
+        ModelFileError, match="none.pt does not exist; pass a file written by 'tune_search.py export-model'"
     ):
         predict_file(model_file.parent / "none.pt")
+
+
+def test_load_model_imports_neither_pandas_nor_ray(model_file):
+    """The deploy layer stands alone: a fresh ``import rest; rest.load_model(path)`` (either engine) loads
+    the foundation, torch and rest.core only, never the study reader (pandas) or Ray."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import json, sys, rest\n"
+        f"dense, sparse = rest.load_model({str(model_file)!r}), rest.load_model({str(model_file)!r}, engine='sparse')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'ray'))))\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.splitlines()[-1]) == []
 
 
 def test_predict_command_prints_accuracy_and_throughput(model_file, tmp_path):

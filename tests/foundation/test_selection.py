@@ -106,7 +106,8 @@ def tied_study() -> StudyResults:
 
 def test_a_constructed_tie_is_resolved_identically_everywhere():
     from rest.core.train import Trainer
-    from rest.report.export import best_configs, by_density, summary
+    from rest.report.export import summary
+    from rest.report.tables import best_configs, by_density
     from rest.study.runner import select_confirm_configs
 
     study = tied_study()

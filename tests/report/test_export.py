@@ -156,19 +156,20 @@ def tree_digest(root) -> str:
 def test_export_model_round_trip_and_exports_never_write_to_storage(smoke_study, tmp_path):
     """The compact model predicts exactly as the checkpoint's best-epoch model, at a fraction of its size."""
     import rest
+    from rest.api import selected_epoch_state, selected_trial
     from rest.core.batches import to_input
     from rest.core.data import get_dataset_spec, load_dataset
     from rest.core.models import build_model
-    from rest.deploy.model_file import selected_trial, trial_state
-    from rest.report.export import find_study, load_study
+    from rest.report.export import read_for_export
     from rest.settings import TrainSettings
+    from rest.study.manifest import find_study
 
     storage, run = smoke_study
     assert run.returncode == 0, run.stderr[-2000:]
     before = tree_digest(storage)
     exported = cli("export", "smoke", "--storage", str(storage), "--out", str(tmp_path / "tables"))
     assert exported.returncode == 0, exported.stderr
-    study = load_study(find_study(str(storage / "smoke"), None))
+    study = read_for_export(find_study(str(storage / "smoke"), None))
     # check whichever cell selected a sparse config
     for cell in ("colored_digits:5", "colored_digits:1"):
         trial = selected_trial(study, cell)
@@ -181,7 +182,7 @@ def test_export_model_round_trip_and_exports_never_write_to_storage(smoke_study,
     assert tree_digest(storage) == before, "export and export-model must leave storage byte-for-byte unchanged"
     model = rest.load_model(tmp_path / "m.pt")
 
-    state = trial_state(trial)
+    state = selected_epoch_state(trial)
     settings = TrainSettings.from_dict(state["settings"])
     spec = get_dataset_spec(settings.dataset)
     reference = build_model(
@@ -226,12 +227,11 @@ class _Payload:
 
 def test_a_model_file_with_a_pickled_object_is_refused_without_running_it(tmp_path):
     import rest
-    from rest.deploy.model_file import MODEL_FORMAT
-    from rest.report.export import ExportError
+    from rest.deploy.model_file import MODEL_FORMAT, ModelFileError
 
     marker = tmp_path / "code-ran"
     torch.save({"format": MODEL_FORMAT, "payload": _Payload(marker)}, tmp_path / "evil.pt")
-    with pytest.raises(ExportError, match="is not a plain rest-tune model file"):
+    with pytest.raises(ModelFileError, match="is not a plain rest-tune model file"):
         rest.load_model(tmp_path / "evil.pt")
     assert not marker.exists()
 
@@ -241,9 +241,10 @@ def test_export_model_writes_the_reported_epoch_or_refuses_with_the_retrain_comm
     """A damaged checkpoint never turns into another epoch's weights under the selected config's name."""
     import shlex
 
+    from rest.api import selected_trial
     from rest.cli.main import main
-    from rest.deploy.model_file import read_model_file, selected_trial
-    from rest.report.export import load_study
+    from rest.deploy.model_file import read_model_file
+    from rest.report.export import read_for_export
     from rest.settings import TrainSettings
     from rest.storage import local
     from rest.study.contract import COMPACT_FILE, STATE_FILE, checkpoint_dirs
@@ -256,7 +257,7 @@ def test_export_model_writes_the_reported_epoch_or_refuses_with_the_retrain_comm
     assert run.returncode == 0, run.stderr[-2000:]
     study_dir = tmp_path / "smoke"
     shutil.copytree(storage / "smoke", study_dir)  # the shared study stays intact
-    study = load_study(local(study_dir))
+    study = read_for_export(local(study_dir))
     trial = selected_trial(study, "colored_digits:5")
     reported = int(study.trials().set_index("trial_id").loc[trial.trial_id, "best_epoch"])
     assert (

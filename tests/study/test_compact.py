@@ -14,7 +14,7 @@ SLACK = 4096  # bytes: the compact file's few keys beyond the model file, torch'
 
 
 def model_file_bytes(state: dict) -> int:
-    from rest.deploy.model_file import sparse_model_state
+    from rest.core.model_format import sparse_model_state
 
     buffer = io.BytesIO()
     torch.save(sparse_model_state(state), buffer)
@@ -23,11 +23,13 @@ def model_file_bytes(state: dict) -> int:
 
 def test_compaction_keeps_the_model_file_bit_exact_and_drops_the_rest(tiny_data, tiny_settings, tmp_path):
     """A real trainer's checkpoints in a trial directory: export-model writes the same bytes after compaction."""
+    from rest.api import selected_epoch_state
+    from rest.core.model_format import is_compact
     from rest.core.train import Trainer
-    from rest.deploy.model_file import save_sparse_model, trial_state
+    from rest.deploy.model_file import save_sparse_model
     from rest.storage import local
     from rest.study.compact import compact_trial, needs_compaction
-    from rest.study.contract import COMPACT_FILE, HISTORY_FILE, STATE_FILE, checkpoint_dirs, is_compact
+    from rest.study.contract import COMPACT_FILE, HISTORY_FILE, STATE_FILE, checkpoint_dirs
     from rest.study.trials import Trial
 
     trainer, history = Trainer(tiny_settings.replace(epochs=3), tiny_data), []
@@ -38,7 +40,7 @@ def test_compaction_keeps_the_model_file_bit_exact_and_drops_the_rest(tiny_data,
         torch.save({**trainer.state_dict(), "history": history}, ckpt / STATE_FILE)
         (ckpt / HISTORY_FILE).write_text(json.dumps(history))
     trial = Trial("search", "x", "TERMINATED", {}, 0, history, local(tmp_path / "trial_x"))
-    full = trial_state(trial)
+    full = selected_epoch_state(trial)
     save_sparse_model(full, tmp_path / "before" / "m.pt")  # torch names the archive after the file
     assert needs_compaction([str(p) for p in tmp_path.rglob("*") if p.is_file()]) == {"trial_x"}
 
@@ -46,7 +48,7 @@ def test_compaction_keeps_the_model_file_bit_exact_and_drops_the_rest(tiny_data,
     newest, *older = checkpoint_dirs(trial.location)
     assert sorted(p.name for p in Path(newest.path).iterdir()) == [COMPACT_FILE, HISTORY_FILE]
     assert all(Path(o.path).is_dir() and not any(Path(o.path).iterdir()) for o in older)  # emptied, kept for Ray
-    compact = trial_state(trial)
+    compact = selected_epoch_state(trial)
     assert is_compact(compact) and "optimizer" not in compact and "best_weights" not in compact
     save_sparse_model(compact, tmp_path / "after" / "m.pt")
     assert (tmp_path / "after" / "m.pt").read_bytes() == (tmp_path / "before" / "m.pt").read_bytes()
@@ -63,7 +65,7 @@ def checkpoint_files(trial_dir: Path) -> list[str]:
 def test_asha_study_compacts_ended_trials_and_a_kill_after_compaction_resumes(ray_cluster, tmp_path):
     """ASHA stops some trials; kill -9 right after the first trial is compacted (Ray's snapshot, taken
     rarely, still lists it as running at an older checkpoint); resume neither retrains it nor fails."""
-    from rest.report.export import load_study
+    from rest.report.export import read_for_export
     from rest.storage import local
     from rest.study.contract import COMPACT_FILE, HISTORY_FILE, read_checkpoint
 
@@ -83,7 +85,7 @@ def test_asha_study_compacts_ended_trials_and_a_kill_after_compaction_resumes(ra
     done = cli("resume", "s4", "--storage", str(tmp_path), *addr)
     assert done.returncode == 0, done.stderr[-3000:]
     assert first.read_bytes() == before, "a compacted trial is never trained again"
-    study = load_study(local(tmp_path / "s4"))
+    study = read_for_export(local(tmp_path / "s4"))
     trials = study.trials()
     assert trials["stopped_early"].any() and (trials["status"] == "TERMINATED").all()
     for t in study.all_trials():

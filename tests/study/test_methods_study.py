@@ -3,8 +3,9 @@
 import pytest
 
 from conftest import ROOT
-from rest.report.export import best_configs, paper_presentable, paper_table
+from rest.report.export import paper_presentable
 from rest.report.results import StudyResults
+from rest.report.tables import best_configs, paper_table
 from rest.study.runner import select_method_configs
 from rest.study.search import trial_cell
 from rest.study.space import SpaceError, load_space, method_configs, parse_space
