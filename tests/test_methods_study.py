@@ -5,8 +5,8 @@ import pytest
 from conftest import ROOT
 from rest.report.export import best_configs, paper_presentable, paper_table
 from rest.report.results import StudyResults, Trial
+from rest.study.per_cell import trial_cell
 from rest.study.runner import select_method_configs
-from rest.study.search import trial_cell
 from rest.study.space import SpaceError, load_space, method_configs, parse_space
 
 METHODS = ["ERM", "JTT", "PGD", "DCWP", "oracle (dense)", "REST"]
