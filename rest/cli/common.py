@@ -15,6 +15,11 @@ import sys
 PROG = "tune_search.py"
 
 
+def pct(x: float) -> str:
+    """An accuracy as a percentage in five characters, 'n/a' for NaN."""
+    return "  n/a" if x != x else f"{100 * x:5.1f}"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit 2) instead of usage dumps."""
 
