@@ -35,6 +35,7 @@ from rest.errors import StudyError, TrialsFailed
 from rest.report.results import Trial, read_phase
 from rest.storage import Location, writing
 from rest.study import tune_ext
+from rest.study.callbacks import ProgressWatch, StallWatch
 from rest.study.compact import compact_finished, compaction_callback
 from rest.study.driver import DriverLock, Interrupted, LockLost, StopSignals, check_feasible, connect
 from rest.study.failures import failed_message
@@ -52,7 +53,7 @@ from rest.study.options import RunOptions
 from rest.study.progress import Progress
 from rest.study.search import STATISTICS, fixed_configs, search_param_space, search_phase
 from rest.study.space import StudySpec
-from rest.study.tracking import make_callbacks, progress_watch_class, stall_watch_class
+from rest.study.tracking import make_callbacks
 from rest.study.trainable import rest_trainable, trainable_options
 
 log = logging.getLogger(__name__)
@@ -114,14 +115,12 @@ def ray_verbose(verbose: int) -> int:
 def _callbacks(phase: str, path: Location, spec: StudySpec, opts: RunOptions, progress: Progress | None) -> list:
     """The trackers, the stall watch, the compaction of ended trials and, given a progress function, the progress watch of one phase."""
     callbacks = make_callbacks(spec, opts.name, phase) + [
-        stall_watch_class()(opts.stall_minutes * 60, path),
+        StallWatch(opts.stall_minutes * 60, path),
         compaction_callback(),
     ]
     if progress is not None:
         planned = (spec.confirm.epochs or spec.train.epochs) if phase == "confirm" else spec.max_epochs
-        callbacks.append(
-            progress_watch_class()(progress, phase, planned, getattr(spec.train, "selection", "worst_group"))
-        )
+        callbacks.append(ProgressWatch(progress, phase, planned, getattr(spec.train, "selection", "worst_group")))
     return callbacks
 
 
