@@ -1,4 +1,4 @@
-"""The driver's Ray Tune callbacks: the stall watch and the progress watch.
+"""The driver's Ray Tune callbacks: the stall watch, the progress watch, the compaction of ended trials.
 
 The stall watch says once, in the log and in stalls.log (``tracking.STALL_LOG``), when
 trials wait for resources that never come; the progress watch hands the caller's progress
@@ -16,6 +16,8 @@ from ray.tune import Callback
 
 from rest.selection import PRIMARY
 from rest.storage import Location
+from rest.study import tune_ext
+from rest.study.compact import compact_logged
 from rest.study.progress import PhaseProgress, count_trials, epochs_left, eta_seconds
 from rest.study.tracking import STALL_LOG
 
@@ -113,3 +115,17 @@ class ProgressWatch(Callback):
         pace = self.timed[0] / self.timed[1] if self.timed[1] else None
         eta = eta_seconds(left, pace, min(self.peak, running + pending))
         self.report(PhaseProgress(self.phase, done, running, pending, failed, self.best, self.label, eta))
+
+
+class CompactFinished(Callback):
+    """Compacts each trial's checkpoint (rest/study/compact.py) when the trial ends without error.
+
+    Tune calls ``on_trial_complete`` for trials that trained their epochs and for trials a
+    scheduler stopped (running or paused), after their last checkpoint is registered;
+    errored and interrupted trials never reach it.
+    """
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        tune_ext.check_guards()  # a driver that lost its study writes nothing more to it
+        fs, path = tune_ext.trial_location(trial)
+        compact_logged(Location(fs, path))

@@ -35,8 +35,8 @@ from rest.errors import StudyError, TrialsFailed
 from rest.report.results import Trial, read_phase
 from rest.storage import Location, writing
 from rest.study import tune_ext
-from rest.study.callbacks import ProgressWatch, StallWatch
-from rest.study.compact import compact_finished, compaction_callback
+from rest.study.callbacks import CompactFinished, ProgressWatch, StallWatch
+from rest.study.compact import compact_finished
 from rest.study.driver import DriverLock, Interrupted, LockLost, StopSignals, check_feasible, connect
 from rest.study.failures import failed_message
 from rest.study.manifest import (
@@ -116,7 +116,7 @@ def _callbacks(phase: str, path: Location, spec: StudySpec, opts: RunOptions, pr
     """The trackers, the stall watch, the compaction of ended trials and, given a progress function, the progress watch of one phase."""
     callbacks = make_callbacks(spec, opts.name, phase) + [
         StallWatch(opts.stall_minutes * 60, path),
-        compaction_callback(),
+        CompactFinished(),
     ]
     if progress is not None:
         planned = (spec.confirm.epochs or spec.train.epochs) if phase == "confirm" else spec.max_epochs
