@@ -76,8 +76,8 @@ class ProgressWatch(Callback):
     def __getstate__(self):
         return {**self.__dict__, "report": None}
 
-    def setup(self, total_num_samples: int = 0, **info):
-        self.total = total_num_samples
+    def setup(self, stop=None, num_samples=None, total_num_samples: int | None = None, **info):
+        self.total = total_num_samples or 0
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._emit(trials)

@@ -68,7 +68,11 @@ class TrialGroups:
 
     def group(self, config: dict) -> tuple:
         cell = trial_cell(config, self.cell_keys)
-        return cell if self.batch is None else cell + (_position(config) // self.batch,)
+        if self.batch is None:
+            return cell
+        position = _position(config)
+        assert position is not None, "a model-based search numbers its trials in extra.position"
+        return cell + (position // self.batch,)
 
     def size(self, group) -> int:
         group = tuple(group)
