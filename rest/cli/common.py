@@ -11,8 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 PROG = "tune_search.py"
+
+
+def pct(x: float) -> str:
+    """An accuracy as a percentage in five characters, 'n/a' for NaN."""
+    return "  n/a" if x != x else f"{100 * x:5.1f}"
 
 
 class Parser(argparse.ArgumentParser):
@@ -36,7 +42,7 @@ class ProgressBar:
         self.what, self.stream, self.log_from = what, stream or sys.stderr, log_from
         self.log = logging.getLogger(logger)
         self.tty = self.stream.isatty()
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar while a count runs
         self.next_tenth = 1
 
     def __call__(self, done: int, total: int) -> None:
@@ -76,7 +82,7 @@ class StudyProgress:
 
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar while a phase runs
         self.phase = None
         self.printed = Every(lambda line: print(line, file=self.stream, flush=True), every)
 

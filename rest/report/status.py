@@ -271,7 +271,7 @@ def cell_key(config: dict, spec: StudySpec) -> tuple:
 
 
 def search_plan(spec: StudySpec) -> dict[tuple, list[int]]:
-    """Cell -> the planned epochs of each of its search trials (the grouping ``search.TrialGroups`` uses)."""
+    """Cell -> the planned epochs of each of its search trials (the grouping ``per_cell.TrialGroups`` uses)."""
     if spec.methods:
         plan: dict[tuple, list[int]] = {}
         for config in method_configs(spec):

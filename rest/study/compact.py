@@ -25,7 +25,6 @@ from pathlib import PurePosixPath
 
 from rest.core.model_format import compact_state, is_compact
 from rest.storage import Location
-from rest.study import tune_ext
 from rest.study.contract import COMPACT_FILE, STATE_FILE, checkpoint_dirs, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -96,29 +95,13 @@ def compact_finished(experiment: Location, trial_dirs: list[str]) -> int:
     infos = experiment.fs.get_file_info(pafs.FileSelector(experiment.path, recursive=True, allow_not_found=True))
     pending = needs_compaction([i.path for i in infos if i.type == pafs.FileType.File]) & set(trial_dirs)
     for name in sorted(pending):
-        _compact_logged(experiment.join(name))
+        compact_logged(experiment.join(name))
     return len(pending)
 
 
-def _compact_logged(trial: Location) -> None:
+def compact_logged(trial: Location) -> None:
+    """Compact `trial`'s checkpoint; storage trouble is logged and leaves the full checkpoint."""
     try:
         compact_trial(trial)
     except Exception as exc:  # storage trouble: the trial keeps its full checkpoint, still readable
         log.warning("could not compact the checkpoint of %s (%s); it keeps its full checkpoint", trial, exc)
-
-
-def compaction_callback():
-    """A Ray Tune callback that compacts each trial's checkpoint when the trial ends without error."""
-    from ray.tune import Callback
-
-    class CompactFinished(Callback):
-        """Tune calls ``on_trial_complete`` for trials that trained their epochs and for trials a
-        scheduler stopped (running or paused), after their last checkpoint is registered;
-        errored and interrupted trials never reach it."""
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            tune_ext.check_guards()  # a driver that lost its study writes nothing more to it
-            fs, path = tune_ext.trial_location(trial)
-            _compact_logged(Location(fs, path))
-
-    return CompactFinished()

@@ -5,7 +5,7 @@ The rule (also in docs/search_spaces.md and docs/fidelity.md):
 1. **Groups.** The trials that compete form a group: every trial of a cell in grid, random
    and methods studies (a methods study's cell is cell x method); with optuna/hyperopt,
    consecutive batches of ``search_alg.max_concurrent`` trials in the cell's search order
-   (``search.TrialGroups``).
+   (``per_cell.TrialGroups``).
 2. **Rungs** at epochs ``ceil(grace_period x reduction_factor^k)`` below the last epoch. A
    rung is cut only when the whole group is there: every trial of the group that passed
    the rung before has reported this rung's epoch (a trial that failed for good drops out).
@@ -112,7 +112,7 @@ class RungBook:
 class DeterministicHalving(TrialScheduler):
     """Synchronous successive halving per group, cut by the selection rule in a fixed trial order.
 
-    `groups` (``search.TrialGroups``) says each trial's group, the group's size and the
+    `groups` (``per_cell.TrialGroups``) says each trial's group, the group's size and the
     trial's position in the search order; `rungs` are the rung epochs; `book` the file
     the cuts are kept in; `max_active` the driver's ``--max-concurrent`` (also enforced
     by ``ActiveTrialLimit`` on the search algorithm).

@@ -35,7 +35,8 @@ from rest import selection
 from rest.errors import StudyError, TrialsFailed
 from rest.storage import Location, writing
 from rest.study import contract, tune_ext
-from rest.study.compact import compact_finished, compaction_callback
+from rest.study.callbacks import CompactFinished, ProgressWatch, StallWatch
+from rest.study.compact import compact_finished
 from rest.study.driver import Interrupted, StopSignals, check_feasible, connect
 from rest.study.failures import failed_message
 from rest.study.lock import DriverLock, LockLost
@@ -53,7 +54,7 @@ from rest.study.options import RunOptions
 from rest.study.progress import Progress
 from rest.study.search import fixed_configs, rung_epochs, search_param_space, search_phase
 from rest.study.space import StudySpec
-from rest.study.tracking import make_callbacks, progress_watch_class, stall_watch_class
+from rest.study.tracking import make_callbacks
 from rest.study.trainable import TEST_DELAY_ENV, rest_trainable
 from rest.study.trials import Trial, read_phase
 
@@ -121,14 +122,12 @@ def ray_verbose(verbose: int) -> int:
 def _callbacks(phase: str, path: Location, spec: StudySpec, opts: RunOptions, progress: Progress | None) -> list:
     """The trackers, the stall watch, the compaction of ended trials and, given a progress function, the progress watch of one phase."""
     callbacks = make_callbacks(spec, opts.name, phase) + [
-        stall_watch_class()(opts.stall_minutes * 60, path),
-        compaction_callback(),
+        StallWatch(opts.stall_minutes * 60, path),
+        CompactFinished(),
     ]
     if progress is not None:
         planned = (spec.confirm.epochs or spec.train.epochs) if phase == "confirm" else spec.max_epochs
-        callbacks.append(
-            progress_watch_class()(progress, phase, planned, getattr(spec.train, "selection", "worst_group"))
-        )
+        callbacks.append(ProgressWatch(progress, phase, planned, getattr(spec.train, "selection", "worst_group")))
     return callbacks
 
 

@@ -1,96 +1,42 @@
-"""How the search phase proposes trials and stops them, cell by cell.
+"""The search phase's Tuner pieces: its scheduler, its searcher, its param_space, cell by cell.
 
-A study compares configurations only within a cell (`compare_within`, e.g. one
-dataset at one conflict ratio): a 5 % cell scores higher than a 1 % one whatever
-the config, so a global scheduler or searcher would favour the easy cell. Both
-pieces here therefore keep one Ray Tune instance per cell:
+A study compares configurations only within a cell (`compare_within`), so the
+scheduler and the searcher keep one Ray Tune instance per cell:
 
 - ``rungs.DeterministicHalving`` (``scheduler.mode: deterministic``, the default):
   synchronous successive halving per cell, cut by the selection rule in a fixed trial
-  order, so the trials it stops do not depend on arrival order (the rule is in rest/study/rungs.py).
-  ``TrialGroups`` says who competes with whom and in which order.
-- ``PerCellASHA`` (``scheduler.mode: async``): one Ray ``AsyncHyperBandScheduler`` per cell.
-- ``PerCellSearch``: one Ray searcher (``OptunaSearch`` or ``HyperOptSearch``, each
-  under a ``ConcurrencyLimiter``) per cell, each with its own budget of
-  ``num_samples`` trials over the space outside the cells. With ASHA this is
-  ASHA + TPE in every cell, the BOHB recipe.
+  order, so the trials it stops do not depend on arrival order (rest/study/rungs.py).
+  ``per_cell.TrialGroups`` says who competes with whom and in which order.
+- ``per_cell.PerCellASHA`` (``scheduler.mode: async``): one Ray ``AsyncHyperBandScheduler`` per cell.
+- ``per_cell.PerCellSearch``: one Ray searcher (``OptunaSearch`` or ``HyperOptSearch``) per
+  cell, each with its own budget of ``num_samples`` trials over the space outside the
+  cells. With ASHA this is ASHA + TPE in every cell, the BOHB recipe.
+- ``FixedConfigs``: a given list of whole configs (the confirm phase, a methods study's grids).
 
 Grid and random studies use Ray Tune's own variant generator (grid values
 enumerated, sampled ones drawn ``num_samples`` times per grid point), which is
 already per cell when the cells are grid keys.
+
+Imports Ray: the command line imports the study's Ray modules inside its handlers only.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import pickle
-import tempfile
-from collections import Counter
-from pathlib import Path
 from typing import Any
 
-from rest.study import tune_ext
-from rest.study.contract import METRIC, MODE, SEARCHER_METRIC, TIME_ATTR, flat_config
-from rest.study.space import SpaceError, StudySpec
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler
+from ray.tune.search import BasicVariantGenerator, Searcher, SearchGenerator
+
+from rest.study.contract import METRIC, MODE, SEARCHER_METRIC, TIME_ATTR
+from rest.study.per_cell import PerCellASHA, PerCellSearch, TrialGroups
+from rest.study.rungs import BOOK_FILE, ActiveTrialLimit, DeterministicHalving
+from rest.study.space import SpaceError, StudySpec, method_configs
 
 log = logging.getLogger(__name__)
-
-
-def trial_cell(config: dict, cell_keys: list[str]) -> tuple:
-    """The comparison group of a trial: its cell, and its method in a methods study
-    (each method's own search competes only with itself)."""
-    flat = flat_config(config)
-    method = (flat.get("extra") or {}).get("method")
-    return tuple(flat[k] for k in cell_keys) + ((method,) if method is not None else ())
-
-
-# ------------------------------------------------------------------ ASHA
-
-
-def _per_cell_scheduler_class():
-    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
-
-    class PerCellASHA(FIFOScheduler):
-        """One Ray ASHA scheduler per cell; every scheduler callback goes to the trial's cell."""
-
-        def __init__(self, cell_keys: list[str], **asha: Any):
-            super().__init__()
-            self.cell_keys = list(cell_keys)
-            self.asha = asha
-            self._metric = asha["metric"]
-            self.cells: dict[tuple, AsyncHyperBandScheduler] = {}
-
-        def set_search_properties(self, metric, mode, **spec) -> bool:
-            return (metric in (None, self.asha["metric"])) and (mode in (None, self.asha["mode"]))
-
-        def cell(self, trial) -> AsyncHyperBandScheduler:
-            key = trial_cell(trial.config, self.cell_keys)
-            if key not in self.cells:
-                self.cells[key] = AsyncHyperBandScheduler(**self.asha)
-            return self.cells[key]
-
-        def on_trial_add(self, tune_controller, trial):
-            self.cell(trial).on_trial_add(tune_controller, trial)
-
-        def on_trial_result(self, tune_controller, trial, result):
-            if not tune_ext.asha_knows(self.cell(trial), trial):  # a trial restored after a driver crash
-                self.cell(trial).on_trial_add(tune_controller, trial)
-            return self.cell(trial).on_trial_result(tune_controller, trial, result)
-
-        def on_trial_complete(self, tune_controller, trial, result):
-            if tune_ext.asha_knows(self.cell(trial), trial):
-                self.cell(trial).on_trial_complete(tune_controller, trial, result)
-
-        def on_trial_remove(self, tune_controller, trial):
-            tune_ext.asha_forget(self.cell(trial), trial)
-
-        def debug_string(self) -> str:
-            stopped = sum(tune_ext.asha_stopped(s) for s in self.cells.values())
-            return f"per-cell ASHA over {self.cell_keys}: {len(self.cells)} cells, {stopped} trials stopped early"
-
-    return PerCellASHA
 
 
 def deterministic(spec: StudySpec) -> bool:
@@ -113,66 +59,11 @@ def rung_epochs(spec: StudySpec) -> tuple[int, ...]:
     return tuple(sorted(set(epochs)))
 
 
-class TrialGroups:
-    """For deterministic halving: each trial's group, the group's size, and the trial's place in the search order.
-
-    A group is a cell (``trial_cell``); with optuna/hyperopt it is one batch of
-    ``search_alg.max_concurrent`` consecutive trials of a cell (its searcher proposes
-    the next batch once this one ended). The order is a function of the config alone:
-    the position a model-based searcher or a methods study wrote into ``extra.position``,
-    else, key by key in the study file's order, the index of the value in its grid (or
-    choice) list, or the sampled value itself.
-    """
-
-    def __init__(self, spec: StudySpec):
-        self.cell_keys = list(spec.compare_within)
-        alg = spec.search_alg
-        self.batch = (alg.max_concurrent or 1) if alg.model_based else None
-        self.keys = [
-            (k, list(args) if name in ("grid", "choice") else None)
-            for k, d in spec.search.items()
-            for name, args in d.items()
-            if k not in self.cell_keys and name != "lookup"
-        ]
-        if spec.methods:
-            from rest.study.space import method_configs
-
-            self.sizes = dict(Counter(trial_cell(c, self.cell_keys) for c in method_configs(spec)))
-        else:
-            per_cell = spec.num_samples if alg.model_based else spec.grid_size() // len(spec.cells())
-            self.sizes = {trial_cell(c, self.cell_keys): per_cell for c in spec.cells()}
-
-    def group(self, config: dict) -> tuple:
-        cell = trial_cell(config, self.cell_keys)
-        return cell if self.batch is None else cell + (_position(config) // self.batch,)
-
-    def size(self, group) -> int:
-        group = tuple(group)
-        if self.batch is None:
-            return self.sizes.get(group, 0)
-        *cell, batch = group
-        return max(0, min(self.batch, self.sizes.get(tuple(cell), 0) - batch * self.batch))
-
-    def order(self, config: dict) -> list:
-        if _position(config) is not None:
-            return [_position(config)]
-        flat = flat_config(config)
-        return [values.index(flat[k]) if values and flat[k] in values else flat[k] for k, values in self.keys]
-
-
-def _position(config: dict) -> int | None:
-    return (flat_config(config).get("extra") or {}).get("position")
-
-
 def make_scheduler(spec: StudySpec, study=None, max_active: int | None = None):
     """The search phase's scheduler; deterministic halving keeps its cuts in the `study` directory (a Location)."""
-    from ray.tune.schedulers import FIFOScheduler
-
     if spec.scheduler.type == "none":
         return FIFOScheduler()
     if deterministic(spec):
-        from rest.study.rungs import BOOK_FILE, DeterministicHalving
-
         return DeterministicHalving(
             TrialGroups(spec),
             list(rung_epochs(spec)),
@@ -182,7 +73,7 @@ def make_scheduler(spec: StudySpec, study=None, max_active: int | None = None):
             study.join(BOOK_FILE) if study is not None else None,
             max_active,
         )
-    return _per_cell_scheduler_class()(
+    return PerCellASHA(
         spec.compare_within, time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=spec.max_epochs,
         grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
     )  # fmt: skip
@@ -201,214 +92,54 @@ def search_phase(spec: StudySpec, study=None, max_concurrent: int | None = None)
         return scheduler, search_alg, num_samples, max_concurrent
     if max_concurrent is None:
         return scheduler, search_alg, num_samples, None
-    from ray.tune.search import BasicVariantGenerator, SearchGenerator
-
-    from rest.study.rungs import ActiveTrialLimit
-
     inner = search_alg or BasicVariantGenerator()
     inner = SearchGenerator(inner) if not isinstance(inner, (BasicVariantGenerator, SearchGenerator)) else inner
     return scheduler, ActiveTrialLimit(inner, max_concurrent, scheduler), num_samples, None
 
 
-# -------------------------------------------------------------- searchers
+class FixedConfigs(Searcher):
+    """Proposes a given list of whole configs, in order, each once; trial configs stay flat.
 
+    For the confirm phase and the expanded grids of a methods study. (Ray's grid_search
+    over dicts nests each config under a key, and BasicVariantGenerator's
+    points_to_evaluate needs every key of every point in the param_space.)
+    """
 
-def _optuna(space: dict, seed: int | None, n_initial: int):
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
+    def __init__(self, configs: list[dict]):
+        super().__init__(metric=SEARCHER_METRIC, mode=MODE)
+        self.configs = [dict(c) for c in configs]
+        self.issued = 0
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_initial)
-    return OptunaSearch(OptunaSearch.convert_search_space(space), metric=SEARCHER_METRIC, mode=MODE, sampler=sampler)
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
 
+    def suggest(self, trial_id: str):
+        if self.issued >= len(self.configs):
+            return Searcher.FINISHED
+        self.issued += 1
+        return dict(self.configs[self.issued - 1])
 
-def _hyperopt(space: dict, seed: int | None, n_initial: int):
-    from ray.tune.search.hyperopt import HyperOptSearch
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
 
-    return HyperOptSearch(
-        HyperOptSearch.convert_search_space(space),
-        metric=SEARCHER_METRIC,
-        mode=MODE,
-        n_initial_points=n_initial,
-        random_state_seed=seed,
-    )
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.issued, f)
 
-
-# search_alg.type -> factory(space, seed, n_initial) of one cell's Ray searcher
-MODEL_SEARCHERS = {"optuna": _optuna, "hyperopt": _hyperopt}
-
-
-def _per_cell_search_class():
-    from ray.tune.search import ConcurrencyLimiter, Searcher
-
-    class PerCellSearch(Searcher):
-        """One model-based Ray searcher per cell, each proposing exactly `per_cell` trials.
-
-        Tune asks for trials one at a time; cells are offered the request in turn
-        (round robin), so cells progress together and a cell at its concurrency limit
-        does not block the others. Results go to the searcher of the trial's cell.
-
-        With `batch` (deterministic halving), each cell proposes batches of `max_concurrent`
-        trials, numbered in ``extra.position``; its searcher learns from a batch, and
-        proposes the next, once every trial of the batch ended (Ray's ConcurrencyLimiter
-        with batch=True), so every proposal depends on the seed and earlier batches only.
-
-        Saved and restored whole (every cell's searcher through its own save/restore,
-        its ConcurrencyLimiter's live trials, the per-cell counts): Ray's ConcurrencyLimiter
-        saves only the searcher it wraps, so after a driver crash it would forget its live
-        trials and drop their results. Tune writes this state in the same snapshot as the trial list, so a
-        resume neither loses nor repeats a proposal.
-        """
-
-        def __init__(
-            self,
-            cells: list[dict],
-            space: dict,
-            lookups: dict[str, tuple[str, dict]],
-            per_cell: int,
-            kind: str,
-            seed: int | None,
-            n_initial: int,
-            max_concurrent: int,
-            batch: bool = False,
-        ):
-            super().__init__(metric=SEARCHER_METRIC, mode=MODE)
-            self.cells = [dict(c) for c in cells]
-            self.lookups = lookups
-            self.per_cell = per_cell
-            self.searchers = [
-                ConcurrencyLimiter(
-                    MODEL_SEARCHERS[kind](space, None if seed is None else seed + i, n_initial),
-                    max_concurrent=max_concurrent,
-                    batch=batch,
-                )
-                for i in range(len(cells))
-            ]
-            self.batch = batch
-            self.issued = [0] * len(cells)
-            self.trial_cell: dict[str, int] = {}
-            self.last: dict[str, dict] = {}  # trial id -> its newest result the searcher learns from
-            self.next_cell = 0
-
-        def set_search_properties(self, metric, mode, config, **spec) -> bool:
-            return True  # the space, metric and mode were fixed at construction
-
-        def suggest(self, trial_id: str):
-            if all(n >= self.per_cell for n in self.issued):
-                return Searcher.FINISHED
-            for offset in range(len(self.cells)):
-                i = (self.next_cell + offset) % len(self.cells)
-                if self.issued[i] >= self.per_cell:
-                    continue
-                proposal = self.searchers[i].suggest(trial_id)
-                if proposal in (None, Searcher.FINISHED):
-                    continue
-                config = {
-                    **self.cells[i],
-                    **proposal,
-                    **({"extra": {"position": self.issued[i]}} if self.batch else {}),
-                }
-                self.issued[i] += 1
-                self.trial_cell[trial_id] = i
-                self.next_cell = (i + 1) % len(self.cells)
-                for key, (source, table) in self.lookups.items():
-                    config[key] = table[float(config[source])]
-                return config
-            return None  # every open cell is at its concurrency limit
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if trial_id in self.trial_cell:
-                self.last[trial_id] = {k: result[k] for k in (SEARCHER_METRIC, "training_iteration") if k in result}
-                self.searchers[self.trial_cell[trial_id]].on_trial_result(trial_id, result)
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            # Tune passes no result for a trial stopped while paused at a rung: it counts with its newest one.
-            result = result or (None if error else self.last.get(trial_id))
-            if trial_id in self.trial_cell:
-                self.searchers[self.trial_cell[trial_id]].on_trial_complete(trial_id, result=result, error=error)
-            self.last.pop(trial_id, None)
-
-        def save(self, checkpoint_path: str) -> None:
-            state = {k: getattr(self, k) for k in ("issued", "trial_cell", "next_cell", "last")}
-            state["limiters"] = [limiter.get_state() for limiter in self.searchers]
-            state["searchers"] = [_saved_bytes(limiter.searcher) for limiter in self.searchers]
-            with open(checkpoint_path, "wb") as f:
-                pickle.dump(state, f)
-
-        def restore(self, checkpoint_path: str) -> None:
-            with open(checkpoint_path, "rb") as f:
-                state = pickle.load(f)
-            for limiter, limits, inner in zip(self.searchers, state.pop("limiters"), state.pop("searchers")):
-                limiter.set_state(limits)
-                _restore_bytes(limiter.searcher, inner)
-            self.__dict__.update(state)
-
-    return PerCellSearch
-
-
-def _fixed_configs_class():
-    from ray.tune.search import Searcher
-
-    class FixedConfigs(Searcher):
-        """Proposes a given list of whole configs, in order, each once; trial configs stay flat.
-
-        For the confirm phase and the expanded grids of a methods study. (Ray's grid_search
-        over dicts nests each config under a key, and BasicVariantGenerator's
-        points_to_evaluate needs every key of every point in the param_space.)
-        """
-
-        def __init__(self, configs: list[dict]):
-            super().__init__(metric=SEARCHER_METRIC, mode=MODE)
-            self.configs = [dict(c) for c in configs]
-            self.issued = 0
-
-        def set_search_properties(self, metric, mode, config, **spec) -> bool:
-            return True
-
-        def suggest(self, trial_id: str):
-            if self.issued >= len(self.configs):
-                return Searcher.FINISHED
-            self.issued += 1
-            return dict(self.configs[self.issued - 1])
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            pass
-
-        def save(self, checkpoint_path: str) -> None:
-            with open(checkpoint_path, "wb") as f:
-                pickle.dump(self.issued, f)
-
-        def restore(self, checkpoint_path: str) -> None:
-            with open(checkpoint_path, "rb") as f:
-                self.issued = pickle.load(f)
-
-    return FixedConfigs
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.issued = pickle.load(f)
 
 
 def fixed_configs(configs: list[dict]):
     """(search_alg, num_samples) that run exactly `configs`, flat, in order."""
-    return _fixed_configs_class()(configs), len(configs)
-
-
-def _saved_bytes(searcher) -> bytes:
-    """A Ray searcher's own checkpoint (its `save` writes a file) as bytes."""
-    with tempfile.TemporaryDirectory() as d:
-        searcher.save(os.path.join(d, "state"))
-        return Path(d, "state").read_bytes()
-
-
-def _restore_bytes(searcher, data: bytes) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        Path(d, "state").write_bytes(data)
-        searcher.restore(os.path.join(d, "state"))
+    return FixedConfigs(configs), len(configs)
 
 
 def make_search_alg(spec: StudySpec):
     """(search_alg, num_samples) for the search phase's TuneConfig."""
     alg = spec.search_alg
     if spec.methods:  # every method's own grid, expanded into whole configs
-        from rest.study.space import method_configs
-
         configs = method_configs(spec, spec.max_epochs)
         if deterministic(spec):  # deterministic halving orders a method's trials by their place in its grid
             configs = [{**c, "extra": {**c["extra"], "position": i}} for i, c in enumerate(configs)]
@@ -416,8 +147,6 @@ def make_search_alg(spec: StudySpec):
     if not alg.model_based:
         if alg.type == "grid" and alg.max_concurrent is None:
             return None, spec.num_samples
-        from ray.tune.search import BasicVariantGenerator
-
         return BasicVariantGenerator(max_concurrent=alg.max_concurrent or 0, random_state=alg.seed), spec.num_samples
     cells = spec.cells()
     space, lookups = {}, {}
@@ -429,7 +158,7 @@ def make_search_alg(spec: StudySpec):
             lookups[key] = (args["key"], {float(k): v for k, v in args["table"].items()})
         else:
             space[key] = to_tune(dist)
-    searcher = _per_cell_search_class()(
+    searcher = PerCellSearch(
         cells,
         space,
         lookups,
@@ -438,6 +167,8 @@ def make_search_alg(spec: StudySpec):
         alg.seed,
         alg.n_initial,
         alg.max_concurrent or 1,
+        metric=SEARCHER_METRIC,
+        mode=MODE,
         batch=deterministic(spec),
     )
     return searcher, spec.num_samples * len(cells)
@@ -457,8 +188,6 @@ def search_param_space(spec: StudySpec) -> dict:
 
 def to_tune(dist: dict[str, Any]):
     """The Ray Tune search object of one validated distribution."""
-    from ray import tune
-
     ((name, args),) = dist.items()
     if name == "grid":
         return tune.grid_search(list(args))

@@ -26,12 +26,10 @@ from typing import Any
 
 from rest.errors import SpaceError
 from rest.settings import SettingsError, TrainSettings
-from rest.study.space_values import check_distribution, check_values
+from rest.study.space_methods import Method, check_methods, expand
+from rest.study.space_values import TRAIN_FIELDS, check_distribution, check_values
 from rest.study.space_values import is_number as _is_number
 from rest.study.space_yaml import key_lines, read_yaml
-
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainSettings)} - {"extra"}
-
 
 # DISTRIBUTIONS (rest.study.space_values): distribution name -> number of arguments. `lookup`
 # ties one setting to another, as REST pairs lambda with the conflict ratio:
@@ -81,15 +79,6 @@ class SearchAlg:
 class Resources:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-
-
-@dataclass
-class Method:
-    """One method of a methods study: its fixed settings and its own (grid) search."""
-
-    name: str
-    train: dict[str, Any] = field(default_factory=dict)
-    search: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,9 +150,6 @@ TOP_LEVEL = {
     "name", "description", "dataset", "data_root", "model", "train", "search", "num_samples", "search_alg", "scheduler",
     "compare_within", "confirm", "resources", "checkpoint", "callbacks", "methods",
 }  # fmt: skip
-METHOD_KEYS = {"train", "search"}
-# Distributions a methods study expands itself (into one grid of whole configs).
-METHOD_DISTRIBUTIONS = ("grid", "lookup")
 
 
 class _Checker:
@@ -302,7 +288,7 @@ def _parse(text: str, source: str, frozen: bool) -> StudySpec:
     every = c.number(ckpt.get("every", 1), "checkpoint.every", int, 1)
     keep = c.number(ckpt.get("keep", 2), "checkpoint.keep", int, 1)
 
-    methods = _methods(c, raw.get("methods"), train_values, search, list(compare))
+    methods = check_methods(c, raw.get("methods"), train_values, search, list(compare))
     if methods and int(raw.get("num_samples", 1)) != 1:
         raise c.fail(
             "num_samples", "must be 1 in a methods study (its grids are expanded once); repeat with seeds instead"
@@ -369,83 +355,15 @@ def _valid(values: dict[str, Any]) -> bool:
         return False
 
 
-def _methods(c: _Checker, value: Any, train_values: dict, search: dict, cells: list[str]) -> list[Method]:
-    """Validate `methods:` (label -> {train: {...}, search: {key: {grid: [...]}}}): every config valid."""
-    if value is None:
-        return []
-    if not isinstance(value, dict) or not value:
-        raise c.fail(
-            "methods", "must map method names to {train: {...}, search: {...}}, e.g. ERM: {train: {reweight: none}}"
-        )
-    for key, dist in search.items():
-        if next(iter(dist)) not in METHOD_DISTRIBUTIONS:
-            raise c.fail(
-                f"search.{key}", f"uses '{next(iter(dist))}'; a methods study expands grids, so use grid or lookup"
-            )
-    methods = []
-    for name, body in value.items():
-        where = f"methods.{name}"
-        if not isinstance(name, str) or not name.strip():
-            raise c.fail("methods", f"has a method named {name!r}; name each method with text, e.g. PGD")
-        body = c.mapping(body, where, METHOD_KEYS)
-        fixed = dict(c.mapping(body.get("train"), f"{where}.train", TRAIN_FIELDS))
-        own = c.mapping(body.get("search"), f"{where}.search", TRAIN_FIELDS)
-        for key in (*fixed, *own):
-            if key in search:
-                raise c.fail(
-                    f"{where}.{'train' if key in fixed else 'search'}.{key}",
-                    "is also under the study's search; a setting is shared (search) or the method's, not both",
-                )
-            if key in cells:
-                raise c.fail(
-                    f"{where}.{'train' if key in fixed else 'search'}.{key}",
-                    f"is a cell key (compare_within: {', '.join(cells)}); cells are shared by every method",
-                )
-        for key, dist in own.items():
-            check_distribution(c, f"{where}.search.{key}", dist)
-            if next(iter(dist)) not in METHOD_DISTRIBUTIONS:
-                raise c.fail(
-                    f"{where}.search.{key}", f"uses '{next(iter(dist))}'; a method's search is a grid (or lookup)"
-                )
-            if key in fixed:
-                raise c.fail(f"{where}.search.{key}", "is also fixed under the method's train; keep it in one place")
-        method = Method(str(name), fixed, dict(own))
-        try:
-            for config in _expand({**train_values, **fixed}, {**search, **own}):
-                TrainSettings.from_dict(config).validate()
-        except SettingsError as exc:
-            raise c.fail(where, f"has an invalid config: {exc}") from None
-        except KeyError as exc:
-            raise c.fail(where, f"has a lookup without an entry for {exc.args[0]}; add it to the table") from None
-        methods.append(method)
-    return methods
-
-
-def _expand(fixed: dict[str, Any], search: dict[str, dict]) -> list[dict[str, Any]]:
-    """Every combination of the grids (lookups resolved from the combination), over `fixed`."""
-    grids = {k: d["grid"] for k, d in search.items() if "grid" in d}
-    lookups = {k: d["lookup"] for k, d in search.items() if "lookup" in d}
-    configs = []
-    for values in itertools.product(*grids.values()):
-        config = {**fixed, **dict(zip(grids, values))}
-        defaults = TrainSettings()
-        for key, spec in lookups.items():
-            source = config.get(spec["key"], getattr(defaults, spec["key"]))
-            table = {float(k) if _is_number(k) else k: v for k, v in spec["table"].items()}
-            config[key] = table[float(source) if _is_number(source) else source]
-        configs.append(config)
-    return configs
-
-
 def method_configs(spec: StudySpec, epochs: int | None = None) -> list[dict[str, Any]]:
     """The trials of a methods study's search phase: per cell (the shared search), every
     method's own grid over its fixed settings; each config says its method in extra.method."""
     base = spec.train.replace(epochs=epochs or spec.max_epochs).to_dict()
     base.pop("extra")
     configs = []
-    for shared in _expand(base, spec.search):
+    for shared in expand(base, spec.search):
         for m in spec.methods:
-            for config in _expand({**shared, **m.train}, m.search):
+            for config in expand({**shared, **m.train}, m.search):
                 configs.append({**config, "extra": {"method": m.name}})
     return configs
 

@@ -1,20 +1,16 @@
-"""What a study reports besides its files: experiment trackers, the stall watch and the progress watch.
+"""What a study reports besides its files: experiment trackers, and the stall log's name.
 
 Trackers are Ray Tune's own logger callbacks, chosen by the study file's `callbacks:`
-list; the stall watch says once, in the log and in stalls.log, when trials wait for
-resources that never come; the progress watch hands the caller's progress function
-a ``rest.study.progress.PhaseProgress`` as trials start, report and end.
+list. The stall watch (which writes STALL_LOG) and the progress watch are in
+rest/study/callbacks.py.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 
 from rest.errors import StudyError
-from rest.storage import Location
-from rest.study.contract import STALL_LOG
 from rest.study.space import StudySpec
 
 log = logging.getLogger(__name__)
@@ -43,46 +39,6 @@ def _wandb(study: str, phase: str):
 CALLBACKS = {"tensorboard": _tensorboard, "mlflow": _mlflow, "wandb": _wandb}
 
 
-def stall_watch_class():
-    from ray.tune import Callback
-
-    class StallWatch(Callback):
-        """Says once when trials wait for resources and none has run for `seconds` (no silent hangs).
-
-        Trials that no node can ever run are refused before fitting (check_feasible);
-        this catches the rest: resources held by other jobs, nodes gone, an autoscaler
-        that never delivers.
-        """
-
-        def __init__(self, seconds: float, study: Location):
-            self.seconds = seconds
-            self.log_file = study.join(STALL_LOG)  # summary.md reports what is written here
-            self.last_progress = time.time()
-            self.warned = False
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.last_progress = time.time()
-
-        def on_step_end(self, iteration, trials, **info):
-            running = any(t.status == "RUNNING" for t in trials)
-            pending = sum(t.status == "PENDING" for t in trials)
-            if running or not pending:
-                self.last_progress = time.time()
-                return
-            waited = time.time() - self.last_progress
-            if waited > self.seconds and not self.warned:
-                self.warned = True
-                message = (
-                    f"{pending} trial(s) have waited {waited / 60:.1f} min for resources with none running; "
-                    f"check 'ray status' (other jobs, lost nodes) or lower --cpus-per-trial / --gpus-per-trial"
-                )
-                log.warning(message)
-                earlier = self.log_file.read_text() if self.log_file.exists() else ""
-                self.log_file.write_text(earlier + f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
-
-    return StallWatch
-
-
 def make_callbacks(spec: StudySpec, study: str, phase: str) -> list:
     try:
         return [CALLBACKS[name](study, phase) for name in spec.callbacks]
@@ -91,69 +47,3 @@ def make_callbacks(spec: StudySpec, study: str, phase: str) -> list:
             f"the study file asks for a tracker whose package is missing ({exc.name}); "
             f"pip install {exc.name} or remove it from 'callbacks'"
         ) from None
-
-
-def progress_watch_class():
-    from ray.tune import Callback
-
-    from rest.selection import PRIMARY
-    from rest.study.progress import PhaseProgress, count_trials, epochs_left, eta_seconds
-
-    class ProgressWatch(Callback):
-        """Calls `report(PhaseProgress)` when a trial starts, reports or ends: the caller decides what to show.
-
-        The function is the caller's (a console, a notebook widget): it is not pickled
-        with the tuner (Ray saves its callbacks in tuner.pkl), so a restored one is silent.
-        """
-
-        def __init__(self, report, phase: str, planned_epochs: int, primary: str = "worst_group"):
-            self.report, self.phase, self.planned = report, phase, planned_epochs
-            self.metric = f"val_{PRIMARY[primary]}"
-            self.label = "val " + PRIMARY[primary].removesuffix("_acc").replace("_", "-")  # val worst-group, val avg
-            self.total, self.best, self.peak = 0, None, 1
-            self.timed = [0.0, 0]  # seconds and count of epochs trained in this run
-
-        def __getstate__(self):
-            return {**self.__dict__, "report": None}
-
-        def setup(self, total_num_samples: int = 0, **info):
-            self.total = total_num_samples
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self._emit(trials)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            value = result.get(self.metric)
-            if isinstance(value, (int, float)) and value == value and (self.best is None or value > self.best):
-                self.best = float(value)
-            if result.get("time_this_iter_s"):
-                self.timed = [self.timed[0] + result["time_this_iter_s"], self.timed[1] + 1]
-            self._emit(trials)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._emit(trials)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._emit(trials)
-
-        def on_experiment_end(self, trials, **info):
-            self._emit(trials)
-
-        def _emit(self, trials) -> None:
-            if self.report is None:
-                return
-            done, running, pending, failed = count_trials([t.status for t in trials], self.total)
-            self.peak = max(self.peak, running)
-            left = epochs_left(
-                [
-                    (t.status, int((t.last_result or {}).get("epoch", 0)), int(t.config.get("epochs") or self.planned))
-                    for t in trials
-                ],
-                self.total - len(trials),
-                self.planned,
-            )
-            pace = self.timed[0] / self.timed[1] if self.timed[1] else None
-            eta = eta_seconds(left, pace, min(self.peak, running + pending))
-            self.report(PhaseProgress(self.phase, done, running, pending, failed, self.best, self.label, eta))
-
-    return ProgressWatch

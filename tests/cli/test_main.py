@@ -174,7 +174,7 @@ def test_train_killed_mid_run_resumes_bit_exactly(tmp_path):
 def test_every_training_setting_has_a_train_flag():
     import dataclasses
 
-    from rest.cli.main import TRAIN_FLAGS
+    from rest.cli.train import TRAIN_FLAGS
     from rest.settings import TrainSettings
 
     fields = {f.name for f in dataclasses.fields(TrainSettings)} - {"extra"}

@@ -6,8 +6,8 @@ from conftest import ROOT
 from rest.report.export import paper_presentable
 from rest.report.results import StudyResults
 from rest.report.tables import best_configs, paper_table
+from rest.study.per_cell import trial_cell
 from rest.study.runner import select_method_configs
-from rest.study.search import trial_cell
 from rest.study.space import SpaceError, load_space, method_configs, parse_space
 from rest.study.trials import Trial
 

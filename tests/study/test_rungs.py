@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from rest.storage import local
-from rest.study.search import TrialGroups, make_search_alg, rung_epochs, search_phase
+from rest.study.per_cell import TrialGroups
+from rest.study.search import make_search_alg, rung_epochs, search_phase
 from rest.study.space import parse_space
 
 GRID = (
