@@ -95,12 +95,13 @@ class Location:
     def read_json(self):
         """The file's JSON. On object storage a read that overlaps a rewrite of the file can take its size
         from one version and its bytes from the other (a HEAD, then a ranged GET); such a read does not
-        parse and is read again, up to ten times in all (about a second)."""
+        parse, or its GET fails (a range past the end of a shorter new version), and is read again, up to
+        ten times in all (about a second)."""
         for attempt in range(10):
             try:
                 return json.loads(self.read_text())
-            except ValueError:  # also a UnicodeDecodeError: pyarrow may hand back bytes the GET never filled
-                if self.is_local or attempt == 9:
+            except (ValueError, OSError) as exc:  # ValueError: also bytes the GET never filled (UnicodeDecodeError)
+                if self.is_local or attempt == 9 or isinstance(exc, FileNotFoundError):
                     raise
                 time.sleep(0.02 * (attempt + 1))
 
