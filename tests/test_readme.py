@@ -1,7 +1,8 @@
-"""The README stays true to the tree: its Layout table names every module under rest/, and its links resolve.
+"""The README and docs/architecture.md stay true to the tree: their module tables name every module under rest/,
+and their links resolve.
 
 Read from the files alone (no import of rest): a module added, moved or removed without
-updating the README's Layout table fails here.
+updating the README's Layout table and architecture.md's Modules table fails here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 from conftest import ROOT
 
 README = ROOT / "README.md"
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
 PACKAGE = ROOT / "rest"
 TICKED = re.compile(r"`([^`]+)`")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -18,9 +20,9 @@ REPO_PATH = re.compile(r"^(?:docs|benchmarks|rest|search_spaces|tests)/[\w./-]*$
 
 
 def _section(text: str, title: str) -> str:
-    """The body of the README's `## title` section (up to the next `## `)."""
+    """The body of a page's `## title` section (up to the next `## `)."""
     _, found, rest = text.partition(f"\n## {title}\n")
-    assert found, f"README.md has no '## {title}' section"
+    assert found, f"no '## {title}' section"
     return rest.split("\n## ", 1)[0]
 
 
@@ -56,6 +58,29 @@ def test_the_layout_table_names_every_module_under_rest_and_nothing_else():
     on_disk = modules_on_disk(set(rows))
     assert not on_disk - named, f"README's Layout table leaves out {sorted(on_disk - named)}"
     assert not named - on_disk, f"README's Layout table names what does not exist: {sorted(named - on_disk)}"
+
+
+def layer_packages() -> set[str]:
+    """'rest/' and each package directly under it ('rest/core/', ...)."""
+    return {"rest/"} | {p.parent.relative_to(ROOT).as_posix() + "/" for p in PACKAGE.glob("*/__init__.py")}
+
+
+def modules_table(text: str) -> set[str]:
+    """The module each row of architecture.md's Modules table names in its first cell ('rest/core/train.py')."""
+    rows = set()
+    for line in _section(text, "Modules").splitlines():
+        first = line.strip().strip("|").split("|")[0].strip()
+        if first.startswith("`rest/"):
+            rows |= set(TICKED.findall(first))
+    return rows
+
+
+def test_the_architecture_page_names_every_module_under_rest_and_nothing_else():
+    named = modules_table(ARCHITECTURE.read_text())
+    on_disk = modules_on_disk(layer_packages())
+    assert len(on_disk) > 50, sorted(on_disk)
+    assert not on_disk - named, f"docs/architecture.md's Modules table leaves out {sorted(on_disk - named)}"
+    assert not named - on_disk, f"docs/architecture.md names what does not exist: {sorted(named - on_disk)}"
 
 
 def test_links_and_repository_paths_in_the_readmes_and_docs_resolve():
