@@ -1,15 +1,17 @@
 """One training run, torch only: datasets, models, dynamic sparsity, reweighting, the training loop.
 
 Imports only the foundation (``rest.errors``, ``rest.settings``, ``rest.selection``, ``rest.storage``,
-``rest.tables``). Its public surface, by module:
+``rest.storage_retry``, ``rest.tables``). Its public surface, by module:
 
-- ``train``: ``train_run`` (one configuration, epoch by epoch), ``group_accuracies``;
-- ``data``: the dataset registry (``get_dataset_spec``, ``load_dataset``); ``prepare``: building and checking dataset trees;
+- ``train``: ``Trainer`` and ``train`` (one configuration, one record per epoch), ``group_accuracies``;
+- ``data``: the dataset registry (``get_dataset_spec``, ``load_dataset``);
+  ``prepare``: building and checking dataset trees;
 - ``models``: the model registry; ``sparse``: RigL/SET masks; ``reweight``: upweighting bias-conflicting samples;
 - ``losses``, ``pgd``, ``dcwp``: the methods beside REST; ``batches``: model input and augmentation;
 - ``device``: every CPU/CUDA choice (precision, autocast, loss scaler, memory format, data placement);
 - ``corruptions``: the ten Corrupted CIFAR-10 corruptions;
-- ``model_format``: the sparse model-file format (kept values plus a bitmap) and a finished trial's compact state.
+- ``model_format``: the sparse model-file format (kept values plus a bitmap) and a finished trial's compact state,
+  written by ``rest.deploy.model_file`` and ``rest.study.compact``.
 """
 
 __all__ = [

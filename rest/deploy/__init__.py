@@ -2,7 +2,9 @@
 
 Imports the foundation and ``rest.core`` only. Public surface, by module:
 
-- ``model_file``: ``load_model``, ``predict``, reading and writing model files (the format: ``rest.core.model_format``);
+- ``model_file``: ``load_model``, ``predict_file``, reading and writing model files; the format itself lives in
+  ``rest.core.model_format`` (shared with the study's compact checkpoints), and which trial of a study to
+  write is chosen by ``rest.api.export_model``;
 - ``infer``: the inference engines (dense, sparse); ``kernel``: the sparse convolution kernel (numba).
 """
 

@@ -3,15 +3,18 @@
 Imports the foundation and ``rest.core`` only. Nothing here is imported eagerly, so
 ``rest.report`` can read the on-storage contract without loading Ray. Public surface, by module:
 
-- the study's definition and on-storage contract, Ray-free: ``space`` (study files; ``space_methods``,
-  ``space_values``, ``space_yaml``), ``manifest`` (the study directory), ``contract`` (what a trial
-  leaves on storage and the names both sides use),
-  ``options`` (the driver's options), ``failures``, ``progress``, ``lock`` (the driver lock);
+- the study's definition and on-storage contract, which never reach Ray's runtime (``rest.report`` may
+  import them): ``space`` (study files; ``space_methods``, ``space_values``, ``space_yaml``), ``manifest``
+  (the study directory, ``find_study``), ``contract`` (what a trial leaves on storage and the names both
+  sides use), ``trials`` (a phase's trials read back, for the driver and the report; of Ray only its
+  file reader ``ray.tune.ExperimentAnalysis``), ``options`` (the driver's options), ``failures``,
+  ``progress``, ``lock`` (one driver per study);
+- the driver's Ray-free helpers: ``compact`` (finished trials keep their compact checkpoint), ``memory``
+  (a trial's device bytes);
 - on Ray: ``runner`` (``run_study``: the phases), ``search`` (the search phase's scheduler and searcher),
   ``per_cell`` (per-cell ASHA and searchers), ``rungs`` (deterministic halving), ``trainable`` (one trial),
-  ``tracking`` (trackers), ``callbacks`` (stall watch, progress watch),
-  ``driver`` (Ray connection, stop signals), ``compact`` (finished trials), ``memory``,
-  ``tune_ext`` (every use of Ray Tune internals).
+  ``tracking`` (trackers), ``callbacks`` (stall watch, progress watch, compaction),
+  ``driver`` (Ray connection, stop signals), ``tune_ext`` (every use of Ray Tune internals).
 """
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "space_yaml",
     "tracking",
     "trainable",
+    "trials",
     "tune_ext",
 ]
 
