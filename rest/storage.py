@@ -193,8 +193,14 @@ def writing(path, fix: str):
 # ------------------------------------------------------------ output directories
 
 
-def fresh_dir(target: str | os.PathLike | Location, *, what: str = "output directory", fix: str = "choose another one",
-              replace: bool = False, create: bool = True) -> Path | Location:  # fmt: skip
+def fresh_dir(
+    target: str | os.PathLike | Location,
+    *,
+    what: str = "output directory",
+    fix: str = "choose another one",
+    replace: bool = False,
+    create: bool = True,
+) -> Path | Location:
     """`target` as a directory a command may write into: absent or empty, never someone's files.
 
     The one check every writer of a new directory makes before writing. Refused, with a

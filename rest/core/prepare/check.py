@@ -98,8 +98,11 @@ PCT_FOLDERS = {"align", "conflict", "valid"}
 
 def _ignored_folders(root: Path) -> list[str]:
     """Folders the loader never reads: often a tree unpacked one level too deep or too high."""
-    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-             and p.name not in TOP_FOLDERS and not p.name.endswith("pct")]  # fmt: skip
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name not in TOP_FOLDERS and not p.name.endswith("pct")
+    ]
     found += [
         p for d in root.glob("*pct") if d.is_dir() for p in d.iterdir() if p.is_dir() and p.name not in PCT_FOLDERS
     ]
@@ -241,14 +244,21 @@ def _rows(ratios, entries: dict[Path, list[Entry]], num_classes: int) -> list[di
         for group, keep in (("align", lambda e: e.y == e.b), ("conflict", lambda e: e.y != e.b)):
             chosen = [e for e in members if keep(e)]
             per_class = Counter(e.y for e in chosen)
-            rows.append({"split": label, "group": group, "images": len(chosen),
-                         "share%": 100.0 * len(chosen) / len(members) if members else float("nan"),
-                         **{str(c): per_class[c] for c in range(num_classes)}})  # fmt: skip
+            rows.append(
+                {
+                    "split": label,
+                    "group": group,
+                    "images": len(chosen),
+                    "share%": 100.0 * len(chosen) / len(members) if members else float("nan"),
+                    **{str(c): per_class[c] for c in range(num_classes)},
+                }
+            )
     return rows
 
 
-def check_tree(root: Path, dataset: str | None = None, workers: int | None = None,
-               progress: Progress | None = None) -> TreeReport:  # fmt: skip
+def check_tree(
+    root: Path, dataset: str | None = None, workers: int | None = None, progress: Progress | None = None
+) -> TreeReport:
     """Validate an LfF-layout tree; the report lists every problem found (none: valid)."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
