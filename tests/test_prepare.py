@@ -81,7 +81,7 @@ def fake_cifar(raw: Path, per_batch: int = 40, n_test: int = 50, seed: int = 0) 
         if name != "test_batch":
             train.append((data, labels))
     images = np.concatenate([d for d, _ in train]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return {"train": (images, np.concatenate([l for _, l in train]))}
+    return {"train": (images, np.concatenate([labels for _, labels in train]))}
 
 
 @pytest.fixture(scope="module")
@@ -337,7 +337,7 @@ def test_cifar10c_tree_loads_and_names_the_corruption_applied(cifar_tree, cifar_
     )  # <y>/ subfolders
     images = cifar_raw[1]["train"][0]
     for path in list_images(cifar_tree / "5pct")[::7]:
-        i, (y, b) = int(path.name.split("_")[0]), parse_labels(path)
+        i, (_, b) = int(path.name.split("_")[0]), parse_labels(path)
         expected = corrupt(images[i], b, 3, prepare.render_rng(0, "train", i, b))
         assert np.array_equal(np.asarray(Image.open(path)), expected), path
 

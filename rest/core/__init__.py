@@ -4,7 +4,8 @@ Imports only the foundation (``rest.errors``, ``rest.settings``, ``rest.selectio
 ``rest.tables``). Its public surface, by module:
 
 - ``train``: ``train_run`` (one configuration, epoch by epoch), ``group_accuracies``;
-- ``data``: the dataset registry (``get_dataset_spec``, ``load_dataset``); ``prepare``: building and checking dataset trees;
+- ``data``: the dataset registry (``get_dataset_spec``, ``load_dataset``);
+- ``prepare``: building and checking dataset trees;
 - ``models``: the model registry; ``sparse``: RigL/SET masks; ``reweight``: upweighting bias-conflicting samples;
 - ``losses``, ``pgd``, ``dcwp``: the methods beside REST; ``batches``: model input and augmentation;
 - ``device``: every CPU/CUDA choice (precision, autocast, loss scaler, memory format, data placement);
