@@ -15,6 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from rest.errors import StudyError, UserError
 
@@ -27,7 +28,7 @@ class StorageError(UserError):
 class Location:
     """A directory on a filesystem: ``fs`` is a pyarrow FileSystem, ``path`` its path there."""
 
-    fs: object
+    fs: Any  # a pyarrow.fs.FileSystem: pyarrow ships no type information
     path: str
     scheme: str = ""  # "" for local paths; "s3", "gs", ... for object storage
 

@@ -295,7 +295,8 @@ def check_tree(
     report.rows = _rows(ratios, entries, report.num_classes)
     for name, splits in ratios:
         train = [e for f in splits["train"] for e in entries.get(f.path, [])]
-        problem = _ratio_problem(train, _pct_value(name))
+        nominal = _pct_value(name)  # never None: discover() keeps <number>pct folders only
+        problem = _ratio_problem(train, nominal) if nominal is not None else None
         if problem:
             report.problems.append(Problem("conflict ratio", str(root / name), problem))
     return report
@@ -312,7 +313,7 @@ def _hash_entries(flat: list[Entry], workers: int, progress: Progress | None) ->
     paths = sorted(set(by_inode.values()))
     size = max(64, min(1024, len(paths) // (workers * 8) or 1))
     tasks = (paths[i : i + size] for i in range(0, len(paths), size))
-    by_path = {}
+    by_path: dict[str, tuple] = {}
     for _, results in run_tasks(_hash_many, tasks, workers if len(paths) > 2000 else 1, len(paths), progress):
         by_path.update((r[0], r[1:]) for r in results)
     for e, inode in zip(flat, inodes):
