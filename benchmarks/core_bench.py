@@ -185,9 +185,15 @@ def timed_trainer_epoch(trainer: rt.Trainer, timers: Timers) -> dict[str, float]
 
 def bench_speed(data: BiasedData, repeats: int, warmup: int, epochs_setting: int) -> dict:
     base = TrainSettings(
-        dataset=DATASET, conflict_pct=CONFLICT_PCT, batch_size=BATCH, device="cpu",
-        reweight="oracle", lambda_upweight=30.0, epochs=epochs_setting, seed=42,
-    )  # fmt: skip
+        dataset=DATASET,
+        conflict_pct=CONFLICT_PCT,
+        batch_size=BATCH,
+        device="cpu",
+        reweight="oracle",
+        lambda_upweight=30.0,
+        epochs=epochs_setting,
+        seed=42,
+    )
     timers = Timers()
     dense = rt.Trainer(base.replace(density=1.0), data)
     sparse = rt.Trainer(base.replace(density=0.05, sparse="rigl", update_frequency=100), data)
@@ -254,9 +260,15 @@ def bench_accuracy(data: BiasedData, epochs: int, seeds: tuple[int, ...]) -> dic
     for seed in seeds:
         for method, extra in methods.items():
             s = TrainSettings(
-                dataset=DATASET, conflict_pct=CONFLICT_PCT, batch_size=BATCH, device="cpu",
-                density=1.0, epochs=epochs, seed=seed, **extra,
-            )  # fmt: skip
+                dataset=DATASET,
+                conflict_pct=CONFLICT_PCT,
+                batch_size=BATCH,
+                device="cpu",
+                density=1.0,
+                epochs=epochs,
+                seed=seed,
+                **extra,
+            )
             start = time.perf_counter()
             last = None
             for last in rt.train(s, data):
@@ -304,14 +316,16 @@ def print_report(result: dict) -> None:
     if speed:
         med = speed["median_seconds"]
         print(
-            f"\nSpeed ({speed['batches_per_epoch']} batches of {BATCH}, {THREADS} threads, medians of {speed['repeats']} repeats)"
+            f"\nSpeed ({speed['batches_per_epoch']} batches of {BATCH}, {THREADS} threads, "
+            f"medians of {speed['repeats']} repeats)"
         )
         print(f"  {'variant':<34}{'epoch s':>9}{'fit s':>8}{'eval s':>8}{'other s':>9}{'mask s':>8}")
         print(f"  {'raw fwd+bwd+step (pre-made)':<34}{med['raw']['epoch']:>9.3f}")
         for key, label in (("dense", "Trainer.run_epoch density 1"), ("sparse", "Trainer.run_epoch density 0.05")):
             m = med[key]
             print(
-                f"  {label:<34}{m['epoch']:>9.3f}{m['fit']:>8.3f}{m['eval']:>8.3f}{m['other']:>9.3f}{m['sparse_step']:>8.3f}"
+                f"  {label:<34}{m['epoch']:>9.3f}{m['fit']:>8.3f}{m['eval']:>8.3f}"
+                f"{m['other']:>9.3f}{m['sparse_step']:>8.3f}"
             )
         paired = speed["paired_ratio_medians"]
         rows = (
@@ -328,7 +342,7 @@ def print_report(result: dict) -> None:
         print(f"\n  {'ratio':<36}{'medians':>9}{'paired':>9}  target")
         for label, ratio, pr, has_target in rows:
             verdict = ("ok" if ratio <= TARGET else "MISSED") if has_target else ""
-            print(f"  {label:<36}{ratio:>9.3f}{pr:>9.3f}  {'<= %.2f %s' % (TARGET, verdict) if has_target else ''}")
+            print(f"  {label:<36}{ratio:>9.3f}{pr:>9.3f}  {f'<= {TARGET:.2f} {verdict}' if has_target else ''}")
         print(
             f"  evaluation share of dense epoch: {100 * speed['eval_share_of_dense_epoch']:.1f} %;"
             f" sparse realised density {speed['sparse_realised_density']:.4f}"
@@ -350,7 +364,8 @@ def print_report(result: dict) -> None:
         gap = acc["erm_align_minus_conflict"]
         verdict = "biased as expected" if gap["mean"] >= gap["expected_at_least"] else "NOT biased enough"
         print(
-            f"  ERM aligned - conflicting: {100 * gap['mean']:.1f} +- {100 * gap['se']:.1f} points ({verdict}, expect >= 20)"
+            f"  ERM aligned - conflicting: {100 * gap['mean']:.1f} +- {100 * gap['se']:.1f} points "
+            f"({verdict}, expect >= 20)"
         )
 
 

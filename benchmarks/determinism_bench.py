@@ -154,10 +154,12 @@ def report(result: dict) -> str:
         f"{result['full_grid']['training_seconds'] / result['full_grid']['trial_epochs']:.1f} |",
         f"| slot use = training time / (wall x 2) | {result['slot_use']['deterministic']:.2f} | "
         f"{result['slot_use']['async']:.2f} | {result['slot_use']['full_grid']:.2f} |",
-        f"| fraction of the full grid | {result['det_full_grid_fraction']:.2f} | {result['async_full_grid_fraction']:.2f} | 1 |",
+        f"| fraction of the full grid | {result['det_full_grid_fraction']:.2f} | "
+        f"{result['async_full_grid_fraction']:.2f} | 1 |",
         f"| picks equal the full grid's (cells) | {result['det_same_picks']} | {result['async_same_picks']} | |",
         f"| pauses / resumes from a rung checkpoint | {det['pauses']} / {det['resumes']} | 0 / {asy['resumes']} | |",
-        f"| setup + checkpoint load after resumes (s) | {det['restore_seconds']:.1f} | {asy['restore_seconds']:.1f} | |",
+        f"| setup + checkpoint load after resumes (s) | {det['restore_seconds']:.1f} | "
+        f"{asy['restore_seconds']:.1f} | |",
         f"| Ray restart to first report, resumed trials (s) | {det['restart_to_first_report_seconds']:.1f} | "
         f"{asy['restart_to_first_report_seconds']:.1f} | |",
         "",

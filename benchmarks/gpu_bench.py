@@ -264,8 +264,9 @@ def markdown(report: dict) -> str:
     for r in report["rows"]:
         lines.append(
             f"| {r['workload']} | {r['precision']} | {r['trials']} | {r['gpus_per_trial']:g} "
-            f"| {r['images_per_s_per_trial']:.0f} | {r['images_per_s_total']:.0f} | {r['peak_bytes_per_trial'] / mib:.0f} "
-            f"| {r['data_bytes'] / mib:.1f} | {100 * r['data_share_of_peak']:.0f} % | {r['predicted_bytes'] / mib:.0f} |"
+            f"| {r['images_per_s_per_trial']:.0f} | {r['images_per_s_total']:.0f} "
+            f"| {r['peak_bytes_per_trial'] / mib:.0f} | {r['data_bytes'] / mib:.1f} "
+            f"| {100 * r['data_share_of_peak']:.0f} % | {r['predicted_bytes'] / mib:.0f} |"
         )
     return "\n".join(lines) + "\n"
 

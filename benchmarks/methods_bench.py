@@ -117,7 +117,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in out["pgd_vs_erm"]:
         print(
-            f"| {r['seed']} | {100 * r['erm']['best_test_conflict_acc']:.1f} | {100 * r['pgd']['best_test_conflict_acc']:.1f} | "
+            f"| {r['seed']} | {100 * r['erm']['best_test_conflict_acc']:.1f} | "
+            f"{100 * r['pgd']['best_test_conflict_acc']:.1f} | "
             f"{100 * r['gain_best_test_conflict_acc']:+.1f} | {100 * r['erm']['best_test_unbiased_acc']:.1f} | "
             f"{100 * r['pgd']['best_test_unbiased_acc']:.1f} |"
         )

@@ -96,8 +96,23 @@ def main() -> int:
             file=sys.stderr,
         )
         out = args.keep or work / "cmnist"
-        build_s, res = run(["-q", "prepare-data", "cmnist", "--raw", str(work / "raw"), "--out", str(out), "--ratios", args.ratios,
-                            "--workers", str(len(cores)), "--force"], cores)  # fmt: skip
+        build_s, res = run(
+            [
+                "-q",
+                "prepare-data",
+                "cmnist",
+                "--raw",
+                str(work / "raw"),
+                "--out",
+                str(out),
+                "--ratios",
+                args.ratios,
+                "--workers",
+                str(len(cores)),
+                "--force",
+            ],
+            cores,
+        )
         if res.returncode:
             sys.stderr.write(res.stdout + res.stderr)
             return 1
@@ -106,10 +121,20 @@ def main() -> int:
         check_s, chk = run(
             ["-q", "prepare-data", "check", str(out), "--dataset", "cmnist", "--workers", str(len(cores))], cores
         )
-        result = {"benchmark": "prepare-data cmnist", "train_images": args.n_train, "test_images": args.n_test,
-                  "ratios": args.ratios, "cores": len(cores), "files_written": files, "build_seconds": round(build_s, 1),
-                  "files_per_second": round(files / build_s), "check_seconds": round(check_s, 1),
-                  "check_exit": chk.returncode, "budget_seconds": 120, "within_budget": build_s < 120}  # fmt: skip
+        result = {
+            "benchmark": "prepare-data cmnist",
+            "train_images": args.n_train,
+            "test_images": args.n_test,
+            "ratios": args.ratios,
+            "cores": len(cores),
+            "files_written": files,
+            "build_seconds": round(build_s, 1),
+            "files_per_second": round(files / build_s),
+            "check_seconds": round(check_s, 1),
+            "check_exit": chk.returncode,
+            "budget_seconds": 120,
+            "within_budget": build_s < 120,
+        }
         print(json.dumps(result))
         return 0 if result["within_budget"] and chk.returncode == 0 else 1
     finally:

@@ -186,7 +186,7 @@ def s3_server():
                 break
             except OSError:
                 if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("moto's S3 server did not start")
+                    raise RuntimeError("moto's S3 server did not start") from None
                 time.sleep(0.2)
         boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket=BUCKET)
         yield f"s3://{BUCKET}/studies"

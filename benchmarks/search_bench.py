@@ -188,9 +188,7 @@ def _confirm_task():
         from rest.settings import TrainSettings
 
         torch.set_num_threads(1)
-        record = None
-        for record in train(TrainSettings.from_dict({**values, "dataset": "colored_digits"}).validate()):
-            pass
+        *_, record = train(TrainSettings.from_dict({**values, "dataset": "colored_digits"}).validate())
         return record["best_test_worst_group_acc"]
 
     return confirm

@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -158,11 +159,11 @@ def crossover_part(names: list[str], batches: list[int], densities: list[float],
                 w = w * (torch.rand_like(w) < d)
                 bias = torch.randn(shape["c_out"])
                 csr = CSRWeight.from_weight(w)
-                dense = lambda: F.conv2d(x, w, bias, s, p)  # noqa: E731
-                sparse = lambda: sparse_conv2d(x_chwn, csr, bias, shape["c_out"], (k, k), (s, s), (p, p))  # noqa: E731
+                dense = partial(F.conv2d, x, w, bias, s, p)
+                sparse = partial(sparse_conv2d, x_chwn, csr, bias, shape["c_out"], (k, k), (s, s), (p, p))
                 dense(), sparse()
                 t_dense, t_sparse = [], []
-                for r in range(repeats):
+                for _ in range(repeats):
                     pair = timed(dense, 1), timed(sparse, 1)
                     t_dense += pair[0]
                     t_sparse += pair[1]
@@ -177,7 +178,8 @@ def crossover_part(names: list[str], batches: list[int], densities: list[float],
             rows.append({**shape, "batch": batch, "crossover": cross, "timings": timings})
             ups = ", ".join(f"{t['dense_s'] / t['sparse_s']:.2f}" for t in timings)
             log(
-                f"  {shape['c_in']:>3}->{shape['c_out']:<3} k{k} s{s} {shape['h']:>2}px batch {batch:>3}: crossover {cross:g} "
+                f"  {shape['c_in']:>3}->{shape['c_out']:<3} k{k} s{s} {shape['h']:>2}px batch {batch:>3}: "
+                f"crossover {cross:g} "
                 f"(speed-up at the grid: {ups}) load {load1():.1f}"
             )
     return rows
@@ -221,7 +223,7 @@ def end_to_end(names: list[str], densities: list[float], batches: list[int], rep
                     order = list(engines)
                     for r in range(repeats):
                         for k in order[r % len(order) :] + order[: r % len(order)]:
-                            times[k] += timed(lambda: run(engines[k]), 1)
+                            times[k] += timed(partial(run, engines[k]), 1)
                         loads.append(load1())
                 n_images = len(x)
                 speed = {k: n_images / statistics.median(v) for k, v in times.items()}
@@ -242,9 +244,11 @@ def end_to_end(names: list[str], densities: list[float], batches: list[int], rep
                 }
                 rows.append(row)
                 log(
-                    f"  {name} density {d:g} batch {batch}: dense {speed['dense']:.0f}/s, sparse {speed['sparse']:.0f}/s "
+                    f"  {name} density {d:g} batch {batch}: "
+                    f"dense {speed['dense']:.0f}/s, sparse {speed['sparse']:.0f}/s "
                     f"(x{row['speedup']:.2f}; BN folding alone x{row['speedup_bn_folding_alone']:.2f}), "
-                    f"{row['sparse_layers']}/{row['layers']} layers sparse, max |dlogit| {diff:.1e}, load {loads[-1]:.1f}"
+                    f"{row['sparse_layers']}/{row['layers']} layers sparse, "
+                    f"max |dlogit| {diff:.1e}, load {loads[-1]:.1f}"
                 )
     return rows
 
@@ -254,7 +258,8 @@ def end_to_end(names: list[str], densities: list[float], batches: list[int], rep
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | batch | ERK density | dense engine (img/s) | sparse engine (img/s) | speed-up | BN folding alone | layers sparse | max abs logit diff |",
+        "| model | batch | ERK density | dense engine (img/s) | sparse engine (img/s) | speed-up | BN folding alone "
+        "| layers sparse | max abs logit diff |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -381,7 +386,8 @@ def main() -> int:
     if "crossover" in result:
         print(crossover_markdown(result["crossover"]))
         print(
-            f"measured crossover rule (batch, density): {result['crossover_rule_measured']}; in rest/deploy/infer.py: {list(CROSSOVER)}"
+            f"measured crossover rule (batch, density): {result['crossover_rule_measured']}; "
+            f"in rest/deploy/infer.py: {list(CROSSOVER)}"
         )
     print(
         f"wall time {result['wall_seconds'] / 60:.1f} min, 1-min load average {result['load1_start']:.1f} at start, "

@@ -183,7 +183,8 @@ class TrainSettings:
         updates = float(self.density) < 1.0 and self.sparse != "static"  # a floor only matters when masks move
         if updates and float(self.drop_rate_min) > 0.0 and float(self.drop_rate_min) >= float(self.drop_rate):
             raise SettingsError(
-                f"drop_rate_min {self.drop_rate_min} is not below drop_rate {self.drop_rate}; lower drop_rate_min or raise drop_rate"
+                f"drop_rate_min {self.drop_rate_min} is not below drop_rate {self.drop_rate}; "
+                "lower drop_rate_min or raise drop_rate"
             )
         if int(self.plateau_patience) < 0:
             raise SettingsError(f"plateau_patience {self.plateau_patience} is negative; give epochs >= 0 (REST uses 5)")

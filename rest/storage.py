@@ -15,6 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from rest.errors import StudyError, UserError
 
@@ -27,7 +28,7 @@ class StorageError(UserError):
 class Location:
     """A directory on a filesystem: ``fs`` is a pyarrow FileSystem, ``path`` its path there."""
 
-    fs: object
+    fs: Any  # a pyarrow.fs.FileSystem: pyarrow ships no type information
     path: str
     scheme: str = ""  # "" for local paths; "s3", "gs", ... for object storage
 
@@ -194,8 +195,14 @@ def writing(path, fix: str):
 # ------------------------------------------------------------ output directories
 
 
-def fresh_dir(target: str | os.PathLike | Location, *, what: str = "output directory", fix: str = "choose another one",
-              replace: bool = False, create: bool = True) -> Path | Location:  # fmt: skip
+def fresh_dir(
+    target: str | os.PathLike | Location,
+    *,
+    what: str = "output directory",
+    fix: str = "choose another one",
+    replace: bool = False,
+    create: bool = True,
+) -> Path | Location:
     """`target` as a directory a command may write into: absent or empty, never someone's files.
 
     The one check every writer of a new directory makes before writing. Refused, with a

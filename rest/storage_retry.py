@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -32,6 +33,15 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 log = logging.getLogger(__name__)
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    """Attach `note` to `exc` (shown under its traceback); Python 3.10 has no notes, so it is logged."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:
+        log.error("%s: %s", exc, note)
+
 
 # Parts of the messages pyarrow gives for errors that go away by themselves (AWS
 # SDK error names and curl's, Google Cloud status codes). Anything else is final.
@@ -106,7 +116,7 @@ def retry(fn, *args, seconds: float, gone_ok: bool = False):
             if not is_transient(exc):
                 raise
             if left <= 0:
-                exc.add_note(f"object storage did not answer for {seconds:g} s (storage_retry_seconds)")
+                _add_note(exc, f"object storage did not answer for {seconds:g} s (storage_retry_seconds)")
                 raise
             _Stall.failed(exc, seconds)
             time.sleep(min(delay, left))

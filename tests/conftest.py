@@ -176,7 +176,7 @@ def s3_server():
         except OSError:
             if time.time() > deadline or server.poll() is not None:
                 server.kill()
-                raise RuntimeError("moto's S3 server did not start")
+                raise RuntimeError("moto's S3 server did not start") from None
             time.sleep(0.2)
     yield server
     server.send_signal(signal.SIGCONT)

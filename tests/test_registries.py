@@ -38,10 +38,19 @@ def _pairs() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
 
 
 NAMES = [
-    "settings.DATASET_NAMES", "settings.MODEL_NAMES", "settings.SPARSE_METHODS", "settings.DISTRIBUTIONS",
-    "settings.REWEIGHT_NAMES", "settings.OPTIMIZERS", "settings.SCHEDULES", "settings.STEMS", "settings.PRECISIONS",
-    "settings.MEMORY_FORMATS", "settings.SELECTIONS", "cli_prepare.CHECK_DATASETS",
-]  # fmt: skip
+    "settings.DATASET_NAMES",
+    "settings.MODEL_NAMES",
+    "settings.SPARSE_METHODS",
+    "settings.DISTRIBUTIONS",
+    "settings.REWEIGHT_NAMES",
+    "settings.OPTIMIZERS",
+    "settings.SCHEDULES",
+    "settings.STEMS",
+    "settings.PRECISIONS",
+    "settings.MEMORY_FORMATS",
+    "settings.SELECTIONS",
+    "cli_prepare.CHECK_DATASETS",
+]
 
 
 def test_every_pair_is_listed():

@@ -20,7 +20,7 @@ def to_input(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
     return x
 
 
-def crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+def crop_flip(images: torch.Tensor, gen: torch.Generator | None, pad: int = 4) -> torch.Tensor:
     """Per-sample random crop (zero padding `pad`) and horizontal flip, on uint8 tensors."""
     n, _, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad))
@@ -35,7 +35,7 @@ def crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None] = {
+AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None] = {
     "none": None,
     "crop_flip": crop_flip,
 }

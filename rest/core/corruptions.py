@@ -89,7 +89,7 @@ def _motion_blur(x: np.ndarray, length: int, angle: float) -> np.ndarray:
     Copies wrap around the border, which suits textures such as snow.
     """
     steps = [(int(round(t * math.sin(angle))), int(round(t * math.cos(angle)))) for t in range(length)]
-    return sum(np.roll(x, step, axis=(0, 1)) for step in steps) / len(steps)
+    return sum((np.roll(x, step, axis=(0, 1)) for step in steps), np.zeros_like(x)) / len(steps)
 
 
 def _sample_bilinear(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -197,7 +197,8 @@ def fog(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarra
     density, roughness = _level(_FOG, severity)
     x = _unit(image)
     peak = x.max()
-    x = x + density * _fractal_noise(*image.shape[:2], rng, roughness)[..., None]
+    h, w = image.shape[:2]
+    x = x + density * _fractal_noise(h, w, rng, roughness)[..., None]
     return _uint8(x * peak / (peak + density))
 
 

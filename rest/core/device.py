@@ -9,7 +9,7 @@ and only where the hardware does:
 | autocast (``make_amp``) | ``torch.autocast("cpu", dtype)`` | ``torch.autocast("cuda", dtype)`` |
 | fp16 loss scaler (``make_scaler``) | ``GradScaler("cpu")`` | ``GradScaler("cuda")`` |
 | memory format ``auto`` (``memory_format``) | contiguous (NCHW) | channels_last |
-| where the dataset lives (``data_placement``) | host memory either way | on the GPU when it takes at most a fraction of its memory, else streamed |
+| dataset placement (``data_placement``) | host memory | on the GPU if it fits a fraction of its memory, else streamed |
 | one batch to the device (``to_device``) | no copy | pinned, asynchronous copy |
 | RNG state (``rng_state``) | the CPU generator | the CPU generator and every GPU's |
 

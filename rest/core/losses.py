@@ -68,6 +68,12 @@ class FeatureTap:
     def _keep(self, module, inputs, output) -> None:
         self.features = inputs[0]
 
+    def last(self) -> torch.Tensor:
+        """The features of the last forward pass."""
+        if self.features is None:
+            raise RuntimeError("FeatureTap.last() before the model's first forward pass")
+        return self.features
+
     def close(self) -> None:
         self._hook.remove()
 

@@ -53,6 +53,6 @@ def grad_norms(model, split, spec, batch_size: int, p: float, amp=None) -> torch
             y = to_device(split.y[start : start + batch_size], device)
             with amp.autocast(device):
                 logits = model(x)
-            norms.append(last_layer_grad_norms(logits, tap.features, y, p).cpu())
+            norms.append(last_layer_grad_norms(logits, tap.last(), y, p).cpu())
     model.train()
     return torch.cat(norms)

@@ -48,6 +48,8 @@ def weights_oracle(train: Split, lam: float, probes: Probes) -> torch.Tensor:
 
 def weights_jtt(train: Split, lam: float, probes: Probes) -> torch.Tensor:
     """JTT: the error set of an ERM model gets weight lambda. Never sees bias labels."""
+    if probes.errors is None:
+        raise ValueError("reweight jtt needs an error probe (Probes.errors)")
     errors = probes.errors(train.without_bias()).cpu()
     log.info("JTT error set: %d of %d training samples", int(errors.sum()), len(errors))
     return torch.where(errors, float(lam), 1.0)
@@ -58,6 +60,8 @@ def weights_pgd(train: Split, lam: float, probes: Probes) -> torch.Tensor:
 
     lambda plays no part: PGD's weights are the normalised norms themselves. Never sees bias labels.
     """
+    if probes.importance is None:
+        raise ValueError("reweight pgd needs an importance probe (Probes.importance)")
     weights = probes.importance(train.without_bias()).cpu().float()
     top = weights.topk(max(1, len(weights) // 100)).values.sum() / weights.sum()
     log.info(

@@ -141,7 +141,8 @@ OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], TrainSettings], torch.optim.
     "adam": lambda params, s: torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay),
 }
 
-SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, TrainSettings], object | None]] = {
+Scheduler = torch.optim.lr_scheduler.LRScheduler  # ReduceLROnPlateau is one too (torch >= 2.2)
+SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, TrainSettings], Scheduler | None]] = {
     # REST: ReduceLROnPlateau on validation loss, x0.1 after `plateau_patience` flat epochs (REST: 5)
     "plateau": lambda opt, s: torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=0.1, patience=s.plateau_patience
@@ -214,9 +215,16 @@ class Trainer:
         self.scheduler = SCHEDULES[s.schedule](self.optimizer, s)
         steps_per_epoch = math.ceil(len(self.data.train) / s.batch_size)
         self.sparse = SparseMask(
-            self.model, s.density, s.sparse, s.distribution, s.update_frequency, s.drop_rate,
-            t_end_step=int(s.t_end * s.epochs * steps_per_epoch), seed=s.seed, drop_rate_min=s.drop_rate_min,
-        )  # fmt: skip
+            self.model,
+            s.density,
+            s.sparse,
+            s.distribution,
+            s.update_frequency,
+            s.drop_rate,
+            t_end_step=int(s.t_end * s.epochs * steps_per_epoch),
+            seed=s.seed,
+            drop_rate_min=s.drop_rate_min,
+        )
         self.positions = output_positions(self.model, to_input(self.data.train.images[:1].to(self.device), self.spec))
         self.dense_flops = sum(2 * self.positions[n] * p.numel() for n, p in self.sparse.params.items())
         self.aug_gen = torch.Generator().manual_seed(s.seed + 1)
@@ -232,7 +240,7 @@ class Trainer:
         model = build_model(
             s.model or self.spec.default_model, self.spec.num_classes, self.spec.image_size, s.width, stem=s.stem
         )
-        return model.to(self.device, memory_format=memory_format(s.memory_format, self.device))
+        return model.to(self.device).to(memory_format=memory_format(s.memory_format, self.device))
 
     def _identify_errors(self, train: Split) -> torch.Tensor:
         """JTT stage 1: a dense ERM model trained jtt_epochs; its training errors.
@@ -271,20 +279,11 @@ class Trainer:
         gen = torch.Generator().manual_seed(s.seed + 3)
         gce = functools.partial(_gce_criterion, q=s.gce_q)
         for _ in range(s.pgd_epochs):
-            fit_epoch(
-                model,
-                optimizer,
-                train,
-                torch.randperm(len(train), generator=gen),
-                self.spec,
-                s.batch_size,
-                aug_gen=gen,
-                amp=amp,
-                criterion=gce,
-            )
+            order = torch.randperm(len(train), generator=gen)
+            fit_epoch(model, optimizer, train, order, self.spec, s.batch_size, aug_gen=gen, amp=amp, criterion=gce)
         return pgd.importance(pgd.grad_norms(model, train, self.spec, s.eval_batch_size, s.pgd_norm, amp))
 
-    def _learn_dcwp_masks(self, train: Split) -> None:
+    def _learn_dcwp_masks(self, dcwp: DCWPState, train: Split) -> None:
         """DCWP steps 1-3 (rest.core.dcwp): dense pretraining of the model beside a GCE twin, the
         twin's training errors as flagged samples, mask scores learned on the frozen model,
         the top-k of each layer installed as the mask. Never reads bias labels."""
@@ -292,13 +291,10 @@ class Trainer:
         gen = torch.Generator().manual_seed(s.seed + 4)
         twin = self._new_model()
         optimizers = [OPTIMIZERS[s.optimizer](list(m.parameters()), s) for m in (self.model, twin)]
-        amps = [
-            make_amp(self.precision, self.device) for _ in range(3)
-        ]  # model, twin, scores: each its own loss scaler
+        amps = [make_amp(self.precision, self.device) for _ in range(3)]  # model, twin, scores: a loss scaler each
         gce = functools.partial(_gce_criterion, q=s.gce_q)
-        for _ in range(
-            s.dcwp_pretrain_epochs
-        ):  # both models see the same batch order, as DCWP trains them side by side
+        # both models see the same batch order, as DCWP trains them side by side
+        for _ in range(s.dcwp_pretrain_epochs):
             order = torch.randperm(len(train), generator=gen)
             fit_epoch(self.model, optimizers[0], train, order, self.spec, s.batch_size, aug_gen=gen, amp=amps[0])
             fit_epoch(
@@ -312,21 +308,21 @@ class Trainer:
             len(flagged),
             100 * flagged_fraction(flagged),
         )
-        self.dcwp.flagged = flagged
+        dcwp.flagged = flagged
         scores = learn_scores(self.model, self.sparse.params, train, flagged, self.spec, s, gen, amps[2])
         self.sparse.set_masks(top_masks(scores, self.sparse.counts), self.optimizer)
-        self.dcwp.pruned = True
+        dcwp.pruned = True
 
     def _criterion(self, tap: FeatureTap | None) -> Criterion | None:
         """DCWP's retraining loss (cross-entropy + its contrastive term); None: cross-entropy."""
         s = self.settings
-        if tap is None:
+        flagged = self.dcwp.flagged if self.dcwp is not None else None
+        if tap is None or flagged is None:  # the contrastive term needs DCWP's flagged samples
             return None
-        flagged = self.dcwp.flagged
 
         def loss(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(logits.float(), y) + s.dcwp_con_retrain * debiased_contrastive(
-                tap.features, y, flagged[idx.cpu()]
+                tap.last(), y, flagged[idx.cpu()]
             )
 
         return loss
@@ -335,7 +331,7 @@ class Trainer:
         s = self.settings
         start = time.perf_counter()
         if self.dcwp is not None and not self.dcwp.pruned:
-            self._learn_dcwp_masks(self.data.train.without_bias())
+            self._learn_dcwp_masks(self.dcwp, self.data.train.without_bias())
         if self.sampler is None:
             self.sampler = make_sampler(
                 s.reweight, self.data.train, s.lambda_upweight, s.seed, self._identify_errors, self._pgd_importance
@@ -344,9 +340,18 @@ class Trainer:
         contrastive = self.dcwp is not None and s.dcwp_con_retrain > 0
         with FeatureTap(self.model) if contrastive else nullcontext() as tap:
             train_loss = fit_epoch(
-                self.model, self.optimizer, self.data.train, order, self.spec, s.batch_size,
-                self.sparse if self.sparse.enabled else None, self.aug_gen, self.progress, self.amp, self._criterion(tap),
-            )  # fmt: skip
+                self.model,
+                self.optimizer,
+                self.data.train,
+                order,
+                self.spec,
+                s.batch_size,
+                self.sparse if self.sparse.enabled else None,
+                self.aug_gen,
+                self.progress,
+                self.amp,
+                self._criterion(tap),
+            )
         val = evaluate(self.model, self.data.valid, self.spec, s.eval_batch_size, self.amp)
         test = evaluate(self.model, self.data.test, self.spec, s.eval_batch_size, self.amp)
         self.epoch += 1

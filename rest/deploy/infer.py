@@ -66,6 +66,8 @@ def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d)
     The result is at least fp32: a bf16 or fp16 model's folded weights keep the product's
     precision rather than being rounded to the model's dtype a second time.
     """
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"cannot fold {bn}: it keeps no running statistics")
     dtype = torch.promote_types(weight.dtype, torch.float32)
     s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
     b = torch.zeros_like(s) if bias is None else bias.double()
@@ -138,7 +140,8 @@ def sparse_conv2d(
     chwn = x.detach().permute(1, 2, 3, 0).contiguous()  # no copy when x came from a sparse layer
     out = torch.empty((out_channels, ho, wo, n), dtype=torch.float32)
     threads = torch.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    # numba.config sets its attributes at import time, out of a type checker's sight
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     _kernel()(
         chwn.numpy(),
         csr.indptr,
@@ -164,6 +167,9 @@ def sparse_conv2d(
 class SparseConv2d(nn.Module):
     """A (BN-folded) convolution that runs sparse when its density is below the crossover."""
 
+    weight: torch.Tensor  # buffers, registered in __init__
+    bias: torch.Tensor
+
     def __init__(
         self,
         weight: torch.Tensor,
@@ -187,7 +193,13 @@ class SparseConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel_for(x.shape[0]) == "sparse" and x.dtype == torch.float32 and x.device.type == "cpu":
             return sparse_conv2d(
-                x, self.csr, self.bias, self.weight.shape[0], tuple(self.weight.shape[2:]), self.stride, self.padding
+                x,
+                self.csr,
+                self.bias,
+                self.weight.shape[0],
+                (self.weight.shape[2], self.weight.shape[3]),
+                self.stride,
+                self.padding,
             )
         return F.conv2d(x.contiguous(), self.weight, self.bias, self.stride, self.padding)
 
@@ -208,7 +220,7 @@ class SparseLinear(SparseConv2d):
 def _conv_with_bn(conv: nn.Conv2d, bn: nn.Module | None, rule) -> SparseConv2d:
     if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         raise ValueError(f"the sparse engine supports plain convolutions only, not {conv}")
-    weight, bias = (conv.weight, conv.bias) if bn is None else fold_bn(conv.weight, conv.bias, bn)
+    weight, bias = fold_bn(conv.weight, conv.bias, bn) if isinstance(bn, nn.BatchNorm2d) else (conv.weight, conv.bias)
     return SparseConv2d(weight, bias, conv.stride, conv.padding, rule)
 
 

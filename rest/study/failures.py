@@ -19,7 +19,8 @@ SHOWN = 10  # failed trials named in a message; trials.csv of an export lists th
 
 
 def config_keys(spec: StudySpec) -> list[str]:
-    """What tells two configs of a cell apart: the searched keys (a methods study: the method and its keys) and the role."""
+    """What tells two configs of a cell apart: the searched keys (a methods study: the method and its keys)
+    and the role."""
     keys = spec.searched_keys() + (["method"] if spec.methods else []) + ["role"]
     return [k for k in dict.fromkeys(keys) if k not in spec.compare_within]
 
@@ -52,7 +53,8 @@ def add_failed_column(table, cells: list[str], failures: dict[tuple, str], colum
 
 
 def missing_rows(present: list[dict], candidates: list[dict], keys: list[str], **fill) -> list[dict]:
-    """A row (`fill` over the group's `keys`) for each `keys` group of `candidates` (every trial) that `present` lacks."""
+    """A row (`fill` over the group's `keys`) for each `keys` group of `candidates` (every trial) that
+    `present` lacks."""
     have = {tuple(_same(row.get(k)) for k in keys) for row in present}
     rows = {}
     for c in candidates:

@@ -22,7 +22,8 @@ from rest.storage import Location, existing_storage, fresh_dir, open_location, w
 from rest.study.space import StudySpec, parse_space
 
 PHASES = ("search", "confirm")
-# Deterministic halving's rung cuts, in the study directory (written by rest/study/rungs.py, read by rest/report/status.py).
+# Deterministic halving's rung cuts, in the study directory
+# (written by rest/study/rungs.py, read by rest/report/status.py).
 RUNGS_FILE = "search_rungs.json"
 
 NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")

@@ -11,7 +11,7 @@
 | masks | one bool per conv/linear weight when density < 1 |
 | activations | the tensors autograd saves for backward in one training step (see below) |
 | batch | the uint8 batch and its fp32 model input |
-| stage | the first epoch's extra model: JTT's and PGD's dense model, or DCWP's GCE twin plus its mask scores, each with gradients and optimizer state |
+| stage | the first epoch's extra model (JTT's, PGD's dense model; DCWP's GCE twin, mask scores), optimizer state |
 
 Activations are measured, not modelled: one training-mode forward pass on the CPU (on
 PyTorch's fake tensors: shapes and dtypes without arithmetic), in the precision the trial

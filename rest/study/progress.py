@@ -15,7 +15,8 @@ FINISHED = ("TERMINATED", "ERROR")
 
 
 def eta_seconds(epochs_left: int, seconds_per_epoch: float | None, slots: int) -> float | None:
-    """Seconds until `epochs_left` trial-epochs are trained, `slots` trials at a time; None before an epoch was timed."""
+    """Seconds until `epochs_left` trial-epochs are trained, `slots` trials at a time;
+    None before an epoch was timed."""
     if not seconds_per_epoch or slots < 1:
         return None
     return epochs_left * seconds_per_epoch / slots
@@ -51,7 +52,8 @@ def count_trials(statuses: Iterable[str], total: int) -> tuple[int, int, int, in
 
 
 def epochs_left(trials: Iterable[tuple[str, int, int]], unseen: int, planned: int) -> int:
-    """Trial-epochs still to train: (status, epochs run, planned epochs) of each trial, plus `unseen` trials of `planned`."""
+    """Trial-epochs still to train: (status, epochs run, planned epochs) of each trial,
+    plus `unseen` trials of `planned`."""
     left = sum(max(0, want - ran) for status, ran, want in trials if status not in FINISHED)
     return left + max(0, unseen) * planned
 
@@ -67,7 +69,8 @@ def duration(seconds: float | None) -> str:
 
 
 def describe(p: PhaseProgress) -> str:
-    """The line a console shows, e.g. ``search: 3/8 done, 2 running, 3 pending, best val worst-group 72.5%, ETA 1m20s``."""
+    """The line a console shows,
+    e.g. ``search: 3/8 done, 2 running, 3 pending, best val worst-group 72.5%, ETA 1m20s``."""
     parts = [f"{p.phase}: {p.done}/{p.total} done", f"{p.running} running", f"{p.pending} pending"]
     if p.failed:
         parts.append(f"{p.failed} failed")

@@ -81,7 +81,7 @@ def fake_cifar(raw: Path, per_batch: int = 40, n_test: int = 50, seed: int = 0) 
         if name != "test_batch":
             train.append((data, labels))
     images = np.concatenate([d for d, _ in train]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return {"train": (images, np.concatenate([l for _, l in train]))}
+    return {"train": (images, np.concatenate([labels for _, labels in train]))}
 
 
 @pytest.fixture(scope="module")
@@ -144,10 +144,13 @@ def test_gzipped_mnist_reads_like_plain(tmp_path):
     assert np.array_equal(raw["train"][0], written["train"][0]) and np.array_equal(raw["test"][1], written["t10k"][1])
 
 
-@pytest.mark.parametrize("dataset, hint", [
-    ("cmnist", "python -c \"import torchvision; torchvision.datasets.MNIST('{raw}', download=True)\""),
-    ("cifar10c", "python -c \"import torchvision; torchvision.datasets.CIFAR10('{raw}', download=True)\""),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "dataset, hint",
+    [
+        ("cmnist", "python -c \"import torchvision; torchvision.datasets.MNIST('{raw}', download=True)\""),
+        ("cifar10c", "python -c \"import torchvision; torchvision.datasets.CIFAR10('{raw}', download=True)\""),
+    ],
+)
 def test_missing_raw_files_print_the_download_instruction(tmp_path, capsys, dataset, hint):
     raw = tmp_path / "empty"
     raw.mkdir()
@@ -166,8 +169,10 @@ def test_cifar_batches_cannot_run_code(tmp_path):
         prepare.read_cifar_batch(folder / "data_batch_1")
 
 
-@pytest.mark.parametrize("text, message", [("a,b", "not a comma-separated"), ("0,1", r"outside \(0, 100\)"),
-                                           ("1,1.0", "repeats"), ("100", "outside")])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, message",
+    [("a,b", "not a comma-separated"), ("0,1", r"outside \(0, 100\)"), ("1,1.0", "repeats"), ("100", "outside")],
+)
 def test_bad_ratios_are_user_errors(text, message):
     with pytest.raises(UserError, match=message):
         prepare.parse_ratios(text)
@@ -332,7 +337,7 @@ def test_cifar10c_tree_loads_and_names_the_corruption_applied(cifar_tree, cifar_
     )  # <y>/ subfolders
     images = cifar_raw[1]["train"][0]
     for path in list_images(cifar_tree / "5pct")[::7]:
-        i, (y, b) = int(path.name.split("_")[0]), parse_labels(path)
+        i, (_, b) = int(path.name.split("_")[0]), parse_labels(path)
         expected = corrupt(images[i], b, 3, prepare.render_rng(0, "train", i, b))
         assert np.array_equal(np.asarray(Image.open(path)), expected), path
 
@@ -369,9 +374,27 @@ def test_corruption_order_is_lff_type0():
 def _start_build(raw: Path, out: Path) -> tuple[subprocess.Popen, Path]:
     # Ctrl-C's default action, as in a terminal: a test worker may run with SIGINT ignored,
     # and an ignored signal stays ignored in a child process.
-    proc = subprocess.Popen([sys.executable, "-c", RUN, "-q", "prepare-data", "cmnist", "--raw", str(raw), "--out", str(out),
-                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            RUN,
+            "-q",
+            "prepare-data",
+            "cmnist",
+            "--raw",
+            str(raw),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     partial = out.parent / f".{out.name}.partial-{proc.pid}"
     deadline = time.monotonic() + 60
     while not (partial / "test" / "0").is_dir() or not any((partial / "test" / "0").iterdir()):
@@ -477,8 +500,12 @@ def test_check_finds_a_mislabelled_ratio_folder(cmnist_tree, tmp_path):
 def test_check_reads_a_bffhq_shaped_tree(tmp_path):
     """BFFHQ: one ratio folder, valid/ and test/ flat at the root, two classes."""
     rng = np.random.default_rng(0)
-    spec = {"0.5pct/align": lambda k: (k % 2, k % 2), "0.5pct/conflict": lambda k: (k % 2, 1 - k % 2),
-            "valid": lambda k: (k % 2, k // 2 % 2), "test": lambda k: (k % 2, k // 2 % 2)}  # fmt: skip
+    spec = {
+        "0.5pct/align": lambda k: (k % 2, k % 2),
+        "0.5pct/conflict": lambda k: (k % 2, 1 - k % 2),
+        "valid": lambda k: (k % 2, k // 2 % 2),
+        "test": lambda k: (k % 2, k // 2 % 2),
+    }
     for k in range(200):
         for folder, labels in spec.items():
             if folder.endswith("conflict") and k >= 2:
@@ -500,6 +527,10 @@ def test_check_of_a_missing_directory_is_a_user_error(tmp_path, capsys):
 
 
 def test_importing_the_cli_module_loads_no_numpy():
-    probe = subprocess.run([sys.executable, "-c", "import sys, rest.cli.prepare; print('numpy' in sys.modules, 'torch' in sys.modules)"],
-                           capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, rest.cli.prepare; print('numpy' in sys.modules, 'torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert probe.stdout.strip() == "False False"

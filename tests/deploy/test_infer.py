@@ -183,26 +183,29 @@ def test_predict_command_prints_accuracy_and_throughput(model_file, tmp_path):
     assert "Traceback" not in bad.stderr
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--batch-size", "0"], "--batch-size 0 must be at least 1"),
-    (["--batch-size", "-5"], "--batch-size -5 must be at least 1"),
-    (["--batch-size", "nan"], "argument --batch-size: invalid int value: 'nan'"),
-    (["--batch-size", "inf"], "argument --batch-size: invalid int value: 'inf'"),
-    (["--threads", "0"], "--threads 0 is outside 1.."),
-    (["--threads", "-2"], "--threads -2 is outside 1.."),
-    (["--threads", "100000"], "--threads 100000 is outside 1.."),  # PyTorch's thread pool segfaulted on it
-    (["--threads", "nan"], "argument --threads: invalid int value: 'nan'"),
-    (["--conflict-pct", "-1"], "--conflict-pct -1 is outside (0, 100)"),
-    (["--conflict-pct", "0"], "--conflict-pct 0 is outside (0, 100)"),
-    (["--conflict-pct", "100"], "--conflict-pct 100 is outside (0, 100)"),
-    (["--conflict-pct", "250"], "--conflict-pct 250 is outside (0, 100)"),
-    (["--conflict-pct", "nan"], "--conflict-pct nan is outside (0, 100)"),
-    (["--conflict-pct", "inf"], "--conflict-pct inf is outside (0, 100)"),
-    (["--conflict-pct", "abc"], "argument --conflict-pct: invalid float value: 'abc'"),
-    (["--split", "nope"], "unknown split 'nope'; choose from test, valid, train"),
-    (["--engine", "fast"], "unknown engine 'fast'; choose from dense, sparse"),
-    (["--dataset", "nope"], "unknown dataset 'nope'; choose from"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch-size", "0"], "--batch-size 0 must be at least 1"),
+        (["--batch-size", "-5"], "--batch-size -5 must be at least 1"),
+        (["--batch-size", "nan"], "argument --batch-size: invalid int value: 'nan'"),
+        (["--batch-size", "inf"], "argument --batch-size: invalid int value: 'inf'"),
+        (["--threads", "0"], "--threads 0 is outside 1.."),
+        (["--threads", "-2"], "--threads -2 is outside 1.."),
+        (["--threads", "100000"], "--threads 100000 is outside 1.."),  # PyTorch's thread pool segfaulted on it
+        (["--threads", "nan"], "argument --threads: invalid int value: 'nan'"),
+        (["--conflict-pct", "-1"], "--conflict-pct -1 is outside (0, 100)"),
+        (["--conflict-pct", "0"], "--conflict-pct 0 is outside (0, 100)"),
+        (["--conflict-pct", "100"], "--conflict-pct 100 is outside (0, 100)"),
+        (["--conflict-pct", "250"], "--conflict-pct 250 is outside (0, 100)"),
+        (["--conflict-pct", "nan"], "--conflict-pct nan is outside (0, 100)"),
+        (["--conflict-pct", "inf"], "--conflict-pct inf is outside (0, 100)"),
+        (["--conflict-pct", "abc"], "argument --conflict-pct: invalid float value: 'abc'"),
+        (["--split", "nope"], "unknown split 'nope'; choose from test, valid, train"),
+        (["--engine", "fast"], "unknown engine 'fast'; choose from dense, sparse"),
+        (["--dataset", "nope"], "unknown dataset 'nope'; choose from"),
+    ],
+)
 def test_every_bad_predict_flag_is_one_line_exit_2(model_file, capsys, flags, message):
     """In-process, so any exception other than the CLI's one-line exit fails the test with its traceback."""
     from rest.cli.main import main

@@ -1,4 +1,5 @@
-"""One driver per study, even across a pause: real drivers, real SIGSTOP / SIGCONT, a 2-node cluster, local and S3 storage.
+"""One driver per study, even across a pause: real drivers, real SIGSTOP / SIGCONT, a 2-node cluster,
+local and S3 storage.
 
 A driver is never taken over on its own host while its process lives, however old
 its heartbeat; on another host it is taken over once its lease ran out, and on

@@ -40,7 +40,8 @@ def gcs_tables(address: str, env: dict) -> dict:
 
 @pytest.fixture
 def other_cluster():
-    """A 1-CPU `ray start --head` cluster; yields (env of a driver on this machine, its address, a function that stops it)."""
+    """A 1-CPU `ray start --head` cluster; yields (env of a driver on this machine, its address,
+    a function that stops it)."""
     temp = tempfile.mkdtemp(prefix="rt")  # short: Ray's socket paths must fit in 107 characters
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": temp}
     head = subprocess.Popen(

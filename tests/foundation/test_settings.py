@@ -16,29 +16,49 @@ def test_defaults_keep_the_previous_behaviour():
     )
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"stem": "tiny"}, "unknown stem 'tiny'; choose from auto, imagenet, cifar"),
-    ({"precision": "fp8"}, "unknown precision 'fp8'; choose from auto, fp32, bf16, fp16"),
-    ({"selection": "best"}, "unknown selection 'best'; choose from worst_group, average"),
-    ({"memory_format": "nhwc"}, "unknown memory_format 'nhwc'; choose from auto, channels_last, contiguous"),
-    ({"data_device_fraction": 1.5}, "data_device_fraction 1.5 is outside [0, 1]; use 0.25 (the default) or 0 to always stream"),
-    ({"plateau_patience": -1}, "plateau_patience -1 is negative"),
-    ({"drop_rate_min": -0.1}, "drop_rate_min -0.1 is negative"),
-    ({"density": 0.1, "drop_rate": 0.3, "drop_rate_min": 0.3}, "drop_rate_min 0.3 is not below drop_rate 0.3; lower drop_rate_min"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"stem": "tiny"}, "unknown stem 'tiny'; choose from auto, imagenet, cifar"),
+        ({"precision": "fp8"}, "unknown precision 'fp8'; choose from auto, fp32, bf16, fp16"),
+        ({"selection": "best"}, "unknown selection 'best'; choose from worst_group, average"),
+        ({"memory_format": "nhwc"}, "unknown memory_format 'nhwc'; choose from auto, channels_last, contiguous"),
+        (
+            {"data_device_fraction": 1.5},
+            "data_device_fraction 1.5 is outside [0, 1]; use 0.25 (the default) or 0 to always stream",
+        ),
+        ({"plateau_patience": -1}, "plateau_patience -1 is negative"),
+        ({"drop_rate_min": -0.1}, "drop_rate_min -0.1 is negative"),
+        (
+            {"density": 0.1, "drop_rate": 0.3, "drop_rate_min": 0.3},
+            "drop_rate_min 0.3 is not below drop_rate 0.3; lower drop_rate_min",
+        ),
+    ],
+)
 def test_impossible_values_are_one_line_errors_naming_the_fix(change, message):
     with pytest.raises(SettingsError) as err:
         TrainSettings(**change).validate()
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("change", [
-    {"density": 1.0, "drop_rate": 0.3, "drop_rate_min": 0.5},  # dense: no masks to update
-    {"density": 0.1, "sparse": "static", "drop_rate_min": 0.9},  # static masks never move
-    {"density": 0.1, "drop_rate": 0.0, "drop_rate_min": 0.0},  # no updates at all, as before
-    {"density": 0.1, "drop_rate": 0.5, "drop_rate_min": 0.005, "t_end": 1.0, "plateau_patience": 5,
-     "stem": "imagenet", "precision": "fp32", "selection": "average"},  # REST's protocol
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"density": 1.0, "drop_rate": 0.3, "drop_rate_min": 0.5},  # dense: no masks to update
+        {"density": 0.1, "sparse": "static", "drop_rate_min": 0.9},  # static masks never move
+        {"density": 0.1, "drop_rate": 0.0, "drop_rate_min": 0.0},  # no updates at all, as before
+        {
+            "density": 0.1,
+            "drop_rate": 0.5,
+            "drop_rate_min": 0.005,
+            "t_end": 1.0,
+            "plateau_patience": 5,
+            "stem": "imagenet",
+            "precision": "fp32",
+            "selection": "average",
+        },  # REST's protocol
+    ],
+)
 def test_possible_values_pass(change):
     TrainSettings(**change).validate()
 

@@ -297,7 +297,8 @@ rest.core.data.base.DataError: data root /gone does not exist; pass --data-root 
 
 
 def _fail_trials(study, phase, pct=None):
-    """Make the `phase` trials of the `pct` cell (all: None) end as Ray records a trial that failed before its first epoch."""
+    """Make the `phase` trials of the `pct` cell (all: None) end as Ray records a trial that failed
+    before its first epoch."""
     state = next((study / phase).glob("experiment_state-*.json"))
     data = json.loads(state.read_text())
     failed = []

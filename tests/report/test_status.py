@@ -136,7 +136,7 @@ def test_watch_refreshes_until_ctrl_c_and_exits_0(tmp_path):
     )
     lines = []
     wait_for(
-        lambda: lines.append(proc.stdout.readline()) or sum(l.startswith("study smoke") for l in lines) >= 3,
+        lambda: lines.append(proc.stdout.readline()) or sum(line.startswith("study smoke") for line in lines) >= 3,
         60,
         "three refreshes",
     )

@@ -1,4 +1,5 @@
-"""Deterministic per-cell halving (rest/study/rungs.py): the rule, the groups, and the scheduler on real Ray with instant trials."""
+"""Deterministic per-cell halving (rest/study/rungs.py): the rule, the groups, and the scheduler
+on real Ray with instant trials."""
 
 import json
 import tempfile
@@ -16,7 +17,8 @@ GRID = (
     "search: {conflict_pct: {grid: [0.5, 5]}, lambda_upweight: {grid: [4, 3, 2, 1]}}\ntrain: {epochs: 8}\n"
     "scheduler: {grace_period: 1, reduction_factor: 2}\n"
 )
-# val_worst_group_acc at every epoch: the 5 % cell scores far higher, so only a per-cell rule keeps the 0.5 % cell's best
+# val_worst_group_acc at every epoch: the 5 % cell scores far higher,
+# so only a per-cell rule keeps the 0.5 % cell's best
 SCORES = {5: {4: 0.9, 3: 0.8, 2: 0.8, 1: 0.6}, 0.5: {4: 0.1, 3: 0.4, 2: 0.3, 1: 0.2}}
 
 

@@ -86,8 +86,10 @@ class BiasedData:
         The draw depends on `seed`, the split and n only, never on a run's training
         seed. Splits smaller than n are kept whole.
         """
-        splits = [getattr(self, s).subsample(n, np.random.default_rng([seed, i])) for i, s in enumerate(SPLITS)]
-        return BiasedData(self.name, self.conflict_pct, *splits, subsample_seed=seed)
+        train, valid, test = (
+            getattr(self, s).subsample(n, np.random.default_rng([seed, i])) for i, s in enumerate(SPLITS)
+        )
+        return BiasedData(self.name, self.conflict_pct, train, valid, test, subsample_seed=seed)
 
     def describe(self) -> dict[str, int]:
         """What a run trained and was tested on, as flat record fields: per split its samples,
@@ -160,7 +162,7 @@ def from_arrays(
             torch.from_numpy(b.astype(np.int64)),
         )
 
-    return BiasedData(name, conflict_pct, *(split(s) for s in SPLITS))
+    return BiasedData(name, conflict_pct, split("train"), split("valid"), split("test"))
 
 
 def cached(path: Path, name: str, conflict_pct: float, build: Callable[[], tuple[dict, dict]]) -> BiasedData:
@@ -188,6 +190,8 @@ def cached(path: Path, name: str, conflict_pct: float, build: Callable[[], tuple
         if data is None:
             save_cache(path, *build())
             data = load_cache(path, name, conflict_pct)
+    if data is None:
+        raise CorruptCache(f"{path}: no dataset there right after building it")
     return data
 
 
@@ -205,7 +209,7 @@ def load_cache(path: Path, name: str, conflict_pct: float) -> BiasedData | None:
         return Split(*(torch.from_numpy(a) for a in arrays))
 
     try:
-        return BiasedData(name, conflict_pct, *(split(s) for s in SPLITS))
+        return BiasedData(name, conflict_pct, split("train"), split("valid"), split("test"))
     except (ValueError, OSError, EOFError) as exc:
         raise CorruptCache(str(exc).splitlines()[0]) from None
 

@@ -65,7 +65,8 @@ def split_files(root: Path, conflict_pct: float) -> dict[str, list[Path]]:
     for split, paths in files.items():
         if not paths:
             raise DataError(
-                f"no {split} images found for {conflict_pct:g}% under {root}; expected the LfF layout (see docs/datasets.md)"
+                f"no {split} images found for {conflict_pct:g}% under {root}; "
+                "expected the LfF layout (see docs/datasets.md)"
             )
     return files
 

@@ -25,13 +25,13 @@ def apportion(sizes: Sequence[int], n: int, rng: np.random.Generator) -> np.ndar
        remainders in a seeded random order.
     So every quota is the floor or the ceiling of its exact share, and they sum to n.
     """
-    sizes = np.asarray(sizes, dtype=np.int64)
-    total = int(sizes.sum())
+    counts = np.asarray(sizes, dtype=np.int64)
+    total = int(counts.sum())
     if total == 0:
-        return np.zeros(len(sizes), dtype=np.int64)
-    quotas, remainders = np.divmod(n * sizes, total)
+        return np.zeros(len(counts), dtype=np.int64)
+    quotas, remainders = np.divmod(n * counts, total)
     left = n - int(quotas.sum())
-    order = np.lexsort((rng.random(len(sizes)), -remainders))  # largest remainder first
+    order = np.lexsort((rng.random(len(counts)), -remainders))  # largest remainder first
     quotas[order[:left]] += 1
     return quotas
 

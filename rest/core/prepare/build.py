@@ -152,8 +152,13 @@ def layout_key(split: str, valid_layout: str, y: int, b: int) -> str:
     return {"train": "align" if y == b else "conflict", "valid": valid_layout, "test": "test"}[split]
 
 
-def make_plan(recipe: Recipe, labels: dict[str, np.ndarray], ratios: tuple[float, ...], seed: int,
-              valid_fraction: float = VALID_FRACTION) -> Plan:  # fmt: skip
+def make_plan(
+    recipe: Recipe,
+    labels: dict[str, np.ndarray],
+    ratios: tuple[float, ...],
+    seed: int,
+    valid_fraction: float = VALID_FRACTION,
+) -> Plan:
     """Every image to render and the files it is written to.
 
     File names are <index in the raw split>_<y>_<b>.png; validation images keep their
@@ -240,8 +245,9 @@ def render_chunk(chunk: Chunk) -> int:
     return written
 
 
-def _chunks(recipe: str, plan: Plan, images: dict[str, np.ndarray], seed: int, severity: int, root: Path,
-            size: int) -> Iterator[Chunk]:  # fmt: skip
+def _chunks(
+    recipe: str, plan: Plan, images: dict[str, np.ndarray], seed: int, severity: int, root: Path, size: int
+) -> Iterator[Chunk]:
     keys = sorted(plan)
     for start in range(0, len(keys), size):
         part = keys[start : start + size]
@@ -271,9 +277,18 @@ def _folder_of(rel: str) -> str:
     return "/".join(parts[:2]) if parts[0].endswith("pct") else parts[0]
 
 
-def build(dataset: str, raw: Path, out: Path, ratios: tuple[float, ...] = DEFAULT_RATIOS, seed: int = 0,
-          severity: int = 4, force: bool = False, workers: int | None = None, progress: Progress | None = None,
-          valid_fraction: float = VALID_FRACTION) -> BuildSummary:  # fmt: skip
+def build(
+    dataset: str,
+    raw: Path,
+    out: Path,
+    ratios: tuple[float, ...] = DEFAULT_RATIOS,
+    seed: int = 0,
+    severity: int = 4,
+    force: bool = False,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    valid_fraction: float = VALID_FRACTION,
+) -> BuildSummary:
     """Build `dataset` ('cmnist' or 'cifar10c') from raw files into `out`, atomically."""
     recipe = get_recipe(dataset)
     raw, out = Path(raw).expanduser().resolve(), Path(out).expanduser().resolve()
@@ -291,8 +306,14 @@ def build(dataset: str, raw: Path, out: Path, ratios: tuple[float, ...] = DEFAUL
     counts = Counter(_folder_of(rel) for paths in plan.values() for rel in paths)
     total = sum(counts.values())
     workers = workers or default_workers()
-    log.info("building %s: %d images rendered into %d files at %s%% conflicting, %d workers",
-             dataset, len(plan), total, ", ".join(f"{r:g}" for r in ratios), workers)  # fmt: skip
+    log.info(
+        "building %s: %d images rendered into %d files at %s%% conflicting, %d workers",
+        dataset,
+        len(plan),
+        total,
+        ", ".join(f"{r:g}" for r in ratios),
+        workers,
+    )
     with atomic_dir(out, force) as tmp:
         for folder in sorted({rel.rsplit("/", 1)[0] for paths in plan.values() for rel in paths}):
             (tmp / folder).mkdir(parents=True, exist_ok=True)
@@ -300,9 +321,16 @@ def build(dataset: str, raw: Path, out: Path, ratios: tuple[float, ...] = DEFAUL
         images = {s: x for s, (x, _) in data.items()}
         tasks = _chunks(dataset, plan, images, seed, severity, tmp, chunk_size)
         run_tasks(render_chunk, tasks, workers, total, progress)
-        manifest = {"dataset": dataset, "format_version": FORMAT_VERSION, "ratios": list(ratios), "seed": seed,
-                    "valid_fraction": valid_fraction, "bias_names": list(recipe.bias_names), "raw": str(raw),
-                    "counts": dict(sorted(counts.items()))}  # fmt: skip
+        manifest = {
+            "dataset": dataset,
+            "format_version": FORMAT_VERSION,
+            "ratios": list(ratios),
+            "seed": seed,
+            "valid_fraction": valid_fraction,
+            "bias_names": list(recipe.bias_names),
+            "raw": str(raw),
+            "counts": dict(sorted(counts.items())),
+        }
         if dataset == "cifar10c":
             manifest["severity"] = severity
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

@@ -98,8 +98,11 @@ PCT_FOLDERS = {"align", "conflict", "valid"}
 
 def _ignored_folders(root: Path) -> list[str]:
     """Folders the loader never reads: often a tree unpacked one level too deep or too high."""
-    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-             and p.name not in TOP_FOLDERS and not p.name.endswith("pct")]  # fmt: skip
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name not in TOP_FOLDERS and not p.name.endswith("pct")
+    ]
     found += [
         p for d in root.glob("*pct") if d.is_dir() for p in d.iterdir() if p.is_dir() and p.name not in PCT_FOLDERS
     ]
@@ -241,14 +244,21 @@ def _rows(ratios, entries: dict[Path, list[Entry]], num_classes: int) -> list[di
         for group, keep in (("align", lambda e: e.y == e.b), ("conflict", lambda e: e.y != e.b)):
             chosen = [e for e in members if keep(e)]
             per_class = Counter(e.y for e in chosen)
-            rows.append({"split": label, "group": group, "images": len(chosen),
-                         "share%": 100.0 * len(chosen) / len(members) if members else float("nan"),
-                         **{str(c): per_class[c] for c in range(num_classes)}})  # fmt: skip
+            rows.append(
+                {
+                    "split": label,
+                    "group": group,
+                    "images": len(chosen),
+                    "share%": 100.0 * len(chosen) / len(members) if members else float("nan"),
+                    **{str(c): per_class[c] for c in range(num_classes)},
+                }
+            )
     return rows
 
 
-def check_tree(root: Path, dataset: str | None = None, workers: int | None = None,
-               progress: Progress | None = None) -> TreeReport:  # fmt: skip
+def check_tree(
+    root: Path, dataset: str | None = None, workers: int | None = None, progress: Progress | None = None
+) -> TreeReport:
     """Validate an LfF-layout tree; the report lists every problem found (none: valid)."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -285,7 +295,8 @@ def check_tree(root: Path, dataset: str | None = None, workers: int | None = Non
     report.rows = _rows(ratios, entries, report.num_classes)
     for name, splits in ratios:
         train = [e for f in splits["train"] for e in entries.get(f.path, [])]
-        problem = _ratio_problem(train, _pct_value(name))
+        nominal = _pct_value(name)  # never None: discover() keeps <number>pct folders only
+        problem = _ratio_problem(train, nominal) if nominal is not None else None
         if problem:
             report.problems.append(Problem("conflict ratio", str(root / name), problem))
     return report
@@ -302,7 +313,7 @@ def _hash_entries(flat: list[Entry], workers: int, progress: Progress | None) ->
     paths = sorted(set(by_inode.values()))
     size = max(64, min(1024, len(paths) // (workers * 8) or 1))
     tasks = (paths[i : i + size] for i in range(0, len(paths), size))
-    by_path = {}
+    by_path: dict[str, tuple] = {}
     for _, results in run_tasks(_hash_many, tasks, workers if len(paths) > 2000 else 1, len(paths), progress):
         by_path.update((r[0], r[1:]) for r in results)
     for e, inode in zip(flat, inodes):

@@ -89,8 +89,8 @@ def load_mnist(raw: Path) -> RawData:
     candidates = [raw / "MNIST" / "raw", raw / "raw", raw]
     out = {}
     for split, names in MNIST_FILES.items():
-        paths = [_find(candidates, n) for n in names]
-        if None in paths:
+        paths = [p for p in (_find(candidates, n) for n in names) if p is not None]
+        if len(paths) < len(names):
             raise _missing("MNIST", "MNIST", raw, f"{raw / 'MNIST' / 'raw' / names[0]}[.gz]")
         images, labels = (read_idx(p) for p in paths)
         if images.ndim != 3 or labels.shape != images.shape[:1] or images.dtype != np.uint8:
@@ -144,8 +144,8 @@ def load_cifar10(raw: Path) -> RawData:
     candidates = [raw / "cifar-10-batches-py", raw]
     out = {}
     for split, names in CIFAR_FILES.items():
-        paths = [_find(candidates, n) for n in names]
-        if None in paths or any(p.suffix == ".gz" for p in paths):
+        paths = [p for p in (_find(candidates, n) for n in names) if p is not None]
+        if len(paths) < len(names) or any(p.suffix == ".gz" for p in paths):
             raise _missing("CIFAR-10", "CIFAR10", raw, str(raw / "cifar-10-batches-py" / names[0]))
         batches = [read_cifar_batch(p) for p in paths]
         out[split] = (np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]))
