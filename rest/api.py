@@ -236,7 +236,7 @@ def selected_epoch_state(trial) -> dict:
     """
     from rest.core.model_format import weights_epoch
     from rest.report.export import ExportError
-    from rest.report.results import checkpoint_states
+    from rest.study.contract import checkpoint_states
 
     selected = trial.selected()
     if not selected:
