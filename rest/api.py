@@ -265,7 +265,7 @@ def retrain_command(config: dict, out: str) -> str:
 
     from rest.settings import TrainSettings
 
-    settings = TrainSettings.from_dict({k: v for k, v in config.items() if k != "extra"})
+    settings = TrainSettings.from_dict(config)
     default = TrainSettings()
     flags = [
         f"--{f.name.replace('_', '-')}={shlex.quote(str(getattr(settings, f.name)))}"

@@ -32,6 +32,10 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 SELECTIONS = ("worst_group", "average")
 
 
+# Keys a trial config (or an older checkpoint's settings) carries that are not settings.
+NON_SETTING_KEYS = ("extra",)
+
+
 class SettingsError(UserError, ValueError):
     """A setting has an impossible value; the message names it and the fix."""
 
@@ -45,8 +49,8 @@ def _setting(default: Any, help: str) -> Any:
 class TrainSettings:
     """Everything that defines one training run (one Ray Tune trial).
 
-    Every field but ``extra`` is a ``train`` flag (``--conflict-pct`` for conflict_pct)
-    and a key of a study file's ``train:`` or ``search:``; its help string is below.
+    Every field is a ``train`` flag (``--conflict-pct`` for conflict_pct) and a key of a
+    study file's ``train:`` or ``search:``; its help string is below.
     """
 
     dataset: str = _setting("colored_digits", f"dataset: {', '.join(DATASET_NAMES)} (colored_digits is embedded)")
@@ -122,7 +126,6 @@ class TrainSettings:
         "use N samples of each split, for quick runs: a seeded sample that keeps each split's "
         "class and aligned/conflicting shares, the same for every seed (0: all)",
     )
-    extra: dict[str, Any] = field(default_factory=dict)  # bookkeeping of a study (a confirm trial's role); no flag
 
     def validate(self) -> TrainSettings:
         """Raise SettingsError naming the first impossible value."""
@@ -209,7 +212,13 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
-        """Build settings from a flat mapping; unknown keys are an error naming them."""
+        """Build settings from a flat mapping; unknown keys are an error naming them.
+
+        A study's bookkeeping (``extra``: a trial's role, method, position) rides in its
+        trial configs, and checkpoints and model files written before it left the settings
+        carry an empty one: it is not a setting and is dropped here.
+        """
+        values = {k: v for k, v in values.items() if k not in NON_SETTING_KEYS}
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:

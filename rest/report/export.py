@@ -209,7 +209,7 @@ def caption(spec: StudySpec, how: str, what: str) -> str:
     if how == "oracle":
         rule = "ORACLE: configs ranked on test worst-group accuracy (not a fair result)"
     else:
-        primary = getattr(spec.train, "selection", "worst_group").replace("_", "-")
+        primary = spec.train.selection.replace("_", "-")
         rule = (
             f"configs ranked per cell on validation {primary} accuracy, then validation average accuracy, "
             f"then validation loss"

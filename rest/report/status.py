@@ -382,7 +382,7 @@ def phase_status(
     experiment = study.join(phase)
     snapshot, entries = read_snapshot(experiment)
     trials = [trial_state(e, spec) for e in entries]
-    primary = getattr(spec.train, "selection", "worst_group")
+    primary = spec.train.selection
     add_selected(trials, experiment, primary)
     by_cell: dict[tuple, list[TrialState]] = {cell: [] for cell in plan}
     for t in trials:
@@ -452,7 +452,7 @@ def study_status(study: Location, spec: StudySpec | None = None) -> StudyStatus:
         phases,
         lock_status(study),
         stall_lines(study),
-        getattr(spec.train, "selection", "worst_group"),
+        spec.train.selection,
         time.perf_counter() - started,
     )
 

@@ -48,7 +48,7 @@ def primary_metric(spec: StudySpec, how: str) -> tuple[str, str]:
     """(primary metric, record prefix) of a selection mode: validation as the study says, or oracle."""
     if how == "oracle":
         return "worst_group", PRIMARY_PREFIX["oracle"]
-    return getattr(spec.train, "selection", "worst_group"), PRIMARY_PREFIX["val"]
+    return spec.train.selection, PRIMARY_PREFIX["val"]
 
 
 def selection_pool(trials: pd.DataFrame) -> pd.DataFrame:
@@ -176,7 +176,7 @@ def _with_failed_cells(table: pd.DataFrame, trials: pd.DataFrame, spec: StudySpe
 def _selection_label(spec: StudySpec, how: str) -> str:
     if how == "oracle":
         return "ORACLE (test worst-group)"
-    return f"validation {getattr(spec.train, 'selection', 'worst_group').replace('_', '-')}"
+    return f"validation {spec.train.selection.replace('_', '-')}"
 
 
 def density_bin(density: float, per_decade: int = BINS_PER_DECADE) -> str:

@@ -142,9 +142,6 @@ class StudySpec:
             if next(iter(d)) in ("uniform", "loguniform", "quniform", "randint", "qrandint")
         ]
 
-    def cell_of(self, config: dict[str, Any]) -> tuple:
-        return tuple(config[k] for k in self.compare_within)
-
 
 TOP_LEVEL = {
     "name", "description", "dataset", "data_root", "model", "train", "search", "num_samples", "search_alg", "scheduler",
@@ -359,7 +356,6 @@ def method_configs(spec: StudySpec, epochs: int | None = None) -> list[dict[str,
     """The trials of a methods study's search phase: per cell (the shared search), every
     method's own grid over its fixed settings; each config says its method in extra.method."""
     base = spec.train.replace(epochs=epochs or spec.max_epochs).to_dict()
-    base.pop("extra")
     configs = []
     for shared in expand(base, spec.search):
         for m in spec.methods:

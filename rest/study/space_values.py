@@ -34,7 +34,7 @@ DISTRIBUTIONS: dict[str, int | None] = {
 }  # fmt: skip
 RANGES = ("uniform", "loguniform", "quniform", "randint", "qrandint")
 INTEGER_RANGES = ("randint", "qrandint")  # draw integers; the others draw fractions (quniform: multiples of q)
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainSettings)} - {"extra"}  # what a study file may set
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainSettings)}  # what a study file may set
 KINDS = {f.name: str(f.type).split(" |")[0] for f in dataclasses.fields(TrainSettings)}  # "int", "float", "str", ...
 MAX_COMBINATIONS = 20_000  # validated in combination up to this many; beyond it, each key alone
 
