@@ -29,7 +29,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 # The primary validation metric of model selection: REST selects its reweighted (dense)
 # runs on validation worst-group accuracy and its sparse runs on validation average accuracy.
-SELECTIONS = ("worst_group", "average")
+PRIMARY_METRIC_NAMES = ("worst_group", "average")
 
 
 # Keys a trial config (or an older checkpoint's settings) carries that are not settings.
@@ -101,7 +101,7 @@ class TrainSettings:
     seed: int = _setting(42, "random seed")
     selection: str = _setting(
         "worst_group",
-        f"validation metric that selects the epoch: {', '.join(SELECTIONS)} "
+        f"validation metric that selects the epoch: {', '.join(PRIMARY_METRIC_NAMES)} "
         "(REST: worst_group for reweighted runs, average for sparse ones)",
     )
     device: str = _setting("auto", "auto, cpu, cuda or cuda:N (auto: the GPU if there is one)")
@@ -140,7 +140,7 @@ class TrainSettings:
         _choice("stem", self.stem, STEMS)
         _choice("precision", self.precision, PRECISIONS)
         _choice("memory_format", self.memory_format, MEMORY_FORMATS)
-        _choice("selection", self.selection, SELECTIONS)
+        _choice("selection", self.selection, PRIMARY_METRIC_NAMES)
         if not 0.0 < float(self.density) <= 1.0:
             raise SettingsError(f"density {self.density} is outside (0, 1]; use e.g. 0.05 for 5% of weights")
         if float(self.lambda_upweight) < 1.0:

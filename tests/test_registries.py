@@ -29,7 +29,7 @@ def _pairs() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
         "settings.STEMS": (settings.STEMS, tuple(STEMS)),
         "settings.PRECISIONS": (settings.PRECISIONS, ("auto", *device.PRECISIONS)),  # auto: the device's choice
         "settings.MEMORY_FORMATS": (settings.MEMORY_FORMATS, ("auto", *device.MEMORY_FORMATS)),
-        "settings.SELECTIONS": (settings.SELECTIONS, tuple(selection.PRIMARY)),
+        "settings.PRIMARY_METRIC_NAMES": (settings.PRIMARY_METRIC_NAMES, tuple(selection.PRIMARY_METRIC_KEYS)),
         "cli_prepare.CHECK_DATASETS": (
             cli_prepare.CHECK_DATASETS,
             tuple(n for n, s in DATASETS.items() if s.needs_root),
@@ -40,7 +40,7 @@ def _pairs() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
 NAMES = [
     "settings.DATASET_NAMES", "settings.MODEL_NAMES", "settings.SPARSE_METHODS", "settings.DISTRIBUTIONS",
     "settings.REWEIGHT_NAMES", "settings.OPTIMIZERS", "settings.SCHEDULES", "settings.STEMS", "settings.PRECISIONS",
-    "settings.MEMORY_FORMATS", "settings.SELECTIONS", "cli_prepare.CHECK_DATASETS",
+    "settings.MEMORY_FORMATS", "settings.PRIMARY_METRIC_NAMES", "cli_prepare.CHECK_DATASETS",
 ]  # fmt: skip
 
 

@@ -228,7 +228,7 @@ def read_history(trial_dir: Location) -> list[dict] | None:
 
 def reported_selection(last: dict, primary: str) -> dict | None:
     """The selected epoch as the trial reported it (``best_val_*``, chosen by the same rule), if its records carry it."""
-    if f"best_val_{selection.PRIMARY[primary]}" not in last:
+    if f"best_val_{selection.PRIMARY_METRIC_KEYS[primary]}" not in last:
         return None
     return {
         "epoch": last.get("best_epoch"),
@@ -353,7 +353,7 @@ def best_config(trials: list[TrialState], keys: list[str], primary: str) -> tupl
     if not groups:
         return None, {}, 0
     order = sorted(groups, key=lambda g: tuple(_config_key(v) for v in g))
-    metrics = ("val_" + selection.PRIMARY[primary], "val_avg_acc", "val_loss")
+    metrics = ("val_" + selection.PRIMARY_METRIC_KEYS[primary], "val_avg_acc", "val_loss")
     rows = [{f"best_{m}": _mean(t.selected.get(m) for t in groups[g]) for m in metrics} for g in order]
     winner = selection.select(rows, primary, prefix="best_val_")[0]
     group = order[winner]

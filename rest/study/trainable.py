@@ -141,7 +141,7 @@ def rest_trainable(
     resumed_from = trainer.epoch
     delay = delay_seconds(test_delay, flat_config(config))
     node = ray.get_runtime_context().get_node_id()
-    primary = getattr(settings, "selection", "worst_group")
+    primary = settings.selection
     while trainer.epoch < settings.epochs:
         time.sleep(delay)
         record = trainer.run_epoch()
