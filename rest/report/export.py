@@ -232,7 +232,7 @@ def table_files(
     return {f"{base}.{fmt}": writers[fmt] for fmt in formats}
 
 
-FORMATS = ("md", "csv", "tex")
+FORMAT_NAMES = ("md", "csv", "tex")
 
 
 def export(studies: list[StudyResults], out: Path, formats: list[str], ranking: str = "val") -> list[Path]:
@@ -241,9 +241,9 @@ def export(studies: list[StudyResults], out: Path, formats: list[str], ranking: 
     `out` then holds this export alone (``rest.report.export_dir``): the files of an earlier
     export of the same studies that this one does not write are removed.
     """
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in FORMAT_NAMES]
     if unknown:
-        raise ExportError(f"unknown format {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+        raise ExportError(f"unknown format {', '.join(unknown)}; choose from {', '.join(FORMAT_NAMES)}")
     files = export_files(studies, formats, ranking)
     owner = ", ".join(s.name for s in studies)
     out, earlier = export_dir.claim(out, owner, list(files))

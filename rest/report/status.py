@@ -52,7 +52,7 @@ from rest.study.space import StudySpec, method_configs
 log = logging.getLogger(__name__)
 
 CONFIRM_FILE = "confirm_configs.json"
-BASELINE_ROLES = ("erm_baseline", "dense_reweighted_baseline")
+BASELINE_ROLE_NAMES = ("erm_baseline", "dense_reweighted_baseline")
 READERS = 16  # histories read at once (object storage answers each read in tens of milliseconds)
 
 
@@ -292,7 +292,7 @@ def confirm_plan(spec: StudySpec, configs: list[dict] | None) -> dict[tuple, lis
             config = flat_config(config)
             plan.setdefault(cell_key(config, spec), []).append(int(config.get("epochs") or spec.train.epochs))
         return plan
-    runs = spec.confirm.top_k * (1 + len(BASELINE_ROLES) * bool(spec.confirm.baseline and not spec.methods))
+    runs = spec.confirm.top_k * (1 + len(BASELINE_ROLE_NAMES) * bool(spec.confirm.baseline and not spec.methods))
     epochs = spec.confirm.epochs or spec.train.epochs
     return {cell: [epochs] * runs * len(spec.confirm.seeds) for cell in search_plan(spec)}
 
@@ -348,7 +348,7 @@ def best_config(trials: list[TrialState], keys: list[str], primary: str) -> tupl
     each trial's selected epoch, averaged over the config's seeds, ranked by ``selection.rank_key``; baselines excluded."""
     groups: dict[tuple, list[TrialState]] = {}
     for t in trials:
-        if t.selected and t.role not in BASELINE_ROLES:
+        if t.selected and t.role not in BASELINE_ROLE_NAMES:
             groups.setdefault(tuple(t.config.get(k) for k in keys) + (t.role,), []).append(t)
     if not groups:
         return None, {}, 0

@@ -25,7 +25,7 @@ from rest.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
+SPLIT_NAMES = ("train", "valid", "test")
 
 
 class DataError(UserError, ValueError):
@@ -86,14 +86,14 @@ class BiasedData:
         The draw depends on `seed`, the split and n only, never on a run's training
         seed. Splits smaller than n are kept whole.
         """
-        splits = [getattr(self, s).subsample(n, np.random.default_rng([seed, i])) for i, s in enumerate(SPLITS)]
+        splits = [getattr(self, s).subsample(n, np.random.default_rng([seed, i])) for i, s in enumerate(SPLIT_NAMES)]
         return BiasedData(self.name, self.conflict_pct, *splits, subsample_seed=seed)
 
     def describe(self) -> dict[str, int]:
         """What a run trained and was tested on, as flat record fields: per split its samples,
         conflicting samples and classes, and the subsample's seed (-1: no subsample)."""
         out = {"data_subsample_seed": -1 if self.subsample_seed is None else self.subsample_seed}
-        for s in SPLITS:
+        for s in SPLIT_NAMES:
             out.update(getattr(self, s).describe(f"data_{s}_"))
         return out
 
@@ -160,7 +160,7 @@ def from_arrays(
             torch.from_numpy(b.astype(np.int64)),
         )
 
-    return BiasedData(name, conflict_pct, *(split(s) for s in SPLITS))
+    return BiasedData(name, conflict_pct, *(split(s) for s in SPLIT_NAMES))
 
 
 def cached(path: Path, name: str, conflict_pct: float, build: Callable[[], tuple[dict, dict]]) -> BiasedData:
@@ -205,7 +205,7 @@ def load_cache(path: Path, name: str, conflict_pct: float) -> BiasedData | None:
         return Split(*(torch.from_numpy(a) for a in arrays))
 
     try:
-        return BiasedData(name, conflict_pct, *(split(s) for s in SPLITS))
+        return BiasedData(name, conflict_pct, *(split(s) for s in SPLIT_NAMES))
     except (ValueError, OSError, EOFError) as exc:
         raise CorruptCache(str(exc).splitlines()[0]) from None
 
