@@ -3,7 +3,8 @@
 Imports only the foundation (``rest.errors``, ``rest.settings``, ``rest.selection``, ``rest.storage``,
 ``rest.tables``). Its public surface, by module:
 
-- ``train``: ``train_run`` (one configuration, epoch by epoch), ``group_accuracies``;
+- ``train``: ``train`` (one configuration, a record per epoch), ``Trainer`` (its state and checkpoint),
+  ``group_accuracies``;
 - ``data``: the dataset registry (``get_dataset_spec``, ``load_dataset``); ``prepare``: building and checking dataset trees;
 - ``models``: the model registry; ``sparse``: RigL/SET masks; ``reweight``: upweighting bias-conflicting samples;
 - ``losses``, ``pgd``, ``dcwp``: the methods beside REST; ``batches``: model input and augmentation;

@@ -2,7 +2,8 @@
 
 Imports the foundation and ``rest.core`` only. Public surface, by module:
 
-- ``model_file``: ``load_model``, ``predict``, reading and writing model files (the format: ``rest.core.model_format``);
+- ``model_file``: ``load_model``, ``predict_file``, reading and writing model files
+  (the format: ``rest.core.model_format``);
 - ``infer``: the inference engines (dense, sparse); ``kernel``: the sparse convolution kernel (numba).
 """
 

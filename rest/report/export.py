@@ -1,9 +1,10 @@
 """Writing a study's report: every table as markdown, csv and LaTeX, the plot and summary.md; read-only on storage.
 
 The tables themselves (DataFrames) are ``rest.report.tables``'; this module presents them
-(accuracy in percent, mean ± standard error over seeds), captions them with the selection
-rule, and writes one export directory (``rest.report.export_dir``). With ``ranking="oracle"``
-every output says ORACLE.
+(accuracy in percent, mean ± standard error over seeds), captions them with the ranking that
+chose their configs (``val``: the selection rule on validation numbers; ``oracle``: test
+worst-group accuracy, and every output says ORACLE), and writes one export directory
+(``rest.report.export_dir``).
 
 Outputs: best_configs, by_density, paper_table (each .md / .csv / .tex), trials.csv,
 accuracy_vs_density.png and summary.md.

@@ -5,7 +5,7 @@ Imports the foundation and ``rest.core`` only. Nothing here is imported eagerly,
 
 - the study's definition and on-storage contract, Ray-free: ``space`` (study files; ``space_methods``,
   ``space_values``, ``space_yaml``), ``manifest`` (the study directory), ``contract`` (what a trial
-  leaves on storage and the names both sides use),
+  leaves on storage and the names both sides use), ``trials`` (a phase's trials read back, with Ray's reader),
   ``options`` (the driver's options), ``failures``, ``progress``, ``lock`` (the driver lock);
 - on Ray: ``runner`` (``run_study``: the phases), ``search`` (the search phase's scheduler and searcher),
   ``per_cell`` (per-cell ASHA and searchers), ``rungs`` (deterministic halving), ``trainable`` (one trial),
@@ -35,6 +35,7 @@ __all__ = [
     "space_yaml",
     "tracking",
     "trainable",
+    "trials",
     "tune_ext",
 ]
 
