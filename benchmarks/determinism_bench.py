@@ -120,7 +120,7 @@ def replay(space: dict, full: list[dict], cells: list[str], searched: list[str])
         for rung in rung_epochs(spec):
             order, keep = cut(
                 [r["records"][rung] for r in alive],
-                getattr(spec.train, "selection", "worst_group"),
+                spec.train.selection,
                 spec.scheduler.reduction_factor,
             )
             for i in order[keep:]:

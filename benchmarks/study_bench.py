@@ -45,8 +45,8 @@ def run_cli(*args: str) -> float:
 
 def trials(experiment: Path) -> list[dict]:
     """Per trial of a phase, through the project's study reader: config, history, selected epoch."""
-    from rest.study.trials import read_phase
     from rest.storage import local
+    from rest.study.trials import read_phase
 
     return [
         {"config": t.config, "records": {r["epoch"]: r for r in t.history}, "last": t.history[-1], "trial": t}
@@ -58,8 +58,8 @@ def trials(experiment: Path) -> list[dict]:
 def selected(rows: list[dict], cell_keys: list[str]) -> dict[tuple, dict]:
     """Per cell, the trial the project's selection rule ranks first (what the study would confirm)."""
     from rest import selection
-    from rest.study.trials import trial_row
     from rest.study.space import parse_space
+    from rest.study.trials import trial_row
 
     spec = parse_space("search: {density: {grid: [1]}}")  # only max_epochs is read, from each trial's config
     table = [dict(trial_row(r["trial"], spec), _row=i) for i, r in enumerate(rows)]

@@ -1,13 +1,19 @@
 """rest-tune: REST (reweighted sparse training) as a Ray Tune hyperparameter study.
 
-Packages by layer, each importing only the ones before it (each ``__init__`` names its modules):
+A foundation and five packages by layer (each ``__init__`` names its modules; tests/test_structure.py
+enforces who imports whom):
 
-- the foundation, here: errors, settings, selection (what "best" means), storage, storage_retry, tables;
+- the foundation, here: errors, settings (the training settings), selection (what "best" means),
+  storage, storage_retry, tables, and legacy (old module names, for studies written before this layout);
 - ``rest.core``: one training run, torch only (data, models, sparse, train, the model-file format, ...);
-- ``rest.study``: the study on Ray Tune (space, manifest, search, trainable, driver, runner, compact, ...);
-- ``rest.report``: read-only: the study reader, tables, export, plots, status;
-- ``rest.deploy``: model files and fast sparse inference (foundation and core only: no pandas, no Ray);
-- ``rest.api`` (the Python API, including ``export_model``) and ``rest.cli`` (the command line) use them all.
+  imports the foundation only;
+- ``rest.study``: the study on Ray Tune (space, manifest, contract, search, trainable, driver, runner, ...);
+  imports the foundation and core;
+- ``rest.report``: read-only: the study reader, tables, export, plots, status; imports the foundation and
+  the study's Ray-free on-storage contract;
+- ``rest.deploy``: model files and fast sparse inference; imports the foundation and core (no pandas, no Ray);
+- ``rest.cli`` (the command line) and ``rest.api`` (the Python API: ``run_study``, ``load_study``,
+  ``export_model``) may import them all; ``load_model``, ``run_study`` and ``load_study`` are here.
 
 Heavy dependencies load lazily.
 """

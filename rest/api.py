@@ -31,13 +31,19 @@ class Study(StudyResults):
     """A study's results with export's tables at hand (the reader itself knows nothing of export)."""
 
     def best_configs(self, selection: str = "val"):
-        """The selected config of every cell beside both dense baselines (what `export` writes)."""
+        """The selected config of every cell beside both dense baselines (what `export` writes).
+
+        `selection` is the ranking, as export's ``--selection``: ``val`` or ``oracle``.
+        """
         from rest.report.export import best_configs
 
         return best_configs(self, selection)
 
     def export(self, out, formats=("md", "csv", "tex"), selection: str = "val") -> list[Path]:
-        """Write every table, the plot and the summary to directory `out`; returns the paths."""
+        """Write every table, the plot and the summary to directory `out`; returns the paths.
+
+        `selection` is the ranking, as export's ``--selection``: ``val`` or ``oracle``.
+        """
         from rest.report.export import export
 
         return export([self], Path(out), list(formats), selection)
@@ -195,7 +201,7 @@ def selected_trial(study: StudyResults, cell: str):
     """The trial behind a cell's selected config: of its seeds, the one the selection rule ranks first."""
     from rest import selection
     from rest.report.export import ExportError, format_value
-    from rest.report.tables import BASELINE_ROLES, best_configs, primary_metric, selection_pool
+    from rest.report.tables import BASELINE_ROLES, best_configs, ranked_by, selection_pool
 
     spec = study.spec
     keys = spec.compare_within
@@ -213,7 +219,7 @@ def selected_trial(study: StudyResults, cell: str):
     pool = pool[~pool["role"].isin(list(BASELINE_ROLES))]
     for key in keys + spec.searched_keys():
         pool = pool[[_same(v, format_value(row[key])) for v in pool[key]]]
-    primary, prefix = primary_metric(spec, "val")
+    primary, prefix = ranked_by(spec, "val")
     (index,) = selection.select(pool.to_dict("records"), primary, prefix)
     trial_id = pool.iloc[index]["trial_id"]
     return next(t for t in study.all_trials() if t.trial_id == trial_id)
@@ -265,7 +271,7 @@ def retrain_command(config: dict, out: str) -> str:
 
     from rest.settings import TrainSettings
 
-    settings = TrainSettings.from_dict({k: v for k, v in config.items() if k != "extra"})
+    settings = TrainSettings.from_dict(config)
     default = TrainSettings()
     flags = [
         f"--{f.name.replace('_', '-')}={shlex.quote(str(getattr(settings, f.name)))}"

@@ -29,8 +29,13 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-PRIMARY = {"worst_group": "worst_group_acc", "average": "avg_acc"}
-RANKED = tuple(f"val_{m}" for m in (*PRIMARY.values(), "loss"))  # the validation keys rank_key reads
+# The primary metric (TrainSettings.selection, a study's ``selection:``) -> its record key.
+PRIMARY_METRIC_KEYS = {"worst_group": "worst_group_acc", "average": "avg_acc"}
+# The ranking (export's ``--selection``): configs ranked on validation as the rule says, or,
+# labelled ORACLE, on test worst-group accuracy -> the record prefix it ranks on.
+RANKING_PREFIXES = {"val": "best_val_", "oracle": "best_test_"}
+RANKING_NAMES = tuple(RANKING_PREFIXES)
+RANKED = tuple(f"val_{m}" for m in (*PRIMARY_METRIC_KEYS.values(), "loss"))  # the validation keys rank_key reads
 SMALL_GROUP = 30  # a deciding validation group below this is flagged in tables
 
 
@@ -42,9 +47,9 @@ def _num(x: Any) -> float:
     return -math.inf if x != x else x
 
 
-def check_primary(primary: str) -> str:
-    if primary not in PRIMARY:
-        raise ValueError(f"unknown selection '{primary}'; choose from {', '.join(PRIMARY)}")
+def check_primary_metric(primary: str) -> str:
+    if primary not in PRIMARY_METRIC_KEYS:
+        raise ValueError(f"unknown selection '{primary}'; choose from {', '.join(PRIMARY_METRIC_KEYS)}")
     return primary
 
 
@@ -55,7 +60,7 @@ def rank_key(record: Mapping[str, Any], primary: str = "worst_group", prefix: st
     """
     loss = _num(record.get(f"{prefix}loss"))
     return (
-        _num(record.get(prefix + PRIMARY[check_primary(primary)])),
+        _num(record.get(prefix + PRIMARY_METRIC_KEYS[check_primary_metric(primary)])),
         _num(record.get(f"{prefix}avg_acc")),
         -loss if loss != -math.inf else -math.inf,
         _num(record.get("epoch", 0)) if prefix == "val_" else 0.0,
@@ -97,7 +102,7 @@ def deciding_group_size(record: Mapping[str, Any], primary: str = "worst_group",
     align_n, conflict_n = record.get(f"{prefix}align_count"), record.get(f"{prefix}conflict_count")
     if align_n is None or conflict_n is None:
         return math.nan
-    if check_primary(primary) == "average":
+    if check_primary_metric(primary) == "average":
         return float(align_n) + float(conflict_n)
     align, conflict = _num(record.get(f"{prefix}align_acc")), _num(record.get(f"{prefix}conflict_acc"))
     if conflict_n == 0:

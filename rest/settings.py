@@ -19,17 +19,21 @@ from rest.errors import UserError
 # tests/test_registries.py checks they match the real registries.
 DATASET_NAMES = ("colored_digits", "cmnist", "cifar10c", "bffhq")
 MODEL_NAMES = ("cnn", "resnet18")
-SPARSE_METHODS = ("rigl", "set", "static", "dcwp")
-DISTRIBUTIONS = ("erk", "er", "uniform")
+SPARSE_METHOD_NAMES = ("rigl", "set", "static", "dcwp")
+ALLOCATION_NAMES = ("erk", "er", "uniform")
 REWEIGHT_NAMES = ("none", "oracle", "jtt", "pgd")
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("plateau", "cosine", "none")
-STEMS = ("auto", "imagenet", "cifar")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+OPTIMIZER_NAMES = ("sgd", "adam")
+SCHEDULE_NAMES = ("plateau", "cosine", "none")
+STEM_NAMES = ("auto", "imagenet", "cifar")
+PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")
+MEMORY_FORMAT_NAMES = ("auto", "channels_last", "contiguous")
 # The primary validation metric of model selection: REST selects its reweighted (dense)
 # runs on validation worst-group accuracy and its sparse runs on validation average accuracy.
-SELECTIONS = ("worst_group", "average")
+PRIMARY_METRIC_NAMES = ("worst_group", "average")
+
+
+# Keys a trial config (or an older checkpoint's settings) carries that are not settings.
+NON_SETTING_KEYS = ("extra",)
 
 
 class SettingsError(UserError, ValueError):
@@ -45,8 +49,8 @@ def _setting(default: Any, help: str) -> Any:
 class TrainSettings:
     """Everything that defines one training run (one Ray Tune trial).
 
-    Every field but ``extra`` is a ``train`` flag (``--conflict-pct`` for conflict_pct)
-    and a key of a study file's ``train:`` or ``search:``; its help string is below.
+    Every field is a ``train`` flag (``--conflict-pct`` for conflict_pct) and a key of a
+    study file's ``train:`` or ``search:``; its help string is below.
     """
 
     dataset: str = _setting("colored_digits", f"dataset: {', '.join(DATASET_NAMES)} (colored_digits is embedded)")
@@ -60,10 +64,10 @@ class TrainSettings:
     density: float = _setting(1.0, "fraction of conv/linear weights kept, in (0, 1]; 1 = dense")
     sparse: str = _setting(
         "rigl",
-        f"sparse method: {', '.join(SPARSE_METHODS)} (rigl, set, static: mask rules "
+        f"sparse method: {', '.join(SPARSE_METHOD_NAMES)} (rigl, set, static: mask rules "
         "during training; dcwp: masks learned first, then retraining)",
     )
-    distribution: str = _setting("erk", f"layer-wise density: {', '.join(DISTRIBUTIONS)}")
+    distribution: str = _setting("erk", f"layer-wise density: {', '.join(ALLOCATION_NAMES)}")
     update_frequency: int = _setting(100, "optimizer steps between mask updates")
     drop_rate: float = _setting(0.5, "initial drop fraction of a mask update, cosine-decayed")
     drop_rate_min: float = _setting(0.0, "floor the drop fraction decays to, below drop_rate (REST: 0.005)")
@@ -86,29 +90,29 @@ class TrainSettings:
         0.05, "DCWP: weight of the debiased contrastive term while scores learn (DCWP: 0.05)"
     )
     dcwp_con_retrain: float = _setting(0.05, "DCWP: weight of the debiased contrastive term in retraining (DCWP: 0.05)")
-    optimizer: str = _setting("sgd", f"optimizer: {', '.join(OPTIMIZERS)}")
+    optimizer: str = _setting("sgd", f"optimizer: {', '.join(OPTIMIZER_NAMES)}")
     lr: float = _setting(0.01, "learning rate")
     momentum: float = _setting(0.9, "SGD momentum")
     weight_decay: float = _setting(0.0, "weight decay")
-    schedule: str = _setting("plateau", f"learning-rate schedule: {', '.join(SCHEDULES)}")
+    schedule: str = _setting("plateau", f"learning-rate schedule: {', '.join(SCHEDULE_NAMES)}")
     plateau_patience: int = _setting(10, "plateau: epochs without validation-loss gain before lr x0.1 (REST: 5)")
     batch_size: int = _setting(256, "training batch size")
     epochs: int = _setting(10, "training epochs")
     seed: int = _setting(42, "random seed")
     selection: str = _setting(
         "worst_group",
-        f"validation metric that selects the epoch: {', '.join(SELECTIONS)} "
+        f"validation metric that selects the epoch: {', '.join(PRIMARY_METRIC_NAMES)} "
         "(REST: worst_group for reweighted runs, average for sparse ones)",
     )
     device: str = _setting("auto", "auto, cpu, cuda or cuda:N (auto: the GPU if there is one)")
     precision: str = _setting(
         "auto",
-        f"autocast precision: {', '.join(PRECISIONS)} (fp16 with a loss scaler); auto: bf16 "
+        f"autocast precision: {', '.join(PRECISION_NAMES)} (fp16 with a loss scaler); auto: bf16 "
         "on CUDA, fp32 on CPU (CPU autocast is slower; bf16/fp16 there are for testing)",
     )
     memory_format: str = _setting(
         "auto",
-        f"weight and activation layout: {', '.join(MEMORY_FORMATS)} (auto: channels_last on CUDA, contiguous on CPU)",
+        f"weight and activation layout: {', '.join(MEMORY_FORMAT_NAMES)} (auto: channels_last on CUDA, contiguous on CPU)",
     )
     data_device_fraction: float = _setting(
         0.25,
@@ -122,22 +126,21 @@ class TrainSettings:
         "use N samples of each split, for quick runs: a seeded sample that keeps each split's "
         "class and aligned/conflicting shares, the same for every seed (0: all)",
     )
-    extra: dict[str, Any] = field(default_factory=dict)  # bookkeeping of a study (a confirm trial's role); no flag
 
     def validate(self) -> TrainSettings:
         """Raise SettingsError naming the first impossible value."""
         _choice("dataset", self.dataset, DATASET_NAMES)
         if self.model is not None:
             _choice("model", self.model, MODEL_NAMES)
-        _choice("sparse", self.sparse, SPARSE_METHODS)
-        _choice("distribution", self.distribution, DISTRIBUTIONS)
+        _choice("sparse", self.sparse, SPARSE_METHOD_NAMES)
+        _choice("distribution", self.distribution, ALLOCATION_NAMES)
         _choice("reweight", self.reweight, REWEIGHT_NAMES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("stem", self.stem, STEMS)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("memory_format", self.memory_format, MEMORY_FORMATS)
-        _choice("selection", self.selection, SELECTIONS)
+        _choice("optimizer", self.optimizer, OPTIMIZER_NAMES)
+        _choice("schedule", self.schedule, SCHEDULE_NAMES)
+        _choice("stem", self.stem, STEM_NAMES)
+        _choice("precision", self.precision, PRECISION_NAMES)
+        _choice("memory_format", self.memory_format, MEMORY_FORMAT_NAMES)
+        _choice("selection", self.selection, PRIMARY_METRIC_NAMES)
         if not 0.0 < float(self.density) <= 1.0:
             raise SettingsError(f"density {self.density} is outside (0, 1]; use e.g. 0.05 for 5% of weights")
         if float(self.lambda_upweight) < 1.0:
@@ -210,7 +213,13 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
-        """Build settings from a flat mapping; unknown keys are an error naming them."""
+        """Build settings from a flat mapping; unknown keys are an error naming them.
+
+        A study's bookkeeping (``extra``: a trial's role, method, position) rides in its
+        trial configs, and checkpoints and model files written before it left the settings
+        carry an empty one: it is not a setting and is dropped here.
+        """
+        values = {k: v for k, v in values.items() if k not in NON_SETTING_KEYS}
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:

@@ -21,36 +21,31 @@ def _pairs() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     return {
         "settings.DATASET_NAMES": (settings.DATASET_NAMES, tuple(DATASETS)),
         "settings.MODEL_NAMES": (settings.MODEL_NAMES, tuple(MODELS)),
-        "settings.SPARSE_METHODS": (settings.SPARSE_METHODS, tuple(sparse.METHODS)),
-        "settings.DISTRIBUTIONS": (settings.DISTRIBUTIONS, tuple(sparse.ALLOCATIONS)),
+        "settings.SPARSE_METHOD_NAMES": (settings.SPARSE_METHOD_NAMES, tuple(sparse.METHODS)),
+        "settings.ALLOCATION_NAMES": (settings.ALLOCATION_NAMES, tuple(sparse.ALLOCATIONS)),
         "settings.REWEIGHT_NAMES": (settings.REWEIGHT_NAMES, tuple(reweight.STRATEGIES)),
-        "settings.OPTIMIZERS": (settings.OPTIMIZERS, tuple(train.OPTIMIZERS)),
-        "settings.SCHEDULES": (settings.SCHEDULES, tuple(train.SCHEDULES)),
-        "settings.STEMS": (settings.STEMS, tuple(STEMS)),
-        "settings.PRECISIONS": (settings.PRECISIONS, ("auto", *device.PRECISIONS)),  # auto: the device's choice
-        "settings.MEMORY_FORMATS": (settings.MEMORY_FORMATS, ("auto", *device.MEMORY_FORMATS)),
-        "settings.SELECTIONS": (settings.SELECTIONS, tuple(selection.PRIMARY)),
-        "cli_prepare.CHECK_DATASETS": (
-            cli_prepare.CHECK_DATASETS,
+        "settings.OPTIMIZER_NAMES": (settings.OPTIMIZER_NAMES, tuple(train.OPTIMIZERS)),
+        "settings.SCHEDULE_NAMES": (settings.SCHEDULE_NAMES, tuple(train.SCHEDULES)),
+        "settings.STEM_NAMES": (settings.STEM_NAMES, tuple(STEMS)),
+        "settings.PRECISION_NAMES": (
+            settings.PRECISION_NAMES,
+            ("auto", *device.PRECISIONS),
+        ),  # auto: the device's choice
+        "settings.MEMORY_FORMAT_NAMES": (settings.MEMORY_FORMAT_NAMES, ("auto", *device.MEMORY_FORMATS)),
+        "settings.PRIMARY_METRIC_NAMES": (settings.PRIMARY_METRIC_NAMES, tuple(selection.PRIMARY_METRIC_KEYS)),
+        "cli_prepare.CHECK_DATASET_NAMES": (
+            cli_prepare.CHECK_DATASET_NAMES,
             tuple(n for n, s in DATASETS.items() if s.needs_root),
         ),
     }
 
 
 NAMES = [
-    "settings.DATASET_NAMES",
-    "settings.MODEL_NAMES",
-    "settings.SPARSE_METHODS",
-    "settings.DISTRIBUTIONS",
-    "settings.REWEIGHT_NAMES",
-    "settings.OPTIMIZERS",
-    "settings.SCHEDULES",
-    "settings.STEMS",
-    "settings.PRECISIONS",
-    "settings.MEMORY_FORMATS",
-    "settings.SELECTIONS",
-    "cli_prepare.CHECK_DATASETS",
-]
+    "settings.DATASET_NAMES", "settings.MODEL_NAMES", "settings.SPARSE_METHOD_NAMES", "settings.ALLOCATION_NAMES",
+    "settings.REWEIGHT_NAMES", "settings.OPTIMIZER_NAMES", "settings.SCHEDULE_NAMES", "settings.STEM_NAMES",
+    "settings.PRECISION_NAMES", "settings.MEMORY_FORMAT_NAMES", "settings.PRIMARY_METRIC_NAMES",
+    "cli_prepare.CHECK_DATASET_NAMES",
+]  # fmt: skip
 
 
 def test_every_pair_is_listed():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rest.selection import RANKING_NAMES
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("export", help="best-config tables, a plot and a summary from a study directory")
@@ -24,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--format", default="md,csv,tex", help="comma-separated: md, csv, tex (default md,csv,tex)")
     p.add_argument(
         "--selection",
-        choices=("val", "oracle"),
+        dest="ranking",
+        choices=RANKING_NAMES,
         default="val",
         help="rank configs on validation as the study's selection setting says (default) or, "
         "labelled ORACLE, on test worst-group accuracy",
@@ -39,7 +42,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     studies = [read_for_export(find_study(s, args.storage)) for s in args.study]
     out = args.out or Path("results") / "-".join(s.name for s in studies)
-    written = export(studies, out, [f.strip() for f in args.format.split(",") if f.strip()], args.selection)
+    written = export(studies, out, [f.strip() for f in args.format.split(",") if f.strip()], args.ranking)
     names = ", ".join(s.name for s in studies)
     print(f"exported {names} ({sum(len(s.all_trials()) for s in studies)} trials) to {written[0].parent}:")
     for path in written:

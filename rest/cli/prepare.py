@@ -22,7 +22,7 @@ from rest.errors import UserError
 log = logging.getLogger("rest.core.prepare")
 
 DEFAULT_RATIOS = "0.5,1,2,5"
-CHECK_DATASETS = ("cmnist", "cifar10c", "bffhq")
+CHECK_DATASET_NAMES = ("cmnist", "cifar10c", "bffhq")
 
 
 # ----------------------------------------------------------------- parser
@@ -89,7 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                     "names, unreadable images, duplicates across splits. Exit 2 if anything is wrong.")  # fmt: skip
     ck.add_argument("dir", type=Path, metavar="DIR", help="root of the tree")
     ck.add_argument(
-        "--dataset", choices=CHECK_DATASETS, default=None, help="also check labels against this dataset's classes"
+        "--dataset", choices=CHECK_DATASET_NAMES, default=None, help="also check labels against this dataset's classes"
     )
     ck.add_argument(
         "--workers", type=int, default=None, metavar="N", help="processes decoding images (default: all cores)"

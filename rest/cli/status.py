@@ -76,9 +76,9 @@ def best_text(cell, primary: str) -> str:
     if not cell.best:
         return "-"
     config = ", ".join(f"{k} {_value(v)}" for k, v in cell.best.items())
-    from rest.selection import PRIMARY
+    from rest.selection import PRIMARY_METRIC_KEYS
 
-    score = cell.best_metrics.get(f"val_{PRIMARY[primary]}")
+    score = cell.best_metrics.get(f"val_{PRIMARY_METRIC_KEYS[primary]}")
     seeds = f", {cell.best_seeds} seeds" if cell.best_seeds > 1 else ""
     return f"{config} (val {primary.replace('_', '-')} {100 * score:.1f}%{seeds})" if score is not None else config
 

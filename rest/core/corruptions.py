@@ -320,12 +320,6 @@ CORRUPTIONS: dict[str, Corruption] = {
 CORRUPTION_NAMES: tuple[str, ...] = tuple(CORRUPTIONS)
 
 
-def get_corruption(name: str) -> Corruption:
-    if name not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption '{name}'; choose from {', '.join(CORRUPTIONS)}")
-    return CORRUPTIONS[name]
-
-
 def corrupt(image: np.ndarray, bias: int, severity: int, rng: np.random.Generator) -> np.ndarray:
     """Apply corruption number `bias` (the Corrupted CIFAR-10 bias label) to one image."""
     return CORRUPTIONS[CORRUPTION_NAMES[bias]](image, severity, rng)

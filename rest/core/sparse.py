@@ -120,7 +120,7 @@ METHODS: dict[str, tuple[str, str] | None] = {
     "dcwp": None,  # masks learned before training (rest.core.dcwp), then fixed
 }  # fmt: skip
 # Methods whose masks come from a learning stage: the model stays dense until set_masks().
-LEARNED = ("dcwp",)
+LEARNED_METHOD_NAMES = ("dcwp",)
 
 
 def _mask_state(optimizer: torch.optim.Optimizer | None, p: nn.Parameter, mask: torch.Tensor) -> None:
@@ -211,7 +211,7 @@ class SparseMask:
         if self.density < 1.0:
             shapes = {n: tuple(p.shape) for n, p in self.params.items()}
             self.counts = counts = active_counts(shapes, erk_densities(shapes, self.density, distribution))
-            if method in LEARNED:
+            if method in LEARNED_METHOD_NAMES:
                 return  # dense until the learned masks arrive (set_masks)
             for name, p in self.params.items():
                 idx = torch.randperm(p.numel(), generator=self.generator)[: counts[name]]

@@ -45,7 +45,7 @@ from rest.core.device import (
 from rest.core.losses import FeatureTap, debiased_contrastive, generalized_cross_entropy
 from rest.core.models import build_model
 from rest.core.reweight import EpochSampler, make_sampler
-from rest.core.sparse import LEARNED, SparseMask, output_positions
+from rest.core.sparse import LEARNED_METHOD_NAMES, SparseMask, output_positions
 from rest.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ Progress = Callable[[int, int], None]
 Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Every key of a run_epoch record: a contract with the study and export code (docs/metrics.md).
-SPLITS = ("val_", "test_")
+SPLIT_PREFIXES = ("val_", "test_")
 EPOCH_METRICS = (
     "epoch", "train_loss",
     "val_worst_group_acc", "val_avg_acc", "val_conflict_acc", "val_align_acc",
@@ -64,7 +64,7 @@ EPOCH_METRICS = (
     "test_worst_class_bias_acc", "test_balanced_acc",
 )  # fmt: skip
 # Every key of a record: the epoch's metrics, the selected epoch's (best_*), then the model's size and timing.
-METRICS = EPOCH_METRICS + ("best_epoch",) + tuple(f"best_{k}" for k in EPOCH_METRICS if k.startswith(SPLITS)) + (
+METRICS = EPOCH_METRICS + ("best_epoch",) + tuple(f"best_{k}" for k in EPOCH_METRICS if k.startswith(SPLIT_PREFIXES)) + (
     "density", "nonzero_params", "dense_params", "inference_flops", "dense_inference_flops", "lr", "epoch_seconds",
 )  # fmt: skip
 
@@ -229,7 +229,7 @@ class Trainer:
         self.dense_flops = sum(2 * self.positions[n] * p.numel() for n, p in self.sparse.params.items())
         self.aug_gen = torch.Generator().manual_seed(s.seed + 1)
         # DCWP learns its masks on the first epoch, before the sampler (which may use its flagged set)
-        self.dcwp = DCWPState() if s.sparse in LEARNED and self.sparse.counts else None
+        self.dcwp = DCWPState() if s.sparse in LEARNED_METHOD_NAMES and self.sparse.counts else None
         self.sampler: EpochSampler | None = None  # built on first epoch (JTT and PGD train a model for it)
         self.epoch = 0
         self.best: dict[str, float] = {"best_epoch": 0}  # the selected epoch's metrics, as best_<metric>
@@ -381,7 +381,7 @@ class Trainer:
         if selection.better(record, self._incumbent(), s.selection):
             self.best = {
                 "best_epoch": self.epoch,
-                **{f"best_{k}": v for k, v in record.items() if k.startswith(SPLITS)},
+                **{f"best_{k}": v for k, v in record.items() if k.startswith(SPLIT_PREFIXES)},
             }
             self.best_weights = {
                 "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},

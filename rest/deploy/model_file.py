@@ -98,9 +98,6 @@ def load_model(path: str | Path, engine: str = "dense"):
     return make_engine(model.eval(), engine)
 
 
-SPLITS = ("test", "valid", "train")
-
-
 def predict_file(
     path,
     engine: str = "dense",
@@ -118,14 +115,15 @@ def predict_file(
 
     from rest.core.batches import to_input
     from rest.core.data import DataError, get_dataset_spec, load_dataset
+    from rest.core.data.base import SPLIT_NAMES
     from rest.core.train import group_accuracies
     from rest.deploy.infer import ENGINES, layer_plan, timed_logits
     from rest.settings import TrainSettings
 
     if engine not in ENGINES:
         raise ModelFileError(f"unknown engine '{engine}'; choose from {', '.join(ENGINES)}")
-    if split not in SPLITS:
-        raise DataError(f"unknown split '{split}'; choose from {', '.join(SPLITS)}")
+    if split not in SPLIT_NAMES:
+        raise DataError(f"unknown split '{split}'; choose from {', '.join(SPLIT_NAMES)}")
     if batch_size < 1:
         raise DataError(f"--batch-size {batch_size} must be at least 1")
     if conflict_pct is not None and not 0.0 < float(conflict_pct) < 100.0:  # nan and inf too

@@ -1,9 +1,10 @@
 """Writing a study's report: every table as markdown, csv and LaTeX, the plot and summary.md; read-only on storage.
 
 The tables themselves (DataFrames) are ``rest.report.tables``'; this module presents them
-(accuracy in percent, mean ± standard error over seeds), captions them with the selection
-rule, and writes one export directory (``rest.report.export_dir``). With ``how="oracle"``
-every output says ORACLE.
+(accuracy in percent, mean ± standard error over seeds), captions them with the ranking that
+chose their configs (``val``: the selection rule on validation numbers; ``oracle``: test
+worst-group accuracy, and every output says ORACLE), and writes one export directory
+(``rest.report.export_dir``).
 
 Outputs: best_configs, by_density, paper_table (each .md / .csv / .tex), trials.csv,
 accuracy_vs_density.png and summary.md.
@@ -205,11 +206,11 @@ def _latex_value(v) -> str:
     return _latex_escape(text)
 
 
-def caption(spec: StudySpec, how: str, what: str) -> str:
-    if how == "oracle":
+def caption(spec: StudySpec, ranking: str, what: str) -> str:
+    if ranking == "oracle":
         rule = "ORACLE: configs ranked on test worst-group accuracy (not a fair result)"
     else:
-        primary = getattr(spec.train, "selection", "worst_group").replace("_", "-")
+        primary = spec.train.selection.replace("_", "-")
         rule = (
             f"configs ranked per cell on validation {primary} accuracy, then validation average accuracy, "
             f"then validation loss"
@@ -232,19 +233,19 @@ def table_files(
     return {f"{base}.{fmt}": writers[fmt] for fmt in formats}
 
 
-FORMATS = ("md", "csv", "tex")
+FORMAT_NAMES = ("md", "csv", "tex")
 
 
-def export(studies: list[StudyResults], out: Path, formats: list[str], how: str = "val") -> list[Path]:
+def export(studies: list[StudyResults], out: Path, formats: list[str], ranking: str = "val") -> list[Path]:
     """Write every table, the plot and the summary of one study (or the merged tables of several).
 
     `out` then holds this export alone (``rest.report.export_dir``): the files of an earlier
     export of the same studies that this one does not write are removed.
     """
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in FORMAT_NAMES]
     if unknown:
-        raise ExportError(f"unknown format {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
-    files = export_files(studies, formats, how)
+        raise ExportError(f"unknown format {', '.join(unknown)}; choose from {', '.join(FORMAT_NAMES)}")
+    files = export_files(studies, formats, ranking)
     owner = ", ".join(s.name for s in studies)
     out, earlier = export_dir.claim(out, owner, list(files))
     for name, write in files.items():
@@ -253,11 +254,11 @@ def export(studies: list[StudyResults], out: Path, formats: list[str], how: str 
     return [out / name for name in files]
 
 
-def export_files(studies: list[StudyResults], formats: list[str], how: str) -> dict[str, Writer]:
+def export_files(studies: list[StudyResults], formats: list[str], ranking: str) -> dict[str, Writer]:
     """Every output of an export, file name -> the function that writes it there."""
-    suffix = "" if how == "val" else "_oracle"
+    suffix = "" if ranking == "val" else "_oracle"
     spec = studies[0].spec
-    best = pd.concat([best_configs(s, how).assign(study=s.name) for s in studies], ignore_index=True)
+    best = pd.concat([best_configs(s, ranking).assign(study=s.name) for s in studies], ignore_index=True)
     if len(studies) == 1:
         best = best.drop(columns=["study"])
     files = table_files(
@@ -267,19 +268,19 @@ def export_files(studies: list[StudyResults], formats: list[str], how: str) -> d
         formats,
         caption(
             spec,
-            how,
+            ranking,
             "Selected config per cell and method"
             if spec.methods
             else "Selected config per cell and the dense baselines",
         ),
     )
-    paper = paper_table(studies, how)
+    paper = paper_table(studies, ranking)
     files |= table_files(
         paper,
         paper_presentable(paper),
         f"paper_table{suffix}",
         formats,
-        caption(spec, how, "Unbiased / conflicting test accuracy per conflict ratio"),
+        caption(spec, ranking, "Unbiased / conflicting test accuracy per conflict ratio"),
     )
     trials = pd.concat(
         [
@@ -293,31 +294,31 @@ def export_files(studies: list[StudyResults], formats: list[str], how: str) -> d
     files["trials.csv"] = lambda path: trials.to_csv(path, index=False)
     if len(studies) == 1 and not spec.methods:  # methods differ in more than density: no by-density view
         study = studies[0]
-        density = by_density(study, how)
+        density = by_density(study, ranking)
         files |= table_files(
             density,
             presentable(density, spec),
             f"by_density{suffix}",
             [f for f in formats if f in ("csv", "md")],
-            caption(spec, how, "Search phase: best config per cell and density"),
+            caption(spec, ranking, "Search phase: best config per cell and density"),
         )
         if density["best_test_worst_group_acc"].notna().any():  # no plot when every trial failed
             from rest.report.plots import accuracy_vs_density
 
             files[f"accuracy_vs_density{suffix}.png"] = lambda path: accuracy_vs_density(
-                study, density, best, path, how
+                study, density, best, path, ranking
             )
     if len(studies) == 1:
-        files["summary.md"] = lambda path: path.write_text(summary(studies[0], best, how))
+        files["summary.md"] = lambda path: path.write_text(summary(studies[0], best, ranking))
     return files
 
 
-def summary(study: StudyResults, best: pd.DataFrame, how: str) -> str:
+def summary(study: StudyResults, best: pd.DataFrame, ranking: str) -> str:
     t, m, spec = study.trials(), study.manifest, study.spec
     lines = [f"# Study {study.name}", ""]
     if spec.description:
         lines += [spec.description, ""]
-    if how == "oracle":
+    if ranking == "oracle":
         lines += ["**ORACLE selection: configs chosen on test worst-group accuracy (not a fair result).**", ""]
     lines += ["## What ran", ""]
     for phase, info in m["phases"].items():
@@ -347,7 +348,7 @@ def summary(study: StudyResults, best: pd.DataFrame, how: str) -> str:
     lines += [
         "## How configs were chosen",
         "",
-        caption(spec, how, "Every cell's config was chosen on validation data alone"),
+        caption(spec, ranking, "Every cell's config was chosen on validation data alone"),
         "",
     ]
     if not small.empty:

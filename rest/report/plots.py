@@ -10,7 +10,9 @@ import pandas as pd
 from rest.report.results import StudyResults, search_configs
 
 
-def accuracy_vs_density(study: StudyResults, density: pd.DataFrame, best: pd.DataFrame, path: Path, how: str) -> None:
+def accuracy_vs_density(
+    study: StudyResults, density: pd.DataFrame, best: pd.DataFrame, path: Path, ranking: str
+) -> None:
     """Grid studies: one line per cell through the best config of each density. Sampled
     densities: every search config as a point, the selected config of each cell a star."""
     import matplotlib
@@ -72,7 +74,7 @@ def accuracy_vs_density(study: StudyResults, density: pd.DataFrame, best: pd.Dat
         fontsize=8,
         title_fontsize=8,
     )
-    tag = "" if how == "val" else " — ORACLE selection on test"
+    tag = "" if ranking == "val" else " — ORACLE selection on test"
     what = "every sampled config" if sampled else "best config per density"
     fig.suptitle(f"study {study.name}: search phase, {what}{tag}")
     fig.tight_layout()

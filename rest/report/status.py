@@ -52,7 +52,7 @@ from rest.study.space import StudySpec, method_configs
 log = logging.getLogger(__name__)
 
 CONFIRM_FILE = "confirm_configs.json"
-BASELINE_ROLES = ("erm_baseline", "dense_reweighted_baseline")
+BASELINE_ROLE_NAMES = ("erm_baseline", "dense_reweighted_baseline")
 READERS = 16  # histories read at once (object storage answers each read in tens of milliseconds)
 
 
@@ -228,7 +228,7 @@ def read_history(trial_dir: Location) -> list[dict] | None:
 
 def reported_selection(last: dict, primary: str) -> dict | None:
     """The selected epoch as the trial reported it (``best_val_*``, chosen by the same rule), if its records carry it."""
-    if f"best_val_{selection.PRIMARY[primary]}" not in last:
+    if f"best_val_{selection.PRIMARY_METRIC_KEYS[primary]}" not in last:
         return None
     return {
         "epoch": last.get("best_epoch"),
@@ -292,7 +292,7 @@ def confirm_plan(spec: StudySpec, configs: list[dict] | None) -> dict[tuple, lis
             config = flat_config(config)
             plan.setdefault(cell_key(config, spec), []).append(int(config.get("epochs") or spec.train.epochs))
         return plan
-    runs = spec.confirm.top_k * (1 + len(BASELINE_ROLES) * bool(spec.confirm.baseline and not spec.methods))
+    runs = spec.confirm.top_k * (1 + len(BASELINE_ROLE_NAMES) * bool(spec.confirm.baseline and not spec.methods))
     epochs = spec.confirm.epochs or spec.train.epochs
     return {cell: [epochs] * runs * len(spec.confirm.seeds) for cell in search_plan(spec)}
 
@@ -348,12 +348,12 @@ def best_config(trials: list[TrialState], keys: list[str], primary: str) -> tupl
     each trial's selected epoch, averaged over the config's seeds, ranked by ``selection.rank_key``; baselines excluded."""
     groups: dict[tuple, list[TrialState]] = {}
     for t in trials:
-        if t.selected and t.role not in BASELINE_ROLES:
+        if t.selected and t.role not in BASELINE_ROLE_NAMES:
             groups.setdefault(tuple(t.config.get(k) for k in keys) + (t.role,), []).append(t)
     if not groups:
         return None, {}, 0
     order = sorted(groups, key=lambda g: tuple(_config_key(v) for v in g))
-    metrics = ("val_" + selection.PRIMARY[primary], "val_avg_acc", "val_loss")
+    metrics = ("val_" + selection.PRIMARY_METRIC_KEYS[primary], "val_avg_acc", "val_loss")
     rows = [{f"best_{m}": _mean(t.selected.get(m) for t in groups[g]) for m in metrics} for g in order]
     winner = selection.select(rows, primary, prefix="best_val_")[0]
     group = order[winner]
@@ -382,7 +382,7 @@ def phase_status(
     experiment = study.join(phase)
     snapshot, entries = read_snapshot(experiment)
     trials = [trial_state(e, spec) for e in entries]
-    primary = getattr(spec.train, "selection", "worst_group")
+    primary = spec.train.selection
     add_selected(trials, experiment, primary)
     by_cell: dict[tuple, list[TrialState]] = {cell: [] for cell in plan}
     for t in trials:
@@ -452,7 +452,7 @@ def study_status(study: Location, spec: StudySpec | None = None) -> StudyStatus:
         phases,
         lock_status(study),
         stall_lines(study),
-        getattr(spec.train, "selection", "worst_group"),
+        spec.train.selection,
         time.perf_counter() - started,
     )
 

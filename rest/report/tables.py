@@ -4,7 +4,7 @@ Everything comes from the study reader (``rest.report.results``) and every choic
 the selection rule (``rest.selection``): per cell, configs are ranked on the mean
 over seeds of their selected epochs' validation numbers; the tables report those
 epochs' test numbers (mean and standard error over seeds, as fractions). With
-``how="oracle"`` configs are ranked on test worst-group accuracy instead, and every
+``ranking="oracle"`` configs are ranked on test worst-group accuracy instead, and every
 table says ORACLE. Writing them (markdown, csv, LaTeX, the summary) is ``rest.report.export``'s.
 
 Tables: best_configs (selected config per cell and both baselines, with REST's gain over
@@ -28,7 +28,6 @@ TABLE_METRICS = [
     "val_worst_group_acc", "test_worst_group_acc", "test_unbiased_acc", "test_conflict_acc", "test_align_acc",
     "test_worst_class_bias_acc", "test_balanced_acc",
 ]  # fmt: skip
-PRIMARY_PREFIX = {"val": "best_val_", "oracle": "best_test_"}
 BINS_PER_DECADE = 4  # by_density's log-scale bins for sampled densities
 BASELINE_ROLES = {"erm_baseline": "ERM (dense)", "dense_reweighted_baseline": "dense reweighted"}
 
@@ -44,11 +43,11 @@ NO_RESULT = {
 }
 
 
-def primary_metric(spec: StudySpec, how: str) -> tuple[str, str]:
-    """(primary metric, record prefix) of a selection mode: validation as the study says, or oracle."""
-    if how == "oracle":
-        return "worst_group", PRIMARY_PREFIX["oracle"]
-    return getattr(spec.train, "selection", "worst_group"), PRIMARY_PREFIX["val"]
+def ranked_by(spec: StudySpec, ranking: str) -> tuple[str, str]:
+    """(primary metric, record prefix) of a ranking: validation as the study says, or oracle."""
+    if ranking == "oracle":
+        return "worst_group", selection.RANKING_PREFIXES["oracle"]
+    return spec.train.selection, selection.RANKING_PREFIXES["val"]
 
 
 def selection_pool(trials: pd.DataFrame) -> pd.DataFrame:
@@ -67,14 +66,14 @@ def _gain(a: pd.Series, b: pd.Series | None, metric: str) -> tuple[float, float]
     return gain, se if (a.get("seeds", 1) > 1 and b.get("seeds", 1) > 1) else math.nan
 
 
-def best_configs(study: StudyResults, how: str = "val") -> pd.DataFrame:
+def best_configs(study: StudyResults, ranking: str = "val") -> pd.DataFrame:
     """Per cell: the selected config (mean over confirm seeds), both baselines, and REST's gain over each.
 
     A methods study has one row per cell and method instead (``best_per_method``).
     """
     spec = study.spec
     if spec.methods:
-        return best_per_method(study, how)
+        return best_per_method(study, ranking)
     cells = spec.compare_within
     trials = study.trials()
     pool = selection_pool(trials)
@@ -82,7 +81,7 @@ def best_configs(study: StudyResults, how: str = "val") -> pd.DataFrame:
     groups = (
         aggregate(pool, cells + spec.searched_keys() + ["role"]) if not pool.empty else pd.DataFrame(columns=["role"])
     )
-    primary, prefix = primary_metric(spec, how)
+    primary, prefix = ranked_by(spec, ranking)
     candidates = groups[~groups["role"].isin(list(BASELINE_ROLES))]
     rows = []
     for cell, (chosen,) in selection.select_per_cell(candidates.to_dict("records"), cells, primary, prefix).items():
@@ -110,13 +109,13 @@ def best_configs(study: StudyResults, how: str = "val") -> pd.DataFrame:
     )
     if table.empty:
         return table
-    table["selection"] = _selection_label(spec, how)
+    table["selection"] = _ranking_label(spec, ranking)
     table["small_deciding_group"] = table["deciding_group_size"] < selection.SMALL_GROUP
     first = ["row", *cells, *spec.searched_keys(), "seeds", "selection", "status"]
     return table.reindex(columns=first + [c for c in table.columns if c not in first and c != "role"])
 
 
-def best_per_method(study: StudyResults, how: str = "val") -> pd.DataFrame:
+def best_per_method(study: StudyResults, ranking: str = "val") -> pd.DataFrame:
     """A methods study: per cell, each method's selected config (mean over confirm seeds),
     in the study's method order."""
     spec = study.spec
@@ -124,7 +123,7 @@ def best_per_method(study: StudyResults, how: str = "val") -> pd.DataFrame:
     trials = study.trials()
     pool = selection_pool(trials)
     confirmed = (pool["phase"] == "confirm").any()
-    primary, prefix = primary_metric(spec, how)
+    primary, prefix = ranked_by(spec, ranking)
     groups = aggregate(pool, cells + ["method"] + spec.method_keys()) if not pool.empty else pd.DataFrame()
     order = {m.name: i for i, m in enumerate(spec.methods)}
     rows = []
@@ -150,7 +149,7 @@ def best_per_method(study: StudyResults, how: str = "val") -> pd.DataFrame:
     table = table.sort_values(
         [*cells, "method"], key=lambda col: col.map(order) if col.name == "method" else col, kind="stable"
     ).reset_index(drop=True)
-    table["selection"] = _selection_label(spec, how)
+    table["selection"] = _ranking_label(spec, ranking)
     table["small_deciding_group"] = table["deciding_group_size"] < selection.SMALL_GROUP
     first = ["row", *cells, *spec.searched_keys(), "seeds", "selection", "status"]
     return table.reindex(columns=first + [c for c in table.columns if c not in first and c != "method"])
@@ -173,10 +172,10 @@ def _with_failed_cells(table: pd.DataFrame, trials: pd.DataFrame, spec: StudySpe
     return add_failed_column(table, spec.compare_within, cell_failures(trials, spec))
 
 
-def _selection_label(spec: StudySpec, how: str) -> str:
-    if how == "oracle":
+def _ranking_label(spec: StudySpec, ranking: str) -> str:
+    if ranking == "oracle":
         return "ORACLE (test worst-group)"
-    return f"validation {getattr(spec.train, 'selection', 'worst_group').replace('_', '-')}"
+    return f"validation {spec.train.selection.replace('_', '-')}"
 
 
 def density_bin(density: float, per_decade: int = BINS_PER_DECADE) -> str:
@@ -187,7 +186,7 @@ def density_bin(density: float, per_decade: int = BINS_PER_DECADE) -> str:
     return f"({10 ** ((i - 1) / per_decade):.3g}, {10 ** (i / per_decade):.3g}]"
 
 
-def by_density(study: StudyResults, how: str = "val") -> pd.DataFrame:
+def by_density(study: StudyResults, ranking: str = "val") -> pd.DataFrame:
     """Per cell and density, on the search phase: the best config over the other searched settings.
 
     Where density is sampled from a range (no two trials share it), densities are
@@ -204,19 +203,19 @@ def by_density(study: StudyResults, how: str = "val") -> pd.DataFrame:
             groups.insert(0, "density_bin", [density_bin(d) for d in groups["density"]])
             groups = groups.sort_values("density")
         keys = spec.compare_within + ["density_bin"]
-    primary, prefix = primary_metric(spec, how)
+    primary, prefix = ranked_by(spec, ranking)
     chosen = [rows[0] for rows in selection.select_per_cell(groups.to_dict("records"), keys, primary, prefix).values()]
     chosen += missing_rows(chosen, search.to_dict("records"), keys, **NO_RESULT)  # every trial of these failed
     table = _with_failed_cells(pd.DataFrame(chosen), trials, spec)
     return table.sort_values(spec.compare_within + ["density"]).reset_index(drop=True) if not table.empty else table
 
 
-def paper_table(studies: list[StudyResults], how: str = "val") -> pd.DataFrame:
+def paper_table(studies: list[StudyResults], ranking: str = "val") -> pd.DataFrame:
     """REST's table layout: rows ERM, dense reweighted, REST; one column per (dataset, ratio);
     cells unbiased and conflicting test accuracy, mean ± SE over seeds (percent)."""
     rows = []
     for study in studies:
-        for _, r in best_configs(study, how).iterrows():
+        for _, r in best_configs(study, ranking).iterrows():
             rows.append(
                 {
                     "method": r["row"],

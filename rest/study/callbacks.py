@@ -14,7 +14,7 @@ import time
 
 from ray.tune import Callback
 
-from rest.selection import PRIMARY
+from rest.selection import PRIMARY_METRIC_KEYS
 from rest.storage import Location
 from rest.study import tune_ext
 from rest.study.compact import compact_logged
@@ -68,8 +68,9 @@ class ProgressWatch(Callback):
 
     def __init__(self, report, phase: str, planned_epochs: int, primary: str = "worst_group"):
         self.report, self.phase, self.planned = report, phase, planned_epochs
-        self.metric = f"val_{PRIMARY[primary]}"
-        self.label = "val " + PRIMARY[primary].removesuffix("_acc").replace("_", "-")  # val worst-group, val avg
+        self.metric = f"val_{PRIMARY_METRIC_KEYS[primary]}"
+        key = PRIMARY_METRIC_KEYS[primary]
+        self.label = "val " + key.removesuffix("_acc").replace("_", "-")  # val worst-group, val avg
         self.total, self.best, self.peak = 0, None, 1
         self.timed = [0.0, 0]  # seconds and count of epochs trained in this run
 

@@ -127,7 +127,7 @@ def _callbacks(phase: str, path: Location, spec: StudySpec, opts: RunOptions, pr
     ]
     if progress is not None:
         planned = (spec.confirm.epochs or spec.train.epochs) if phase == "confirm" else spec.max_epochs
-        callbacks.append(ProgressWatch(progress, phase, planned, getattr(spec.train, "selection", "worst_group")))
+        callbacks.append(ProgressWatch(progress, phase, planned, spec.train.selection))
     return callbacks
 
 
@@ -181,7 +181,7 @@ def select_confirm_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
         cfg = {k: v for k, v in t.config.items() if k not in ("seed", "extra")}
         configs_by_key.setdefault(tuple(str(cfg.get(k)) for k in spec.compare_within + searched), cfg)
     table = aggregate(pd.DataFrame(rows), spec.compare_within + searched)
-    primary = getattr(spec.train, "selection", "worst_group")
+    primary = spec.train.selection
     epochs = spec.confirm.epochs or spec.train.epochs
     configs = []
     for cell, members in selection.select_per_cell(
@@ -222,7 +222,7 @@ def select_method_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
             cfg,
         )
     table = aggregate(pd.DataFrame(rows), keys)
-    primary = getattr(spec.train, "selection", "worst_group")
+    primary = spec.train.selection
     own = {m.name: m.train for m in spec.methods}
     configs = []
     for (*_, method), members in selection.select_per_cell(

@@ -68,7 +68,7 @@ def make_scheduler(spec: StudySpec, study=None, max_active: int | None = None):
             TrialGroups(spec),
             list(rung_epochs(spec)),
             spec.scheduler.reduction_factor,
-            getattr(spec.train, "selection", "worst_group"),
+            spec.train.selection,
             METRIC,
             study.join(BOOK_FILE) if study is not None else None,
             max_active,
@@ -177,7 +177,6 @@ def make_search_alg(spec: StudySpec):
 def search_param_space(spec: StudySpec) -> dict:
     """The search phase's param_space: fixed settings, plus Tune distributions unless a searcher proposes them."""
     fixed = spec.train.replace(epochs=spec.max_epochs).to_dict()
-    fixed.pop("extra")
     if spec.search_alg.model_based or spec.methods:  # the searcher proposes every searched value
         return fixed
     return {**fixed, **{k: to_tune(d) for k, d in spec.search.items()}}

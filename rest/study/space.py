@@ -31,12 +31,12 @@ from rest.study.space_values import TRAIN_FIELDS, check_distribution, check_valu
 from rest.study.space_values import is_number as _is_number
 from rest.study.space_yaml import key_lines, read_yaml
 
-# DISTRIBUTIONS (rest.study.space_values): distribution name -> number of arguments. `lookup`
+# SEARCH_DISTRIBUTIONS (rest.study.space_values): distribution name -> number of arguments. `lookup`
 # ties one setting to another, as REST pairs lambda with the conflict ratio:
 # {lookup: {key: conflict_pct, table: {0.5: 10, 1: 30, 2: 50, 5: 80}}}.
 
 
-SCHEDULER_MODES = ("deterministic", "async")  # rungs filled before they are cut | Ray's ASHA (rest/study/rungs.py)
+SCHEDULER_MODE_NAMES = ("deterministic", "async")  # rungs filled before they are cut | Ray's ASHA (rest/study/rungs.py)
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Confirm:
 # generator (grid values enumerated, the rest sampled; `random` fixes its seed);
 # optuna (TPE) and hyperopt (TPE) are model-based: one searcher per cell (see rest/study/search.py).
 SEARCH_ALGS = {"grid": None, "random": None, "optuna": "optuna", "hyperopt": "hyperopt"}  # type -> package
-MODEL_BASED = ("optuna", "hyperopt")
+MODEL_BASED_NAMES = ("optuna", "hyperopt")
 
 
 @dataclass
@@ -72,7 +72,7 @@ class SearchAlg:
 
     @property
     def model_based(self) -> bool:
-        return self.type in MODEL_BASED
+        return self.type in MODEL_BASED_NAMES
 
 
 @dataclass
@@ -141,9 +141,6 @@ class StudySpec:
             for k, d in self.search.items()
             if next(iter(d)) in ("uniform", "loguniform", "quniform", "randint", "qrandint")
         ]
-
-    def cell_of(self, config: dict[str, Any]) -> tuple:
-        return tuple(config[k] for k in self.compare_within)
 
 
 TOP_LEVEL = {
@@ -252,8 +249,8 @@ def _parse(text: str, source: str, frozen: bool) -> StudySpec:
     )
     if scheduler.type not in ("asha", "none"):
         raise c.fail("scheduler.type", f"is '{scheduler.type}'; choose from asha, none")
-    if scheduler.mode not in SCHEDULER_MODES:
-        raise c.fail("scheduler.mode", f"is '{scheduler.mode}'; choose from {', '.join(SCHEDULER_MODES)}")
+    if scheduler.mode not in SCHEDULER_MODE_NAMES:
+        raise c.fail("scheduler.mode", f"is '{scheduler.mode}'; choose from {', '.join(SCHEDULER_MODE_NAMES)}")
     c.number(scheduler.grace_period, "scheduler.grace_period", int, 1)
     c.number(scheduler.reduction_factor, "scheduler.reduction_factor", float, 1.01)
     if scheduler.max_epochs is not None:
@@ -359,7 +356,6 @@ def method_configs(spec: StudySpec, epochs: int | None = None) -> list[dict[str,
     """The trials of a methods study's search phase: per cell (the shared search), every
     method's own grid over its fixed settings; each config says its method in extra.method."""
     base = spec.train.replace(epochs=epochs or spec.max_epochs).to_dict()
-    base.pop("extra")
     configs = []
     for shared in expand(base, spec.search):
         for m in spec.methods:

@@ -16,7 +16,7 @@ from rest.study.space_values import TRAIN_FIELDS, check_distribution, is_number
 
 METHOD_KEYS = {"train", "search"}
 # Distributions a methods study expands itself (into one grid of whole configs).
-METHOD_DISTRIBUTIONS = ("grid", "lookup")
+METHOD_DISTRIBUTION_NAMES = ("grid", "lookup")
 
 
 @dataclass
@@ -37,7 +37,7 @@ def check_methods(c, value: Any, train_values: dict, search: dict, cells: list[s
             "methods", "must map method names to {train: {...}, search: {...}}, e.g. ERM: {train: {reweight: none}}"
         )
     for key, dist in search.items():
-        if next(iter(dist)) not in METHOD_DISTRIBUTIONS:
+        if next(iter(dist)) not in METHOD_DISTRIBUTION_NAMES:
             raise c.fail(
                 f"search.{key}", f"uses '{next(iter(dist))}'; a methods study expands grids, so use grid or lookup"
             )
@@ -62,7 +62,7 @@ def check_methods(c, value: Any, train_values: dict, search: dict, cells: list[s
                 )
         for key, dist in own.items():
             check_distribution(c, f"{where}.search.{key}", dist)
-            if next(iter(dist)) not in METHOD_DISTRIBUTIONS:
+            if next(iter(dist)) not in METHOD_DISTRIBUTION_NAMES:
                 raise c.fail(
                     f"{where}.search.{key}", f"uses '{next(iter(dist))}'; a method's search is a grid (or lookup)"
                 )

@@ -28,13 +28,13 @@ from typing import Any
 from rest.settings import SettingsError, TrainSettings
 
 # Distribution name -> number of arguments (None: a non-empty list of values; 0: a lookup table).
-DISTRIBUTIONS: dict[str, int | None] = {
+SEARCH_DISTRIBUTIONS: dict[str, int | None] = {
     "grid": None, "choice": None, "uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2, "qrandint": 3,
     "lookup": 0,
 }  # fmt: skip
-RANGES = ("uniform", "loguniform", "quniform", "randint", "qrandint")
-INTEGER_RANGES = ("randint", "qrandint")  # draw integers; the others draw fractions (quniform: multiples of q)
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainSettings)} - {"extra"}  # what a study file may set
+RANGE_NAMES = ("uniform", "loguniform", "quniform", "randint", "qrandint")
+INTEGER_RANGE_NAMES = ("randint", "qrandint")  # draw integers; the others draw fractions (quniform: multiples of q)
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainSettings)}  # what a study file may set
 KINDS = {f.name: str(f.type).split(" |")[0] for f in dataclasses.fields(TrainSettings)}  # "int", "float", "str", ...
 MAX_COMBINATIONS = 20_000  # validated in combination up to this many; beyond it, each key alone
 
@@ -46,11 +46,13 @@ def is_number(x: Any) -> bool:
 def check_distribution(c, key: str, dist: Any) -> None:
     """The shape of one distribution ({name: args}); `c` is rest.study.space's checker, `key` its dotted name."""
     if not isinstance(dist, dict) or len(dist) != 1:
-        raise c.fail(key, f"must be one distribution such as {{grid: [...]}}; choose from {', '.join(DISTRIBUTIONS)}")
+        raise c.fail(
+            key, f"must be one distribution such as {{grid: [...]}}; choose from {', '.join(SEARCH_DISTRIBUTIONS)}"
+        )
     ((name, args),) = dist.items()
-    if name not in DISTRIBUTIONS:
-        raise c.fail(key, f"uses unknown distribution '{name}'; choose from {', '.join(DISTRIBUTIONS)}")
-    n = DISTRIBUTIONS[name]
+    if name not in SEARCH_DISTRIBUTIONS:
+        raise c.fail(key, f"uses unknown distribution '{name}'; choose from {', '.join(SEARCH_DISTRIBUTIONS)}")
+    n = SEARCH_DISTRIBUTIONS[name]
     if n == 0:
         if not (
             isinstance(args, dict)
@@ -73,7 +75,7 @@ def check_distribution(c, key: str, dist: Any) -> None:
         raise c.fail(key, f"loguniform needs a positive lower bound, got {args[0]}")
     if n == 3 and args[2] <= 0:
         raise c.fail(key, f"{name} needs a positive step q, got {args[2]}")
-    if name in INTEGER_RANGES and not all(float(a).is_integer() for a in args):
+    if name in INTEGER_RANGE_NAMES and not all(float(a).is_integer() for a in args):
         raise c.fail(key, f"{name} draws integers and needs integer [low, high, q], got {args!r}")
 
 
@@ -87,7 +89,7 @@ def _check_listed(c, key: str, name: str, values: list) -> None:
 def check_kind(c, key: str, field: str, dist: dict) -> None:
     """A range needs a numeric setting, and an integer setting needs a range that draws integers."""
     ((name, args),) = dist.items()
-    if name not in RANGES:
+    if name not in RANGE_NAMES:
         return
     kind = KINDS.get(field)
     if kind not in ("int", "float"):
@@ -95,7 +97,7 @@ def check_kind(c, key: str, field: str, dist: dict) -> None:
             key,
             f"uses {name}, a range of numbers, but {field} is {kind_text(kind)}; list its values with grid or choice",
         )
-    if kind == "int" and name not in INTEGER_RANGES and not (name == "quniform" and float(args[2]).is_integer()):
+    if kind == "int" and name not in INTEGER_RANGE_NAMES and not (name == "quniform" and float(args[2]).is_integer()):
         raise c.fail(key, f"uses {name}, which draws fractions, but {field} is an integer; use randint or qrandint")
 
 

@@ -114,7 +114,7 @@ def rest_trainable(
 
     from rest.core.train import Trainer
 
-    settings = TrainSettings.from_dict({k: v for k, v in flat_config(config).items() if k != "extra"})
+    settings = TrainSettings.from_dict(flat_config(config))
     if data_root:
         settings = settings.replace(data_root=data_root)
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
@@ -141,7 +141,7 @@ def rest_trainable(
     resumed_from = trainer.epoch
     delay = delay_seconds(test_delay, flat_config(config))
     node = ray.get_runtime_context().get_node_id()
-    primary = getattr(settings, "selection", "worst_group")
+    primary = settings.selection
     while trainer.epoch < settings.epochs:
         time.sleep(delay)
         record = trainer.run_epoch()

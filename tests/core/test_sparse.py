@@ -9,7 +9,7 @@ from torch import nn
 from rest.core.dcwp import top_masks
 from rest.core.models import build_model
 from rest.core.sparse import (
-    LEARNED,
+    LEARNED_METHOD_NAMES,
     METHODS,
     SparseMask,
     active_counts,
@@ -121,7 +121,7 @@ def _train_steps(model, mask, optimizer, steps, seed=0):
 def test_masked_weights_and_optimizer_state_are_exactly_zero(method, opt):
     model = _model()
     mask = SparseMask(model, 0.1, method, update_frequency=2, t_end_step=100, seed=3)
-    if method in LEARNED:  # DCWP's masks come from its learned scores: any scores will do here
+    if method in LEARNED_METHOD_NAMES:  # DCWP's masks come from its learned scores: any scores will do here
         gen = torch.Generator().manual_seed(0)
         mask.set_masks(top_masks({n: torch.rand(p.shape, generator=gen) for n, p in mask.params.items()}, mask.counts))
     counts = {n: int(m.sum()) for n, m in mask.masks.items()}

@@ -201,7 +201,7 @@ def test_predict_command_prints_accuracy_and_throughput(model_file, tmp_path):
         (["--conflict-pct", "nan"], "--conflict-pct nan is outside (0, 100)"),
         (["--conflict-pct", "inf"], "--conflict-pct inf is outside (0, 100)"),
         (["--conflict-pct", "abc"], "argument --conflict-pct: invalid float value: 'abc'"),
-        (["--split", "nope"], "unknown split 'nope'; choose from test, valid, train"),
+        (["--split", "nope"], "unknown split 'nope'; choose from train, valid, test"),
         (["--engine", "fast"], "unknown engine 'fast'; choose from dense, sparse"),
         (["--dataset", "nope"], "unknown dataset 'nope'; choose from"),
     ],

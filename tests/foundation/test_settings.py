@@ -67,3 +67,13 @@ def test_search_spaces_coerce_the_new_fields():
     s = TrainSettings.from_dict({"plateau_patience": 5.0, "drop_rate_min": 0, "precision": "fp16"})
     assert s.plateau_patience == 5 and isinstance(s.plateau_patience, int)
     assert s.drop_rate_min == 0.0 and isinstance(s.drop_rate_min, float)
+
+
+def test_a_study_s_bookkeeping_is_not_a_setting():
+    """A trial config's ``extra`` (role, method, position), and the empty one that checkpoints, model files
+    and ``train --out`` settings.json written before it left the settings carry, is dropped, not an error."""
+    config = {"dataset": "colored_digits", "density": 0.1, "extra": {"role": "top1", "method": "PGD"}}
+    assert TrainSettings.from_dict(config) == TrainSettings(density=0.1)
+    assert "extra" not in TrainSettings().to_dict()
+    with pytest.raises(SettingsError, match="unknown training setting"):
+        TrainSettings.from_dict({"extras": {}})

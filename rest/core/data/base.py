@@ -25,7 +25,7 @@ from rest.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
+SPLIT_NAMES = ("train", "valid", "test")
 
 
 class DataError(UserError, ValueError):
@@ -87,7 +87,7 @@ class BiasedData:
         seed. Splits smaller than n are kept whole.
         """
         train, valid, test = (
-            getattr(self, s).subsample(n, np.random.default_rng([seed, i])) for i, s in enumerate(SPLITS)
+            getattr(self, s).subsample(n, np.random.default_rng([seed, i])) for i, s in enumerate(SPLIT_NAMES)
         )
         return BiasedData(self.name, self.conflict_pct, train, valid, test, subsample_seed=seed)
 
@@ -95,7 +95,7 @@ class BiasedData:
         """What a run trained and was tested on, as flat record fields: per split its samples,
         conflicting samples and classes, and the subsample's seed (-1: no subsample)."""
         out = {"data_subsample_seed": -1 if self.subsample_seed is None else self.subsample_seed}
-        for s in SPLITS:
+        for s in SPLIT_NAMES:
             out.update(getattr(self, s).describe(f"data_{s}_"))
         return out
 
