@@ -112,7 +112,8 @@ class TrainSettings:
     )
     memory_format: str = _setting(
         "auto",
-        f"weight and activation layout: {', '.join(MEMORY_FORMAT_NAMES)} (auto: channels_last on CUDA, contiguous on CPU)",
+        f"weight and activation layout: {', '.join(MEMORY_FORMAT_NAMES)} "
+        "(auto: channels_last on CUDA, contiguous on CPU)",
     )
     data_device_fraction: float = _setting(
         0.25,

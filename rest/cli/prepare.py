@@ -66,13 +66,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     cm = sub.add_parser("cmnist", help="Colored MNIST from MNIST (torchvision.datasets.MNIST files)",
                         description="Colored MNIST: digit = y, colour = b (the embedded colored_digits colouring), "
-                                    "exact per-class conflict quotas, a biased validation split, an unbiased test split.")  # fmt: skip
+                                    "exact per-class conflict quotas, a biased validation split, "
+                                    "an unbiased test split.")  # fmt: skip
     _add_build_flags(cm, "MNIST/raw/")
     cm.set_defaults(handler=cmd_build, dataset="cmnist", severity=4)
 
-    cc = sub.add_parser("cifar10c", help="Corrupted CIFAR-10 (type 0) from CIFAR-10 (torchvision.datasets.CIFAR10 files)",
+    cc = sub.add_parser("cifar10c",
+                        help="Corrupted CIFAR-10 (type 0) from CIFAR-10 (torchvision.datasets.CIFAR10 files)",
                         description="Corrupted CIFAR-10, type 0: y = CIFAR class, b = one of ten corruptions "
-                                    "(snow, frost, fog, brightness, contrast, spatter, elastic, jpeg, pixelate, saturate).")  # fmt: skip
+                                    "(snow, frost, fog, brightness, contrast, spatter, elastic, jpeg, pixelate, "
+                                    "saturate).")  # fmt: skip
     _add_build_flags(cc, "cifar-10-batches-py/")
     cc.add_argument(
         "--severity",
@@ -86,7 +89,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     ck = sub.add_parser("check", help="validate an LfF-layout tree (cmnist, cifar10c, bffhq)",
                         description="Counts per split, group and class, conflict ratio per <pct>pct folder, malformed "
-                                    "names, unreadable images, duplicates across splits. Exit 2 if anything is wrong.")  # fmt: skip
+                                    "names, unreadable images, duplicates across splits. "
+                                    "Exit 2 if anything is wrong.")  # fmt: skip
     ck.add_argument("dir", type=Path, metavar="DIR", help="root of the tree")
     ck.add_argument(
         "--dataset", choices=CHECK_DATASET_NAMES, default=None, help="also check labels against this dataset's classes"
@@ -134,7 +138,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     ratios = parse_ratios(args.ratios)
     with _sigterm_as_interrupt():
         summary = build(args.dataset, args.raw, args.out, ratios=ratios, seed=args.seed, severity=args.severity,
-                        force=args.force, workers=args.workers, progress=ProgressBar("files", logger=log.name))  # fmt: skip
+                        force=args.force, workers=args.workers,
+                        progress=ProgressBar("files", logger=log.name))  # fmt: skip
     print(f"built {summary.dataset} at {', '.join(f'{r:g}' for r in summary.ratios)}% conflicting in {summary.out}: "
           f"{summary.files} files ({summary.rendered} images rendered) in {summary.seconds:.1f} s; "
           f"check it with: {PROG} prepare-data check {summary.out} --dataset {summary.dataset}")  # fmt: skip

@@ -64,9 +64,12 @@ EPOCH_METRICS = (
     "test_worst_class_bias_acc", "test_balanced_acc",
 )  # fmt: skip
 # Every key of a record: the epoch's metrics, the selected epoch's (best_*), then the model's size and timing.
-METRICS = EPOCH_METRICS + ("best_epoch",) + tuple(f"best_{k}" for k in EPOCH_METRICS if k.startswith(SPLIT_PREFIXES)) + (
-    "density", "nonzero_params", "dense_params", "inference_flops", "dense_inference_flops", "lr", "epoch_seconds",
-)  # fmt: skip
+METRICS = (
+    EPOCH_METRICS
+    + ("best_epoch",)
+    + tuple(f"best_{k}" for k in EPOCH_METRICS if k.startswith(SPLIT_PREFIXES))
+    + ("density", "nonzero_params", "dense_params", "inference_flops", "dense_inference_flops", "lr", "epoch_seconds")
+)
 
 
 # ---------------------------------------------------------------- evaluation

@@ -139,7 +139,9 @@ class StudyStatus:
 
 
 def find(name_or_path: str, storage: str | None = None) -> Location:
-    """A study's directory from its path or its name under storage; an unknown study is one line naming the known ones."""
+    """A study's directory from its path or its name under storage.
+
+    An unknown study is an error of one line naming the known ones."""
     direct = open_location(name_or_path)
     if direct.join("manifest.json").is_file():
         return direct
@@ -163,7 +165,9 @@ def snapshot_files(experiment: Location) -> list[Location]:
 
 
 def read_snapshot(experiment: Location) -> tuple[str | None, list[dict]]:
-    """(file name, [{"meta": ..., "run": ...} per trial]) of the newest readable snapshot; (None, []) before the first."""
+    """(file name, [{"meta": ..., "run": ...} per trial]) of the newest readable snapshot.
+
+    (None, []) before the first snapshot."""
     for file in snapshot_files(experiment):
         try:
             data = file.read_json()
@@ -227,7 +231,9 @@ def read_history(trial_dir: Location) -> list[dict] | None:
 
 
 def reported_selection(last: dict, primary: str) -> dict | None:
-    """The selected epoch as the trial reported it (``best_val_*``, chosen by the same rule), if its records carry it."""
+    """The selected epoch as the trial reported it (``best_val_*``, chosen by the same rule).
+
+    None if its records do not carry it."""
     if f"best_val_{selection.PRIMARY_METRIC_KEYS[primary]}" not in last:
         return None
     return {
@@ -344,8 +350,10 @@ def _config_key(value: Any) -> tuple:
 
 
 def best_config(trials: list[TrialState], keys: list[str], primary: str) -> tuple[dict | None, dict, int]:
-    """(config, mean selected-epoch validation numbers, seeds) of the best config so far, as export ranks configs:
-    each trial's selected epoch, averaged over the config's seeds, ranked by ``selection.rank_key``; baselines excluded."""
+    """(config, mean selected-epoch validation numbers, seeds) of the best config so far, as export ranks configs.
+
+    Each trial's selected epoch, averaged over the config's seeds, ranked by ``selection.rank_key``;
+    baselines excluded."""
     groups: dict[tuple, list[TrialState]] = {}
     for t in trials:
         if t.selected and t.role not in BASELINE_ROLE_NAMES:
@@ -367,7 +375,9 @@ def _mean(values) -> float | None:
 
 
 def seconds_per_epoch(trials: list[TrialState]) -> float | None:
-    """Mean wall seconds of the trials' last reported epoch (Ray's time_this_iter_s, else the trainer's epoch_seconds)."""
+    """Mean wall seconds of the trials' last reported epoch.
+
+    Ray's time_this_iter_s, else the trainer's epoch_seconds."""
     times = [t.last.get("time_this_iter_s", t.last.get("epoch_seconds")) for t in trials if t.epochs > 0]
     return _mean(times)
 

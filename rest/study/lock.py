@@ -76,7 +76,10 @@ def pid_alive(pid: int, started: str | None) -> bool:
 
 def describe_holder(holder: dict) -> str:
     age = time.time() - float(holder.get("heartbeat", 0))
-    return f"host {holder.get('host')}, pid {holder.get('pid')}, since {holder.get('started')}, last heartbeat {age:.0f} s ago"
+    return (
+        f"host {holder.get('host')}, pid {holder.get('pid')}, since {holder.get('started')}, "
+        f"last heartbeat {age:.0f} s ago"
+    )
 
 
 class DriverLock:

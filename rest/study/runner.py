@@ -120,7 +120,10 @@ def ray_verbose(verbose: int) -> int:
 
 
 def _callbacks(phase: str, path: Location, spec: StudySpec, opts: RunOptions, progress: Progress | None) -> list:
-    """The trackers, the stall watch, the compaction of ended trials and, given a progress function, the progress watch of one phase."""
+    """The callbacks of one phase.
+
+    The trackers, the stall watch, the compaction of ended trials and, given a progress function,
+    the progress watch."""
     callbacks = make_callbacks(spec, opts.name, phase) + [
         StallWatch(opts.stall_minutes * 60, path),
         CompactFinished(),
@@ -184,7 +187,7 @@ def select_confirm_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
     primary = spec.train.selection
     epochs = spec.confirm.epochs or spec.train.epochs
     configs = []
-    for cell, members in selection.select_per_cell(
+    for _cell, members in selection.select_per_cell(
         table.to_dict("records"), spec.compare_within, primary, k=spec.confirm.top_k
     ).items():
         chosen = [configs_by_key[tuple(str(m.get(k)) for k in spec.compare_within + searched)] for m in members]
@@ -269,7 +272,9 @@ def prepare_data(spec: StudySpec) -> None:
 
 
 def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, progress: Progress | None = None):
-    """Restore the phase's experiment if Ray snapshotted it (with this run's verbosity and callbacks); else start it afresh."""
+    """Restore the phase's experiment if Ray snapshotted it, else start it afresh.
+
+    A restored experiment gets this run's verbosity and callbacks."""
     from ray import tune
 
     experiment = path.join(phase)
@@ -298,7 +303,9 @@ def _phase_tuner(phase: str, path: Location, spec: StudySpec, opts: RunOptions, 
 
 
 def unfinished_trials(trials: list[Trial], spec: StudySpec, phase: str) -> list[Trial]:
-    """Trials of a phase that neither ended at their planned epochs nor were stopped by ASHA (failed ones among them)."""
+    """Trials of a phase that neither ended at their planned epochs nor were stopped by ASHA.
+
+    Failed trials are among them."""
     asha = phase == "search" and spec.scheduler.type == "asha"
     out = []
     for t in trials:

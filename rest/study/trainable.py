@@ -99,12 +99,13 @@ def rest_trainable(
     Each checkpoint holds the full training state and the trial's whole history of
     epoch records (also as a small JSON file), so a trial resumed from it loses nothing
     Ray's snapshot missed; the trial's history file, rewritten before each report, holds
-    every record for the study reader. It also checkpoints at every deterministic-halving rung epoch; resumed at one (a paused trial, or a driver
-    restart), it reports that epoch's record again before training on, so the scheduler
-    cuts (or replays) the rung first. A trial resumed at or past its last epoch reports
-    its final record again and ends, and so does one whose checkpoint was compacted when it
-    ended (rest.study.compact: it finished, or the scheduler stopped it). The first record after a resume says how long the
-    setup and checkpoint load took (``restore_seconds``).
+    every record for the study reader. It also checkpoints at every deterministic-halving
+    rung epoch; resumed at one (a paused trial, or a driver restart), it reports that
+    epoch's record again before training on, so the scheduler cuts (or replays) the rung
+    first. A trial resumed at or past its last epoch reports its final record again and
+    ends, and so does one whose checkpoint was compacted when it ended (rest.study.compact:
+    it finished, or the scheduler stopped it). The first record after a resume says how
+    long the setup and checkpoint load took (``restore_seconds``).
     `data_root`, when given, is where the dataset is now (the driver's, overriding the config's).
     """
     started = time.perf_counter()
