@@ -77,7 +77,9 @@ class RenamedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec):
-        return importlib.import_module(new_name(spec.name))
+        name = new_name(spec.name)
+        assert name is not None  # find_spec makes a spec only for a renamed module
+        return importlib.import_module(name)
 
     def exec_module(self, module) -> None:
         """Nothing to run: the module was imported under its new name."""

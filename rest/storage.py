@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, overload
 
 from rest.errors import StudyError, UserError
 
@@ -195,6 +195,25 @@ def writing(path, fix: str):
 # ------------------------------------------------------------ output directories
 
 
+# A local path in, an absolute Path out; a Location in, that Location out.
+@overload
+def fresh_dir(
+    target: str | os.PathLike,
+    *,
+    what: str = ...,
+    fix: str = ...,
+    replace: bool = ...,
+    create: bool = ...,
+) -> Path: ...
+@overload
+def fresh_dir(
+    target: Location,
+    *,
+    what: str = ...,
+    fix: str = ...,
+    replace: bool = ...,
+    create: bool = ...,
+) -> Location: ...
 def fresh_dir(
     target: str | os.PathLike | Location,
     *,

@@ -11,7 +11,6 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
 
 from rest.cli.common import PROG, ProgressBar, pct
 from rest.errors import UserError
@@ -70,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rest.core.train import Trainer
 
     trainer = Trainer(settings, progress=ProgressBar("batches", log_from=None))  # loads data: bad input fails first
-    out = cast(Path, fresh_dir(out, what="--out", fix="choose another --out"))  # a local path in, a Path out
+    out = fresh_dir(out, what="--out", fix="choose another --out")
     with writing(out / "settings.json", "free space and run the command again"):
         local(out / "settings.json").write_text(json.dumps(settings.to_dict(), indent=1))  # no partial file left
     print(f"training {settings.dataset} at {settings.conflict_pct:g}% conflicting, density {settings.density:g} "

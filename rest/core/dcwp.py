@@ -115,7 +115,7 @@ def learn_scores(
                     with amp.autocast(device):  # the forward only; the losses in fp32
                         logits = torch.func.functional_call(model, masked, (x,), strict=False)
                     loss = F.cross_entropy(logits.float(), y) + s.dcwp_con_prune * debiased_contrastive(
-                        tap.features, y, flagged[idx]
+                        tap.last(), y, flagged[idx]
                     )
                     optimizer.zero_grad(set_to_none=True)
                     backward_step(amp, loss, optimizer)

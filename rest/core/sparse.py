@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -146,7 +147,7 @@ def top_mask(score: torch.Tensor, k: int) -> torch.Tensor:
 def maskable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     """Conv and linear weights, by parameter name; everything else stays dense."""
     return {
-        f"{mod_name}.weight" if mod_name else "weight": mod.weight
+        f"{mod_name}.weight" if mod_name else "weight": cast(nn.Parameter, mod.weight)  # torch annotates a Tensor
         for mod_name, mod in model.named_modules()
         if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
     }
@@ -270,7 +271,10 @@ class SparseMask:
         weight outside the kept set). Such a weight restarts like any other regrown
         one: its value and its optimizer state are zeroed, not carried over.
         """
-        drop_name, grow_name = METHODS[self.method]
+        rule = METHODS[self.method]
+        if rule is None:
+            raise ValueError(f"sparse method '{self.method}' keeps its masks fixed; it has no topology update")
+        drop_name, grow_name = rule
         fraction = cosine_drop_fraction(self.steps, self.t_end_step, self.drop_rate, self.drop_rate_min)
         for name, mask in self.masks.items():
             p = self.params[name]

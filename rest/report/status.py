@@ -129,7 +129,8 @@ class StudyStatus:
     @property
     def eta_seconds(self) -> float | None:
         etas = [p.eta_seconds for p in self.phases if p.status not in ("done", "skipped")]
-        return None if any(e is None for e in etas) else sum(etas)
+        known = [e for e in etas if e is not None]
+        return sum(known) if len(known) == len(etas) else None
 
     def phase(self, name: str) -> PhaseStatus:
         return next(p for p in self.phases if p.phase == name)
@@ -362,7 +363,8 @@ def best_config(trials: list[TrialState], keys: list[str], primary: str) -> tupl
         return None, {}, 0
     order = sorted(groups, key=lambda g: tuple(_config_key(v) for v in g))
     metrics = ("val_" + selection.PRIMARY_METRIC_KEYS[primary], "val_avg_acc", "val_loss")
-    rows = [{f"best_{m}": _mean(t.selected.get(m) for t in groups[g]) for m in metrics} for g in order]
+    # (every grouped trial has a selected epoch: the test only narrows its type)
+    rows = [{f"best_{m}": _mean(t.selected.get(m) for t in groups[g] if t.selected) for m in metrics} for g in order]
     winner = selection.select(rows, primary, prefix="best_val_")[0]
     group = order[winner]
     config = dict(zip(keys, group[:-1])) | ({"role": group[-1]} if group[-1] != "search" else {})

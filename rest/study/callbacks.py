@@ -71,7 +71,8 @@ class ProgressWatch(Callback):
         self.metric = f"val_{PRIMARY_METRIC_KEYS[primary]}"
         key = PRIMARY_METRIC_KEYS[primary]
         self.label = "val " + key.removesuffix("_acc").replace("_", "-")  # val worst-group, val avg
-        self.total, self.best, self.peak = 0, None, 1
+        self.total, self.peak = 0, 1
+        self.best: float | None = None
         self.timed = [0.0, 0]  # seconds and count of epochs trained in this run
 
     def __getstate__(self):

@@ -86,7 +86,7 @@ def connect(address: str | None, gpus_needed: float, quiet: bool = False) -> Non
                 address=target,
                 log_to_driver=False,
                 logging_level=logging.WARNING if quiet else logging.INFO,
-                **({"include_dashboard": False} if target == "local" else {}),
+                include_dashboard=False if target == "local" else None,  # None: Ray's default
             )
         except ConnectionError as exc:
             raise StudyError(
@@ -115,7 +115,7 @@ def check_feasible(spec: StudySpec, opts: RunOptions) -> None:
     gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
-        largest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+        largest: dict = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
         raise StudyError(
             f"no node can run a trial asking for {cpus:g} CPU and {gpus:g} GPU (largest node: "
             f"{largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU); lower --cpus-per-trial / "

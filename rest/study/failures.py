@@ -10,7 +10,7 @@ the study reader.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from rest.study.space import StudySpec
 
@@ -52,7 +52,7 @@ def add_failed_column(table, cells: list[str], failures: dict[tuple, str], colum
     return table.assign(**{column: [failures_of(failures, row, cells) for _, row in table.iterrows()]})
 
 
-def missing_rows(present: list[dict], candidates: list[dict], keys: list[str], **fill) -> list[dict]:
+def missing_rows(present: Iterable[Mapping], candidates: Iterable[Mapping], keys: list[str], **fill) -> list[dict]:
     """A row (`fill` over the group's `keys`) for each `keys` group of `candidates` (every trial) that
     `present` lacks."""
     have = {tuple(_same(row.get(k)) for k in keys) for row in present}

@@ -125,7 +125,8 @@ class DriverLock:
         }
         self.lost: dict | None = None
         self._raised = False
-        self._stop = self._thread = None
+        self._stop: threading.Event | None = None  # both set while the heartbeat runs (from __enter__)
+        self._thread: threading.Thread | None = None
         self._saved_handler: tuple | None = None  # (previous SIGUSR2 handler,) while the main thread listens
         self._confirmed = (0.0, 0.0)  # (monotonic, wall) time at which the lock last named this driver
 
@@ -228,8 +229,8 @@ class DriverLock:
             raise StudyError("another driver started this study at the same moment; run resume again in a minute")
         if threading.current_thread() is threading.main_thread():
             self._saved_handler = (signal.signal(signal.SIGUSR2, self._on_lost),)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True, name="study-lock-heartbeat")
+        self._stop = stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(stop,), daemon=True, name="study-lock-heartbeat")
         self._thread.start()
         return self
 
@@ -237,9 +238,9 @@ class DriverLock:
         if self.lost is not None and not self._raised:
             raise self._lost_error()
 
-    def _beat(self) -> None:
-        """Renew the lock every `heartbeat` seconds; on finding it taken, stop the main thread at once."""
-        while not self._stop.wait(self.heartbeat):
+    def _beat(self, stop: threading.Event) -> None:
+        """Renew the lock every `heartbeat` seconds until `stop` is set; on finding it taken, stop the main thread."""
+        while not stop.wait(self.heartbeat):
             try:
                 holder = self._holder()
                 if not self._mine(holder):
@@ -250,7 +251,9 @@ class DriverLock:
                         # (or the next manifest write) then raises LockLost before anything is written.
                         pass
                     elif self._saved_handler is not None:  # LockLost in the main thread, wherever it is
-                        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR2)
+                        main = threading.main_thread().ident
+                        assert main is not None  # only a thread not yet started has no ident
+                        signal.pthread_kill(main, signal.SIGUSR2)
                     else:
                         log.warning("%s", self._lost_error())  # raised at the next check
                     return
@@ -260,6 +263,7 @@ class DriverLock:
 
     def __exit__(self, *exc) -> None:
         self._raised = True  # leaving: a late signal from the heartbeat thread must not raise here
+        assert self._stop is not None and self._thread is not None  # __enter__ started the heartbeat
         self._stop.set()
         self._thread.join(timeout=self.heartbeat)  # no beat may rewrite the file after it is deleted below
         if self._saved_handler is not None:

@@ -87,8 +87,10 @@ class RungBook:
 
     def _loaded(self) -> dict[str, Any]:
         if self.state is None:
-            found = self.file is not None and self.file.exists()
-            self.state = self.file.read_json() if found else {"pauses": 0, "groups": {}}
+            if self.file is not None and self.file.exists():
+                self.state = self.file.read_json()
+            else:
+                self.state = {"pauses": 0, "groups": {}}
         return self.state
 
     def get(self, group: str, rung: int) -> dict | None:
@@ -292,7 +294,8 @@ class DeterministicHalving(TrialScheduler):
             return pending
         promoted = [t for t in trials if t.status == Trial.PAUSED and t.trial_id in self.promoted]
         if not promoted:
-            return self._unstick(tune_controller, trials)
+            self._unstick(tune_controller, trials)  # trials it promotes run from Tune's next call
+            return None
         if self.max_active is not None and sum(t.status == Trial.RUNNING for t in trials) >= self.max_active:
             return None
         return min(promoted, key=lambda t: (self._group(t), self.groups.order(t.config), t.trial_id))

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import time
+from typing import Any
 
 from rest import selection
 from rest.errors import StudyError, TrialsFailed
@@ -53,14 +54,14 @@ from rest.study.manifest import (
 from rest.study.options import RunOptions
 from rest.study.progress import Progress
 from rest.study.search import fixed_configs, rung_epochs, search_param_space, search_phase
-from rest.study.space import StudySpec
+from rest.study.space import Confirm, StudySpec
 from rest.study.tracking import make_callbacks
 from rest.study.trainable import TEST_DELAY_ENV, rest_trainable
 from rest.study.trials import Trial, read_phase
 
 log = logging.getLogger(__name__)
 
-BASELINES = {
+BASELINES: dict[str, dict[str, Any]] = {
     # role -> changes to the cell's selected config: dense ERM, and dense with the
     # same reweighting and lambda (what REST's "dense" runs are), so REST's gain can
     # be split into what sparsity adds and what upweighting adds.
@@ -129,7 +130,7 @@ def _callbacks(phase: str, path: Location, spec: StudySpec, opts: RunOptions, pr
         CompactFinished(),
     ]
     if progress is not None:
-        planned = (spec.confirm.epochs or spec.train.epochs) if phase == "confirm" else spec.max_epochs
+        planned = (confirm_settings(spec).epochs or spec.train.epochs) if phase == "confirm" else spec.max_epochs
         callbacks.append(ProgressWatch(progress, phase, planned, spec.train.selection))
     return callbacks
 
@@ -169,6 +170,13 @@ def _tuner(
     return tune.Tuner(_trainable(spec, opts), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
+def confirm_settings(spec: StudySpec) -> Confirm:
+    """The confirm settings, for code that runs only in the confirm phase."""
+    confirm = spec.confirm
+    assert confirm is not None  # a study without them has its confirm phase skipped (manifest.create_study)
+    return confirm
+
+
 def select_confirm_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
     """Per cell: the top-k configs by the selection rule, and both baselines, x confirm seeds."""
     from rest.study.trials import aggregate, trial_row
@@ -178,24 +186,25 @@ def select_confirm_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
         return []
     import pandas as pd
 
+    confirm = confirm_settings(spec)
     searched = spec.searched_keys()
-    configs_by_key = {}
+    configs_by_key: dict[tuple, dict] = {}
     for t in trials:
         cfg = {k: v for k, v in t.config.items() if k not in ("seed", "extra")}
         configs_by_key.setdefault(tuple(str(cfg.get(k)) for k in spec.compare_within + searched), cfg)
     table = aggregate(pd.DataFrame(rows), spec.compare_within + searched)
     primary = spec.train.selection
-    epochs = spec.confirm.epochs or spec.train.epochs
+    epochs = confirm.epochs or spec.train.epochs
     configs = []
     for _cell, members in selection.select_per_cell(
-        table.to_dict("records"), spec.compare_within, primary, k=spec.confirm.top_k
+        table.to_dict("records"), spec.compare_within, primary, k=confirm.top_k
     ).items():
         chosen = [configs_by_key[tuple(str(m.get(k)) for k in spec.compare_within + searched)] for m in members]
         runs = [(f"top{rank}", cfg) for rank, cfg in enumerate(chosen, 1)]
-        if spec.confirm.baseline:
+        if confirm.baseline:
             runs += [(role, {**chosen[0], **changes}) for role, changes in BASELINES.items()]
         for role, cfg in runs:
-            for seed in spec.confirm.seeds:
+            for seed in confirm.seeds:
                 configs.append({**cfg, "seed": seed, "epochs": epochs, "extra": {"role": role}})
     return configs
 
@@ -209,8 +218,9 @@ def select_method_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
         return []
     import pandas as pd
 
+    confirm = confirm_settings(spec)
     keys = spec.compare_within + ["method"] + spec.method_keys()
-    configs_by_key = {}
+    configs_by_key: dict[tuple, dict] = {}
     for t in trials:
         cfg = {k: v for k, v in t.config.items() if k not in ("seed", "extra")}
         configs_by_key.setdefault(
@@ -229,12 +239,12 @@ def select_method_configs(spec: StudySpec, trials: list[Trial]) -> list[dict]:
     own = {m.name: m.train for m in spec.methods}
     configs = []
     for (*_, method), members in selection.select_per_cell(
-        table.to_dict("records"), spec.compare_within + ["method"], primary, k=spec.confirm.top_k
+        table.to_dict("records"), spec.compare_within + ["method"], primary, k=confirm.top_k
     ).items():
         for rank, m in enumerate(members, 1):
             cfg = configs_by_key[tuple(_same_value(m.get(k)) for k in keys)]
-            epochs = spec.confirm.epochs or own[method].get("epochs") or spec.train.epochs  # a method may fix its own
-            for seed in spec.confirm.seeds:
+            epochs = confirm.epochs or own[method].get("epochs") or spec.train.epochs  # a method may fix its own
+            for seed in confirm.seeds:
                 configs.append(
                     {**cfg, "seed": seed, "epochs": epochs, "extra": {"role": f"top{rank}", "method": method}}
                 )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -453,7 +454,7 @@ def _callbacks(c: _Checker, value: Any) -> list[str]:
     return list(dict.fromkeys(value))
 
 
-def load_space(path: str | Path) -> tuple[StudySpec, str]:
+def load_space(path: str | os.PathLike) -> tuple[StudySpec, str]:
     """(spec, original YAML text) of a study file."""
     p = Path(path)
     if not p.is_file():

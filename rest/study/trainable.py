@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rest import selection
 from rest.core.model_format import is_compact
@@ -49,7 +50,7 @@ def delay_seconds(rule: str | None, config: dict) -> float:
     match, _, seconds = rule.rpartition(":")
     for pair in match.split(","):
         key, _, text = pair.partition("=")
-        value = config.get(key.strip())
+        value: Any = config.get(key.strip())  # whatever it is: compared as a number, else as text
         try:
             same = float(value) == float(text)
         except (TypeError, ValueError):
@@ -145,7 +146,7 @@ def rest_trainable(
     primary = settings.selection
     while trainer.epoch < settings.epochs:
         time.sleep(delay)
-        record = trainer.run_epoch()
+        record: dict[str, Any] = trainer.run_epoch()  # numbers; the fields added below are not all numbers
         record.update(trainer.data_fields)  # what it trained on: the subsample's seed and per-split counts
         record.update(resumed_from_epoch=resumed_from, node_id=node, pid=os.getpid())
         record[METRIC] = selection.scalar(record, primary)

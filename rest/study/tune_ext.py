@@ -74,8 +74,9 @@ def keep_statistics_only_of(metrics) -> None:
     from ray.tune.trainable.metadata import _TrainingRunMetadata
 
     update = getattr(_TrainingRunMetadata.update_metric, "rest_original", _TrainingRunMetadata.update_metric)
+    # Deliberate patches of Ray's method (mypy refuses assigning to a method).
     if metrics is None:  # every key again, as Tune does
-        _TrainingRunMetadata.update_metric = update
+        _TrainingRunMetadata.update_metric = update  # type: ignore[method-assign]
         return
     kept = frozenset(metrics)
 
@@ -84,8 +85,8 @@ def keep_statistics_only_of(metrics) -> None:
         if metric in kept:
             update(self, metric, value, step)
 
-    update_metric.rest_original = update
-    _TrainingRunMetadata.update_metric = update_metric
+    update_metric.rest_original = update  # type: ignore[attr-defined]  # a marker on our wrapper
+    _TrainingRunMetadata.update_metric = update_metric  # type: ignore[method-assign]
 
 
 def request_graceful_stop() -> None:
@@ -171,7 +172,7 @@ def _guarded(save_to_dir):
         check_guards()
         return save_to_dir(self, *args, **kwargs)
 
-    guarded_save_to_dir.rest_guarded = True
+    guarded_save_to_dir.rest_guarded = True  # type: ignore[attr-defined]  # a marker on our wrapper
     return guarded_save_to_dir
 
 
@@ -209,7 +210,7 @@ def _guarded_upload(sync_up_command):
         upload, upload_kwargs = sync_up_command(self, *args, **kwargs)
         return functools.partial(_checked_upload, upload), upload_kwargs
 
-    guarded_sync_up_command.rest_guarded = True
+    guarded_sync_up_command.rest_guarded = True  # type: ignore[attr-defined]  # a marker on our wrapper
     return guarded_sync_up_command
 
 
@@ -250,10 +251,13 @@ def guard_snapshots(check: Callable[[], None]):
     from ray.train._internal.storage import _FilesystemSyncer
     from ray.tune.execution.tune_controller import TuneController
 
+    # Deliberate patches of Ray's methods (mypy refuses assigning to a method).
     if not getattr(TuneController.save_to_dir, "rest_guarded", False):
-        TuneController.save_to_dir = _guarded(TuneController.save_to_dir)
+        TuneController.save_to_dir = _guarded(TuneController.save_to_dir)  # type: ignore[method-assign]
     if not getattr(_FilesystemSyncer._sync_up_command, "rest_guarded", False):
-        _FilesystemSyncer._sync_up_command = _guarded_upload(_FilesystemSyncer._sync_up_command)
+        _FilesystemSyncer._sync_up_command = _guarded_upload(  # type: ignore[method-assign]
+            _FilesystemSyncer._sync_up_command
+        )
     _SNAPSHOT_GUARDS.append(check)
     try:
         yield
