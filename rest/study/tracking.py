@@ -1,7 +1,7 @@
-"""What a study reports besides its files: experiment trackers, and the stall log's name.
+"""What a study reports besides its files: experiment trackers.
 
 Trackers are Ray Tune's own logger callbacks, chosen by the study file's `callbacks:`
-list. The stall watch (which writes STALL_LOG) and the progress watch are in
+list. The stall watch (which writes ``contract.STALL_LOG``) and the progress watch are in
 rest/study/callbacks.py.
 """
 
