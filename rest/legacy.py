@@ -16,6 +16,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import types
 
 RENAMED = {
     "rest.data": "rest.core.data",
@@ -60,6 +61,35 @@ RENAMED = {
 }
 
 
+# Where an old module's other names went, after its new home (searched in this order), for names
+# that moved to a module split off from it.
+ALSO_IN = {
+    "rest.search": ("rest.study.per_cell", "rest.study.contract"),
+    "rest.compact": ("rest.study.callbacks", "rest.study.contract", "rest.core.model_format"),
+    "rest.tracking": ("rest.study.callbacks", "rest.study.contract"),
+    "rest.study": ("rest.study.contract", "rest.study.trials", "rest.study.callbacks", "rest.study.lock"),
+    "rest.tune_ext": ("rest.study.contract", "rest.study.trials"),
+    "rest.driver": ("rest.study.lock",),
+    "rest.trainable": ("rest.study.contract", "rest.study.runner"),
+    "rest.results": ("rest.study.trials", "rest.study.contract", "rest.core.model_format"),
+    "rest.trial_files": ("rest.study.trials",),
+    "rest.export": ("rest.report.tables", "rest.study.manifest"),
+    "rest.model_file": ("rest.core.model_format",),
+    "rest.space": ("rest.study.space_methods", "rest.study.space_values"),
+}
+# Names that were renamed as well as moved: (old module, old name) -> (module, name).
+RENAMED_NAMES = {
+    ("rest.compact", "_compact_logged"): ("rest.study.compact", "compact_logged"),
+    ("rest.sparse", "_top_mask"): ("rest.core.sparse", "top_mask"),
+    ("rest.export", "PRIMARY_PREFIX"): ("rest.selection", "RANKING_PREFIXES"),
+    ("rest.export", "_pool"): ("rest.report.tables", "selection_pool"),
+    ("rest.export", "_primary"): ("rest.report.tables", "primary_metric"),
+    ("rest.export", "load_study"): ("rest.report.export", "read_for_export"),
+    ("rest.train", "SPLITS"): ("rest.core.train", "SPLIT_PREFIXES"),
+    ("rest.data.base", "SPLITS"): ("rest.core.data.base", "SPLIT_NAMES"),
+}
+
+
 def new_name(old: str) -> str | None:
     """The module now holding old module ``old`` (or a submodule of an old package), if it moved."""
     for prefix, moved in RENAMED.items():
@@ -68,8 +98,32 @@ def new_name(old: str) -> str | None:
     return None
 
 
+def find(old_module: str, name: str):
+    """What ``old_module.name`` was: the object of that name where its code lives now."""
+    home = new_name(old_module) or "rest.study.runner"  # else old rest.study, whose name is now the package
+    if (old_module, name) in RENAMED_NAMES:
+        home, name = RENAMED_NAMES[old_module, name]
+    for module in (home, *ALSO_IN.get(old_module, ())):
+        found = getattr(importlib.import_module(module), name, _MISSING)
+        if found is not _MISSING:
+            return found
+    raise AttributeError(f"module '{old_module}' (now {home}) has no attribute '{name}'")
+
+
+_MISSING = object()
+
+
+class OldModule(types.ModuleType):
+    """An old module name: each attribute is looked up where that code lives now (``find``)."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return find(self.__name__, name)
+
+
 class RenamedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Imports an old module name as the module that holds its code now (registered by ``rest/__init__``)."""
+    """Imports an old module name as an ``OldModule`` (registered by ``rest/__init__``)."""
 
     def find_spec(self, fullname, path=None, target=None):
         if new_name(fullname) is None:
@@ -79,12 +133,16 @@ class RenamedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def create_module(self, spec):
         name = new_name(spec.name)
         assert name is not None  # find_spec makes a spec only for a renamed module
-        return importlib.import_module(name)
+        home = importlib.import_module(name)
+        module = OldModule(spec.name, f"old name of {name}")
+        if hasattr(home, "__path__"):  # an old package: its old submodule names import too
+            module.__path__ = home.__path__
+        return module
 
     def exec_module(self, module) -> None:
-        """Nothing to run: the module was imported under its new name."""
+        """Nothing to run: every attribute is looked up where it lives now."""
 
 
 def install() -> None:
     if not any(isinstance(f, RenamedModules) for f in sys.meta_path):
-        sys.meta_path.append(RenamedModules())
+        sys.meta_path.insert(0, RenamedModules())  # first: the path finder would load an old submodule twice

@@ -60,8 +60,6 @@ def __getattr__(name: str):
         from rest.study.contract import trial_dirname
 
         return trial_dirname
-    runner = importlib.import_module("rest.study.runner")
-    try:
-        return getattr(runner, name)
-    except AttributeError:
-        raise AttributeError(f"module 'rest.study' has no attribute '{name}'") from None
+    from rest import legacy
+
+    return legacy.find("rest.study", name)  # the old module's names: in runner, or where they moved since
