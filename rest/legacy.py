@@ -67,7 +67,15 @@ ALSO_IN = {
     "rest.search": ("rest.study.per_cell", "rest.study.contract"),
     "rest.compact": ("rest.study.callbacks", "rest.study.contract", "rest.core.model_format"),
     "rest.tracking": ("rest.study.callbacks", "rest.study.contract"),
-    "rest.study": ("rest.study.contract", "rest.study.trials", "rest.study.callbacks", "rest.study.lock"),
+    # old rest.study (its name is now the package): the Ray-free modules first, so reading an old study's
+    # snapshot (it names rest.study.trial_dirname, now in contract) loads no Ray; runner last
+    "rest.study": (
+        "rest.study.contract",
+        "rest.study.trials",
+        "rest.study.callbacks",
+        "rest.study.lock",
+        "rest.study.runner",
+    ),
     "rest.tune_ext": ("rest.study.contract", "rest.study.trials"),
     "rest.driver": ("rest.study.lock",),
     "rest.trainable": ("rest.study.contract", "rest.study.runner"),
@@ -100,14 +108,14 @@ def new_name(old: str) -> str | None:
 
 def find(old_module: str, name: str):
     """What ``old_module.name`` was: the object of that name where its code lives now."""
-    home = new_name(old_module) or "rest.study.runner"  # else old rest.study, whose name is now the package
+    home = new_name(old_module)  # None for old rest.study, whose name is now the package: ALSO_IN only
     if (old_module, name) in RENAMED_NAMES:
         home, name = RENAMED_NAMES[old_module, name]
-    for module in (home, *ALSO_IN.get(old_module, ())):
+    for module in (*([home] if home else []), *ALSO_IN.get(old_module, ())):
         found = getattr(importlib.import_module(module), name, _MISSING)
         if found is not _MISSING:
             return found
-    raise AttributeError(f"module '{old_module}' (now {home}) has no attribute '{name}'")
+    raise AttributeError(f"module '{old_module}' (now {home or old_module}) has no attribute '{name}'")
 
 
 _MISSING = object()

@@ -56,10 +56,6 @@ def __getattr__(name: str):
 
     if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # `from rest.study import search` asks here first
         return importlib.import_module(f"{__name__}.{name}")
-    if name == "trial_dirname":  # Ray-free: reading an old study needs no Ray
-        from rest.study.contract import trial_dirname
-
-        return trial_dirname
     from rest import legacy
 
-    return legacy.find("rest.study", name)  # the old module's names: in runner, or where they moved since
+    return legacy.find("rest.study", name)  # the old module's names: where they live now (legacy.ALSO_IN)
