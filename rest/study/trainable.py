@@ -9,7 +9,8 @@ File and metric names are ``rest.study.contract``'s, shared with the driver and 
 
 Test-only: ``REST_TUNE_TEST_DELAY="density=0.05,lambda_upweight=10:20"`` in the driver's
 environment makes every trial whose config matches all the given values sleep 20 s
-before each epoch (tests make one trial slow to change arrival order).
+before each epoch, and say so in its log (tests make one trial slow to change arrival order,
+or time a storage outage to fall inside an epoch).
 """
 
 from __future__ import annotations
@@ -145,7 +146,9 @@ def rest_trainable(
     node = ray.get_runtime_context().get_node_id()
     primary = settings.selection
     while trainer.epoch < settings.epochs:
-        time.sleep(delay)
+        if delay:
+            log.warning("test delay: sleeping %g s before epoch %d", delay, trainer.epoch + 1)
+            time.sleep(delay)
         record: dict[str, Any] = trainer.run_epoch()  # numbers; the fields added below are not all numbers
         record.update(trainer.data_fields)  # what it trained on: the subsample's seed and per-split counts
         record.update(resumed_from_epoch=resumed_from, node_id=node, pid=os.getpid())

@@ -6,6 +6,7 @@ from s3://; a pause of the server costs no trial a retry; bad storage is one lin
 
 import json
 import signal
+import time
 
 import pyarrow.fs as pafs
 import pytest
@@ -64,8 +65,8 @@ def test_study_in_s3_survives_kill_9_and_exports_from_s3(ray_cluster, s3_bucket,
     assert [r["epoch"] for t in study.phases["search"] for r in t.history] == [1, 2, 3]
 
 
-def stall_warnings(ray_cluster) -> list[str]:
-    """The storage-stall warnings that Ray's trial workers logged (their stderr, in the cluster's logs)."""
+def worker_lines(ray_cluster, start: str) -> list[str]:
+    """The lines starting with `start` that Ray's trial workers logged (their stderr, in the cluster's logs)."""
     from pathlib import Path
 
     logs = Path(ray_cluster.head_node.get_session_dir_path()) / "logs"
@@ -73,13 +74,13 @@ def stall_warnings(ray_cluster) -> list[str]:
         line
         for f in logs.glob("worker-*.err")
         for line in f.read_text(errors="replace").splitlines()
-        if line.startswith("object storage not answering")
+        if line.startswith(start)
     ]
 
 
 def test_a_storage_stall_costs_no_trial_retry(ray_cluster, s3_server, s3_bucket, tmp_path):
-    """The S3 server paused for 20 s mid-search, twice as long as a trial's storage call takes to fail
-    without retries: the study finishes with exit 0 and no trial failed, even with --max-failures 0."""
+    """The S3 server paused mid-search until a trial's storage call has failed and been retried, and
+    for at least 20 s: the study finishes with exit 0 and no trial failed, even with --max-failures 0."""
     storage = f"{s3_bucket}/stall"
     space = write_s4(
         tmp_path / "s4.yaml",
@@ -88,8 +89,9 @@ def test_a_storage_stall_costs_no_trial_retry(ray_cluster, s3_server, s3_bucket,
         scheduler={"type": "none"},
         confirm=None,
     )
-    warned_before = len(stall_warnings(ray_cluster))
-    # Each trial waits 3 s before each epoch, so that its next history and checkpoint writes fall in the pause.
+    stalled, waiting = "object storage not answering", "test delay: sleeping 3 s before epoch 2"
+    stalls_before, waits_before = len(worker_lines(ray_cluster, stalled)), len(worker_lines(ray_cluster, waiting))
+    # Each trial waits 3 s before each epoch and says so in its log.
     run = driver(
         [
             "run",
@@ -108,15 +110,20 @@ def test_a_storage_stall_costs_no_trial_retry(ray_cluster, s3_server, s3_bucket,
         env_extra={"REST_TUNE_TEST_DELAY": "epochs=2:3"},
     )
     try:
-        wait_for(lambda: any("/checkpoint_" in k for k in s3_files(storage)), 180, "a checkpoint in S3")
-        with paused(s3_server, 20):
-            pass
+        # Storage stops while a trial waits before its second epoch, so that the epoch's history and checkpoint
+        # writes meet it. (Stopped at the first checkpoint instead, a trial could be waiting for the driver's
+        # answer to its report, with no storage call of its own to fail.) It stays stopped until that trial's
+        # call has failed and been retried, and at least 20 s; then 5 s more, while its retry still waits.
+        wait_for(lambda: len(worker_lines(ray_cluster, waiting)) > waits_before, 180, "a trial before epoch 2")
+        with paused(s3_server, 5):
+            began = time.monotonic()
+            wait_for(lambda: len(worker_lines(ray_cluster, stalled)) > stalls_before, 120, "a trial to meet the stall")
+            time.sleep(max(0.0, 15 - (time.monotonic() - began)))
         stdout, stderr = run.communicate(timeout=300)
     finally:
         run.kill()
     assert run.returncode == 0, stderr[-3000:]
     assert "object storage not answering" in stderr and "retrying for up to 60 s" in stderr  # the driver waited
-    assert len(stall_warnings(ray_cluster)) > warned_before, "a trial worker waited for storage, and no trial failed:"
 
     import rest
 
