@@ -13,6 +13,11 @@ import pytest
 # Every test run caches generated data in its own place, never in the user's cache.
 os.environ.setdefault("REST_TUNE_CACHE", tempfile.mkdtemp(prefix="rest-tune-test-cache-"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# One compute thread per process (set before torch is imported; subprocesses and Ray workers inherit it).
+# The suite runs two test workers on two cores beside Ray's trial processes: with torch's default of a
+# thread per core, the machine ran several times more compute threads than cores, and OpenMP threads
+# that wait for each other spin.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _free_port() -> int:
@@ -35,6 +40,22 @@ os.environ.update(
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    """Refuse ``--dist loadgroup`` where it would ignore the xdist_group marks.
+
+    The marks keep tests that share an expensive fixture on one worker. pytest-xdist (3.8, the
+    newest) marks a test's group in ``Item._nodeid``, which pytest 9 no longer reads: the groups
+    were ignored silently, and each worker ran the shared studies again.
+    """
+    if config.getoption("dist", "no") == "loadgroup" and int(pytest.__version__.split(".")[0]) >= 9:
+        import xdist
+
+        if tuple(int(p) for p in xdist.__version__.split(".")[:2]) <= (3, 8):
+            raise pytest.UsageError("pytest-xdist <= 3.8 ignores xdist_group under pytest 9: install 'pytest<9'")
+
+
 TINY = {"train": 40, "valid": 20, "test": 10}
 
 
