@@ -126,3 +126,71 @@ def file_size_limit(limit: int):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     return apply
+
+
+def without_bias_labels(data):
+    """`data` (a BiasedData) with its training split's bias labels removed, as PGD and DCWP train."""
+    from rest.core.data import BiasedData
+
+    return BiasedData(data.name, data.conflict_pct, data.train.without_bias(), data.valid, data.test)
+
+
+# A methods study (search_spaces/methods.yaml) read back without running it: made-up trials.
+METHODS = ["ERM", "JTT", "PGD", "DCWP", "oracle (dense)", "REST"]
+
+
+def method_record(epoch, val_worst, test_conflict):
+    """One epoch's record with the given validation worst-group and test conflicting accuracy."""
+    return {
+        "epoch": epoch,
+        "val_worst_group_acc": val_worst,
+        "val_avg_acc": 0.9,
+        "val_loss": 0.5,
+        "val_conflict_acc": val_worst,
+        "val_align_acc": 0.99,
+        "val_conflict_count": 50,
+        "val_align_count": 950,
+        "test_worst_group_acc": test_conflict,
+        "test_unbiased_acc": test_conflict + 0.05,
+        "test_conflict_acc": test_conflict,
+        "test_align_acc": 0.99,
+        "nonzero_params": 10,
+        "dense_params": 100,
+        "inference_flops": 20,
+        "dense_inference_flops": 200,
+        "epoch_seconds": 1.0,
+    }
+
+
+def method_trials(spec, phase, score):
+    """One trial per config of the study's grid (confirm: per config and seed), scored by `score(config)`."""
+    from rest.study.space import method_configs
+    from rest.study.trials import Trial
+
+    trials = []
+    for i, cfg in enumerate(method_configs(spec)):
+        for seed in [cfg["seed"]] if phase == "search" else spec.confirm.seeds:
+            config = {**cfg, "seed": seed}
+            if phase == "confirm":
+                config["extra"] = {**cfg["extra"], "role": "top1"}
+            val, test = score(config)
+            trials.append(
+                Trial(
+                    phase,
+                    f"{phase}{i}_{seed}",
+                    "TERMINATED",
+                    config,
+                    0,
+                    [method_record(e, val, test) for e in range(1, spec.max_epochs + 1)],
+                )
+            )
+    return trials
+
+
+def method_score(c):
+    """ERM is best at lr 0.03, JTT at lambda 50, REST at density 0.1; PGD beats ERM on test."""
+    bonus = {"ERM": c["lr"] == 0.1, "JTT": c["lambda_upweight"] == 50, "REST": c["density"] == 0.1}.get(
+        c["extra"]["method"], 0
+    )
+    base = METHODS.index(c["extra"]["method"]) / 100
+    return 0.2 + base + 0.1 * bonus, 0.1 + base + 0.05 * bonus + c["seed"] / 10_000

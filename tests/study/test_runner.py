@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import ROOT, cli, wait_for
-from helpers import SMOKE, results, write_space
+from helpers import SMOKE, method_trials, results, write_space
 
 RAY_TABLE = ("Trial status", "Trial name", "│", "╭")
 
@@ -297,3 +297,17 @@ def test_a_full_disk_in_the_driver_is_one_line_and_resume_finishes(ray_cluster, 
     assert done.returncode == 0 and "study full finished" in done.stdout, done.stderr[-3000:]
     assert_no_ray_output(done)
     assert " done, " not in done.stderr, "--verbose 0: no progress line either"
+
+
+def test_a_method_keeps_its_own_epochs_in_the_confirm_phase():
+    from rest.study.runner import select_method_configs
+    from rest.study.space import parse_space
+
+    spec = parse_space(
+        "search: {conflict_pct: {grid: [1, 5]}}\nmethods:\n"
+        "  ERM: {train: {reweight: none}}\n  DCWP: {train: {sparse: dcwp, density: 0.1, epochs: 2}}\n"
+        "train: {epochs: 3}\nconfirm: {seeds: [1, 2]}\n"
+    )
+    confirm = select_method_configs(spec, method_trials(spec, "search", lambda c: (0.5, 0.5)))
+    assert sorted({(c["extra"]["method"], c["epochs"]) for c in confirm}) == [("DCWP", 2), ("ERM", 3)]
+    assert len(confirm) == 2 * 2 * 2  # cells x methods x seeds
