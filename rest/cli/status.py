@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import time
 
 from rest.errors import UserError
@@ -39,21 +40,54 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+class CtrlC:
+    """SIGINT while watching: during the pause between refreshes it stops at once; during a refresh
+    it stops after that refresh is shown (a second Ctrl-C stops at once).
+
+    Why not Python's KeyboardInterrupt alone: raised anywhere in a refresh, it can land between a
+    lock's acquire and the ``with`` block that releases it (the reader's thread pools take locks),
+    and the process then hangs at exit. A watcher did once, in CI.
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self.pausing = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.pausing or self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def pause(self, seconds: float) -> bool:
+        """Sleep `seconds`; False if Ctrl-C was pressed before or during it."""
+        self.pausing = True
+        try:
+            if not self.pressed:
+                time.sleep(seconds)
+        except KeyboardInterrupt:
+            self.pressed = True
+        finally:
+            self.pausing = False
+        return not self.pressed
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from rest.report.status import find, study_status
 
     if args.watch is not None and not (math.isfinite(args.watch) and args.watch > 0):
         raise UserError(f"--watch {args.watch:g} is not a positive number of seconds; give e.g. --watch 10")
     study = find(args.study, args.storage)
+    ctrl_c = CtrlC()
+    if args.watch is not None:
+        signal.signal(signal.SIGINT, ctrl_c)
     try:
         while True:
             status = study_status(study)
             print(render(status), flush=True)
-            if args.watch is None or status.finished:
-                return 0
-            time.sleep(args.watch)
+            if args.watch is None or status.finished or not ctrl_c.pause(args.watch):
+                return 0  # Ctrl-C ends watching; nothing was being written
             print(flush=True)
-    except KeyboardInterrupt:  # Ctrl-C ends watching; nothing was being written
+    except KeyboardInterrupt:  # a second Ctrl-C during a refresh
         return 0
 
 

@@ -128,7 +128,7 @@ def test_watch_refreshes_until_ctrl_c_and_exits_0(tmp_path):
     manifest["phases"]["confirm"]["status"] = "running"  # as a driver leaves it mid-phase
     (study / "manifest.json").write_text(json.dumps(manifest))
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tune_search.py"), "status", str(study), "--watch", "0.2"],
+        [sys.executable, "-X", "faulthandler", str(ROOT / "tune_search.py"), "status", str(study), "--watch", "0.2"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -141,5 +141,39 @@ def test_watch_refreshes_until_ctrl_c_and_exits_0(tmp_path):
         "three refreshes",
     )
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # show where it hangs: faulthandler prints every thread's stack on SIGABRT
+        proc.send_signal(signal.SIGABRT)
+        raise AssertionError("status --watch hangs after Ctrl-C:\n" + proc.communicate(timeout=30)[1][-5000:]) from None
     assert proc.returncode == 0 and err == "", err
+
+
+def test_ctrl_c_during_a_refresh_ends_watching_after_it_and_during_the_pause_at_once():
+    """The watcher's SIGINT handler never raises inside a refresh (where it could leave a lock held)."""
+    import os
+    import threading
+    import time
+
+    from rest.cli.status import CtrlC
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        during_refresh = CtrlC()
+        signal.signal(signal.SIGINT, during_refresh)
+        os.kill(os.getpid(), signal.SIGINT)  # recorded, not raised
+        time.sleep(0.1)
+        assert during_refresh.pressed
+        began = time.monotonic()
+        assert during_refresh.pause(30) is False and time.monotonic() - began < 1, "no pause after the refresh"
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+
+        during_pause = CtrlC()
+        signal.signal(signal.SIGINT, during_pause)
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        began = time.monotonic()
+        assert during_pause.pause(30) is False and time.monotonic() - began < 10, "the pause ends at the Ctrl-C"
+    finally:
+        signal.signal(signal.SIGINT, previous)
