@@ -106,6 +106,9 @@ def new_name(old: str) -> str | None:
     return None
 
 
+_MISSING = object()
+
+
 def find(old_module: str, name: str):
     """What ``old_module.name`` was: the object of that name where its code lives now."""
     home = new_name(old_module)  # None for old rest.study, whose name is now the package: ALSO_IN only
@@ -116,9 +119,6 @@ def find(old_module: str, name: str):
         if found is not _MISSING:
             return found
     raise AttributeError(f"module '{old_module}' (now {home or old_module}) has no attribute '{name}'")
-
-
-_MISSING = object()
 
 
 class OldModule(types.ModuleType):

@@ -40,6 +40,7 @@ os.environ.update(
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY = {"train": 40, "valid": 20, "test": 10}
 
 
 def pytest_configure(config):
@@ -54,9 +55,6 @@ def pytest_configure(config):
 
         if tuple(int(p) for p in xdist.__version__.split(".")[:2]) <= (3, 8):
             raise pytest.UsageError("pytest-xdist <= 3.8 ignores xdist_group under pytest 9: install 'pytest<9'")
-
-
-TINY = {"train": 40, "valid": 20, "test": 10}
 
 
 @pytest.fixture(scope="session")

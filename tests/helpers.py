@@ -128,6 +128,18 @@ def file_size_limit(limit: int):
     return apply
 
 
+def biased_split(n: int, n_conflict: int):
+    """A training split of `n` blank images, classes in turn; the first `n_conflict` have another bias label."""
+    import torch
+
+    from rest.core.data import Split
+
+    y = torch.arange(n) % 10
+    b = y.clone()
+    b[:n_conflict] = (y[:n_conflict] + 1) % 10
+    return Split(torch.zeros(n, 3, 2, 2, dtype=torch.uint8), y, b)
+
+
 def without_bias_labels(data):
     """`data` (a BiasedData) with its training split's bias labels removed, as PGD and DCWP train."""
     from rest.core.data import BiasedData
@@ -185,12 +197,3 @@ def method_trials(spec, phase, score):
                 )
             )
     return trials
-
-
-def method_score(c):
-    """ERM is best at lr 0.03, JTT at lambda 50, REST at density 0.1; PGD beats ERM on test."""
-    bonus = {"ERM": c["lr"] == 0.1, "JTT": c["lambda_upweight"] == 50, "REST": c["density"] == 0.1}.get(
-        c["extra"]["method"], 0
-    )
-    base = METHODS.index(c["extra"]["method"]) / 100
-    return 0.2 + base + 0.1 * bonus, 0.1 + base + 0.05 * bonus + c["seed"] / 10_000

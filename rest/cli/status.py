@@ -87,7 +87,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             if args.watch is None or status.finished or not ctrl_c.pause(args.watch):
                 return 0  # Ctrl-C ends watching; nothing was being written
             print(flush=True)
-    except KeyboardInterrupt:  # a second Ctrl-C during a refresh
+    except KeyboardInterrupt:  # a second Ctrl-C during a refresh, or Ctrl-C without --watch
         return 0
 
 

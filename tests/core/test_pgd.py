@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import without_bias_labels
-from rest.core.data import DataError, Split
+from helpers import biased_split, without_bias_labels
+from rest.core.data import DataError
 from rest.core.pgd import importance, last_layer_grad_norms
 from rest.core.reweight import make_sampler
 from rest.core.train import Trainer
@@ -34,15 +34,8 @@ def test_importance_is_proportional_to_the_norms():
     assert torch.allclose(w, torch.tensor([0.25, 0.75, 1e-8 / 4]), atol=1e-9) and w.sum() == pytest.approx(1.0)
 
 
-def _split(n=200, n_conflict=10):
-    y = torch.arange(n) % 10
-    b = y.clone()
-    b[:n_conflict] = (y[:n_conflict] + 1) % 10
-    return Split(torch.zeros(n, 3, 2, 2, dtype=torch.uint8), y, b)
-
-
 def test_pgd_samples_by_importance_without_bias_labels():
-    train = _split()
+    train = biased_split(200, 10)
     seen = []
 
     def importance_fn(split):

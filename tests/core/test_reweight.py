@@ -3,20 +3,14 @@
 import pytest
 import torch
 
-from rest.core.data import DataError, Split
+from helpers import biased_split
+from rest.core.data import DataError
 from rest.core.reweight import EpochSampler, expected_weighted_fraction, make_sampler
-
-
-def _split(n=2000, n_conflict=40):
-    y = torch.arange(n) % 10
-    b = y.clone()
-    b[:n_conflict] = (y[:n_conflict] + 1) % 10
-    return Split(torch.zeros(n, 3, 2, 2, dtype=torch.uint8), y, b)
 
 
 @pytest.mark.parametrize("lam", [1.0, 10.0, 50.0])
 def test_sampled_conflicting_fraction_matches_lambda(lam):
-    train = _split()
+    train = biased_split(2000, 40)
     sampler = make_sampler("oracle", train, lam, seed=0, identify=None)
     expected = lam * 40 / (lam * 40 + 1960)
     assert expected_weighted_fraction(sampler.weights, train.conflicting) == pytest.approx(expected)
@@ -27,12 +21,12 @@ def test_sampled_conflicting_fraction_matches_lambda(lam):
 
 
 def test_none_is_a_permutation():
-    order = make_sampler("none", _split(), 30.0, seed=0, identify=None).epoch_indices()
+    order = make_sampler("none", biased_split(2000, 40), 30.0, seed=0, identify=None).epoch_indices()
     assert torch.equal(order.sort().values, torch.arange(2000))
 
 
 def test_jtt_upweights_the_error_set_without_bias_labels():
-    train = _split()
+    train = biased_split(2000, 40)
     seen = []
 
     def identify(split):
@@ -47,7 +41,7 @@ def test_jtt_upweights_the_error_set_without_bias_labels():
 
 
 def test_sampler_state_round_trip():
-    a = make_sampler("oracle", _split(), 30.0, seed=4, identify=None)
+    a = make_sampler("oracle", biased_split(2000, 40), 30.0, seed=4, identify=None)
     a.epoch_indices()
     state = a.state_dict()
     b = EpochSampler(2000, None, seed=0)
